@@ -1,0 +1,169 @@
+"""The contract between device models and the machine.
+
+A device exposes ``io_read(offset, size)`` / ``io_write(offset, size, value)``
+for the port or MMIO range it claims (``offset`` is relative to the range
+start) and ``reset()``.  It raises interrupts through an :class:`IrqLine` and
+schedules work through a :class:`Clock`.  None of these know about Unicorn.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable, Protocol
+
+
+class IrqSink(Protocol):
+    """Something that receives the level of numbered interrupt inputs."""
+
+    def set_irq(self, irq: int, level: bool) -> None: ...
+
+
+class IrqLine:
+    """A level-triggered wire from a device to one input of an interrupt controller.
+
+    Edge-triggered consumers see a rising edge when the level goes 0 -> 1.
+    """
+
+    __slots__ = ("_sink", "_irq", "level")
+
+    def __init__(self, sink: IrqSink | None = None, irq: int = 0) -> None:
+        self._sink = sink
+        self._irq = irq
+        self.level = False
+
+    def set_level(self, level: bool) -> None:
+        level = bool(level)
+        if level == self.level:
+            return
+        self.level = level
+        if self._sink is not None:
+            self._sink.set_irq(self._irq, level)
+
+    def raise_(self) -> None:
+        self.set_level(True)
+
+    def lower(self) -> None:
+        self.set_level(False)
+
+    def pulse(self) -> None:
+        """An edge for edge-triggered inputs: raise then lower."""
+        self.set_level(True)
+        self.set_level(False)
+
+
+class RecordingIrqSink:
+    """Test helper: remembers every level change it is told about."""
+
+    def __init__(self) -> None:
+        self.levels: dict[int, bool] = {}
+        self.history: list[tuple[int, bool]] = []
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        self.levels[irq] = level
+        self.history.append((irq, level))
+
+
+class Device:
+    """Base class for port/MMIO devices."""
+
+    name = "device"
+
+    def reset(self) -> None:
+        """Return to power-on state."""
+
+    def io_read(self, offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        return None
+
+
+class Timer:
+    """A one-shot timer on a :class:`Clock`; ``arm`` again to repeat."""
+
+    __slots__ = ("_clock", "callback", "deadline", "_seq")
+
+    def __init__(self, clock: "Clock", callback: Callable[[], None]) -> None:
+        self._clock = clock
+        self.callback = callback
+        self.deadline: int | None = None
+        self._seq = 0
+
+    def arm(self, deadline_ns: int) -> None:
+        """Fire ``callback`` once the clock reaches ``deadline_ns`` (guest ns)."""
+        self.deadline = int(deadline_ns)
+        self._seq += 1
+        self._clock._schedule(self)
+
+    def cancel(self) -> None:
+        self.deadline = None
+        self._seq += 1
+
+    @property
+    def armed(self) -> bool:
+        return self.deadline is not None
+
+
+class Clock:
+    """Guest time in nanoseconds plus a queue of timers.
+
+    Subclasses decide where time comes from (:meth:`now`).  The machine calls
+    :meth:`run_due` at every stop; :meth:`next_deadline` tells it when the
+    next timer is due.  This base class is a manual clock for tests: time moves
+    only through :meth:`advance`.
+    """
+
+    def __init__(self) -> None:
+        self._now = 0
+        self._heap: list[tuple[int, int, int, Timer]] = []
+        self._order = itertools.count()
+        self.on_schedule: Callable[[int], None] | None = None
+
+    def now(self) -> int:
+        return self._now
+
+    def timer(self, callback: Callable[[], None]) -> Timer:
+        return Timer(self, callback)
+
+    def _schedule(self, timer: Timer) -> None:
+        assert timer.deadline is not None
+        heapq.heappush(self._heap, (timer.deadline, next(self._order), timer._seq, timer))
+        if self.on_schedule is not None:
+            self.on_schedule(timer.deadline)
+
+    def next_deadline(self) -> int | None:
+        heap = self._heap
+        while heap:
+            deadline, _, seq, timer = heap[0]
+            if timer._seq == seq and timer.deadline == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def run_due(self) -> int:
+        """Fire every timer whose deadline has passed; return how many fired."""
+        fired = 0
+        now = self.now()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, seq, timer = heapq.heappop(heap)
+            if timer._seq != seq or timer.deadline != deadline:
+                continue
+            timer.deadline = None
+            timer.callback()
+            fired += 1
+        return fired
+
+    def advance(self, ns: int) -> int:
+        """Manual clock only: move time forward, firing timers in order."""
+        target = self._now + ns
+        fired = 0
+        while True:
+            deadline = self.next_deadline()
+            if deadline is None or deadline > target:
+                break
+            self._now = max(self._now, deadline)
+            fired += self.run_due()
+        self._now = target
+        return fired

@@ -1,0 +1,1 @@
+"""qemu_lite: a small x86 PC emulator driven from Python."""
