@@ -1,0 +1,278 @@
+"""``Machine``: a PC that a Python program builds, runs and inspects."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+from unicorn import UcError
+from unicorn import unicorn_const as UCC
+
+import mmu_core
+from mmu_core._core import (
+    STOP_ERROR,
+    STOP_INTERRUPT,
+    STOP_KICK,
+    STOP_REQUEST,
+    TLB_IDENTITY,
+    TLB_NATIVE,
+)
+from qemu_lite.clock import HostClock, Kicker
+from qemu_lite.devices.base import Device
+from qemu_lite.vcpu import EFLAGS_IF, GuestError, VCpu, new_engine
+
+log = logging.getLogger(__name__)
+
+MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a QEMU-style size ("64M", "1G", "512K", plain MiB) into bytes."""
+    if isinstance(text, int):
+        return text
+    s = text.strip().upper().removesuffix("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    mult = 1 << 20  # QEMU's -m takes MiB by default
+    if s and s[-1] in units:
+        mult = units[s[-1]]
+        s = s[:-1]
+    try:
+        value = float(s)
+    except ValueError:
+        raise ValueError(f"invalid memory size {text!r} (try 64M or 1G)") from None
+    size = int(value * mult)
+    if size <= 0:
+        raise ValueError(f"invalid memory size {text!r}")
+    return size
+
+
+def bundled_firmware(name: str) -> bytes:
+    """Bytes of a file shipped in qemu_lite.firmware (bios.bin, default.img)."""
+    return resources.files("qemu_lite.firmware").joinpath(name).read_bytes()
+
+
+def bundled_firmware_path(name: str) -> str:
+    return str(resources.files("qemu_lite.firmware").joinpath(name))
+
+
+@dataclass
+class RunResult:
+    """Why :meth:`Machine.run` returned.
+
+    ``reason`` is one of ``"exit"`` (isa-debug-exit; ``exit_status`` set),
+    ``"halted"`` (HLT with interrupts disabled), ``"timeout"``,
+    ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
+    ``"reset"`` (the guest reset the machine and ``no_reboot`` was set) or
+    ``"triple-fault"``.
+    """
+
+    reason: str
+    exit_status: int | None = None
+    message: str = ""
+
+
+class Machine:
+    """An x86 PC: CPU, RAM, BIOS, and the standard devices of QEMU's ``pc`` machine.
+
+    >>> from qemu_lite import Machine
+    >>> m = Machine(memory="16M")          # BIOS and devices, no disk
+    >>> m.memory_size
+    16777216
+    """
+
+    def __init__(
+        self,
+        disk: str | os.PathLike[str] | None = None,
+        *,
+        memory: str | int = "64M",
+        serial: str | None = "none",
+        bios: bytes | str | os.PathLike[str] | None = None,
+        mmu: str = "native",
+        snapshot: bool = False,
+        no_reboot: bool = False,
+    ) -> None:
+        if mmu not in MMU_MODES:
+            raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
+        self.memory_size = parse_size(memory)
+        self.no_reboot = no_reboot
+        self.uc, reset_ctx = new_engine()
+        self.core = mmu_core.Core(self.uc, self.memory_size, MMU_MODES[mmu])
+        self.cpu = VCpu(self.uc, self.core, reset_ctx)
+        self.clock = HostClock()
+        self._kicker = Kicker(self.clock, lambda: self.core.request_stop(STOP_KICK))
+        self._wake = threading.Event()
+        self._stop_reason: RunResult | None = None
+        self._pending_reset = False
+        self._closers: list[Callable[[], None]] = []
+        self._pollers: list[Callable[[], None]] = []
+        self._load_bios(bios)
+        from qemu_lite import pc  # the board: which device sits where
+
+        self.board = pc.build(self, disk=disk, serial=serial, snapshot=snapshot)
+
+    # -- building ---------------------------------------------------------------
+
+    def _load_bios(self, bios: bytes | str | os.PathLike[str] | None) -> None:
+        if bios is None:
+            data = bundled_firmware("bios.bin")
+        elif isinstance(bios, bytes):
+            data = bios
+        else:
+            with open(bios, "rb") as f:
+                data = f.read()
+        if len(data) != 0x10000:
+            raise ValueError(f"BIOS image must be 64 KiB, got {len(data)} bytes")
+        self.core.map_rom(0xF0000, data)
+        self.core.map_rom(0xFFFF0000, data)
+
+    def add_device(self, base: int, count: int, device: Device) -> None:
+        """Give ``device`` the I/O ports ``base .. base+count-1``.
+
+        ``device.io_read(offset, size)`` / ``device.io_write(offset, size, value)``
+        run on the vCPU thread with ``offset`` relative to ``base``."""
+        self.core.claim_ports(base, count, device)
+
+    def add_poller(self, poll: Callable[[], None]) -> None:
+        """Call ``poll()`` at every stop of the vCPU (devices pulling host input)."""
+        self._pollers.append(poll)
+
+    def add_closer(self, close: Callable[[], None]) -> None:
+        self._closers.append(close)
+
+    def wake(self) -> None:
+        """Wake a halted vCPU and stop a running one (safe from any thread)."""
+        self._wake.set()
+        self.core.request_stop(STOP_KICK)
+
+    # -- memory and registers ------------------------------------------------------
+
+    def read_memory(self, address: int, size: int) -> bytes:
+        """Read guest physical memory."""
+        return bytes(self.uc.mem_read(address, size))
+
+    def write_memory(self, address: int, data: bytes) -> None:
+        """Write guest physical memory."""
+        self.uc.mem_write(address, bytes(data))
+
+    def reg(self, name: str) -> int:
+        """Read a register by name ("rax", "eip", "cr0", "cs", ...)."""
+        return self.cpu.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.cpu.set_reg(name, value)
+
+    # -- running -------------------------------------------------------------------
+
+    def stop(self, reason: str = "stopped", exit_status: int | None = None,
+             message: str = "") -> None:
+        """End :meth:`run` at the next instruction boundary (from a device or callback)."""
+        if self._stop_reason is None:
+            self._stop_reason = RunResult(reason, exit_status, message)
+        self.core.request_stop(STOP_REQUEST)
+
+    def exit(self, status: int) -> None:
+        """isa-debug-exit: the run ends and the process should exit with ``status``."""
+        self.stop("exit", status, f"guest exit status {status}")
+
+    def reset(self) -> None:
+        """A machine reset requested by the guest (i8042 0xFE, port 0x92, triple fault)."""
+        if self.no_reboot:
+            self.stop("reset", None, "guest requested a reset (--no-reboot)")
+            return
+        self.core.request_stop(STOP_REQUEST)
+        self._pending_reset = True
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Run the guest until it exits, halts for good, or ``timeout`` seconds pass."""
+        self._stop_reason = None
+        self._pending_reset = False
+        wall_deadline = None if timeout is None else time.monotonic() + timeout
+        self._kicker.start(wall_deadline)
+        try:
+            return self._run_loop(wall_deadline)
+        finally:
+            self._kicker.stop()
+
+    def _service(self) -> None:
+        self.clock.run_due()
+        for poll in self._pollers:
+            poll()
+
+    def _run_loop(self, wall_deadline: float | None) -> RunResult:
+        cpu, core = self.cpu, self.core
+        while True:
+            self._service()
+            if self._stop_reason is not None:
+                return self._stop_reason
+            if wall_deadline is not None and time.monotonic() >= wall_deadline:
+                return RunResult("timeout", None, "time budget spent")
+            if self._pending_reset:
+                self._pending_reset = False
+                cpu.reset()
+            if cpu.halted:
+                self._wait_while_halted(wall_deadline)
+                continue
+            err = cpu.run_slice()
+            flags, intno = core.take_stop()
+            if flags & STOP_ERROR:
+                exc = core.take_error()
+                if exc is not None:
+                    raise exc
+            if self._stop_reason is not None:
+                return self._stop_reason
+            if flags & STOP_INTERRUPT:
+                cpu.deliver_event(intno)
+                continue
+            if err is not None:
+                raise GuestError(self._describe_error(err))
+            if not flags & (STOP_KICK | STOP_REQUEST) and cpu.stopped_on_hlt():
+                if not cpu.reg("rflags") & EFLAGS_IF:
+                    return RunResult("halted", None, "guest halted with interrupts disabled "
+                                     f"at {cpu.linear_pc() - 1:#x}")
+                cpu.halted = True
+
+    def _wait_while_halted(self, wall_deadline: float | None) -> None:
+        """Sleep until a timer is due, input arrives or the time budget ends."""
+        due = wall_deadline
+        guest = self.clock.next_deadline()
+        if guest is not None:
+            t = self.clock.host_deadline(guest)
+            due = t if due is None else min(due, t)
+        wait = None if due is None else max(0.0, due - time.monotonic())
+        self._wake.wait(wait)
+        self._wake.clear()
+        self._service()
+        if self._interrupt_ready():
+            self.cpu.halted = False
+
+    def _interrupt_ready(self) -> bool:
+        return False
+
+    def _describe_error(self, err: UcError) -> str:
+        pc = self.cpu.linear_pc()
+        names = {UCC.UC_ERR_READ_UNMAPPED: "read of unmapped memory",
+                 UCC.UC_ERR_WRITE_UNMAPPED: "write to unmapped memory",
+                 UCC.UC_ERR_FETCH_UNMAPPED: "execution of unmapped memory",
+                 UCC.UC_ERR_WRITE_PROT: "write to read-only memory",
+                 UCC.UC_ERR_INSN_INVALID: "invalid instruction"}
+        what = names.get(err.errno, str(err))
+        return f"guest stopped: {what} at pc {pc:#x}"
+
+    # -- teardown ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush disks and release host resources (serial backends, image locks)."""
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
