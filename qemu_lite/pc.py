@@ -48,7 +48,7 @@ def build(machine: Machine, *, disk: str | os.PathLike[str] | BlockImage | None,
           serial: str | None, serial2: str | None = None, snapshot: bool = False) -> Board:
     add = machine.add_device
     backend = open_backend(serial) if serial else None
-    com1 = Uart16550(IrqLine(), backend)
+    com1 = Uart16550(IrqLine(), backend, machine.clock)
     add(COM1, 8, com1)
     if backend is not None:
         backend.notify = machine.wake
@@ -57,7 +57,7 @@ def build(machine: Machine, *, disk: str | os.PathLike[str] | BlockImage | None,
     com2 = None
     if serial2:
         backend2 = open_backend(serial2, label="serial1")
-        com2 = Uart16550(IrqLine(), backend2)
+        com2 = Uart16550(IrqLine(), backend2, machine.clock)
         add(COM2, 8, com2)
         if backend2 is not None:
             backend2.notify = machine.wake

@@ -13,7 +13,7 @@ from unicorn import UC_ARCH_X86, UC_MODE_16, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
 
 from mmu_core import Core
-from qemu_lite.cpustate import CS, SegmentEditor
+from qemu_lite.cpustate import CS, DS, ES, FS, GS, SS, Segment, SegmentEditor, segment_hflags
 
 # emu_start's "until": a non-canonical address no guest can execute.
 NEVER = 0xFFFF_FFFF_FFFF_FFF0
@@ -82,6 +82,27 @@ class VCpu:
     def reset(self) -> None:
         """CPU reset (INIT): real mode at F000:FFF0, RAM untouched."""
         self.uc.context_restore(self._reset_context)
+        self.halted = False
+
+    def enter_flat_protected_mode(self, entry: int, gdt_addr: int) -> None:
+        """Flat 32-bit protected mode at ``entry`` (as a Multiboot loader leaves it).
+
+        A three-entry GDT (null, code 0x08, data 0x10) is written at
+        ``gdt_addr`` and loaded, so the guest may reload its segments."""
+        code = 0x00CF9A000000FFFF
+        data = 0x00CF92000000FFFF
+        self.uc.mem_write(gdt_addr, struct.pack("<3Q", 0, code, data))
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, 23, 0))
+        self.set_reg("cr0", (self.reg("cr0") | CR0_PE) & ~CR0_PG)
+        cs = Segment.from_descriptor(0x08, code)
+        ds = Segment.from_descriptor(0x10, data)
+        segs = {CS: cs, SS: ds, DS: ds, ES: ds, FS: ds, GS: ds}
+        hf = segment_hflags(self.segments.hflags(), cs, ds, 0, protected=True, vm86=False)
+        self.segments.load({k: Segment(v.selector, v.base, v.limit, v.flags | 0x100)
+                            for k, v in segs.items()},
+                           hflags_set=hf, hflags_clear=0xFFFFFFFF)
+        self.set_reg("rflags", 0x2)
+        self.set_reg("rip", entry)
         self.halted = False
 
     # -- running ----------------------------------------------------------------

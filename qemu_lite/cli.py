@@ -1,0 +1,123 @@
+"""``qemu-lite``: boot a disk image or a kernel, QEMU-style.
+
+Exit status: odd values come from the guest through isa-debug-exit
+((value << 1) | 1, as QEMU); even values are qemu-lite's own:
+0 the guest halted with interrupts off, 2 usage or input error,
+4 time budget spent, 6 the guest crashed (triple fault, unrecoverable
+error), 8 the guest asked for a reset under --no-reboot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from qemu_lite.devices.block import BlockImageError
+
+STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qemu-lite",
+        description="Boot an x86 PC: a disk image through our BIOS, or a kernel directly. "
+                    "With no DISK and no --kernel, boots the bundled default image.",
+        epilog="Exit status: odd = the guest's isa-debug-exit value (v << 1) | 1; "
+               "0 guest halted, 2 usage error, 4 timeout, 6 guest crashed, "
+               "8 reset under --no-reboot.",
+    )
+    p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
+    p.add_argument("-hda", dest="hda", metavar="FILE", help="same as DISK")
+    p.add_argument("-m", "--memory", default="64M", metavar="SIZE",
+                   help="guest RAM, e.g. 64M or 1G (plain numbers are MiB; default 64M)")
+    p.add_argument("--serial", "-serial", default="stdio", metavar="SPEC",
+                   help="COM1 backend: stdio (default), none, file:PATH, pty, or a pyserial URL "
+                        "(socket://host:port, loop://, rfc2217://host:port, /dev/ttyS0)")
+    p.add_argument("--serial2", metavar="SPEC", help="COM2 backend (same forms as --serial)")
+    p.add_argument("--kernel", "-kernel", metavar="FILE", help="boot a Multiboot v1 kernel directly")
+    p.add_argument("--append", "-append", default="", metavar="CMDLINE",
+                   help="kernel command line")
+    p.add_argument("--initrd", "-initrd", metavar="FILES",
+                   help="comma-separated Multiboot modules ('file arg,file2')")
+    p.add_argument("--bios", "-bios", metavar="FILE", help="64 KiB BIOS image (default: ours)")
+    p.add_argument("--snapshot", "-snapshot", action="store_true",
+                   help="keep disk writes in memory; the image file is not modified")
+    p.add_argument("--no-reboot", "-no-reboot", action="store_true",
+                   help="exit instead of rebooting when the guest resets or triple-faults")
+    p.add_argument("--mmu", default="native", choices=["native", "identity"],
+                   help="how guest addresses are translated (default: native)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop the guest after this many seconds of wall time")
+    p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="qemu-lite: %(name)s: %(message)s")
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        print("qemu-lite: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"qemu-lite: {message}", file=sys.stderr)
+    return STATUS["usage"]
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from qemu_lite.loaders import multiboot
+    from qemu_lite.machine import Machine, bundled_firmware_path, parse_size
+    from qemu_lite.vcpu import GuestError, TripleFault
+
+    if args.disk and args.hda:
+        parser.error("give the disk image either as DISK or as -hda, not both")
+    try:
+        parse_size(args.memory)
+    except ValueError as exc:
+        parser.error(str(exc))
+    disk = args.disk or args.hda
+    snapshot = args.snapshot
+    if disk is None and args.kernel is None:
+        disk = bundled_firmware_path("default.img")
+        snapshot = True  # the bundled image is package data: never write it
+    for path, what in ((disk, "disk image"), (args.kernel, "kernel"), (args.bios, "BIOS")):
+        if path is not None and not os.path.isfile(path):
+            return _fail(f"cannot open {what} '{path}': No such file")
+    try:
+        machine = Machine(disk, memory=args.memory, serial=args.serial, bios=args.bios,
+                          mmu=args.mmu, snapshot=snapshot, no_reboot=args.no_reboot)
+    except (BlockImageError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    with machine:
+        if args.kernel:
+            modules = []
+            for item in filter(None, (args.initrd or "").split(",")):
+                path = item.split(" ", 1)[0]
+                if not os.path.isfile(path):
+                    return _fail(f"cannot open module '{path}': No such file")
+                modules.append((path, item))
+            try:
+                multiboot.load(machine, args.kernel, args.append, modules)
+            except (multiboot.MultibootError, OSError) as exc:
+                return _fail(str(exc))
+        try:
+            result = machine.run(timeout=args.timeout)
+        except TripleFault as exc:
+            print(f"qemu-lite: {exc}", file=sys.stderr)
+            return STATUS["crash"]
+        except GuestError as exc:
+            print(f"qemu-lite: {exc}", file=sys.stderr)
+            return STATUS["crash"]
+    if result.reason == "exit":
+        assert result.exit_status is not None
+        return result.exit_status
+    if result.message:
+        print(f"qemu-lite: {result.message}", file=sys.stderr)
+    return STATUS.get(result.reason, STATUS["crash"])
