@@ -57,6 +57,8 @@ cdef enum:
     C_STOP_KICK = 8        # the clock wants the run loop (timer due, input ready)
     C_STOP_SYSCALL = 16    # SYSCALL or SYSENTER executed (the vCPU does its effect)
     C_STOP_FAULT = 32      # the TLB fill refused an access (guest page fault)
+    C_STOP_INVALID = 64    # invalid opcode: deliver #UD at the current RIP
+    C_STOP_SYSENTER = 128  # SYSENTER executed
 
 STOP_INTERRUPT = C_STOP_INTERRUPT
 STOP_REQUEST = C_STOP_REQUEST
@@ -64,6 +66,8 @@ STOP_ERROR = C_STOP_ERROR
 STOP_KICK = C_STOP_KICK
 STOP_SYSCALL = C_STOP_SYSCALL
 STOP_FAULT = C_STOP_FAULT
+STOP_INVALID = C_STOP_INVALID
+STOP_SYSENTER = C_STOP_SYSENTER
 
 TLB_NATIVE = 0       # Unicorn's own MMU (UC_TLB_CPU)
 TLB_IDENTITY = 1     # UC_TLB_VIRTUAL, linear == physical (no guest paging)
@@ -101,7 +105,7 @@ cdef class Core:
     cdef CoreState *st
     cdef object _uc_obj
     cdef list _roms
-    cdef uc_hook _hooks[8]
+    cdef uc_hook _hooks[16]
     cdef int _nhooks
     cdef list _port_handlers
     cdef public object unclaimed_port_log
@@ -147,6 +151,9 @@ cdef class Core:
         self._add_hook(UC_HOOK_INSN, <void *>_hook_in, UC_X86_INS_IN)
         self._add_hook(UC_HOOK_INSN, <void *>_hook_out, UC_X86_INS_OUT)
         self._add_hook(UC_HOOK_INTR, <void *>_hook_intr)
+        self._add_hook(UC_HOOK_INSN_INVALID, <void *>_hook_invalid)
+        self._add_hook(UC_HOOK_INSN, <void *>_hook_syscall, UC_X86_INS_SYSCALL)
+        self._add_hook(UC_HOOK_INSN, <void *>_hook_sysenter, UC_X86_INS_SYSENTER)
 
     def __dealloc__(self):
         cdef int i
@@ -166,7 +173,7 @@ cdef class Core:
 
     cdef _add_hook(self, int kind, void *cb, int insn=-1):
         cdef int err
-        if self._nhooks >= 8:
+        if self._nhooks >= 16:
             raise RuntimeError("too many hooks")
         if insn >= 0:
             err = uc_hook_add(self.st.uc, &self._hooks[self._nhooks], kind, cb, <void *>self.st,
@@ -211,11 +218,6 @@ cdef class Core:
     def fills(self):
         """TLB fills answered by mmu_core."""
         return self.st.fills
-
-    def enable_syscall_hooks(self):
-        """Stop the engine after SYSCALL/SYSENTER (STOP_SYSCALL) so the vCPU can do their effect."""
-        self._add_hook(UC_HOOK_INSN, <void *>_hook_syscall, UC_X86_INS_SYSCALL)
-        self._add_hook(UC_HOOK_INSN, <void *>_hook_syscall, UC_X86_INS_SYSENTER)
 
     def set_cpuid_handler(self, handler):
         """``handler()`` runs for every CPUID; it returns True to skip the native one."""
@@ -385,6 +387,22 @@ cdef void _hook_syscall(uc_engine *uc, void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
     st.stop_flags |= C_STOP_SYSCALL
     uc_emu_stop(uc)
+
+
+cdef void _hook_sysenter(uc_engine *uc, void *user_data) noexcept nogil:
+    cdef CoreState *st = <CoreState *>user_data
+    st.stop_flags |= C_STOP_SYSENTER
+    uc_emu_stop(uc)
+
+
+cdef bint _hook_invalid(uc_engine *uc, void *user_data) noexcept nogil:
+    # Unicorn reports #UD here instead of through UC_HOOK_INTR.  Claiming it
+    # lets emulation "continue", but the stop request ends the slice first
+    # with RIP still at the invalid instruction.
+    cdef CoreState *st = <CoreState *>user_data
+    st.stop_flags |= C_STOP_INVALID
+    uc_emu_stop(uc)
+    return True
 
 
 cdef int _hook_cpuid(uc_engine *uc, void *user_data) noexcept nogil:

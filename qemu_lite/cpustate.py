@@ -28,6 +28,8 @@ HF_CPL_MASK = 3
 HF_CS32 = 1 << 4
 HF_SS32 = 1 << 5
 HF_CS64 = 1 << 15
+HF_INHIBIT_IRQ = 1 << 3
+HF_PE = 1 << 7
 
 
 def _context_bytes(uc: Uc) -> bytes:
@@ -171,6 +173,25 @@ class SegmentEditor:
         if cpl is not None:
             hf = (hf & ~HF_CPL_MASK) | cpl
         struct.pack_into("<I", buf, self.layout.hflags, hf)
+        self._core.context_restore()
+
+    def commit(self, segments: dict[int, Segment], eflags: int) -> None:
+        """Load segment caches after an event delivery or SYSCALL-like transfer.
+
+        Recomputes CPL and the CS/SS-dependent hflags from the new segments,
+        clears the interrupt shadow and QEMU's nested-exception memory."""
+        buf = self._core.context_save()
+        lay = self.layout
+        for seg, s in segments.items():
+            struct.pack_into("<I4xQII", buf, lay.segments[seg], s.selector, s.base, s.limit, s.flags)
+        cs, ss = self._get(buf, CS), self._get(buf, SS)
+        bases = self._get(buf, DS).base | self._get(buf, ES).base | ss.base
+        hf = struct.unpack_from("<I", buf, lay.hflags)[0]
+        protected = bool(hf & HF_PE)
+        hf = segment_hflags(hf & ~HF_INHIBIT_IRQ, cs, ss, bases, protected,
+                            bool(eflags & (1 << 17)))
+        struct.pack_into("<I", buf, lay.hflags, hf)
+        struct.pack_into("<i", buf, lay.old_exception, -1)
         self._core.context_restore()
 
     def hflags(self) -> int:

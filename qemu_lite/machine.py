@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable
+from typing import Callable, Protocol
 
 from unicorn import UcError
 from unicorn import unicorn_const as UCC
@@ -17,14 +17,17 @@ import mmu_core
 from mmu_core._core import (
     STOP_ERROR,
     STOP_INTERRUPT,
+    STOP_INVALID,
     STOP_KICK,
     STOP_REQUEST,
+    STOP_SYSCALL,
+    STOP_SYSENTER,
     TLB_IDENTITY,
     TLB_NATIVE,
 )
 from qemu_lite.clock import HostClock, Kicker
 from qemu_lite.devices.base import Device
-from qemu_lite.vcpu import EFLAGS_IF, GuestError, VCpu, new_engine
+from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,22 @@ def bundled_firmware(name: str) -> bytes:
 
 def bundled_firmware_path(name: str) -> str:
     return str(resources.files("qemu_lite.firmware").joinpath(name))
+
+
+class InterruptSource(Protocol):
+    """What the vCPU asks at instruction boundaries (the PIC, or the local APIC)."""
+
+    def has_interrupt(self) -> bool: ...
+
+    def acknowledge(self) -> int: ...
+
+
+class NoInterrupts:
+    def has_interrupt(self) -> bool:
+        return False
+
+    def acknowledge(self) -> int:
+        raise RuntimeError("no interrupt pending")
 
 
 @dataclass
@@ -108,6 +127,8 @@ class Machine:
         self._wake = threading.Event()
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
+        self._resettable: list[Device] = []
+        self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
         self._pollers: list[Callable[[], None]] = []
         self._load_bios(bios)
@@ -213,7 +234,19 @@ class Machine:
                 return RunResult("timeout", None, "time budget spent")
             if self._pending_reset:
                 self._pending_reset = False
-                cpu.reset()
+                self._do_reset()
+            if self.irq_source.has_interrupt():
+                if cpu.interrupts_enabled():
+                    try:
+                        cpu.inject_external(self.irq_source.acknowledge())
+                    except TripleFault as exc:
+                        if self._triple_fault(exc):
+                            return self._stop_reason  # type: ignore[return-value]
+                        continue
+                    self._kicker.irq_waiting = False
+                else:
+                    # Masked for now: stop again soon to retry (no hook tells us of STI).
+                    self._kicker.irq_waiting = True
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue
@@ -225,33 +258,57 @@ class Machine:
                     raise exc
             if self._stop_reason is not None:
                 return self._stop_reason
-            if flags & STOP_INTERRUPT:
-                cpu.deliver_event(intno)
-                continue
-            if err is not None:
-                raise GuestError(self._describe_error(err))
-            if not flags & (STOP_KICK | STOP_REQUEST) and cpu.stopped_on_hlt():
-                if not cpu.reg("rflags") & EFLAGS_IF:
-                    return RunResult("halted", None, "guest halted with interrupts disabled "
-                                     f"at {cpu.linear_pc() - 1:#x}")
-                cpu.halted = True
+            try:
+                if flags & STOP_INTERRUPT:
+                    cpu.deliver_cpu_event(intno)
+                elif flags & STOP_INVALID:
+                    cpu.deliver_invalid_opcode()
+                elif flags & STOP_SYSCALL:
+                    cpu.do_syscall()
+                elif flags & STOP_SYSENTER:
+                    cpu.do_sysenter()
+                elif err is not None:
+                    raise GuestError(self._describe_error(err))
+                elif not flags & (STOP_KICK | STOP_REQUEST) and cpu.stopped_on_hlt():
+                    if not cpu.reg("rflags") & EFLAGS_IF:
+                        return RunResult("halted", None, "guest halted with interrupts "
+                                         f"disabled at {cpu.linear_pc() - 1:#x}")
+                    cpu.halted = True
+            except TripleFault as exc:
+                if self._triple_fault(exc):
+                    return self._stop_reason  # type: ignore[return-value]
+
+    def _triple_fault(self, exc: TripleFault) -> bool:
+        """A real PC resets on a triple fault; under no_reboot the run ends."""
+        log.warning("%s", exc)
+        if self.no_reboot:
+            self.stop("triple-fault", None, str(exc))
+            return True
+        self._do_reset()
+        return False
+
+    def _do_reset(self) -> None:
+        self.cpu.reset()
+        for dev in self._resettable:
+            dev.reset()
 
     def _wait_while_halted(self, wall_deadline: float | None) -> None:
         """Sleep until a timer is due, input arrives or the time budget ends."""
-        due = wall_deadline
-        guest = self.clock.next_deadline()
-        if guest is not None:
-            t = self.clock.host_deadline(guest)
-            due = t if due is None else min(due, t)
-        wait = None if due is None else max(0.0, due - time.monotonic())
-        self._wake.wait(wait)
-        self._wake.clear()
-        self._service()
-        if self._interrupt_ready():
-            self.cpu.halted = False
-
-    def _interrupt_ready(self) -> bool:
-        return False
+        while True:
+            if self.irq_source.has_interrupt():
+                self.cpu.halted = False
+                return
+            due = wall_deadline
+            guest = self.clock.next_deadline()
+            if guest is not None:
+                t = self.clock.host_deadline(guest)
+                due = t if due is None else min(due, t)
+            now = time.monotonic()
+            if due is not None and due <= now:
+                return
+            self._wake.wait(None if due is None else due - now)
+            self._wake.clear()
+            self._service()
 
     def _describe_error(self, err: UcError) -> str:
         pc = self.cpu.linear_pc()

@@ -13,7 +13,22 @@ from unicorn import UC_ARCH_X86, UC_MODE_16, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
 
 from mmu_core import Core
-from qemu_lite.cpustate import CS, DS, ES, FS, GS, SS, Segment, SegmentEditor, segment_hflags
+from qemu_lite.cpustate import (
+    CS,
+    DS,
+    ES,
+    FS,
+    GS,
+    HF_CS64,
+    SS,
+    Segment,
+    SegmentEditor,
+    segment_hflags,
+)
+from qemu_lite.events import EXCEPTION, EXTERNAL, GP, SOFTWARE, UD, Event, EventDelivery
+from qemu_lite.events import TripleFault as _TripleFault
+from qemu_lite.events import UnsupportedEvent
+from qemu_lite.paging import RamView
 
 # emu_start's "until": a non-canonical address no guest can execute.
 NEVER = 0xFFFF_FFFF_FFFF_FFF0
@@ -45,6 +60,8 @@ def new_engine() -> tuple[Uc, object]:
     uc16.reg_write(X.UC_X86_REG_CS, 0xF000)
     uc16.reg_write(X.UC_X86_REG_IP, 0xFFF0)
     uc16.reg_write(X.UC_X86_REG_EDX, 0x0663)  # family 6 reset signature
+    uc16.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))  # reset values (SDM 9.1.1)
+    uc16.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
     reset = uc16.context_save()
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.context_restore(reset)
@@ -60,6 +77,8 @@ class VCpu:
         self.segments = SegmentEditor(core)
         self._reset_context = reset_context
         self.halted = False
+        self.walk_memory = RamView(core.ram)
+        self.events = EventDelivery(self)
 
     # -- registers --------------------------------------------------------------
 
@@ -124,33 +143,111 @@ class VCpu:
 
     # -- event delivery -----------------------------------------------------------
 
-    def deliver_event(self, vector: int) -> None:
-        """Deliver the exception or software interrupt that stopped the CPU."""
+    def deliver_cpu_event(self, vector: int) -> None:
+        """Deliver the exception or software interrupt that just stopped the CPU."""
         is_int, error_code, next_eip = self.segments.last_event()
-        return_ip = next_eip if is_int else self.rip
-        if self.in_real_mode():
-            self._deliver_real_mode(vector, return_ip)
-            return
-        raise GuestError(f"unhandled {'INT' if is_int else 'exception'} {vector:#x} "
-                         f"(error code {error_code:#x}) at {self.linear_pc():#x} in protected "
-                         f"mode: protected-mode event delivery is not implemented yet")
+        if is_int:
+            ev = Event(vector, SOFTWARE, None, next_eip)
+        else:
+            ev = Event(vector, EXCEPTION, error_code, self.rip)
+        self._deliver(ev)
 
-    def _deliver_real_mode(self, vector: int, return_ip: int) -> None:
+    def deliver_invalid_opcode(self) -> None:
+        self._deliver(Event(UD, EXCEPTION, 0, self.rip))
+
+    def deliver_exception(self, vector: int, error_code: int = 0, cr2: int | None = None) -> None:
+        """Raise a CPU exception at the current instruction (e.g. #PF from the MMU)."""
+        self._deliver(Event(vector, EXCEPTION, error_code, self.rip, cr2))
+
+    def inject_external(self, vector: int) -> None:
+        """Deliver an external interrupt (the caller checked IF and the STI shadow)."""
+        self.halted = False
+        self._deliver(Event(vector, EXTERNAL, None, self.rip))
+
+    def _deliver(self, ev: Event) -> None:
+        try:
+            self.events.deliver(ev)
+        except _TripleFault as tf:
+            raise TripleFault(f"{tf} at pc {self.linear_pc():#x}") from None
+        except UnsupportedEvent as exc:
+            raise GuestError(f"{exc} (vector {ev.vector} at pc {self.linear_pc():#x})") from None
+
+    def interrupts_enabled(self) -> bool:
+        """EFLAGS.IF set and no STI / MOV SS interrupt shadow on the next instruction."""
+        if not self.reg("rflags") & EFLAGS_IF:
+            return False
+        return not self.segments.hflags() & HF_INHIBIT_IRQ
+
+    def commit_delivery(self, segs: dict[int, Segment], cpl: int | None, rip: int, rsp: int,
+                        rsp_mask: int, rflags: int) -> None:
+        """Load the state an event delivery computed, in one context round trip.
+
+        Clears QEMU's nested-exception memory (DESIGN fact 2) and the
+        interrupt shadow, as real delivery does."""
+        old_rsp = self.reg("rsp")
+        self.segments.commit(segs, rflags)
+        self.uc.reg_write(X.UC_X86_REG_RSP, (old_rsp & ~rsp_mask) | (rsp & rsp_mask))
+        self.uc.reg_write(X.UC_X86_REG_RFLAGS, rflags)
+        self.uc.reg_write(X.UC_X86_REG_RIP, rip)
+
+    # -- SYSCALL / SYSENTER (their effect is ours to do: DESIGN fact 3) -------------------
+
+    def do_syscall(self) -> None:
         uc = self.uc
-        ivt = uc.mem_read(vector * 4, 4)
-        new_ip, new_cs = struct.unpack("<HH", ivt)
-        flags = self.reg("rflags")
-        cs = self.segments.read(CS)
-        ss_base = self.segments.read(2).base
-        sp = self.reg("sp")
-        for value in (flags & 0xFFFF, cs.selector, return_ip & 0xFFFF):
-            sp = (sp - 2) & 0xFFFF
-            uc.mem_write(ss_base + sp, struct.pack("<H", value))
-        self.set_reg("sp", sp)
-        self.set_reg("rflags", flags & ~(EFLAGS_IF | EFLAGS_TF | EFLAGS_AC))
-        cs.selector, cs.base = new_cs, new_cs << 4
-        self.segments.load({CS: cs})
-        self.set_reg("rip", new_ip)
+        efer = uc.msr_read(MSR_EFER)
+        if not efer & EFER_SCE:
+            self._deliver(Event(UD, EXCEPTION, 0, self.rip - 2))
+            return
+        star = uc.msr_read(MSR_STAR)
+        sel = (star >> 32) & 0xFFFC
+        rip = self.rip  # already past SYSCALL
+        rflags = self.reg("rflags")
+        if efer & EFER_LMA:
+            long_cs = bool(self.segments.hflags() & HF_CS64)
+            uc.reg_write(X.UC_X86_REG_RCX, rip)
+            uc.reg_write(X.UC_X86_REG_R11, rflags & ~EFLAGS_RF)
+            fmask = uc.msr_read(MSR_FMASK)
+            target = uc.msr_read(MSR_LSTAR if long_cs else MSR_CSTAR)
+            cs = Segment(sel, 0, 0xFFFFFFFF, FLAT_CODE64)
+            new_flags = rflags & ~(fmask | EFLAGS_RF)
+        else:
+            uc.reg_write(X.UC_X86_REG_RCX, rip & 0xFFFFFFFF)
+            target = star & 0xFFFFFFFF
+            cs = Segment(sel, 0, 0xFFFFFFFF, FLAT_CODE32)
+            new_flags = rflags & ~(EFLAGS_IF | EFLAGS_VM | EFLAGS_RF)
+        ss = Segment((sel + 8) & 0xFFFC, 0, 0xFFFFFFFF, FLAT_DATA)
+        self.commit_delivery({CS: cs, SS: ss}, 0, target, 0, 0, new_flags)
+
+    def do_sysenter(self) -> None:
+        uc = self.uc
+        sel = uc.msr_read(MSR_SYSENTER_CS) & 0xFFFC
+        if sel == 0:
+            self._deliver(Event(GP, EXCEPTION, 0, self.rip - 2))
+            return
+        long_mode = bool(uc.msr_read(MSR_EFER) & EFER_LMA)
+        cs = Segment(sel, 0, 0xFFFFFFFF, FLAT_CODE64 if long_mode else FLAT_CODE32)
+        ss = Segment(sel + 8, 0, 0xFFFFFFFF, FLAT_DATA)
+        new_flags = self.reg("rflags") & ~(EFLAGS_IF | EFLAGS_VM | EFLAGS_RF)
+        self.commit_delivery({CS: cs, SS: ss}, 0, uc.msr_read(MSR_SYSENTER_EIP),
+                             uc.msr_read(MSR_SYSENTER_ESP), 0xFFFFFFFFFFFFFFFF, new_flags)
+
+
+MSR_EFER = 0xC0000080
+MSR_STAR = 0xC0000081
+MSR_LSTAR = 0xC0000082
+MSR_CSTAR = 0xC0000083
+MSR_FMASK = 0xC0000084
+MSR_SYSENTER_CS = 0x174
+MSR_SYSENTER_ESP = 0x175
+MSR_SYSENTER_EIP = 0x176
+EFER_SCE = 1 << 0
+EFER_LMA = 1 << 10
+EFLAGS_RF = 1 << 16
+HF_INHIBIT_IRQ = 1 << 3
+# Hidden-descriptor flags of the flat segments SYSCALL/SYSENTER load (P, S, type, G, D/L).
+FLAT_CODE32 = 0x00C09B00
+FLAT_CODE64 = 0x00A09B00
+FLAT_DATA = 0x00C09300
 
 
 _REGS: dict[str, int] = {}

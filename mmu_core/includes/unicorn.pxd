@@ -37,6 +37,7 @@ cdef enum:
     UC_HOOK_INTR = 1 << 0
     UC_HOOK_INSN = 1 << 1
     UC_HOOK_TLB_FILL = 1 << 17
+    UC_HOOK_INSN_INVALID = 1 << 14
     UC_MEM_READ = 16
     UC_MEM_WRITE = 17
     UC_MEM_FETCH = 18
