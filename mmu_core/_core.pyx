@@ -41,6 +41,7 @@ cdef uc_context_alloc_t uc_context_alloc = <uc_context_alloc_t>_fn("uc_context_a
 cdef uc_context_save_t uc_context_save = <uc_context_save_t>_fn("uc_context_save")
 cdef uc_context_restore_t uc_context_restore = <uc_context_restore_t>_fn("uc_context_restore")
 cdef uc_context_free_t uc_context_free = <uc_context_free_t>_fn("uc_context_free")
+cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
 
 for _name, _ours in (("UC_X86_INS_IN", UC_X86_INS_IN), ("UC_X86_INS_OUT", UC_X86_INS_OUT),
                      ("UC_X86_INS_SYSCALL", UC_X86_INS_SYSCALL),
@@ -92,6 +93,17 @@ cdef struct CoreState:
     int intno
     uint64_t fills
     bint a20_enabled
+    # The first CPU event of a slice, captured in the hook: a later phantom
+    # fault (Unicorn fetching the emu_start "until" page) overwrites env.
+    void *ev_ctx
+    int ev_off_error_code
+    int ev_off_is_int
+    int ev_off_next_eip
+    int ev_cr2_reg
+    uint32_t ev_error_code
+    uint32_t ev_is_int
+    uint64_t ev_next_eip
+    uint64_t ev_cr2
 
 
 cdef class Core:
@@ -166,6 +178,9 @@ cdef class Core:
         if self._ctx != NULL:
             uc_context_free(self._ctx)
             self._ctx = NULL
+        if self.st.ev_ctx != NULL:
+            uc_context_free(self.st.ev_ctx)
+            self.st.ev_ctx = NULL
         if self.st.ram != NULL:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
@@ -244,6 +259,23 @@ cdef class Core:
         if self._ctx == NULL:
             raise RuntimeError("context_restore() before context_save()")
         _check(uc_context_restore(self.st.uc, self._ctx))
+
+    def set_event_layout(self, int error_code, int is_int, int next_eip, int cr2_reg):
+        """Context offsets of QEMU's error_code / exception_is_int / exception_next_eip
+        and the register id of CR2, so the interrupt hook can capture them."""
+        if self.st.ev_ctx == NULL:
+            _check(uc_context_alloc(self.st.uc, &self.st.ev_ctx))
+        if max(error_code, is_int, next_eip + 8) > <int>uc_context_size(self.st.uc):
+            raise ValueError("event offsets outside the CPU context")
+        self.st.ev_off_error_code = error_code
+        self.st.ev_off_is_int = is_int
+        self.st.ev_off_next_eip = next_eip
+        self.st.ev_cr2_reg = cr2_reg
+
+    def take_event(self):
+        """``(is_int, error_code, next_eip, cr2)`` captured when the last event was raised."""
+        return (bool(self.st.ev_is_int), self.st.ev_error_code, self.st.ev_next_eip,
+                self.st.ev_cr2)
 
     # -- ports ----------------------------------------------------------------
 
@@ -378,9 +410,18 @@ cdef void _log_unclaimed(Core core, uint32_t port, int size, long value) noexcep
 
 cdef void _hook_intr(uc_engine *uc, uint32_t intno, void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
+    cdef char *ctx
+    uc_emu_stop(uc)
+    if st.stop_flags & C_STOP_INTERRUPT:
+        return  # only the first event of a slice is the guest's
     st.intno = intno
     st.stop_flags |= C_STOP_INTERRUPT
-    uc_emu_stop(uc)
+    if st.ev_ctx != NULL and uc_context_save(uc, st.ev_ctx) == 0:
+        ctx = <char *>st.ev_ctx
+        memcpy(&st.ev_error_code, ctx + st.ev_off_error_code, 4)
+        memcpy(&st.ev_is_int, ctx + st.ev_off_is_int, 4)
+        memcpy(&st.ev_next_eip, ctx + st.ev_off_next_eip, 8)
+        uc_reg_read(uc, st.ev_cr2_reg, &st.ev_cr2)
 
 
 cdef void _hook_syscall(uc_engine *uc, void *user_data) noexcept nogil:

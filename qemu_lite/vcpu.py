@@ -25,7 +25,7 @@ from qemu_lite.cpustate import (
     SegmentEditor,
     segment_hflags,
 )
-from qemu_lite.events import EXCEPTION, EXTERNAL, GP, SOFTWARE, UD, Event, EventDelivery
+from qemu_lite.events import EXCEPTION, EXTERNAL, GP, PF, SOFTWARE, UD, Event, EventDelivery
 from qemu_lite.events import TripleFault as _TripleFault
 from qemu_lite.events import UnsupportedEvent
 from qemu_lite.paging import RamView
@@ -78,6 +78,9 @@ class VCpu:
         self._reset_context = reset_context
         self.halted = False
         self.walk_memory = RamView(core.ram)
+        lay = self.segments.layout
+        core.set_event_layout(lay.error_code, lay.exception_is_int, lay.exception_next_eip,
+                              X.UC_X86_REG_CR2)
         self.events = EventDelivery(self)
 
     # -- registers --------------------------------------------------------------
@@ -145,11 +148,11 @@ class VCpu:
 
     def deliver_cpu_event(self, vector: int) -> None:
         """Deliver the exception or software interrupt that just stopped the CPU."""
-        is_int, error_code, next_eip = self.segments.last_event()
+        is_int, error_code, next_eip, cr2 = self.core.take_event()
         if is_int:
             ev = Event(vector, SOFTWARE, None, next_eip)
         else:
-            ev = Event(vector, EXCEPTION, error_code, self.rip)
+            ev = Event(vector, EXCEPTION, error_code, self.rip, cr2 if vector == PF else None)
         self._deliver(ev)
 
     def deliver_invalid_opcode(self) -> None:

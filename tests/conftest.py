@@ -25,8 +25,10 @@ def assemble(tmp_path: Path):
         src = tmp_path / f"{name}.asm"
         out = tmp_path / f"{name}.{fmt}"
         src.write_text(source)
-        subprocess.run([_nasm(), "-f", fmt, "-o", str(out), str(src)], check=True,
-                       capture_output=True, text=True)
+        proc = subprocess.run([_nasm(), "-f", fmt, "-o", str(out), str(src)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise AssertionError(f"nasm failed on {src}:\n{proc.stderr}")
         return out.read_bytes()
 
     return run

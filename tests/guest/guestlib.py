@@ -1,0 +1,244 @@
+"""Helpers for guest-code tests: a Multiboot prologue, serial output routines, a runner.
+
+Guests are nasm sources assembled at test time.  ``protected_mode_guest``
+wraps a body in a Multiboot a.out-kludge header, so the guest starts in flat
+32-bit protected mode at 1 MiB with a stack, and provides ``putc``,
+``puts`` (ESI), ``puthex`` (EAX) and ``exit`` (AL -> isa-debug-exit); the
+64-bit variants ``putc64`` etc. are available after the guest enters long mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qemu_lite import Machine, RunResult
+from qemu_lite.loaders import multiboot
+
+PROLOGUE = r"""
+bits 32
+org 0x100000
+%define ABS(x) ((x) - $$ + 0x100000)
+mb_header:
+    dd 0x1BADB002, 0x00010000, -(0x1BADB002 + 0x00010000)
+    dd mb_header, mb_header, 0, 0, mb_start
+mb_start:
+    mov esp, 0x90000
+    jmp main
+
+putc:                       ; al -> COM1
+    push edx
+    push eax
+    mov dx, 0x3FD
+.wait:
+    in al, dx
+    test al, 0x20
+    jz .wait
+    pop eax
+    mov dx, 0x3F8
+    out dx, al
+    pop edx
+    ret
+puts:                       ; esi -> zero-terminated string
+    push eax
+.next:
+    lodsb
+    test al, al
+    jz .done
+    call putc
+    jmp .next
+.done:
+    pop eax
+    ret
+puthex:                     ; eax -> 8 hex digits
+    push ecx
+    push eax
+    mov ecx, 8
+.digit:
+    rol eax, 4
+    push eax
+    and al, 0xF
+    add al, '0'
+    cmp al, '9'
+    jbe .out
+    add al, 7
+.out:
+    call putc
+    pop eax
+    loop .digit
+    pop eax
+    pop ecx
+    ret
+exit:                       ; al -> isa-debug-exit
+    out 0xF4, al
+    hlt
+
+%macro PRINT 1+
+    jmp %%over
+%%str: db %1, 0
+%%over:
+    push esi
+    mov esi, %%str
+    call puts
+    pop esi
+%endmacro
+
+%macro GATE32 3             ; handler, selector, type/attr byte
+    dw ABS(%1) & 0xFFFF
+    dw %2
+    db 0, %3
+    dw ABS(%1) >> 16
+%endmacro
+
+%macro GATE64 4             ; handler, selector, type/attr byte, IST
+    dw ABS(%1) & 0xFFFF
+    dw %2
+    db %4, %3
+    dw (ABS(%1) >> 16) & 0xFFFF
+    dd 0, 0
+%endmacro
+
+; A GDT with kernel/user segments; the TSS descriptor (0x28) is filled by SET_TSS32.
+align 8
+gdt:
+    dq 0
+    dq 0x00CF9A000000FFFF   ; 0x08 kernel code 32
+    dq 0x00CF92000000FFFF   ; 0x10 kernel data
+    dq 0x00CFFA000000FFFF   ; 0x18 user code 32 (DPL 3)
+    dq 0x00CFF2000000FFFF   ; 0x20 user data (DPL 3)
+    dq 0, 0                 ; 0x28 TSS (16 bytes so a 64-bit TSS fits)
+    dq 0x00AF9A000000FFFF   ; 0x38 kernel code 64
+    dq 0x00AFFA000000FFFF   ; 0x40 user code 64 (DPL 3)
+gdt_end:
+gdtr:
+    dw gdt_end - gdt - 1
+    dd gdt, 0
+
+%macro LOAD_GDT 0
+    lgdt [gdtr]
+    jmp 0x08:%%reload
+%%reload:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+%endmacro
+
+%macro SET_TSS 2            ; tss label, type byte (0x89 = available 32/64-bit TSS)
+    mov eax, %1
+    mov word [gdt + 0x28], 0x67
+    mov [gdt + 0x2A], ax
+    shr eax, 16
+    mov [gdt + 0x2C], al
+    mov byte [gdt + 0x2D], %2
+    mov byte [gdt + 0x2E], 0
+    mov [gdt + 0x2F], ah
+    mov ax, 0x28
+    ltr ax
+%endmacro
+"""
+
+LONG_MODE_HELPERS = r"""
+bits 64
+putc64:
+    push rdx
+    push rax
+    mov dx, 0x3FD
+.wait:
+    in al, dx
+    test al, 0x20
+    jz .wait
+    pop rax
+    mov dx, 0x3F8
+    out dx, al
+    pop rdx
+    ret
+puts64:
+    push rax
+.next:
+    lodsb
+    test al, al
+    jz .done
+    call putc64
+    jmp .next
+.done:
+    pop rax
+    ret
+puthex64:                   ; rax -> 16 hex digits
+    push rcx
+    push rax
+    mov ecx, 16
+.digit:
+    rol rax, 4
+    push rax
+    and al, 0xF
+    add al, '0'
+    cmp al, '9'
+    jbe .out
+    add al, 7
+.out:
+    call putc64
+    pop rax
+    loop .digit
+    pop rax
+    pop rcx
+    ret
+%macro PRINT64 1+
+    jmp %%over
+%%str: db %1, 0
+%%over:
+    push rsi
+    mov rsi, %%str
+    call puts64
+    pop rsi
+%endmacro
+bits 32
+
+; Identity-map the first 4 MiB with 2 MiB user pages and enter long mode at %1.
+%macro ENTER_LONG_MODE 1
+    mov edi, pml4
+    mov dword [edi], pdpt + 7
+    mov dword [pdpt], pd + 7
+    mov dword [pd], 0x000087
+    mov dword [pd + 8], 0x200087
+    mov cr3, edi
+    mov eax, cr4
+    or eax, 1 << 5
+    mov cr4, eax
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 1 << 8
+    wrmsr
+    mov eax, cr0
+    or eax, 1 << 31
+    mov cr0, eax
+    jmp 0x38:%1
+%endmacro
+"""
+
+LONG_MODE_TABLES = r"""
+align 4096
+pml4: times 512 dq 0
+pdpt: times 512 dq 0
+pd:   times 512 dq 0
+"""
+
+
+def protected_mode_guest(body: str, long_mode: bool = False) -> str:
+    src = PROLOGUE + (LONG_MODE_HELPERS if long_mode else "") + "\nmain:\n" + body
+    if long_mode:
+        src += LONG_MODE_TABLES
+    return src
+
+
+def run_multiboot_guest(assemble, tmp_path: Path, source: str, *, timeout: float = 20,
+                        **machine_args) -> tuple[RunResult, str]:
+    """Assemble ``source``, boot it as a Multiboot kernel, return the result and COM1 output."""
+    kernel = tmp_path / "guest.bin"
+    kernel.write_bytes(assemble(source))
+    out = bytearray()
+    machine_args.setdefault("memory", "32M")
+    with Machine(serial="none", **machine_args) as m:
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        result = m.run(timeout=timeout)
+    return result, out.decode(errors="replace")
