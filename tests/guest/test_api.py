@@ -1,0 +1,84 @@
+"""The embedding API: callbacks, Python devices, budgets, registers and memory."""
+
+from __future__ import annotations
+
+from qemu_lite import Machine
+from qemu_lite.devices.base import Device
+
+REAL_MODE_ROM = r"""
+bits 16
+org 0
+start:
+    mov dx, 0x3F8
+    mov al, 'A'
+    out dx, al
+    in al, 0x99               ; a Python device answers
+    mov dx, 0x3F8
+    out dx, al
+    xor ax, ax
+    mov ds, ax
+    mov byte [0x500], 0x42
+    mov al, 0x11
+    out 0x98, al              ; the Python device stops the machine
+    jmp $
+times 0xFFF0 - ($ - $$) db 0
+    jmp 0xF000:start
+times 0x10000 - ($ - $$) db 0
+"""
+
+
+class Answer(Device):
+    def __init__(self, machine):
+        self.machine = machine
+        self.writes = []
+
+    def io_read(self, offset, size):
+        return ord("Z") if offset == 1 else 0
+
+    def io_write(self, offset, size, value):
+        self.writes.append((offset, value))
+        self.machine.stop()
+
+
+def test_python_device_callbacks_registers_and_memory(assemble):
+    rom = assemble(REAL_MODE_ROM)
+    m = Machine(memory="4M", bios=rom)
+    out = bytearray()
+    m.board.com1.add_output_listener(out.extend)
+    dev = Answer(m)
+    m.add_device(0x98, 2, dev)
+    result = m.run(timeout=10)
+    assert result.reason == "stopped"
+    assert out == b"AZ"
+    assert dev.writes == [(0, 0x11)]
+    assert m.read_memory(0x500, 1) == b"\x42"
+    assert m.reg("cs") == 0xF000
+    m.close()
+
+
+def test_two_machines_do_not_share_state(assemble):
+    rom = assemble(REAL_MODE_ROM)
+    a, b = Machine(memory="4M", bios=rom), Machine(memory="8M", bios=rom)
+    a.write_memory(0x600, b"machine a")
+    b.write_memory(0x600, b"machine b")
+    outs = {}
+    for name, m in (("a", a), ("b", b)):
+        buf = bytearray()
+        m.board.com1.add_output_listener(buf.extend)
+        m.add_device(0x98, 2, Answer(m))
+        assert m.run(timeout=10).reason == "stopped"
+        outs[name] = bytes(buf)
+    assert outs == {"a": b"AZ", "b": b"AZ"}
+    assert a.read_memory(0x600, 9) == b"machine a"
+    assert b.read_memory(0x600, 9) == b"machine b"
+    assert (a.memory_size, b.memory_size) == (4 << 20, 8 << 20)
+    a.close()
+    b.close()
+
+
+def test_timeout_budget_ends_a_spinning_guest(assemble):
+    rom = assemble("bits 16\norg 0\nstart: jmp start\ntimes 0xFFF0-($-$$) db 0\n"
+                   "jmp 0xF000:start\ntimes 0x10000-($-$$) db 0\n")
+    with Machine(memory="4M", bios=rom) as m:
+        result = m.run(timeout=0.5)
+    assert result.reason == "timeout"
