@@ -129,6 +129,7 @@ class EventDelivery:
                 self.uc.mem_write(paddr, data[pos:pos + n])
             except UcError:
                 pass
+            self.cpu.notify_phys_write(paddr, n)
             pos += n
 
     # -- entry point ---------------------------------------------------------------------

@@ -6,9 +6,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Protocol
+from typing import Protocol
 
 from unicorn import UcError
 from unicorn import unicorn_const as UCC
@@ -16,6 +17,7 @@ from unicorn import unicorn_const as UCC
 import mmu_core
 from mmu_core._core import (
     STOP_ERROR,
+    STOP_FAULT,
     STOP_INTERRUPT,
     STOP_INVALID,
     STOP_KICK,
@@ -27,11 +29,12 @@ from mmu_core._core import (
 )
 from qemu_lite.clock import HostClock, Kicker
 from qemu_lite.devices.base import Device
+from qemu_lite.events import PF
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
 log = logging.getLogger(__name__)
 
-MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY}
+MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY, "cached": 2, "naive": 3}
 
 
 def parse_size(text: str | int) -> int:
@@ -179,6 +182,7 @@ class Machine:
     def write_memory(self, address: int, data: bytes) -> None:
         """Write guest physical memory."""
         self.uc.mem_write(address, bytes(data))
+        self.cpu.notify_phys_write(address, len(data))
 
     def reg(self, name: str) -> int:
         """Read a register by name ("rax", "eip", "cr0", "cs", ...)."""
@@ -253,13 +257,16 @@ class Machine:
             err = cpu.run_slice()
             flags, intno = core.take_stop()
             if flags & STOP_ERROR:
-                exc = core.take_error()
-                if exc is not None:
-                    raise exc
+                callback_error = core.take_error()
+                if callback_error is not None:
+                    raise callback_error
             if self._stop_reason is not None:
                 return self._stop_reason
             try:
-                if flags & STOP_INTERRUPT:
+                if flags & STOP_FAULT:
+                    address, error_code = core.take_fault()
+                    cpu.deliver_exception(PF, error_code, cr2=address)
+                elif flags & STOP_INTERRUPT:
                     cpu.deliver_cpu_event(intno)
                 elif flags & STOP_INVALID:
                     cpu.deliver_invalid_opcode()

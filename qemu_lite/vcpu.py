@@ -8,6 +8,7 @@ vCPU delivers it here, between slices, as an x86 CPU would.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from unicorn import UC_ARCH_X86, UC_MODE_16, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
@@ -25,9 +26,18 @@ from qemu_lite.cpustate import (
     SegmentEditor,
     segment_hflags,
 )
-from qemu_lite.events import EXCEPTION, EXTERNAL, GP, PF, SOFTWARE, UD, Event, EventDelivery
+from qemu_lite.events import (
+    EXCEPTION,
+    EXTERNAL,
+    GP,
+    PF,
+    SOFTWARE,
+    UD,
+    Event,
+    EventDelivery,
+    UnsupportedEvent,
+)
 from qemu_lite.events import TripleFault as _TripleFault
-from qemu_lite.events import UnsupportedEvent
 from qemu_lite.paging import RamView
 
 # emu_start's "until": a non-canonical address no guest can execute.
@@ -77,7 +87,7 @@ class VCpu:
         self.segments = SegmentEditor(core)
         self._reset_context = reset_context
         self.halted = False
-        self.walk_memory = RamView(core.ram)
+        self.walk_memory = _TrackedRam(core.ram, self.notify_phys_write)
         lay = self.segments.layout
         core.set_event_layout(lay.error_code, lay.exception_is_int, lay.exception_next_eip,
                               X.UC_X86_REG_CR2)
@@ -104,6 +114,9 @@ class VCpu:
     def reset(self) -> None:
         """CPU reset (INIT): real mode at F000:FFF0, RAM untouched."""
         self.uc.context_restore(self._reset_context)
+        flush = getattr(self.core, "flush_mmu", None)
+        if flush is not None:
+            flush()
         self.halted = False
 
     def enter_flat_protected_mode(self, entry: int, gdt_addr: int) -> None:
@@ -143,6 +156,12 @@ class VCpu:
             return self.uc.mem_read(self.linear_pc() - 1, 1) == b"\xf4"
         except UcError:
             return False
+
+    def notify_phys_write(self, paddr: int, length: int) -> None:
+        """Tell the MMU that RAM was written behind the guest's back."""
+        notify = getattr(self.core, "notify_phys_write", None)
+        if notify is not None:
+            notify(paddr, length)
 
     # -- event delivery -----------------------------------------------------------
 
@@ -251,6 +270,22 @@ HF_INHIBIT_IRQ = 1 << 3
 FLAT_CODE32 = 0x00C09B00
 FLAT_CODE64 = 0x00A09B00
 FLAT_DATA = 0x00C09300
+
+
+class _TrackedRam(RamView):
+    """Guest RAM for the Python walker: A/D-bit updates are reported to the MMU."""
+
+    def __init__(self, ram: memoryview, notify: Callable[[int, int], None]) -> None:
+        super().__init__(ram)
+        self._notify = notify
+
+    def write_u64(self, paddr: int, value: int) -> None:
+        super().write_u64(paddr, value)
+        self._notify(paddr, 8)
+
+    def write_u32(self, paddr: int, value: int) -> None:
+        super().write_u32(paddr, value)
+        self._notify(paddr, 4)
 
 
 _REGS: dict[str, int] = {}
