@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 
 class IrqSink(Protocol):
@@ -84,7 +85,7 @@ class Timer:
 
     __slots__ = ("_clock", "callback", "deadline", "_seq")
 
-    def __init__(self, clock: "Clock", callback: Callable[[], None]) -> None:
+    def __init__(self, clock: Clock, callback: Callable[[], None]) -> None:
         self._clock = clock
         self.callback = callback
         self.deadline: int | None = None

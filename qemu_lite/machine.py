@@ -131,6 +131,7 @@ class Machine:
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
         self._resettable: list[Device] = []
+        self._mmio_callbacks: list[tuple[object, object]] = []
         self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
         self._pollers: list[Callable[[], None]] = []
@@ -160,6 +161,27 @@ class Machine:
         ``device.io_read(offset, size)`` / ``device.io_write(offset, size, value)``
         run on the vCPU thread with ``offset`` relative to ``base``."""
         self.core.claim_ports(base, count, device)
+
+    def add_mmio(self, base: int, size: int, device: Device) -> None:
+        """Map ``device`` at physical ``base``: guest loads and stores call its
+        ``io_read(offset, size)`` / ``io_write(offset, size, value)``."""
+
+        def read(uc: object, offset: int, size: int, _user: object) -> int:
+            return device.io_read(offset, size)
+
+        def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
+            device.io_write(offset, size, value)
+
+        self.uc.mmio_map(base, size, read, None, write, None)
+        self._mmio_callbacks.append((read, write))
+
+    def add_resettable(self, *devices: Device) -> None:
+        """Devices whose ``reset()`` runs when the machine resets."""
+        self._resettable.extend(devices)
+
+    def set_a20(self, enabled: bool) -> None:
+        """The A20 gate (i8042 output port, port 0x92)."""
+        self.core.a20_enabled = enabled
 
     def add_poller(self, poll: Callable[[], None]) -> None:
         """Call ``poll()`` at every stop of the vCPU (devices pulling host input)."""

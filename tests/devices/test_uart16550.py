@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from qemu_lite.devices.backends import SerialBackend
 from qemu_lite.devices.base import Clock, IrqLine, RecordingIrqSink
 from qemu_lite.devices.uart16550 import (
