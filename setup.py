@@ -11,6 +11,7 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension("mmu_core._core", ["mmu_core/_core.pyx"], extra_compile_args=["-O2"]),
+    Extension("qemu_lite._vcpu_hooks", ["qemu_lite/_vcpu_hooks.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

@@ -41,9 +41,6 @@ class Kicker:
         self._wall_deadline: float | None = None
         self._running = False
         self._thread: threading.Thread | None = None
-        # Set by the run loop while an interrupt waits for the guest to set IF:
-        # no hook reports STI, so the vCPU is stopped every RETRY seconds.
-        self.irq_waiting = False
         clock.on_schedule = lambda _deadline: self.poke()
 
     def start(self, wall_deadline: float | None) -> None:
@@ -68,9 +65,6 @@ class Kicker:
 
     def _next_due(self) -> float | None:
         due = self._wall_deadline
-        if self.irq_waiting:
-            soon = time.monotonic() + self.RETRY
-            due = soon if due is None else min(due, soon)
         guest = self._clock.next_deadline()
         if guest is not None:
             t = self._clock.host_deadline(guest)

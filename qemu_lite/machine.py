@@ -27,6 +27,7 @@ from mmu_core._core import (
     TLB_IDENTITY,
     TLB_NATIVE,
 )
+from qemu_lite._vcpu_hooks import VcpuHooks
 from qemu_lite.clock import HostClock, Kicker
 from qemu_lite.devices.base import Device
 from qemu_lite.events import PF
@@ -125,6 +126,7 @@ class Machine:
         self.uc, reset_ctx = new_engine()
         self.core = mmu_core.Core(self.uc, self.memory_size, MMU_MODES[mmu])
         self.cpu = VCpu(self.uc, self.core, reset_ctx)
+        self.hooks = VcpuHooks(self.uc)
         self.clock = HostClock()
         self._kicker = Kicker(self.clock, lambda: self.core.request_stop(STOP_KICK))
         self._wake = threading.Event()
@@ -269,10 +271,12 @@ class Machine:
                         if self._triple_fault(exc):
                             return self._stop_reason  # type: ignore[return-value]
                         continue
-                    self._kicker.irq_waiting = False
+                    self.hooks.waiting = False
                 else:
-                    # Masked for now: stop again soon to retry (no hook tells us of STI).
-                    self._kicker.irq_waiting = True
+                    # Masked: the block hook stops the slice once EFLAGS.IF is set.
+                    self.hooks.waiting = True
+                    if cpu.in_interrupt_shadow():
+                        self.hooks.skip_once_at(cpu.linear_pc())
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue

@@ -200,6 +200,10 @@ class VCpu:
             return False
         return not self.segments.hflags() & HF_INHIBIT_IRQ
 
+    def in_interrupt_shadow(self) -> bool:
+        """EFLAGS.IF is set but the next instruction is in an STI / MOV SS shadow."""
+        return bool(self.reg("rflags") & EFLAGS_IF) and bool(self.segments.hflags() & HF_INHIBIT_IRQ)
+
     def commit_delivery(self, segs: dict[int, Segment], cpl: int | None, rip: int, rsp: int,
                         rsp_mask: int, rflags: int) -> None:
         """Load the state an event delivery computed, in one context round trip.

@@ -1,0 +1,124 @@
+# cython: boundscheck=False, wraparound=False
+"""A C block hook for the vCPU: interrupt windows and guest progress.
+
+Unicorn reports neither STI, POPF nor IRET, so the vCPU cannot know when a
+masked interrupt becomes deliverable.  QEMU ends a translation block after
+each of them (and after the one-instruction STI / MOV SS shadow), so a block
+hook sees every point where EFLAGS.IF may have changed.  While an interrupt
+waits (``waiting`` set by the run loop) the hook stops the engine at the
+first block that starts with IF set, before that block runs.  QEMU
+translates the instruction in an STI / MOV SS shadow as a block of its own;
+when the run loop finds itself stopped inside a shadow it asks the hook to
+let that one block run (``skip_once_at``).
+Otherwise the hook only counts blocks, the progress measure of the
+deterministic clock.
+"""
+
+import ctypes
+
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free
+
+from mmu_core.includes.unicorn cimport uc_engine, uc_hook, uc_hook_add_t, uc_hook_del_t, uc_emu_stop_t, uc_reg_read_t
+
+from unicorn import x86_const as _x86
+from unicorn.unicorn_py3 import unicorn as _ucbinding
+
+cdef enum:
+    UC_HOOK_BLOCK = 1 << 3
+    EFLAGS_IF = 1 << 9
+
+
+cdef uintptr_t _fn(name) except 0:
+    return <uintptr_t>ctypes.cast(getattr(_ucbinding.uclib, name), ctypes.c_void_p).value
+
+
+cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")
+cdef uc_hook_del_t uc_hook_del = <uc_hook_del_t>_fn("uc_hook_del")
+cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")
+cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
+cdef int REG_EFLAGS = _x86.UC_X86_REG_EFLAGS
+
+
+cdef struct HookState:
+    uint64_t blocks
+    uint64_t stop_at_block   # deterministic deadline in blocks (0 = none)
+    bint waiting             # an interrupt waits for EFLAGS.IF
+    uint64_t skip_pc         # let one block starting here run (the STI shadow)
+    bint skip_armed
+    int fired                # 1: window opened, 2: block deadline reached
+
+
+cdef class VcpuHooks:
+    """Owns the block hook of one engine."""
+
+    cdef HookState *st
+    cdef uc_engine *uc
+    cdef uc_hook hook
+    cdef object _uc_obj
+
+    def __cinit__(self):
+        self.st = <HookState *>calloc(1, sizeof(HookState))
+        if self.st == NULL:
+            raise MemoryError()
+
+    def __init__(self, uc):
+        self._uc_obj = uc
+        self.uc = <uc_engine *><uintptr_t>uc._uch.value
+        if uc_hook_add(self.uc, &self.hook, UC_HOOK_BLOCK, <void *>_hook_block,
+                       <void *>self.st, 1, 0):
+            raise RuntimeError("cannot add the block hook")
+
+    def __dealloc__(self):
+        if self.st != NULL:
+            if self.uc != NULL:
+                uc_hook_del(self.uc, self.hook)
+            free(self.st)
+            self.st = NULL
+
+    property waiting:
+        """True while an interrupt is pending and masked."""
+        def __get__(self):
+            return self.st.waiting
+        def __set__(self, bint value):
+            self.st.waiting = value
+
+    def skip_once_at(self, uint64_t pc):
+        """Let the next block starting at ``pc`` run (it is inside an interrupt shadow)."""
+        self.st.skip_pc = pc
+        self.st.skip_armed = True
+
+    @property
+    def blocks(self):
+        """Translation blocks executed so far."""
+        return self.st.blocks
+
+    def set_block_deadline(self, uint64_t blocks):
+        """Stop the engine once ``blocks`` blocks have run (0: no deadline)."""
+        self.st.stop_at_block = blocks
+
+    def take_fired(self):
+        """1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it."""
+        cdef int f = self.st.fired
+        self.st.fired = 0
+        return f
+
+
+cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
+    cdef HookState *st = <HookState *>user_data
+    cdef uint64_t eflags = 0
+    st.blocks += 1
+    if st.stop_at_block and st.blocks >= st.stop_at_block:
+        st.fired = 2
+        uc_emu_stop(uc)
+        return
+    if st.waiting:
+        if st.skip_armed:
+            st.skip_armed = False
+            if address == st.skip_pc:
+                return
+        uc_reg_read(uc, REG_EFLAGS, &eflags)
+        if eflags & EFLAGS_IF:
+            st.fired = 1
+            st.waiting = False
+            uc_emu_stop(uc)

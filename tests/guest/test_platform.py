@@ -1,0 +1,304 @@
+"""PC platform devices driven by real guest code: PIC, PIT, APIC, IOAPIC, RTC, i8042, fw_cfg."""
+
+from __future__ import annotations
+
+from guestlib import protected_mode_guest, run_multiboot_guest
+
+# Remap the 8259 pair to 0x20/0x28 and mask everything but the cascade.
+PIC_INIT = r"""
+    mov al, 0x11
+    out 0x20, al
+    out 0xA0, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x28
+    out 0xA1, al
+    mov al, 4
+    out 0x21, al
+    mov al, 2
+    out 0xA1, al
+    mov al, 1
+    out 0x21, al
+    out 0xA1, al
+    mov al, 0xFB
+    out 0x21, al
+    mov al, 0xFF
+    out 0xA1, al
+"""
+
+IDT_256 = r"""
+    jmp idt_code
+align 8
+idt: times 256 dq 0
+idtr:
+    dw 256 * 8 - 1
+    dd idt
+idt_code:
+%macro SET_GATE 2             ; vector, handler
+    mov eax, %2
+    mov word [idt + %1 * 8], ax
+    mov word [idt + %1 * 8 + 2], 0x08
+    mov word [idt + %1 * 8 + 4], 0x8E00
+    shr eax, 16
+    mov word [idt + %1 * 8 + 6], ax
+%endmacro
+"""
+
+
+def test_pit_interrupts_wake_hlt_at_the_programmed_rate(assemble, tmp_path):
+    """IRQ0 at 100 Hz through the PIC: count ticks across one RTC second."""
+    body = IDT_256 + r"""
+    LOAD_GDT
+    SET_GATE 0x20, irq0
+    lidt [idtr]
+""" + PIC_INIT + r"""
+    mov al, 0xFA              ; unmask IRQ0 (and keep the cascade)
+    out 0x21, al
+    mov al, 0x34              ; channel 0, lobyte/hibyte, mode 2
+    out 0x43, al
+    mov ax, 11932             ; 1193182 / 11932 = 100 Hz
+    out 0x40, al
+    mov al, ah
+    out 0x40, al
+    sti
+    call wait_second_edge     ; align to an RTC seconds boundary
+    mov dword [ticks], 0
+    call wait_second_edge
+    mov eax, [ticks]
+    cli
+    PRINT "ticks in one second: "
+    cmp eax, 97
+    jb .bad
+    cmp eax, 103
+    ja .bad
+    PRINT "about 100", 10
+    mov al, 0
+    call exit
+.bad:
+    call puthex
+    mov al, 10
+    call putc
+    mov al, 0x33
+    call exit
+
+wait_second_edge:             ; hlt until the RTC seconds register changes
+    mov al, 0
+    out 0x70, al
+    in al, 0x71
+    mov bl, al
+.again:
+    hlt
+    mov al, 0
+    out 0x70, al
+    in al, 0x71
+    cmp al, bl
+    je .again
+    ret
+
+irq0:
+    inc dword [ticks]
+    push eax
+    mov al, 0x20
+    out 0x20, al
+    pop eax
+    iret
+ticks: dd 0
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body), timeout=30)
+    assert out == "ticks in one second: about 100\n"
+    assert result.exit_status == 1
+
+
+def test_sti_shadow_delays_a_pending_interrupt_by_one_instruction(assemble, tmp_path):
+    body = IDT_256 + r"""
+    LOAD_GDT
+    SET_GATE 0x20, irq0
+    lidt [idtr]
+""" + PIC_INIT + r"""
+    mov al, 0xFA
+    out 0x21, al
+    mov al, 0x30              ; channel 0, mode 0 (one-shot), count 100
+    out 0x43, al
+    mov al, 100
+    out 0x40, al
+    mov al, 0
+    out 0x40, al
+.poll:                        ; wait with IF=0 until the PIC latches IRQ0 (OCW3: read IRR)
+    mov al, 0x0A
+    out 0x20, al
+    in al, 0x20
+    test al, 1
+    jz .poll
+    mov byte [flag], 0
+    sti
+    mov byte [flag], 1        ; runs in the STI shadow, before the interrupt
+    mov byte [flag], 2
+    PRINT "flag seen by handler: "
+    mov al, [seen]
+    add al, '0'
+    call putc
+    mov al, 10
+    call putc
+    mov al, 0
+    call exit
+
+irq0:
+    mov al, [flag]
+    mov [seen], al
+    mov al, 0x20
+    out 0x20, al
+    iret
+flag: db 0
+seen: db 9
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
+    assert out == "flag seen by handler: 1\n"
+    assert result.exit_status == 1
+
+
+def test_serial_irq4_routed_through_the_ioapic_to_the_local_apic(assemble, tmp_path):
+    body = IDT_256 + r"""
+    LOAD_GDT
+    SET_GATE 0x44, serial_irq
+    SET_GATE 0xFF, spurious
+    lidt [idtr]
+""" + PIC_INIT + r"""
+    mov al, 0xFF              ; mask the whole 8259 pair: only the IOAPIC path remains
+    out 0x21, al
+    mov dword [0xFEE000F0], 0x1FF     ; local APIC: software enable, spurious 0xFF
+    mov dword [0xFEC00000], 0x18      ; IOAPIC redirection entry 4 (low dword)
+    mov dword [0xFEC00010], 0x44      ; vector 0x44, fixed, edge, unmasked
+    mov dword [0xFEC00000], 0x19
+    mov dword [0xFEC00010], 0         ; destination APIC ID 0
+    mov dx, 0x3FC
+    mov al, 0x08              ; MCR.OUT2: let the UART drive its IRQ
+    out dx, al
+    mov dx, 0x3F9
+    mov al, 0x02              ; IER: transmitter holding register empty
+    out dx, al
+    sti
+.wait:
+    hlt
+    cmp byte [got], 0
+    je .wait
+    cli
+    PRINT "serial interrupt via IOAPIC vector 0x44", 10
+    mov al, 0
+    call exit
+
+serial_irq:
+    mov byte [got], 1
+    mov dx, 0x3F9
+    xor al, al                ; IER off: the line drops
+    out dx, al
+    mov dx, 0x3FA
+    in al, dx                 ; IIR read clears the THRE interrupt
+    mov dword [0xFEE000B0], 0 ; local APIC EOI
+    iret
+spurious:
+    iret
+got: db 0
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
+    assert out == "serial interrupt via IOAPIC vector 0x44\n"
+    assert result.exit_status == 1
+
+
+def test_apic_timer_one_shot_and_periodic(assemble, tmp_path):
+    body = IDT_256 + r"""
+    LOAD_GDT
+    SET_GATE 0x40, timer
+    SET_GATE 0xFF, spurious
+    lidt [idtr]
+""" + PIC_INIT + r"""
+    mov al, 0xFF
+    out 0x21, al
+    mov dword [0xFEE000F0], 0x1FF
+    mov dword [0xFEE003E0], 0x3       ; divide by 16
+    mov dword [0xFEE00320], 0x40      ; one-shot, vector 0x40
+    mov dword [0xFEE00380], 100000
+    sti
+.one:
+    hlt
+    cmp dword [count], 1
+    jb .one
+    ; a one-shot timer stays quiet: its current count reads 0
+    mov eax, [0xFEE00390]
+    test eax, eax
+    jnz .bad
+    mov dword [0xFEE00320], 0x20040   ; periodic
+    mov dword [0xFEE00380], 50000
+.many:
+    hlt
+    cmp dword [count], 6
+    jb .many
+    mov dword [0xFEE00320], 0x10040   ; masked
+    cli
+    PRINT "apic timer: one-shot then 5 periodic", 10
+    mov al, 0
+    call exit
+.bad:
+    mov al, 0x44
+    call exit
+
+timer:
+    inc dword [count]
+    mov dword [0xFEE000B0], 0
+    iret
+spurious:
+    iret
+count: dd 0
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
+    assert out == "apic timer: one-shot then 5 periodic\n"
+    assert result.exit_status == 1
+
+
+def test_i8042_reset_pulse_ends_the_run_under_no_reboot(assemble, tmp_path):
+    body = r"""
+    PRINT "resetting", 10
+    mov al, 0xFE
+    out 0x64, al
+.spin:
+    jmp .spin
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body),
+                                      no_reboot=True)
+    assert out == "resetting\n"
+    assert result.reason == "reset"
+
+
+def test_fw_cfg_signature_and_ram_size_read_by_the_guest(assemble, tmp_path):
+    body = r"""
+    mov dx, 0x510
+    xor ax, ax                ; FW_CFG_SIGNATURE
+    out dx, ax
+    mov dx, 0x511
+    mov ecx, 4
+.sig:
+    in al, dx
+    call putc
+    loop .sig
+    mov al, ' '
+    call putc
+    mov dx, 0x510
+    mov ax, 3                 ; FW_CFG_RAM_SIZE
+    out dx, ax
+    mov dx, 0x511
+    xor ebx, ebx
+    mov ecx, 4
+.size:                        ; low dword, little endian
+    in al, dx
+    shrd ebx, eax, 8
+    loop .size
+    mov eax, ebx
+    shr eax, 20
+    call puthex
+    PRINT " MiB", 10
+    mov al, 0
+    call exit
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body),
+                                      memory="48M")
+    assert out == "QEMU 00000030 MiB\n"
+    assert result.exit_status == 1
