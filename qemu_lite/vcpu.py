@@ -40,7 +40,7 @@ from qemu_lite.events import (
 from qemu_lite.events import TripleFault as _TripleFault
 from qemu_lite.paging import RamView
 
-# emu_start's "until": a non-canonical address no guest can execute.
+# emu_start's "until", ignored since exits are enabled (see new_engine).
 NEVER = 0xFFFF_FFFF_FFFF_FFF0
 
 CR0_PE = 1 << 0
@@ -75,6 +75,12 @@ def new_engine() -> tuple[Uc, object]:
     reset = uc16.context_save()
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.context_restore(reset)
+    # With exits enabled and none set, emu_start's "until" is ignored.  Without
+    # this, every emu_start ends by invalidating translations at until - 1,
+    # which walks the guest page tables for that address: where it is not
+    # mapped, QEMU records a page fault (CR2, error code, nested-exception
+    # state) that the guest later observes (qemu/softmmu/cpus.c).
+    uc.ctl_exits_enabled(True)
     return uc, reset
 
 
@@ -136,6 +142,26 @@ class VCpu:
         self.segments.load({k: Segment(v.selector, v.base, v.limit, v.flags | 0x100)
                             for k, v in segs.items()},
                            hflags_set=hf, hflags_clear=0xFFFFFFFF)
+        self.set_reg("rflags", 0x2)
+        self.set_reg("rip", entry)
+        self.halted = False
+
+    def enter_long_mode(self, entry: int, gdt_addr: int, cr3: int) -> None:
+        """64-bit mode at ``entry`` with page tables at ``cr3`` (the Linux 64-bit boot protocol).
+
+        The GDT written at ``gdt_addr`` holds __BOOT_CS (0x10, 64-bit code) and
+        __BOOT_DS (0x18, flat data)."""
+        code64 = 0x00AF9A000000FFFF
+        data = 0x00CF92000000FFFF
+        self.uc.mem_write(gdt_addr, struct.pack("<4Q", 0, 0, code64, data))
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, 31, 0))
+        self.set_reg("cr3", cr3)
+        self.set_reg("cr4", self.reg("cr4") | CR4_PAE)
+        self.uc.msr_write(MSR_EFER, self.uc.msr_read(MSR_EFER) | EFER_LME)
+        self.set_reg("cr0", self.reg("cr0") | CR0_PE | CR0_PG)  # sets EFER.LMA
+        cs = Segment.from_descriptor(0x10, code64 | (1 << 40))
+        ds = Segment.from_descriptor(0x18, data | (1 << 40))
+        self.segments.commit({CS: cs, SS: ds, DS: ds, ES: ds, FS: ds, GS: ds}, 0x2)
         self.set_reg("rflags", 0x2)
         self.set_reg("rip", entry)
         self.halted = False
@@ -267,6 +293,8 @@ MSR_SYSENTER_CS = 0x174
 MSR_SYSENTER_ESP = 0x175
 MSR_SYSENTER_EIP = 0x176
 EFER_SCE = 1 << 0
+EFER_LME = 1 << 8
+CR4_PAE = 1 << 5
 EFER_LMA = 1 << 10
 EFLAGS_RF = 1 << 16
 HF_INHIBIT_IRQ = 1 << 3

@@ -2,13 +2,15 @@
 # the functions are reached through pointers resolved at import time from the
 # library the ``unicorn`` Python module has already loaded (see _core.pyx), so
 # the extension never links against a particular copy of libunicorn.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 
 cdef extern from *:
     """
     typedef struct uc_struct uc_engine;
     typedef size_t uc_hook;
     typedef struct { uint64_t paddr; int perms; } ql_uc_tlb_entry;
+    typedef struct { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; } ql_uc_x86_mmr;
+    typedef struct { uint32_t rid; uint64_t value; } ql_uc_x86_msr;
     """
     ctypedef struct uc_engine:
         pass
@@ -16,6 +18,14 @@ cdef extern from *:
     ctypedef struct ql_uc_tlb_entry:
         uint64_t paddr
         int perms
+    ctypedef struct ql_uc_x86_mmr:
+        uint16_t selector
+        uint64_t base
+        uint32_t limit
+        uint32_t flags
+    ctypedef struct ql_uc_x86_msr:
+        uint32_t rid
+        uint64_t value
 
 ctypedef int (*uc_hook_add_t)(uc_engine *uc, uc_hook *hh, int type, void *callback,
                               void *user_data, uint64_t begin, uint64_t end, ...) noexcept nogil
@@ -31,6 +41,14 @@ ctypedef int (*uc_context_restore_t)(uc_engine *uc, void *context) noexcept nogi
 ctypedef int (*uc_context_free_t)(void *context) noexcept nogil
 ctypedef int (*uc_reg_read_t)(uc_engine *uc, int regid, void *value) noexcept nogil
 ctypedef int (*uc_reg_write_t)(uc_engine *uc, int regid, const void *value) noexcept nogil
+ctypedef int (*uc_reg_read_batch_t)(uc_engine *uc, int *regs, void **vals, int count) noexcept nogil
+ctypedef uint64_t (*uc_cb_mmio_read_t)(uc_engine *uc, uint64_t offset, unsigned size,
+                                       void *user_data) noexcept nogil
+ctypedef void (*uc_cb_mmio_write_t)(uc_engine *uc, uint64_t offset, unsigned size,
+                                    uint64_t value, void *user_data) noexcept nogil
+ctypedef int (*uc_mmio_map_t)(uc_engine *uc, uint64_t address, uint64_t size,
+                              uc_cb_mmio_read_t read_cb, void *user_data_read,
+                              uc_cb_mmio_write_t write_cb, void *user_data_write) noexcept nogil
 
 # Values from unicorn.h / x86.h of Unicorn 2.1.
 cdef enum:
@@ -49,3 +67,5 @@ cdef enum:
     UC_X86_INS_SYSCALL = 699
     UC_X86_INS_SYSENTER = 700
     UC_X86_INS_CPUID = 113
+    # uc_ctl(UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0)): type 11, 0 args, write (1 << 30)
+    UC_CTL_TLB_FLUSH_WRITE = 11 | (1 << 30)
