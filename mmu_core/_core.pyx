@@ -14,7 +14,7 @@ from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE, PyBUF_READ
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from cpython.ref cimport PyObject
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
 
@@ -42,6 +42,9 @@ cdef uc_context_save_t uc_context_save = <uc_context_save_t>_fn("uc_context_save
 cdef uc_context_restore_t uc_context_restore = <uc_context_restore_t>_fn("uc_context_restore")
 cdef uc_context_free_t uc_context_free = <uc_context_free_t>_fn("uc_context_free")
 cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
+cdef uc_reg_read_batch_t uc_reg_read_batch = <uc_reg_read_batch_t>_fn("uc_reg_read_batch")
+cdef uc_ctl_t uc_ctl = <uc_ctl_t>_fn("uc_ctl")
+cdef uc_mmio_map_t uc_mmio_map = <uc_mmio_map_t>_fn("uc_mmio_map")
 
 for _name, _ours in (("UC_X86_INS_IN", UC_X86_INS_IN), ("UC_X86_INS_OUT", UC_X86_INS_OUT),
                      ("UC_X86_INS_SYSCALL", UC_X86_INS_SYSCALL),
@@ -70,8 +73,20 @@ STOP_FAULT = C_STOP_FAULT
 STOP_INVALID = C_STOP_INVALID
 STOP_SYSENTER = C_STOP_SYSENTER
 
-TLB_NATIVE = 0       # Unicorn's own MMU (UC_TLB_CPU)
-TLB_IDENTITY = 1     # UC_TLB_VIRTUAL, linear == physical (no guest paging)
+cdef enum:
+    TLB_NATIVE_C = 0
+    TLB_IDENTITY_C = 1
+    TLB_CACHED_C = 2
+    TLB_NAIVE_C = 3
+
+TLB_NATIVE = TLB_NATIVE_C       # Unicorn's own MMU (UC_TLB_CPU)
+TLB_IDENTITY = TLB_IDENTITY_C   # UC_TLB_VIRTUAL, linear == physical (no guest paging)
+TLB_CACHED = TLB_CACHED_C       # shadow pages cached by gfn and role; CR3 loads reuse roots
+TLB_NAIVE = TLB_NAIVE_C         # the same shadow MMU, every page dropped at each CR3 load
+
+DEFAULT_MAX_SHADOW_PAGES = 4096
+
+include "mmu_defs.pxi"
 
 PAGE_SIZE = 4096
 cdef uint64_t A20_BIT = 1 << 20
@@ -90,6 +105,10 @@ cdef struct CoreState:
     uint64_t unclaimed_port_writes
     bint log_unclaimed
     int stop_flags
+    # Stop requests from Python (any thread) land here, never in stop_flags:
+    # the hooks update stop_flags without the GIL, so a read-modify-write from
+    # another thread could lose their bits.
+    int requested_flags
     int intno
     uint64_t fills
     bint a20_enabled
@@ -104,6 +123,7 @@ cdef struct CoreState:
     uint32_t ev_is_int
     uint64_t ev_next_eip
     uint64_t ev_cr2
+    Mmu mmu
 
 
 cdef class Core:
@@ -157,9 +177,19 @@ cdef class Core:
         # Conventional memory and the adapter area up to the BIOS window.
         _check(uc_mem_map_ptr(st.uc, 0, 0xF0000, 7, st.ram))
         _check(uc_mem_map_ptr(st.uc, 0x100000, ram_size - 0x100000, 7, st.ram + 0x100000))
-        if tlb_mode == 1:
+        if tlb_mode not in (TLB_NATIVE_C, TLB_IDENTITY_C, TLB_CACHED_C, TLB_NAIVE_C):
+            raise ValueError(f"unknown TLB mode {tlb_mode}")
+        st.mmu.mode = tlb_mode
+        mmu_init(st, DEFAULT_MAX_SHADOW_PAGES)
+        if tlb_mode == TLB_IDENTITY_C:
             uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
             self._add_hook(UC_HOOK_TLB_FILL, <void *>_hook_tlb_fill_identity)
+        elif tlb_mode in (TLB_CACHED_C, TLB_NAIVE_C):
+            # The page-table write alias: all of RAM again, far above MAXPHYADDR.
+            _check(uc_mmio_map(st.uc, ALIAS_BASE, ram_size, _alias_read, <void *>st,
+                               _alias_write, <void *>st))
+            uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
+            self._add_hook(UC_HOOK_TLB_FILL, <void *>_hook_tlb_fill_mmu)
         self._add_hook(UC_HOOK_INSN, <void *>_hook_in, UC_X86_INS_IN)
         self._add_hook(UC_HOOK_INSN, <void *>_hook_out, UC_X86_INS_OUT)
         self._add_hook(UC_HOOK_INTR, <void *>_hook_intr)
@@ -181,6 +211,7 @@ cdef class Core:
         if self.st.ev_ctx != NULL:
             uc_context_free(self.st.ev_ctx)
             self.st.ev_ctx = NULL
+        mmu_free(&self.st.mmu)
         if self.st.ram != NULL:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
@@ -238,6 +269,144 @@ cdef class Core:
         """``handler()`` runs for every CPUID; it returns True to skip the native one."""
         self._cpuid_handler = handler
         self._add_hook(UC_HOOK_INSN, <void *>_hook_cpuid, UC_X86_INS_CPUID)
+
+    # -- shadow MMU ------------------------------------------------------------------
+
+    def take_fault(self):
+        """``(linear_address, error_code)`` of the guest page fault that stopped the slice.
+
+        The fill sees only the page (DESIGN fact 6); the exact address comes from
+        Unicorn's record of the refused access when its offset could be found."""
+        cdef Mmu *mmu = &self.st.mmu
+        cdef uint64_t exact
+        if not mmu.fault_pending:
+            raise RuntimeError("no page fault is pending")
+        mmu.fault_pending = False
+        addr = mmu.fault_addr
+        if _invalid_addr_offset >= 0:
+            memcpy(&exact, (<char *>self.st.uc) + _invalid_addr_offset, 8)
+            if mmu.fault_addr >> 32 == 0:
+                exact &= 0xFFFFFFFF
+            if (exact & ~0xFFFULL) == mmu.fault_addr:
+                addr = exact
+        return addr, mmu.fault_error
+
+    def notify_phys_write(self, uint64_t paddr, uint64_t length):
+        """The host wrote guest RAM directly: update the shadow pages caching it."""
+        self.st.mmu.stats.phys_writes_notified += 1
+        track_phys_write(self.st, paddr, length, False)
+
+    def flush_mmu(self):
+        """Drop every shadow page and flush Unicorn's TLB (machine reset)."""
+        zap_all(&self.st.mmu)
+        memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)
+        self.st.mmu.fault_pending = False
+        if self.tlb_mode != TLB_NATIVE_C:
+            flush_unicorn_tlb(self.st)
+        else:
+            self._uc_obj.ctl_flush_tlb()
+
+    def set_max_shadow_pages(self, int n):
+        """Bound the shadow page count; least recently used pages are recycled."""
+        mmu_set_capacity(&self.st.mmu, n)
+        make_pages_available(&self.st.mmu, 0)
+
+    @property
+    def max_shadow_pages(self):
+        return self.st.mmu.sp_cap
+
+    def mmu_stats(self):
+        """Counters of the shadow MMU (a snapshot; reading them costs the guest nothing)."""
+        cdef Mmu *mmu = &self.st.mmu
+        cdef MmuStats *s = &mmu.stats
+        cdef uint64_t g, entries = 0, longest = 0, code = 0, tracked = 0
+        for g in range(mmu.nframes):
+            entries += mmu.rmap[g].len
+            if mmu.rmap[g].len > longest:
+                longest = mmu.rmap[g].len
+            if mmu.sp_count[g]:
+                tracked += 1
+        d = {
+            "fills": s.fills, "fills_read": s.fills_read, "fills_write": s.fills_write,
+            "fills_fetch": s.fills_fetch, "faults": s.faults, "rsvd_faults": s.rsvd_faults,
+            "guest_walks": s.guest_walks,
+            "shadow_hits": sum(s.shadow_hits[i] for i in range(1, 5)),
+            "shadow_misses": sum(s.shadow_misses[i] for i in range(1, 5)),
+            "shadow_perm_misses": s.shadow_perm_misses,
+            "cr3_loads": s.cr3_loads, "roots_reused": s.roots_reused,
+            "roots_created": s.roots_created, "mode_changes": s.mode_changes,
+            "naive_zap_all": s.naive_zap_all,
+            "sp_created": s.sp_created, "sp_zapped": s.sp_zapped, "sp_recycled": s.sp_recycled,
+            "sp_found": s.sp_found, "sp_live": mmu.n_sp, "sp_max": mmu.sp_cap,
+            "tracked_frames": tracked,
+            "wp_traps": s.wp_traps, "alias_reads": s.alias_reads, "alias_writes": s.alias_writes,
+            "pte_writes": s.pte_writes, "pte_updated": s.pte_updated, "pte_zapped": s.pte_zapped,
+            "flood_zaps": s.flood_zaps, "rmap_write_protect": s.rmap_write_protect,
+            "rmap_entries": entries, "rmap_longest": longest,
+            "tlb_flushes_wp": s.tlb_flushes_wp, "tlb_flushes_code": s.tlb_flushes_code,
+            "code_frames": s.code_frames, "implicit_supervisor": s.implicit_supervisor,
+            "phys_writes_notified": s.phys_writes_notified,
+        }
+        for i in range(1, 5):
+            d[f"shadow_hits_l{i}"] = s.shadow_hits[i]
+            d[f"shadow_misses_l{i}"] = s.shadow_misses[i]
+        return d
+
+    def reset_mmu_stats(self):
+        memset(&self.st.mmu.stats, 0, sizeof(MmuStats))
+
+    def audit(self):
+        """Violations of the shadow MMU's invariants (empty when consistent)."""
+        return mmu_audit(self.st)
+
+    def debug_walk(self, uint64_t cr0, uint64_t cr3, uint64_t cr4, uint64_t efer,
+                   uint64_t linear, access, bint user, uint64_t eflags=0, bint set_bits=True):
+        """Run the C guest walker alone (tests compare it with qemu_lite.paging).
+
+        Returns ``(error_code, None)`` on a fault, else ``(None, (paddr, page_size,
+        writable, user, executable))`` like paging.Translation."""
+        cdef MmuMode m
+        cdef Walker w
+        cdef int acc = _access_kind(access)
+        mode_init(&m, cr0, cr3, cr4, efer, self.st.a20_enabled)
+        m.cpl = 3 if user else 0
+        m.ac = 1 if eflags & EFLAGS_AC else 0
+        if m.levels == 0:
+            return None, (linear & 0xFFFFFFFF if not efer & EFER_LMA else linear, 4096,
+                          True, True, True)
+        if walk_addr(self.st, &m, linear, acc, user, set_bits, &w):
+            return w.error_code, None
+        return None, (w.gpa | (linear & 0xFFF), w.page_size, bool(w.writable), bool(w.user),
+                      not w.nx)
+
+    def debug_fill(self, uint64_t cr0, uint64_t cr3, uint64_t cr4, uint64_t efer,
+                   uint64_t linear, access, bint user, uint64_t eflags=0):
+        """Run the whole fill (shadow lookup, walk, install) with the given CPU state.
+
+        Returns ``(error_code, None)`` on a fault, else ``(None, (paddr, perms))``
+        where ``paddr`` is what Unicorn would map (the alias for tracked writes)."""
+        cdef MmuMode m
+        cdef ql_uc_tlb_entry res
+        cdef uint32_t err = 0
+        cdef int acc = _access_kind(access)
+        mode_init(&m, cr0, cr3, cr4, efer, self.st.a20_enabled)
+        m.cpl = 3 if user else 0
+        m.ac = 1 if eflags & EFLAGS_AC else 0
+        self.st.mmu.stats.fills += 1
+        if mmu_fill(self.st, &m, linear, acc, &res, &err):
+            return err, None
+        return None, (res.paddr, res.perms)
+
+    def debug_alias_write(self, uint64_t offset, unsigned size, uint64_t value):
+        """Store as a guest write through the page-table alias would (tests)."""
+        _alias_write(self.st.uc, offset, size, value, <void *>self.st)
+
+    def frame_has_code(self, uint64_t gfn):
+        return gfn < self.st.mmu.nframes and bool(self.st.mmu.frame_flags[gfn] & FRAME_CODE)
+
+    def is_tracked(self, uint64_t gfn):
+        """Does guest frame ``gfn`` have shadow pages (its writes are tracked)?"""
+        return gfn < self.st.mmu.nframes and self.st.mmu.sp_count[gfn] != 0
 
     # -- CPU context surgery ----------------------------------------------------
 
@@ -320,13 +489,14 @@ cdef class Core:
 
     def request_stop(self, int flag=C_STOP_REQUEST):
         """Stop ``emu_start`` at the next instruction boundary (safe from any thread)."""
-        self.st.stop_flags |= flag
+        self.st.requested_flags |= flag  # under the GIL: Python callers do not race
         uc_emu_stop(self.st.uc)
 
     def take_stop(self):
         """Return and clear ``(stop_flags, intno)``."""
-        cdef int flags = self.st.stop_flags
+        cdef int flags = self.st.stop_flags | self.st.requested_flags
         cdef int n = self.st.intno
+        self.st.requested_flags = 0
         self.st.stop_flags = 0
         self.st.intno = -1
         return flags, n
@@ -469,3 +639,78 @@ cdef bint _hook_tlb_fill_identity(uc_engine *uc, uint64_t vaddr, int access,
     result.paddr = vaddr
     result.perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
     return True
+
+
+cdef int _access_kind(access) except -1:
+    if access in ("read", 0, UC_MEM_READ):
+        return ACC_READ
+    if access in ("write", 1, UC_MEM_WRITE):
+        return ACC_WRITE
+    if access in ("fetch", 2, UC_MEM_FETCH):
+        return ACC_FETCH
+    raise ValueError(f"unknown access kind {access!r}")
+
+
+include "mmu_walker.pxi"
+include "mmu_shadow.pxi"
+include "mmu_track.pxi"
+include "mmu_fill.pxi"
+include "mmu_audit.pxi"
+
+
+# Where Unicorn records the address of a refused access (uc_struct.invalid_addr):
+# found once by refusing a known unaligned access in a scratch engine and
+# looking for that address, never hard-coded.  -1: unknown (CR2 gets the page).
+cdef bint _hook_refuse_high(uc_engine *uc, uint64_t vaddr, int access,
+                            ql_uc_tlb_entry *result, void *user_data) noexcept nogil:
+    if vaddr >= 0x400000 and vaddr < 0x100000000ULL:
+        return False
+    result.paddr = vaddr & 0xFFFFFFFFULL
+    result.perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
+    return True
+
+
+cdef long _probe_invalid_addr(uint64_t target, long known) except -2:
+    cdef uc_hook hh
+    cdef uint8_t *base
+    cdef uint64_t v
+    cdef long off
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
+    uc.mem_map(0, 0x200000)
+    uc.mem_write(0x1000, b"\xa1" + (<uint32_t>target).to_bytes(4, "little"))
+    uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
+    cdef uc_engine *eng = <uc_engine *><uintptr_t>uc._uch.value
+    _check(uc_hook_add(eng, &hh, UC_HOOK_TLB_FILL, <void *>_hook_refuse_high, NULL, 1, 0))
+    try:
+        uc.emu_start(0x1000, 0x1005)
+    except unicorn.UcError:
+        pass
+    base = <uint8_t *>eng
+    for off in range(0, 4096, 8):
+        if known >= 0 and off != known:
+            continue
+        memcpy(&v, base + off, 8)
+        if v == target:
+            uc_hook_del(eng, hh)
+            return off
+    uc_hook_del(eng, hh)
+    return -1
+
+
+cdef long _find_invalid_addr_offset():
+    cdef long off
+    try:
+        off = _probe_invalid_addr(0x00ABCDE7, -1)
+        if off >= 0 and _probe_invalid_addr(0x00BCD129, off) == off:
+            return off
+    except Exception:
+        pass
+    return -1
+
+
+cdef long _invalid_addr_offset = _find_invalid_addr_offset()
+
+
+def fault_address_offset():
+    """Offset of Unicorn's refused-access address in its engine struct (-1: unknown)."""
+    return _invalid_addr_offset

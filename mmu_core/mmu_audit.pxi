@@ -1,0 +1,119 @@
+# Invariants of the shadow MMU, checked by Core.audit() (tests and debugging):
+# every shadow page is in the hash once and counted for its gfn; parent links
+# and child pointers agree; every present spte agrees with the guest entry it
+# caches (present, accessed, same target, same W/U/NX/D bits); rmap entries
+# are exactly the 4 KiB leaves mapping RAM; no spte that allows direct writes
+# maps a shadowed frame.
+
+cdef list mmu_audit(CoreState *st):
+    cdef Mmu *mmu = &st.mmu
+    cdef list errors = []
+    cdef uint32_t spi, i, j, ref, child
+    cdef ShadowPage *sp
+    cdef ShadowPage *csp
+    cdef uint64_t spte, gfn, gpte, nrmap = 0, counted = 0, tgt
+    cdef int levels, level, q, gi
+    cdef bint wide, found
+    cdef uint16_t *count = <uint16_t *>calloc(mmu.nframes, sizeof(uint16_t))
+    if count == NULL:
+        raise MemoryError()
+    try:
+        for spi in range(1, mmu.sp_alloc + 1):
+            sp = mmu.sps[spi]
+            if sp.role == SP_FREE:
+                continue
+            counted += 1
+            if lookup_sp(mmu, sp.gfn, sp.role) != spi:
+                errors.append(f"sp {spi} (gfn {sp.gfn:#x}) is not found in the hash")
+            if sp.gfn >= mmu.nframes:
+                errors.append(f"sp {spi} shadows gfn {sp.gfn:#x} outside RAM")
+                continue
+            count[sp.gfn] += 1
+            levels = role_levels(sp.role)
+            level = role_level(sp.role)
+            q = role_quadrant(sp.role)
+            wide = levels != 2
+            for j in range(sp.nparents):
+                ref = sp.parents[j]
+                spte = mmu.sps[ref >> 9].spt[ref & 511]
+                if not spte & SPTE_P or spte & SPTE_LEAF or ((spte & SPTE_ADDR) >> 12) != spi:
+                    errors.append(f"sp {spi}: parent ref {ref >> 9}[{ref & 511}] does not point here")
+            nrmap = 0
+            for i in range(SP_ENTRIES):
+                spte = sp.spt[i]
+                if not spte & SPTE_P:
+                    continue
+                nrmap += 1
+                # The guest entry this spte caches.
+                if levels == 2:
+                    gi = <int>(q * 512 + i) if level == 1 else <int>(q * 256 + (i >> 1))
+                    gpte = _load_gpte(st, (sp.gfn << 12) + gi * 4, False)
+                elif levels == 3 and level == 3:
+                    if i >= 4:
+                        errors.append(f"sp {spi}: PDPT entry {i} present")
+                        continue
+                    gpte = _load_gpte(st, (sp.gfn << 12) + q * 32 + i * 8, True)
+                else:
+                    gpte = _load_gpte(st, (sp.gfn << 12) + i * 8, True)
+                if not gpte & PT_PRESENT:
+                    errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: spte present, gpte {gpte:#x} not")
+                    continue
+                if not (levels == 3 and level == 3):
+                    if not gpte & PT_ACCESSED:
+                        errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: gpte {gpte:#x} not accessed")
+                    if (spte & (SPTE_W | SPTE_U)) != (gpte & (PT_WRITABLE | PT_USER)):
+                        errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: W/U differ "
+                                      f"(spte {spte:#x}, gpte {gpte:#x})")
+                    if wide and ((spte & SPTE_NX) != 0) != ((sp.role & ROLE_NXE) != 0 and (gpte & PT64_NX) != 0):
+                        errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: NX differs")
+                if spte & SPTE_LEAF:
+                    if (spte & SPTE_D) and not gpte & PT_DIRTY:
+                        errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: spte dirty, gpte clean")
+                    tgt = (spte & SPTE_ADDR) >> 12
+                    if level == 1:
+                        if wide:
+                            if tgt != (gpte & PHYS_MASK) >> 12:
+                                errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: leaf target differs")
+                        elif tgt != (gpte & 0xFFFFF000ULL) >> 12:
+                            errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: leaf target differs")
+                        if tgt < mmu.nframes:
+                            found = False
+                            for j in range(mmu.rmap[tgt].len):
+                                if mmu.rmap[tgt].refs[j] == _ref(spi, i):
+                                    found = True
+                            if not found:
+                                errors.append(f"sp {spi}[{i}]: leaf missing from rmap of {tgt:#x}")
+                            if spte & SPTE_HW_W and mmu.sp_count[tgt]:
+                                errors.append(f"sp {spi}[{i}]: writable spte maps shadowed gfn {tgt:#x}")
+                else:
+                    child = <uint32_t>((spte & SPTE_ADDR) >> 12)
+                    if child == 0 or child > mmu.sp_alloc or mmu.sps[child].role == SP_FREE:
+                        errors.append(f"sp {spi}[{i}]: points to a free shadow page {child}")
+                        continue
+                    csp = mmu.sps[child]
+                    if levels == 3 and level == 3:
+                        tgt = (gpte & PHYS_MASK) >> 12
+                    elif wide:
+                        tgt = (gpte & PHYS_MASK) >> 12
+                    else:
+                        tgt = (gpte & 0xFFFFF000ULL) >> 12
+                    if csp.gfn != tgt:
+                        errors.append(f"sp {spi}[{i}]: child gfn {csp.gfn:#x}, gpte says {tgt:#x}")
+                    if role_level(csp.role) != level - 1:
+                        errors.append(f"sp {spi}[{i}]: child level {role_level(csp.role)}")
+            if nrmap != sp.npresent:
+                errors.append(f"sp {spi}: npresent {sp.npresent}, counted {nrmap}")
+        if counted != mmu.n_sp:
+            errors.append(f"n_sp {mmu.n_sp}, counted {counted}")
+        for gfn in range(mmu.nframes):
+            if count[gfn] != mmu.sp_count[gfn]:
+                errors.append(f"gfn {gfn:#x}: sp_count {mmu.sp_count[gfn]}, counted {count[gfn]}")
+            for j in range(mmu.rmap[gfn].len):
+                ref = mmu.rmap[gfn].refs[j]
+                sp = mmu.sps[ref >> 9]
+                spte = sp.spt[ref & 511]
+                if not spte & SPTE_LEAF or (spte & SPTE_ADDR) >> 12 != gfn:
+                    errors.append(f"rmap of {gfn:#x}: stale entry {ref >> 9}[{ref & 511}]")
+    finally:
+        free(count)
+    return errors

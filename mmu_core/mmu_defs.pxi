@@ -1,0 +1,228 @@
+# Shared definitions of the shadow MMU (included by _core.pyx before CoreState).
+#
+# Vocabulary as in KVM: gva/gpa/gfn (guest virtual / physical address / frame),
+# gpte (a guest page-table entry), spte (a shadow entry), sp (a shadow page),
+# role (what a shadow page caches: paging form, level, quadrant, ...), rmap
+# (reverse map: guest frame -> sptes mapping it), walker (the guest page walk).
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from *:
+    """
+    #define QL_PT_PRESENT   0x1ULL
+    #define QL_PT_WRITABLE  0x2ULL
+    #define QL_PT_USER      0x4ULL
+    #define QL_PT_ACCESSED  0x20ULL
+    #define QL_PT_DIRTY     0x40ULL
+    #define QL_PT_PSE       0x80ULL
+    #define QL_PT64_NX      0x8000000000000000ULL
+    #define QL_PHYS_MASK    0xFFFFFFFFFFULL          /* MAXPHYADDR = 40 */
+    #define QL_PT64_ADDR    0xFFFFFFFFFF000ULL       /* bits 51:12 of an entry */
+    #define QL_CR0_PE       0x1ULL
+    #define QL_CR0_WP       0x10000ULL
+    #define QL_CR0_PG       0x80000000ULL
+    #define QL_CR4_PSE      0x10ULL
+    #define QL_CR4_PAE      0x20ULL
+    #define QL_CR4_PGE      0x80ULL
+    #define QL_CR4_SMEP     0x100000ULL
+    #define QL_CR4_SMAP     0x200000ULL
+    #define QL_CR4_LA57     0x1000ULL
+    #define QL_EFER_LMA     0x400ULL
+    #define QL_EFER_NXE     0x800ULL
+    #define QL_EFLAGS_AC    0x40000ULL
+    #define QL_EFLAGS_VM    0x20000ULL
+    /* spte layout (ours: consumed by the fill, not by hardware) */
+    #define QL_SPTE_P       0x1ULL      /* present */
+    #define QL_SPTE_W       0x2ULL      /* gpte R/W */
+    #define QL_SPTE_U       0x4ULL      /* gpte U/S */
+    #define QL_SPTE_D       0x40ULL     /* leaf: gpte dirty */
+    #define QL_SPTE_LEAF    0x100ULL    /* maps a page (else points to a child sp) */
+    #define QL_SPTE_HW_W    0x200ULL    /* 4 KiB leaf: may be written in RAM directly */
+    #define QL_SPTE_NX      0x8000000000000000ULL
+    #define QL_SPTE_ADDR    0xFFFFFFFFFF000ULL
+    #define QL_ALIAS_BASE   0x10000000000ULL        /* 1 << 40: the page-table write alias */
+    #define QL_SP_FREE      0xFFFFFFFFU             /* role of a free shadow page */
+    """
+    uint64_t PT_PRESENT "QL_PT_PRESENT"
+    uint64_t PT_WRITABLE "QL_PT_WRITABLE"
+    uint64_t PT_USER "QL_PT_USER"
+    uint64_t PT_ACCESSED "QL_PT_ACCESSED"
+    uint64_t PT_DIRTY "QL_PT_DIRTY"
+    uint64_t PT_PSE "QL_PT_PSE"
+    uint64_t PT64_NX "QL_PT64_NX"
+    uint64_t PHYS_MASK "QL_PHYS_MASK"
+    uint64_t PT64_ADDR "QL_PT64_ADDR"
+    uint64_t CR0_PE "QL_CR0_PE"
+    uint64_t CR0_WP "QL_CR0_WP"
+    uint64_t CR0_PG "QL_CR0_PG"
+    uint64_t CR4_PSE "QL_CR4_PSE"
+    uint64_t CR4_PAE "QL_CR4_PAE"
+    uint64_t CR4_PGE "QL_CR4_PGE"
+    uint64_t CR4_SMEP "QL_CR4_SMEP"
+    uint64_t CR4_SMAP "QL_CR4_SMAP"
+    uint64_t CR4_LA57 "QL_CR4_LA57"
+    uint64_t EFER_LMA "QL_EFER_LMA"
+    uint64_t EFER_NXE "QL_EFER_NXE"
+    uint64_t EFLAGS_AC "QL_EFLAGS_AC"
+    uint64_t EFLAGS_VM "QL_EFLAGS_VM"
+    uint64_t SPTE_P "QL_SPTE_P"
+    uint64_t SPTE_W "QL_SPTE_W"
+    uint64_t SPTE_U "QL_SPTE_U"
+    uint64_t SPTE_D "QL_SPTE_D"
+    uint64_t SPTE_LEAF "QL_SPTE_LEAF"
+    uint64_t SPTE_HW_W "QL_SPTE_HW_W"
+    uint64_t SPTE_NX "QL_SPTE_NX"
+    uint64_t SPTE_ADDR "QL_SPTE_ADDR"
+    uint64_t ALIAS_BASE "QL_ALIAS_BASE"
+    uint32_t SP_FREE "QL_SP_FREE"
+
+# Page-fault error code bits.
+cdef enum:
+    PFERR_PRESENT = 1
+    PFERR_WRITE = 2
+    PFERR_USER = 4
+    PFERR_RSVD = 8
+    PFERR_FETCH = 16
+
+# Access kinds of a fill.
+cdef enum:
+    ACC_READ = 0
+    ACC_WRITE = 1
+    ACC_FETCH = 2
+
+# Role bits of a shadow page (what it caches besides its gfn).
+cdef enum:
+    ROLE_LEVELS_SHIFT = 0     # guest paging levels: 2, 3 or 4
+    ROLE_LEVEL_SHIFT = 3      # the level this page is used at: 1..4
+    ROLE_QUADRANT_SHIFT = 6   # 7 bits: PT/PD half or quarter of a 32-bit table, PDPT slot
+    ROLE_NXE = 1 << 13        # EFER.NXE (changes which gpte bits are reserved)
+    ROLE_PSE = 1 << 14        # CR4.PSE (changes what a 32-bit PDE's PS bit means)
+    ROLE_DIRECT = 1 << 15     # metaphysical: no guest table behind it (unused: see README)
+
+cdef enum:
+    SP_ENTRIES = 512
+    MAX_LEVELS = 5
+    HASH_BUCKETS = 4096       # power of two
+    SP_RESERVE = 6            # free pages guaranteed before a fill descends
+    FLOOD_THRESHOLD = 3       # pte writes to an unused page before it is zapped
+    FRAME_CODE = 1            # the frame has been fetched from (holds translated code)
+
+# The paging state a fill works under (read from the CPU at each fill).
+cdef struct MmuMode:
+    uint64_t cr0
+    uint64_t cr3
+    uint64_t cr4
+    uint64_t efer
+    int levels         # 0 (paging off), 2, 3 (PAE), 4 (long mode)
+    bint wp
+    bint nxe
+    bint smep
+    bint smap
+    bint pse
+    int cpl            # -1: not read yet (read lazily from CS / EFLAGS.VM)
+    int ac             # -1: not read yet
+    uint32_t role_base
+    uint64_t a20_mask
+
+# The result of one guest walk (KVM's guest_walker).
+cdef struct Walker:
+    int levels
+    int leaf_level          # level of the entry that mapped the page
+    int top_level
+    uint64_t gpte[MAX_LEVELS]      # gpte used at each level (index = level)
+    uint64_t pte_gpa[MAX_LEVELS]   # where it lives
+    uint64_t table_gfn[MAX_LEVELS] # frame of the table holding it
+    bint present[MAX_LEVELS]
+    uint64_t pdpte                 # PAE: the PDPTE used
+    uint64_t pdpte_gpa
+    uint64_t page_base             # physical base of the (possibly large) page
+    uint64_t page_size
+    uint64_t gpa                   # physical address of the 4 KiB page of the gva
+    bint writable
+    bint user
+    bint nx
+    bint dirty
+    uint32_t error_code
+
+cdef struct ShadowPage:
+    uint64_t gfn
+    uint32_t role
+    uint32_t hash_next       # next page in the hash bucket (0: none)
+    uint32_t lru_prev
+    uint32_t lru_next
+    uint32_t *parents        # parent sptes: (sp index << 9) | entry index
+    uint32_t nparents
+    uint32_t parents_cap
+    uint32_t write_count     # pte writes since the page was last used (flood detection)
+    uint32_t npresent
+    uint64_t spt[SP_ENTRIES]
+
+cdef struct Rmap:
+    uint32_t *refs
+    uint32_t len
+    uint32_t cap
+
+cdef struct MmuStats:
+    uint64_t fills
+    uint64_t fills_read
+    uint64_t fills_write
+    uint64_t fills_fetch
+    uint64_t faults
+    uint64_t shadow_hits[MAX_LEVELS]
+    uint64_t shadow_misses[MAX_LEVELS]
+    uint64_t shadow_perm_misses
+    uint64_t guest_walks
+    uint64_t cr3_loads
+    uint64_t roots_reused
+    uint64_t roots_created
+    uint64_t mode_changes
+    uint64_t sp_created
+    uint64_t sp_zapped
+    uint64_t sp_recycled
+    uint64_t sp_found
+    uint64_t wp_traps
+    uint64_t alias_reads
+    uint64_t alias_writes
+    uint64_t pte_writes
+    uint64_t pte_updated
+    uint64_t pte_zapped
+    uint64_t flood_zaps
+    uint64_t rmap_write_protect
+    uint64_t tlb_flushes_wp
+    uint64_t tlb_flushes_code
+    uint64_t code_frames
+    uint64_t implicit_supervisor
+    uint64_t naive_zap_all
+    uint64_t phys_writes_notified
+    uint64_t rsvd_faults
+
+cdef struct Mmu:
+    int mode                  # TLB_* of the Core
+    uint64_t nframes          # RAM frames
+    uint16_t *sp_count        # shadow pages per gfn (> 0: write-tracked)
+    uint8_t *frame_flags      # FRAME_CODE
+    uint32_t *wgen            # generation when a RAM writable mapping was last granted
+    uint32_t *fgen            # same, for writable mappings without EXEC (fast stores)
+    uint32_t tlb_gen          # advanced whenever Unicorn's TLB is known empty
+    Rmap *rmap
+    ShadowPage **sps          # index 0 unused
+    uint32_t sp_cap           # max shadow pages (set_max_shadow_pages)
+    uint32_t sp_alloc         # slots allocated in sps[] (<= sp_cap)
+    uint32_t n_sp
+    uint32_t *free_list
+    uint32_t n_free
+    uint32_t hash[HASH_BUCKETS]
+    uint32_t lru_head         # most recently used
+    uint32_t lru_tail
+    # The paging state of the last fill, and its roots.
+    bint have_mode
+    uint64_t cur_cr0
+    uint64_t cur_cr3
+    uint64_t cur_cr4
+    uint64_t cur_efer
+    uint32_t cur_roots[4]     # long mode / PAE: [0]; 32-bit: one per quadrant
+    # The first refused fill of a slice.
+    bint fault_pending
+    uint64_t fault_addr
+    uint32_t fault_error
+    MmuStats stats
