@@ -1271,6 +1271,9 @@ static int __Pyx_init_tpflags_variables(void) {
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/types.h>
+#include <signal.h>
+#include <sys/time.h>
 
     typedef struct uc_struct uc_engine;
     typedef size_t uc_hook;
@@ -1852,7 +1855,7 @@ typedef void (*__pyx_t_8mmu_core_8includes_7unicorn_uc_cb_mmio_write_t)(uc_engin
 typedef int (*__pyx_t_8mmu_core_8includes_7unicorn_uc_mmio_map_t)(uc_engine *, uint64_t, uint64_t, __pyx_t_8mmu_core_8includes_7unicorn_uc_cb_mmio_read_t, void *, __pyx_t_8mmu_core_8includes_7unicorn_uc_cb_mmio_write_t, void *);
 struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState;
 
-/* "qemu_lite/_vcpu_hooks.pyx":27
+/* "qemu_lite/_vcpu_hooks.pyx":34
  * from unicorn.unicorn_py3 import unicorn as _ucbinding
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1861,7 +1864,7 @@ struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState;
 */
 enum  {
 
-  /* "qemu_lite/_vcpu_hooks.pyx":29
+  /* "qemu_lite/_vcpu_hooks.pyx":36
  * cdef enum:
  *     UC_HOOK_BLOCK = 1 << 3
  *     EFLAGS_IF = 1 << 9             # <<<<<<<<<<<<<<
@@ -1872,7 +1875,7 @@ enum  {
   __pyx_e_9qemu_lite_11_vcpu_hooks_EFLAGS_IF = (1 << 9)
 };
 
-/* "qemu_lite/_vcpu_hooks.pyx":43
+/* "qemu_lite/_vcpu_hooks.pyx":50
  * 
  * 
  * cdef struct HookState:             # <<<<<<<<<<<<<<
@@ -1886,9 +1889,11 @@ struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState {
   uint64_t skip_pc;
   int skip_armed;
   int fired;
+  uint64_t deadline_ns;
+  int poke;
 };
 
-/* "qemu_lite/_vcpu_hooks.pyx":52
+/* "qemu_lite/_vcpu_hooks.pyx":61
  * 
  * 
  * cdef class VcpuHooks:             # <<<<<<<<<<<<<<
@@ -2815,6 +2820,12 @@ static int __Pyx_State_RemoveModule(void*);
 
 /* Module declarations from "libc.stdlib" */
 
+/* Module declarations from "posix.types" */
+
+/* Module declarations from "posix.signal" */
+
+/* Module declarations from "posix.time" */
+
 /* Module declarations from "mmu_core.includes.unicorn" */
 
 /* Module declarations from "qemu_lite._vcpu_hooks" */
@@ -2834,7 +2845,7 @@ int __pyx_module_is_main_qemu_lite___vcpu_hooks = 0;
 /* Implementation of "qemu_lite._vcpu_hooks" */
 /* #### Code section: global_var ### */
 /* #### Code section: string_decls ### */
-static const char __pyx_k_A_C_block_hook_for_the_vCPU_inte[] = "A C block hook for the vCPU: interrupt windows and guest progress.\n\nUnicorn reports neither STI, POPF nor IRET, so the vCPU cannot know when a\nmasked interrupt becomes deliverable.  QEMU ends a translation block after\neach of them (and after the one-instruction STI / MOV SS shadow), so a block\nhook sees every point where EFLAGS.IF may have changed.  While an interrupt\nwaits (``waiting`` set by the run loop) the hook stops the engine at the\nfirst block that starts with IF set, before that block runs.  QEMU\ntranslates the instruction in an STI / MOV SS shadow as a block of its own;\nwhen the run loop finds itself stopped inside a shadow it asks the hook to\nlet that one block run (``skip_once_at``).\nOtherwise the hook only counts blocks, the progress measure of the\ndeterministic clock.\n";
+static const char __pyx_k_A_C_block_hook_for_the_vCPU_inte[] = "A C block hook for the vCPU: interrupt windows, timer deadlines, guest progress.\n\nThe vCPU thread itself decides when a slice ends: another thread never calls\n``uc_emu_stop`` (DESIGN fact 14 saw corruption under frequent cross-thread\nstops).  Every 64 blocks the hook reads the host\047s monotonic clock and stops\nthe slice once the next timer deadline has passed; other threads only set\n``poke`` (a plain store), which the hook sees at the next block.\n\nUnicorn reports neither STI, POPF nor IRET, so the vCPU cannot know when a\nmasked interrupt becomes deliverable.  QEMU ends a translation block after\neach of them (and after the one-instruction STI / MOV SS shadow), so a block\nhook sees every point where EFLAGS.IF may have changed.  While an interrupt\nwaits (``waiting`` set by the run loop) the hook stops the engine at the\nfirst block that starts with IF set, before that block runs.  QEMU\ntranslates the instruction in an STI / MOV SS shadow as a block of its own;\nwhen the run loop finds itself stopped inside a shadow it asks the hook to\nlet that one block run (``skip_once_at``).\nOtherwise the hook only counts blocks, the progress measure of the\ndeterministic clock.\n";
 /* #### Code section: decls ### */
 static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks___cinit__(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
 static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_2__init__(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, PyObject *__pyx_v_uc); /* proto */
@@ -2844,9 +2855,12 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting_2__set__(struct
 static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_pc); /* proto */
 static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6blocks___get__(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_blocks); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_tp_new__initialisation_9qemu_lite_11_vcpu_hooks_VcpuHooks(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -2904,8 +2918,9 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_codeobj_tab[5];
-    PyObject *__pyx_string_tab[68];
+    PyObject *__pyx_codeobj_tab[8];
+    PyObject *__pyx_string_tab[82];
+    PyObject *__pyx_number_tab[4];
 /* #### Code section: module_state_contents ### */
 /* CommonTypesMetaclass.module_state_decls */
 PyTypeObject *__pyx_CommonTypesMetaclassType;
@@ -2959,64 +2974,82 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_isenabled __pyx_string_tab[7]
 #define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[8]
 #define __pyx_kp_u_qemu_lite__vcpu_hooks_pyx __pyx_string_tab[9]
-#define __pyx_n_u_UC_X86_REG_EFLAGS __pyx_string_tab[10]
-#define __pyx_n_u_VcpuHooks __pyx_string_tab[11]
-#define __pyx_n_u_VcpuHooks___reduce_cython __pyx_string_tab[12]
-#define __pyx_n_u_VcpuHooks___setstate_cython __pyx_string_tab[13]
-#define __pyx_n_u_VcpuHooks_set_block_deadline __pyx_string_tab[14]
-#define __pyx_n_u_VcpuHooks_skip_once_at __pyx_string_tab[15]
-#define __pyx_n_u_VcpuHooks_take_fired __pyx_string_tab[16]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[17]
-#define __pyx_n_u_annotate __pyx_string_tab[18]
-#define __pyx_n_u_func __pyx_string_tab[19]
-#define __pyx_n_u_getstate __pyx_string_tab[20]
-#define __pyx_n_u_main __pyx_string_tab[21]
-#define __pyx_n_u_module __pyx_string_tab[22]
-#define __pyx_n_u_name __pyx_string_tab[23]
-#define __pyx_n_u_pyx_state __pyx_string_tab[24]
-#define __pyx_n_u_qualname __pyx_string_tab[25]
-#define __pyx_n_u_reduce __pyx_string_tab[26]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[27]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[28]
-#define __pyx_n_u_set_name __pyx_string_tab[29]
-#define __pyx_n_u_setstate __pyx_string_tab[30]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[31]
-#define __pyx_n_u_test __pyx_string_tab[32]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[33]
-#define __pyx_n_u_ucbinding __pyx_string_tab[34]
-#define __pyx_n_u_uch __pyx_string_tab[35]
-#define __pyx_n_u_x86 __pyx_string_tab[36]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[37]
-#define __pyx_n_u_blocks __pyx_string_tab[38]
-#define __pyx_n_u_c_void_p __pyx_string_tab[39]
-#define __pyx_n_u_cast __pyx_string_tab[40]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[41]
-#define __pyx_n_u_ctypes __pyx_string_tab[42]
-#define __pyx_n_u_f __pyx_string_tab[43]
-#define __pyx_n_u_items __pyx_string_tab[44]
-#define __pyx_n_u_pc __pyx_string_tab[45]
-#define __pyx_n_u_pop __pyx_string_tab[46]
-#define __pyx_n_u_qemu_lite__vcpu_hooks __pyx_string_tab[47]
-#define __pyx_n_u_self __pyx_string_tab[48]
-#define __pyx_n_u_set_block_deadline __pyx_string_tab[49]
-#define __pyx_n_u_setdefault __pyx_string_tab[50]
-#define __pyx_n_u_skip_once_at __pyx_string_tab[51]
-#define __pyx_n_u_take_fired __pyx_string_tab[52]
-#define __pyx_n_u_uc __pyx_string_tab[53]
-#define __pyx_n_u_uc_emu_stop __pyx_string_tab[54]
-#define __pyx_n_u_uc_hook_add __pyx_string_tab[55]
-#define __pyx_n_u_uc_hook_del __pyx_string_tab[56]
-#define __pyx_n_u_uc_reg_read __pyx_string_tab[57]
-#define __pyx_n_u_uclib __pyx_string_tab[58]
-#define __pyx_n_u_unicorn __pyx_string_tab[59]
-#define __pyx_n_u_unicorn_unicorn_py3 __pyx_string_tab[60]
-#define __pyx_n_u_value __pyx_string_tab[61]
-#define __pyx_n_u_values __pyx_string_tab[62]
-#define __pyx_n_u_x86_const __pyx_string_tab[63]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[64]
-#define __pyx_kp_b_iso88591_A_C_C_Q __pyx_string_tab[65]
-#define __pyx_kp_b_iso88591_A_C __pyx_string_tab[66]
-#define __pyx_kp_b_iso88591_A_T_A_Cy_q __pyx_string_tab[67]
+#define __pyx_n_u_FIRED_BLOCKS __pyx_string_tab[10]
+#define __pyx_n_u_FIRED_POKE __pyx_string_tab[11]
+#define __pyx_n_u_FIRED_TIME __pyx_string_tab[12]
+#define __pyx_n_u_FIRED_WINDOW __pyx_string_tab[13]
+#define __pyx_n_u_UC_X86_REG_EFLAGS __pyx_string_tab[14]
+#define __pyx_n_u_VcpuHooks __pyx_string_tab[15]
+#define __pyx_n_u_VcpuHooks___reduce_cython __pyx_string_tab[16]
+#define __pyx_n_u_VcpuHooks___setstate_cython __pyx_string_tab[17]
+#define __pyx_n_u_VcpuHooks_advance_deadline __pyx_string_tab[18]
+#define __pyx_n_u_VcpuHooks_poke __pyx_string_tab[19]
+#define __pyx_n_u_VcpuHooks_set_block_deadline __pyx_string_tab[20]
+#define __pyx_n_u_VcpuHooks_set_deadline __pyx_string_tab[21]
+#define __pyx_n_u_VcpuHooks_skip_once_at __pyx_string_tab[22]
+#define __pyx_n_u_VcpuHooks_take_fired __pyx_string_tab[23]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[24]
+#define __pyx_n_u_annotate __pyx_string_tab[25]
+#define __pyx_n_u_func __pyx_string_tab[26]
+#define __pyx_n_u_getstate __pyx_string_tab[27]
+#define __pyx_n_u_main __pyx_string_tab[28]
+#define __pyx_n_u_module __pyx_string_tab[29]
+#define __pyx_n_u_name __pyx_string_tab[30]
+#define __pyx_n_u_pyx_state __pyx_string_tab[31]
+#define __pyx_n_u_qualname __pyx_string_tab[32]
+#define __pyx_n_u_reduce __pyx_string_tab[33]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[34]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[35]
+#define __pyx_n_u_set_name __pyx_string_tab[36]
+#define __pyx_n_u_setstate __pyx_string_tab[37]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[38]
+#define __pyx_n_u_test __pyx_string_tab[39]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[40]
+#define __pyx_n_u_ucbinding __pyx_string_tab[41]
+#define __pyx_n_u_uch __pyx_string_tab[42]
+#define __pyx_n_u_x86 __pyx_string_tab[43]
+#define __pyx_n_u_advance_deadline __pyx_string_tab[44]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[45]
+#define __pyx_n_u_blocks __pyx_string_tab[46]
+#define __pyx_n_u_c_void_p __pyx_string_tab[47]
+#define __pyx_n_u_cast __pyx_string_tab[48]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[49]
+#define __pyx_n_u_ctypes __pyx_string_tab[50]
+#define __pyx_n_u_f __pyx_string_tab[51]
+#define __pyx_n_u_host_ns __pyx_string_tab[52]
+#define __pyx_n_u_items __pyx_string_tab[53]
+#define __pyx_n_u_pc __pyx_string_tab[54]
+#define __pyx_n_u_poke __pyx_string_tab[55]
+#define __pyx_n_u_pop __pyx_string_tab[56]
+#define __pyx_n_u_qemu_lite__vcpu_hooks __pyx_string_tab[57]
+#define __pyx_n_u_self __pyx_string_tab[58]
+#define __pyx_n_u_set_block_deadline __pyx_string_tab[59]
+#define __pyx_n_u_set_deadline __pyx_string_tab[60]
+#define __pyx_n_u_setdefault __pyx_string_tab[61]
+#define __pyx_n_u_skip_once_at __pyx_string_tab[62]
+#define __pyx_n_u_take_fired __pyx_string_tab[63]
+#define __pyx_n_u_uc __pyx_string_tab[64]
+#define __pyx_n_u_uc_emu_stop __pyx_string_tab[65]
+#define __pyx_n_u_uc_hook_add __pyx_string_tab[66]
+#define __pyx_n_u_uc_hook_del __pyx_string_tab[67]
+#define __pyx_n_u_uc_reg_read __pyx_string_tab[68]
+#define __pyx_n_u_uclib __pyx_string_tab[69]
+#define __pyx_n_u_unicorn __pyx_string_tab[70]
+#define __pyx_n_u_unicorn_unicorn_py3 __pyx_string_tab[71]
+#define __pyx_n_u_value __pyx_string_tab[72]
+#define __pyx_n_u_values __pyx_string_tab[73]
+#define __pyx_n_u_x86_const __pyx_string_tab[74]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[75]
+#define __pyx_kp_b_iso88591_A_4s_s_Cxr_S __pyx_string_tab[76]
+#define __pyx_kp_b_iso88591_A_Cxq __pyx_string_tab[77]
+#define __pyx_kp_b_iso88591_A_C_C_Q __pyx_string_tab[78]
+#define __pyx_kp_b_iso88591_A_C_a __pyx_string_tab[79]
+#define __pyx_kp_b_iso88591_A_C __pyx_string_tab[80]
+#define __pyx_kp_b_iso88591_A_T_A_Cy_q __pyx_string_tab[81]
+#define __pyx_int_1 __pyx_number_tab[0]
+#define __pyx_int_2 __pyx_number_tab[1]
+#define __pyx_int_3 __pyx_number_tab[2]
+#define __pyx_int_4 __pyx_number_tab[3]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -3036,8 +3069,9 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<5; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<68; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<82; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<4; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -3065,8 +3099,9 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<5; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<68; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<82; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<4; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -3080,7 +3115,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "qemu_lite/_vcpu_hooks.pyx":32
+/* "qemu_lite/_vcpu_hooks.pyx":39
  * 
  * 
  * cdef uintptr_t _fn(name) except 0:             # <<<<<<<<<<<<<<
@@ -3104,7 +3139,7 @@ static uintptr_t __pyx_f_9qemu_lite_11_vcpu_hooks__fn(PyObject *__pyx_v_name) {
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_fn", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":33
+  /* "qemu_lite/_vcpu_hooks.pyx":40
  * 
  * cdef uintptr_t _fn(name) except 0:
  *     return <uintptr_t>ctypes.cast(getattr(_ucbinding.uclib, name), ctypes.c_void_p).value             # <<<<<<<<<<<<<<
@@ -3112,22 +3147,22 @@ static uintptr_t __pyx_f_9qemu_lite_11_vcpu_hooks__fn(PyObject *__pyx_v_name) {
  * 
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_cast); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_cast); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ucbinding); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ucbinding); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_uclib); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_uclib); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_GetAttr(__pyx_t_5, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetAttr(__pyx_t_5, __pyx_v_name); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ctypes); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_c_void_p); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_c_void_p); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_7 = 1;
@@ -3149,13 +3184,13 @@ static uintptr_t __pyx_f_9qemu_lite_11_vcpu_hooks__fn(PyObject *__pyx_v_name) {
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 33, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 40, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 33, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_8 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_8 == ((uintptr_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 33, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_size_t(__pyx_t_4); if (unlikely((__pyx_t_8 == ((uintptr_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   {
 
@@ -3164,7 +3199,7 @@ static uintptr_t __pyx_f_9qemu_lite_11_vcpu_hooks__fn(PyObject *__pyx_v_name) {
 
   goto __pyx_L0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":32
+  /* "qemu_lite/_vcpu_hooks.pyx":39
  * 
  * 
  * cdef uintptr_t _fn(name) except 0:             # <<<<<<<<<<<<<<
@@ -3188,7 +3223,7 @@ static uintptr_t __pyx_f_9qemu_lite_11_vcpu_hooks__fn(PyObject *__pyx_v_name) {
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":60
+/* "qemu_lite/_vcpu_hooks.pyx":69
  *     cdef object _uc_obj
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -3244,7 +3279,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks___cinit__(struct __pyx_o
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":61
+  /* "qemu_lite/_vcpu_hooks.pyx":70
  * 
  *     def __cinit__(self):
  *         self.st = <HookState *>calloc(1, sizeof(HookState))             # <<<<<<<<<<<<<<
@@ -3253,7 +3288,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks___cinit__(struct __pyx_o
 */
   __pyx_v_self->st = ((struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState *)calloc(1, (sizeof(struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState))));
 
-  /* "qemu_lite/_vcpu_hooks.pyx":62
+  /* "qemu_lite/_vcpu_hooks.pyx":71
  *     def __cinit__(self):
  *         self.st = <HookState *>calloc(1, sizeof(HookState))
  *         if self.st == NULL:             # <<<<<<<<<<<<<<
@@ -3265,16 +3300,16 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks___cinit__(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":63
+    /* "qemu_lite/_vcpu_hooks.pyx":72
  *         self.st = <HookState *>calloc(1, sizeof(HookState))
  *         if self.st == NULL:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  * 
  *     def __init__(self, uc):
 */
-    PyErr_NoMemory(); __PYX_ERR(0, 63, __pyx_L1_error)
+    PyErr_NoMemory(); __PYX_ERR(0, 72, __pyx_L1_error)
 
-    /* "qemu_lite/_vcpu_hooks.pyx":62
+    /* "qemu_lite/_vcpu_hooks.pyx":71
  *     def __cinit__(self):
  *         self.st = <HookState *>calloc(1, sizeof(HookState))
  *         if self.st == NULL:             # <<<<<<<<<<<<<<
@@ -3283,7 +3318,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks___cinit__(struct __pyx_o
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":60
+  /* "qemu_lite/_vcpu_hooks.pyx":69
  *     cdef object _uc_obj
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -3302,7 +3337,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks___cinit__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":65
+/* "qemu_lite/_vcpu_hooks.pyx":74
  *             raise MemoryError()
  * 
  *     def __init__(self, uc):             # <<<<<<<<<<<<<<
@@ -3348,32 +3383,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_uc,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 65, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 74, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 65, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 74, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 65, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 74, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 65, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 74, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 65, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 74, __pyx_L3_error)
     }
     __pyx_v_uc = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 65, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 74, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3407,7 +3442,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_2__init__(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":66
+  /* "qemu_lite/_vcpu_hooks.pyx":75
  * 
  *     def __init__(self, uc):
  *         self._uc_obj = uc             # <<<<<<<<<<<<<<
@@ -3419,24 +3454,24 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_2__init__(struct __pyx_o
   __Pyx_GOTREF(__pyx_v_self->_uc_obj);
   __Pyx_DECREF_SET(__pyx_v_self->_uc_obj, __pyx_v_uc);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":67
+  /* "qemu_lite/_vcpu_hooks.pyx":76
  *     def __init__(self, uc):
  *         self._uc_obj = uc
  *         self.uc = <uc_engine *><uintptr_t>uc._uch.value             # <<<<<<<<<<<<<<
  *         if uc_hook_add(self.uc, &self.hook, UC_HOOK_BLOCK, <void *>_hook_block,
  *                        <void *>self.st, 1, 0):
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_uc, __pyx_mstate_global->__pyx_n_u_uch); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 67, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_uc, __pyx_mstate_global->__pyx_n_u_uch); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 67, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_3 = __Pyx_PyLong_As_size_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uintptr_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 67, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_As_size_t(__pyx_t_2); if (unlikely((__pyx_t_3 == ((uintptr_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_self->uc = ((uc_engine *)((uintptr_t)__pyx_t_3));
 
 
-  /* "qemu_lite/_vcpu_hooks.pyx":68
+  /* "qemu_lite/_vcpu_hooks.pyx":77
  *         self._uc_obj = uc
  *         self.uc = <uc_engine *><uintptr_t>uc._uch.value
  *         if uc_hook_add(self.uc, &self.hook, UC_HOOK_BLOCK, <void *>_hook_block,             # <<<<<<<<<<<<<<
@@ -3448,7 +3483,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_2__init__(struct __pyx_o
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":70
+    /* "qemu_lite/_vcpu_hooks.pyx":79
  *         if uc_hook_add(self.uc, &self.hook, UC_HOOK_BLOCK, <void *>_hook_block,
  *                        <void *>self.st, 1, 0):
  *             raise RuntimeError("cannot add the block hook")             # <<<<<<<<<<<<<<
@@ -3461,14 +3496,14 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_2__init__(struct __pyx_o
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_cannot_add_the_block_hook};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 70, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 79, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 70, __pyx_L1_error)
+    __PYX_ERR(0, 79, __pyx_L1_error)
 
-    /* "qemu_lite/_vcpu_hooks.pyx":68
+    /* "qemu_lite/_vcpu_hooks.pyx":77
  *         self._uc_obj = uc
  *         self.uc = <uc_engine *><uintptr_t>uc._uch.value
  *         if uc_hook_add(self.uc, &self.hook, UC_HOOK_BLOCK, <void *>_hook_block,             # <<<<<<<<<<<<<<
@@ -3477,7 +3512,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_2__init__(struct __pyx_o
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":65
+  /* "qemu_lite/_vcpu_hooks.pyx":74
  *             raise MemoryError()
  * 
  *     def __init__(self, uc):             # <<<<<<<<<<<<<<
@@ -3499,7 +3534,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_2__init__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":72
+/* "qemu_lite/_vcpu_hooks.pyx":81
  *             raise RuntimeError("cannot add the block hook")
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -3523,7 +3558,7 @@ static void __pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_5__dealloc__(PyObject *
 static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":73
+  /* "qemu_lite/_vcpu_hooks.pyx":82
  * 
  *     def __dealloc__(self):
  *         if self.st != NULL:             # <<<<<<<<<<<<<<
@@ -3535,7 +3570,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
   if (__pyx_t_1) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":74
+    /* "qemu_lite/_vcpu_hooks.pyx":83
  *     def __dealloc__(self):
  *         if self.st != NULL:
  *             if self.uc != NULL:             # <<<<<<<<<<<<<<
@@ -3547,7 +3582,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
     if (__pyx_t_1) {
 
 
-      /* "qemu_lite/_vcpu_hooks.pyx":75
+      /* "qemu_lite/_vcpu_hooks.pyx":84
  *         if self.st != NULL:
  *             if self.uc != NULL:
  *                 uc_hook_del(self.uc, self.hook)             # <<<<<<<<<<<<<<
@@ -3556,7 +3591,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
 */
       (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_hook_del(__pyx_v_self->uc, __pyx_v_self->hook));
 
-      /* "qemu_lite/_vcpu_hooks.pyx":74
+      /* "qemu_lite/_vcpu_hooks.pyx":83
  *     def __dealloc__(self):
  *         if self.st != NULL:
  *             if self.uc != NULL:             # <<<<<<<<<<<<<<
@@ -3565,7 +3600,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
 */
     }
 
-    /* "qemu_lite/_vcpu_hooks.pyx":76
+    /* "qemu_lite/_vcpu_hooks.pyx":85
  *             if self.uc != NULL:
  *                 uc_hook_del(self.uc, self.hook)
  *             free(self.st)             # <<<<<<<<<<<<<<
@@ -3574,7 +3609,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
 */
     free(__pyx_v_self->st);
 
-    /* "qemu_lite/_vcpu_hooks.pyx":77
+    /* "qemu_lite/_vcpu_hooks.pyx":86
  *                 uc_hook_del(self.uc, self.hook)
  *             free(self.st)
  *             self.st = NULL             # <<<<<<<<<<<<<<
@@ -3583,7 +3618,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
 */
     __pyx_v_self->st = NULL;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":73
+    /* "qemu_lite/_vcpu_hooks.pyx":82
  * 
  *     def __dealloc__(self):
  *         if self.st != NULL:             # <<<<<<<<<<<<<<
@@ -3592,7 +3627,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":72
+  /* "qemu_lite/_vcpu_hooks.pyx":81
  *             raise RuntimeError("cannot add the block hook")
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -3604,7 +3639,7 @@ static void __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_4__dealloc__(struct __p
 
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":81
+/* "qemu_lite/_vcpu_hooks.pyx":90
  *     property waiting:
  *         """True while an interrupt is pending and masked."""
  *         def __get__(self):             # <<<<<<<<<<<<<<
@@ -3636,14 +3671,14 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting___get__(s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":82
+  /* "qemu_lite/_vcpu_hooks.pyx":91
  *         """True while an interrupt is pending and masked."""
  *         def __get__(self):
  *             return self.st.waiting             # <<<<<<<<<<<<<<
  *         def __set__(self, bint value):
  *             self.st.waiting = value
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong(__pyx_v_self->st->waiting); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 82, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong(__pyx_v_self->st->waiting); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 91, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -3656,7 +3691,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting___get__(s
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":81
+  /* "qemu_lite/_vcpu_hooks.pyx":90
  *     property waiting:
  *         """True while an interrupt is pending and masked."""
  *         def __get__(self):             # <<<<<<<<<<<<<<
@@ -3675,7 +3710,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting___get__(s
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":83
+/* "qemu_lite/_vcpu_hooks.pyx":92
  *         def __get__(self):
  *             return self.st.waiting
  *         def __set__(self, bint value):             # <<<<<<<<<<<<<<
@@ -3696,7 +3731,7 @@ static int __pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting_3__set__(PyObje
   __Pyx_RefNannySetupContext("__set__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   assert(__pyx_arg_value); {
-    __pyx_v_value = __Pyx_PyObject_IsTrue(__pyx_arg_value); if (unlikely((__pyx_v_value == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 83, __pyx_L3_error)
+    __pyx_v_value = __Pyx_PyObject_IsTrue(__pyx_arg_value); if (unlikely((__pyx_v_value == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 92, __pyx_L3_error)
   }
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3715,7 +3750,7 @@ static int __pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting_3__set__(PyObje
 static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting_2__set__(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, int __pyx_v_value) {
   int __pyx_r;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":84
+  /* "qemu_lite/_vcpu_hooks.pyx":93
  *             return self.st.waiting
  *         def __set__(self, bint value):
  *             self.st.waiting = value             # <<<<<<<<<<<<<<
@@ -3724,7 +3759,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting_2__set__(struct
 */
   __pyx_v_self->st->waiting = __pyx_v_value;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":83
+  /* "qemu_lite/_vcpu_hooks.pyx":92
  *         def __get__(self):
  *             return self.st.waiting
  *         def __set__(self, bint value):             # <<<<<<<<<<<<<<
@@ -3739,7 +3774,7 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting_2__set__(struct
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":86
+/* "qemu_lite/_vcpu_hooks.pyx":95
  *             self.st.waiting = value
  * 
  *     def skip_once_at(self, uint64_t pc):             # <<<<<<<<<<<<<<
@@ -3787,32 +3822,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pc,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 86, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 95, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 86, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 95, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "skip_once_at", 0) < (0)) __PYX_ERR(0, 86, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "skip_once_at", 0) < (0)) __PYX_ERR(0, 95, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("skip_once_at", 1, 1, 1, i); __PYX_ERR(0, 86, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("skip_once_at", 1, 1, 1, i); __PYX_ERR(0, 95, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 86, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 95, __pyx_L3_error)
     }
-    __pyx_v_pc = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_pc == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 86, __pyx_L3_error)
+    __pyx_v_pc = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_pc == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 95, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("skip_once_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 86, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("skip_once_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 95, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3839,7 +3874,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at(stru
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("skip_once_at", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":88
+  /* "qemu_lite/_vcpu_hooks.pyx":97
  *     def skip_once_at(self, uint64_t pc):
  *         """Let the next block starting at ``pc`` run (it is inside an interrupt shadow)."""
  *         self.st.skip_pc = pc             # <<<<<<<<<<<<<<
@@ -3848,7 +3883,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at(stru
 */
   __pyx_v_self->st->skip_pc = __pyx_v_pc;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":89
+  /* "qemu_lite/_vcpu_hooks.pyx":98
  *         """Let the next block starting at ``pc`` run (it is inside an interrupt shadow)."""
  *         self.st.skip_pc = pc
  *         self.st.skip_armed = True             # <<<<<<<<<<<<<<
@@ -3857,7 +3892,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at(stru
 */
   __pyx_v_self->st->skip_armed = 1;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":86
+  /* "qemu_lite/_vcpu_hooks.pyx":95
  *             self.st.waiting = value
  * 
  *     def skip_once_at(self, uint64_t pc):             # <<<<<<<<<<<<<<
@@ -3872,7 +3907,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at(stru
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":91
+/* "qemu_lite/_vcpu_hooks.pyx":100
  *         self.st.skip_armed = True
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -3904,14 +3939,14 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6blocks___get__(st
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":94
+  /* "qemu_lite/_vcpu_hooks.pyx":103
  *     def blocks(self):
  *         """Translation blocks executed so far."""
  *         return self.st.blocks             # <<<<<<<<<<<<<<
  * 
  *     def set_block_deadline(self, uint64_t blocks):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st->blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 94, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(__pyx_v_self->st->blocks); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 103, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -3924,7 +3959,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6blocks___get__(st
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":91
+  /* "qemu_lite/_vcpu_hooks.pyx":100
  *         self.st.skip_armed = True
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -3943,7 +3978,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6blocks___get__(st
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":96
+/* "qemu_lite/_vcpu_hooks.pyx":105
  *         return self.st.blocks
  * 
  *     def set_block_deadline(self, uint64_t blocks):             # <<<<<<<<<<<<<<
@@ -3991,32 +4026,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_blocks,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 96, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 105, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 96, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 105, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_block_deadline", 0) < (0)) __PYX_ERR(0, 96, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_block_deadline", 0) < (0)) __PYX_ERR(0, 105, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_block_deadline", 1, 1, 1, i); __PYX_ERR(0, 96, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_block_deadline", 1, 1, 1, i); __PYX_ERR(0, 105, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 96, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 105, __pyx_L3_error)
     }
-    __pyx_v_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 96, __pyx_L3_error)
+    __pyx_v_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 105, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_block_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 96, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_block_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 105, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4043,16 +4078,16 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadlin
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("set_block_deadline", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":98
+  /* "qemu_lite/_vcpu_hooks.pyx":107
  *     def set_block_deadline(self, uint64_t blocks):
  *         """Stop the engine once ``blocks`` blocks have run (0: no deadline)."""
  *         self.st.stop_at_block = blocks             # <<<<<<<<<<<<<<
  * 
- *     def take_fired(self):
+ *     def set_deadline(self, uint64_t host_ns):
 */
   __pyx_v_self->st->stop_at_block = __pyx_v_blocks;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":96
+  /* "qemu_lite/_vcpu_hooks.pyx":105
  *         return self.st.blocks
  * 
  *     def set_block_deadline(self, uint64_t blocks):             # <<<<<<<<<<<<<<
@@ -4067,25 +4102,390 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadlin
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":100
+/* "qemu_lite/_vcpu_hooks.pyx":109
  *         self.st.stop_at_block = blocks
  * 
- *     def take_fired(self):             # <<<<<<<<<<<<<<
- *         """1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it."""
- *         cdef int f = self.st.fired
+ *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+ *         self.st.deadline_ns = host_ns
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11take_fired(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired, "1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it.");
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11take_fired = {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11take_fired(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline, "Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline).");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline = {"set_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  uint64_t __pyx_v_host_ns;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("set_deadline (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_host_ns,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 109, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 109, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_deadline", 0) < (0)) __PYX_ERR(0, 109, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_deadline", 1, 1, 1, i); __PYX_ERR(0, 109, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 109, __pyx_L3_error)
+    }
+    __pyx_v_host_ns = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_host_ns == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 109, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("set_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 109, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("qemu_lite._vcpu_hooks.VcpuHooks.set_deadline", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v_host_ns);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("set_deadline", 0);
+
+  /* "qemu_lite/_vcpu_hooks.pyx":111
+ *     def set_deadline(self, uint64_t host_ns):
+ *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+ *         self.st.deadline_ns = host_ns             # <<<<<<<<<<<<<<
+ * 
+ *     def advance_deadline(self, uint64_t host_ns):
+*/
+  __pyx_v_self->st->deadline_ns = __pyx_v_host_ns;
+
+  /* "qemu_lite/_vcpu_hooks.pyx":109
+ *         self.st.stop_at_block = blocks
+ * 
+ *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+ *         self.st.deadline_ns = host_ns
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "qemu_lite/_vcpu_hooks.pyx":113
+ *         self.st.deadline_ns = host_ns
+ * 
+ *     def advance_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
+ *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline, "Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed).");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline = {"advance_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  uint64_t __pyx_v_host_ns;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("advance_deadline (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_host_ns,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 113, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 113, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "advance_deadline", 0) < (0)) __PYX_ERR(0, 113, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("advance_deadline", 1, 1, 1, i); __PYX_ERR(0, 113, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 113, __pyx_L3_error)
+    }
+    __pyx_v_host_ns = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_host_ns == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 113, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("advance_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 113, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("qemu_lite._vcpu_hooks.VcpuHooks.advance_deadline", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v_host_ns);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  __Pyx_RefNannySetupContext("advance_deadline", 0);
+
+  /* "qemu_lite/_vcpu_hooks.pyx":115
+ *     def advance_deadline(self, uint64_t host_ns):
+ *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
+ *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:             # <<<<<<<<<<<<<<
+ *             self.st.deadline_ns = host_ns
+ * 
+*/
+  __pyx_t_2 = (__pyx_v_self->st->deadline_ns == 0);
+
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_host_ns < __pyx_v_self->st->deadline_ns);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "qemu_lite/_vcpu_hooks.pyx":116
+ *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
+ *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
+ *             self.st.deadline_ns = host_ns             # <<<<<<<<<<<<<<
+ * 
+ *     def poke(self):
+*/
+    __pyx_v_self->st->deadline_ns = __pyx_v_host_ns;
+
+    /* "qemu_lite/_vcpu_hooks.pyx":115
+ *     def advance_deadline(self, uint64_t host_ns):
+ *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
+ *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:             # <<<<<<<<<<<<<<
+ *             self.st.deadline_ns = host_ns
+ * 
+*/
+  }
+
+  /* "qemu_lite/_vcpu_hooks.pyx":113
+ *         self.st.deadline_ns = host_ns
+ * 
+ *     def advance_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
+ *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "qemu_lite/_vcpu_hooks.pyx":118
+ *             self.st.deadline_ns = host_ns
+ * 
+ *     def poke(self):             # <<<<<<<<<<<<<<
+ *         """From any thread: end the current slice at the next block."""
+ *         self.st.poke = 1
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke, "From any thread: end the current slice at the next block.");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("poke (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  if (unlikely(__pyx_nargs > 0)) { __Pyx_RaiseArgtupleInvalid("poke", 1, 0, 0, __pyx_nargs); return NULL; }
+  const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+  if (unlikely(__pyx_kwds_len < 0)) return NULL;
+  if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("poke", __pyx_kwds); return NULL;}
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("poke", 0);
+
+  /* "qemu_lite/_vcpu_hooks.pyx":120
+ *     def poke(self):
+ *         """From any thread: end the current slice at the next block."""
+ *         self.st.poke = 1             # <<<<<<<<<<<<<<
+ * 
+ *     def take_fired(self):
+*/
+  __pyx_v_self->st->poke = 1;
+
+  /* "qemu_lite/_vcpu_hooks.pyx":118
+ *             self.st.deadline_ns = host_ns
+ * 
+ *     def poke(self):             # <<<<<<<<<<<<<<
+ *         """From any thread: end the current slice at the next block."""
+ *         self.st.poke = 1
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "qemu_lite/_vcpu_hooks.pyx":122
+ *         self.st.poke = 1
+ * 
+ *     def take_fired(self):             # <<<<<<<<<<<<<<
+ *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
+ *         cdef int f = self.st.fired
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired, "Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it.");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired = {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4111,14 +4511,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("take_fired", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
   int __pyx_v_f;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -4129,9 +4529,9 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("take_fired", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":102
+  /* "qemu_lite/_vcpu_hooks.pyx":124
  *     def take_fired(self):
- *         """1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it."""
+ *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
  *         cdef int f = self.st.fired             # <<<<<<<<<<<<<<
  *         self.st.fired = 0
  *         return f
@@ -4140,8 +4540,8 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(struc
 
   __pyx_v_f = __pyx_t_1;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":103
- *         """1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it."""
+  /* "qemu_lite/_vcpu_hooks.pyx":125
+ *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
  *         cdef int f = self.st.fired
  *         self.st.fired = 0             # <<<<<<<<<<<<<<
  *         return f
@@ -4149,14 +4549,14 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(struc
 */
   __pyx_v_self->st->fired = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":104
+  /* "qemu_lite/_vcpu_hooks.pyx":126
  *         cdef int f = self.st.fired
  *         self.st.fired = 0
  *         return f             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_f); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 104, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_f); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 126, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -4169,11 +4569,11 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(struc
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":100
- *         self.st.stop_at_block = blocks
+  /* "qemu_lite/_vcpu_hooks.pyx":122
+ *         self.st.poke = 1
  * 
  *     def take_fired(self):             # <<<<<<<<<<<<<<
- *         """1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it."""
+ *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
  *         cdef int f = self.st.fired
 */
 
@@ -4196,15 +4596,15 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired(struc
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13__reduce_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13__reduce_cython__(PyObject *__pyx_v_self, 
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4230,14 +4630,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12__reduce_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18__reduce_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -4277,15 +4677,15 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12__reduce_cython_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15__setstate_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15__setstate_cython__(PyObject *__pyx_v_self, 
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4351,7 +4751,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14__setstate_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__setstate_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v___pyx_state);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -4361,7 +4761,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -4393,7 +4793,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14__setstate_cytho
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":107
+/* "qemu_lite/_vcpu_hooks.pyx":135
  * 
  * 
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -4404,39 +4804,99 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14__setstate_cytho
 static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, uint64_t __pyx_v_address, CYTHON_UNUSED uint32_t __pyx_v_size, void *__pyx_v_user_data) {
   struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState *__pyx_v_st;
   uint64_t __pyx_v_eflags;
+  struct timespec __pyx_v_ts;
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":108
+  /* "qemu_lite/_vcpu_hooks.pyx":136
  * 
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
  *     cdef HookState *st = <HookState *>user_data             # <<<<<<<<<<<<<<
  *     cdef uint64_t eflags = 0
- *     st.blocks += 1
+ *     cdef timespec ts
 */
   __pyx_v_st = ((struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState *)__pyx_v_user_data);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":109
+  /* "qemu_lite/_vcpu_hooks.pyx":137
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
  *     cdef HookState *st = <HookState *>user_data
  *     cdef uint64_t eflags = 0             # <<<<<<<<<<<<<<
+ *     cdef timespec ts
  *     st.blocks += 1
- *     if st.stop_at_block and st.blocks >= st.stop_at_block:
 */
   __pyx_v_eflags = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":110
- *     cdef HookState *st = <HookState *>user_data
+  /* "qemu_lite/_vcpu_hooks.pyx":139
  *     cdef uint64_t eflags = 0
+ *     cdef timespec ts
  *     st.blocks += 1             # <<<<<<<<<<<<<<
- *     if st.stop_at_block and st.blocks >= st.stop_at_block:
- *         st.fired = 2
+ *     if st.poke:
+ *         st.poke = 0
 */
   __pyx_v_st->blocks = (__pyx_v_st->blocks + 1);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":111
- *     cdef uint64_t eflags = 0
+  /* "qemu_lite/_vcpu_hooks.pyx":140
+ *     cdef timespec ts
  *     st.blocks += 1
+ *     if st.poke:             # <<<<<<<<<<<<<<
+ *         st.poke = 0
+ *         st.fired = 4
+*/
+  __pyx_t_1 = (__pyx_v_st->poke != 0);
+
+  if (__pyx_t_1) {
+
+
+    /* "qemu_lite/_vcpu_hooks.pyx":141
+ *     st.blocks += 1
+ *     if st.poke:
+ *         st.poke = 0             # <<<<<<<<<<<<<<
+ *         st.fired = 4
+ *         uc_emu_stop(uc)
+*/
+    __pyx_v_st->poke = 0;
+
+    /* "qemu_lite/_vcpu_hooks.pyx":142
+ *     if st.poke:
+ *         st.poke = 0
+ *         st.fired = 4             # <<<<<<<<<<<<<<
+ *         uc_emu_stop(uc)
+ *         return
+*/
+    __pyx_v_st->fired = 4;
+
+    /* "qemu_lite/_vcpu_hooks.pyx":143
+ *         st.poke = 0
+ *         st.fired = 4
+ *         uc_emu_stop(uc)             # <<<<<<<<<<<<<<
+ *         return
+ *     if st.stop_at_block and st.blocks >= st.stop_at_block:
+*/
+    (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
+
+    /* "qemu_lite/_vcpu_hooks.pyx":144
+ *         st.fired = 4
+ *         uc_emu_stop(uc)
+ *         return             # <<<<<<<<<<<<<<
+ *     if st.stop_at_block and st.blocks >= st.stop_at_block:
+ *         st.fired = 2
+*/
+    {
+    }
+    goto __pyx_L0;
+
+    /* "qemu_lite/_vcpu_hooks.pyx":140
+ *     cdef timespec ts
+ *     st.blocks += 1
+ *     if st.poke:             # <<<<<<<<<<<<<<
+ *         st.poke = 0
+ *         st.fired = 4
+*/
+  }
+
+  /* "qemu_lite/_vcpu_hooks.pyx":145
+ *         uc_emu_stop(uc)
+ *         return
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:             # <<<<<<<<<<<<<<
  *         st.fired = 2
  *         uc_emu_stop(uc)
@@ -4449,19 +4909,19 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 
     __pyx_t_1 = __pyx_t_2;
 
-    goto __pyx_L4_bool_binop_done;
+    goto __pyx_L5_bool_binop_done;
   }
   __pyx_t_2 = (__pyx_v_st->blocks >= __pyx_v_st->stop_at_block);
 
 
   __pyx_t_1 = __pyx_t_2;
 
-  __pyx_L4_bool_binop_done:;
+  __pyx_L5_bool_binop_done:;
   if (__pyx_t_1) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":112
- *     st.blocks += 1
+    /* "qemu_lite/_vcpu_hooks.pyx":146
+ *         return
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:
  *         st.fired = 2             # <<<<<<<<<<<<<<
  *         uc_emu_stop(uc)
@@ -4469,46 +4929,140 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     __pyx_v_st->fired = 2;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":113
+    /* "qemu_lite/_vcpu_hooks.pyx":147
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:
  *         st.fired = 2
  *         uc_emu_stop(uc)             # <<<<<<<<<<<<<<
  *         return
- *     if st.waiting:
+ *     if st.deadline_ns and (st.blocks & 63) == 0:
 */
     (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
 
-    /* "qemu_lite/_vcpu_hooks.pyx":114
+    /* "qemu_lite/_vcpu_hooks.pyx":148
  *         st.fired = 2
  *         uc_emu_stop(uc)
  *         return             # <<<<<<<<<<<<<<
- *     if st.waiting:
- *         if st.skip_armed:
+ *     if st.deadline_ns and (st.blocks & 63) == 0:
+ *         clock_gettime(CLOCK_MONOTONIC, &ts)
 */
     {
     }
     goto __pyx_L0;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":111
- *     cdef uint64_t eflags = 0
- *     st.blocks += 1
+    /* "qemu_lite/_vcpu_hooks.pyx":145
+ *         uc_emu_stop(uc)
+ *         return
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:             # <<<<<<<<<<<<<<
  *         st.fired = 2
  *         uc_emu_stop(uc)
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":115
+  /* "qemu_lite/_vcpu_hooks.pyx":149
  *         uc_emu_stop(uc)
  *         return
+ *     if st.deadline_ns and (st.blocks & 63) == 0:             # <<<<<<<<<<<<<<
+ *         clock_gettime(CLOCK_MONOTONIC, &ts)
+ *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
+*/
+  __pyx_t_2 = (__pyx_v_st->deadline_ns != 0);
+
+  if (__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L8_bool_binop_done;
+  }
+  __pyx_t_2 = ((__pyx_v_st->blocks & 63) == 0);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L8_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "qemu_lite/_vcpu_hooks.pyx":150
+ *         return
+ *     if st.deadline_ns and (st.blocks & 63) == 0:
+ *         clock_gettime(CLOCK_MONOTONIC, &ts)             # <<<<<<<<<<<<<<
+ *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
+ *             st.fired = 3
+*/
+    (void)(clock_gettime(CLOCK_MONOTONIC, (&__pyx_v_ts)));
+
+    /* "qemu_lite/_vcpu_hooks.pyx":151
+ *     if st.deadline_ns and (st.blocks & 63) == 0:
+ *         clock_gettime(CLOCK_MONOTONIC, &ts)
+ *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:             # <<<<<<<<<<<<<<
+ *             st.fired = 3
+ *             uc_emu_stop(uc)
+*/
+    __pyx_t_1 = (((((uint64_t)__pyx_v_ts.tv_sec) * 0x3B9ACA00) + ((uint64_t)__pyx_v_ts.tv_nsec)) >= __pyx_v_st->deadline_ns);
+
+    if (__pyx_t_1) {
+
+
+      /* "qemu_lite/_vcpu_hooks.pyx":152
+ *         clock_gettime(CLOCK_MONOTONIC, &ts)
+ *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
+ *             st.fired = 3             # <<<<<<<<<<<<<<
+ *             uc_emu_stop(uc)
+ *             return
+*/
+      __pyx_v_st->fired = 3;
+
+      /* "qemu_lite/_vcpu_hooks.pyx":153
+ *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
+ *             st.fired = 3
+ *             uc_emu_stop(uc)             # <<<<<<<<<<<<<<
+ *             return
+ *     if st.waiting:
+*/
+      (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
+
+      /* "qemu_lite/_vcpu_hooks.pyx":154
+ *             st.fired = 3
+ *             uc_emu_stop(uc)
+ *             return             # <<<<<<<<<<<<<<
+ *     if st.waiting:
+ *         if st.skip_armed:
+*/
+      {
+      }
+      goto __pyx_L0;
+
+      /* "qemu_lite/_vcpu_hooks.pyx":151
+ *     if st.deadline_ns and (st.blocks & 63) == 0:
+ *         clock_gettime(CLOCK_MONOTONIC, &ts)
+ *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:             # <<<<<<<<<<<<<<
+ *             st.fired = 3
+ *             uc_emu_stop(uc)
+*/
+    }
+
+    /* "qemu_lite/_vcpu_hooks.pyx":149
+ *         uc_emu_stop(uc)
+ *         return
+ *     if st.deadline_ns and (st.blocks & 63) == 0:             # <<<<<<<<<<<<<<
+ *         clock_gettime(CLOCK_MONOTONIC, &ts)
+ *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
+*/
+  }
+
+  /* "qemu_lite/_vcpu_hooks.pyx":155
+ *             uc_emu_stop(uc)
+ *             return
  *     if st.waiting:             # <<<<<<<<<<<<<<
  *         if st.skip_armed:
  *             st.skip_armed = False
 */
   if (__pyx_v_st->waiting) {
 
-    /* "qemu_lite/_vcpu_hooks.pyx":116
- *         return
+    /* "qemu_lite/_vcpu_hooks.pyx":156
+ *             return
  *     if st.waiting:
  *         if st.skip_armed:             # <<<<<<<<<<<<<<
  *             st.skip_armed = False
@@ -4516,7 +5070,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     if (__pyx_v_st->skip_armed) {
 
-      /* "qemu_lite/_vcpu_hooks.pyx":117
+      /* "qemu_lite/_vcpu_hooks.pyx":157
  *     if st.waiting:
  *         if st.skip_armed:
  *             st.skip_armed = False             # <<<<<<<<<<<<<<
@@ -4525,7 +5079,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       __pyx_v_st->skip_armed = 0;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":118
+      /* "qemu_lite/_vcpu_hooks.pyx":158
  *         if st.skip_armed:
  *             st.skip_armed = False
  *             if address == st.skip_pc:             # <<<<<<<<<<<<<<
@@ -4537,7 +5091,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
       if (__pyx_t_1) {
 
 
-        /* "qemu_lite/_vcpu_hooks.pyx":119
+        /* "qemu_lite/_vcpu_hooks.pyx":159
  *             st.skip_armed = False
  *             if address == st.skip_pc:
  *                 return             # <<<<<<<<<<<<<<
@@ -4548,7 +5102,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
         }
         goto __pyx_L0;
 
-        /* "qemu_lite/_vcpu_hooks.pyx":118
+        /* "qemu_lite/_vcpu_hooks.pyx":158
  *         if st.skip_armed:
  *             st.skip_armed = False
  *             if address == st.skip_pc:             # <<<<<<<<<<<<<<
@@ -4557,8 +5111,8 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       }
 
-      /* "qemu_lite/_vcpu_hooks.pyx":116
- *         return
+      /* "qemu_lite/_vcpu_hooks.pyx":156
+ *             return
  *     if st.waiting:
  *         if st.skip_armed:             # <<<<<<<<<<<<<<
  *             st.skip_armed = False
@@ -4566,7 +5120,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     }
 
-    /* "qemu_lite/_vcpu_hooks.pyx":120
+    /* "qemu_lite/_vcpu_hooks.pyx":160
  *             if address == st.skip_pc:
  *                 return
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)             # <<<<<<<<<<<<<<
@@ -4575,7 +5129,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_reg_read(__pyx_v_uc, __pyx_v_9qemu_lite_11_vcpu_hooks_REG_EFLAGS, (&__pyx_v_eflags)));
 
-    /* "qemu_lite/_vcpu_hooks.pyx":121
+    /* "qemu_lite/_vcpu_hooks.pyx":161
  *                 return
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)
  *         if eflags & EFLAGS_IF:             # <<<<<<<<<<<<<<
@@ -4587,7 +5141,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
     if (__pyx_t_1) {
 
 
-      /* "qemu_lite/_vcpu_hooks.pyx":122
+      /* "qemu_lite/_vcpu_hooks.pyx":162
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)
  *         if eflags & EFLAGS_IF:
  *             st.fired = 1             # <<<<<<<<<<<<<<
@@ -4596,7 +5150,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       __pyx_v_st->fired = 1;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":123
+      /* "qemu_lite/_vcpu_hooks.pyx":163
  *         if eflags & EFLAGS_IF:
  *             st.fired = 1
  *             st.waiting = False             # <<<<<<<<<<<<<<
@@ -4604,14 +5158,14 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       __pyx_v_st->waiting = 0;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":124
+      /* "qemu_lite/_vcpu_hooks.pyx":164
  *             st.fired = 1
  *             st.waiting = False
  *             uc_emu_stop(uc)             # <<<<<<<<<<<<<<
 */
       (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
 
-      /* "qemu_lite/_vcpu_hooks.pyx":121
+      /* "qemu_lite/_vcpu_hooks.pyx":161
  *                 return
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)
  *         if eflags & EFLAGS_IF:             # <<<<<<<<<<<<<<
@@ -4620,16 +5174,16 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     }
 
-    /* "qemu_lite/_vcpu_hooks.pyx":115
- *         uc_emu_stop(uc)
- *         return
+    /* "qemu_lite/_vcpu_hooks.pyx":155
+ *             uc_emu_stop(uc)
+ *             return
  *     if st.waiting:             # <<<<<<<<<<<<<<
  *         if st.skip_armed:
  *             st.skip_armed = False
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":107
+  /* "qemu_lite/_vcpu_hooks.pyx":135
  * 
  * 
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -4639,6 +5193,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 
   /* function exit code */
   __pyx_L0:;
+
 
 
 }
@@ -4792,9 +5347,12 @@ static PyObject *__pyx_getprop_9qemu_lite_11_vcpu_hooks_9VcpuHooks_blocks(PyObje
 static PyMethodDef __pyx_methods_9qemu_lite_11_vcpu_hooks_VcpuHooks[] = {
   {"skip_once_at", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7skip_once_at, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at},
   {"set_block_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_9set_block_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadline},
-  {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10take_fired},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"set_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline},
+  {"advance_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline},
+  {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke},
+  {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
   {0, 0, 0, 0}
 };
 
@@ -4961,14 +5519,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks(__
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks", 0);
   /*--- Exttype __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_9qemu_lite_11_vcpu_hooks_VcpuHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks)) __PYX_ERR(0, 52, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_9qemu_lite_11_vcpu_hooks_VcpuHooks_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks)) __PYX_ERR(0, 61, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks = &__pyx_type_9qemu_lite_11_vcpu_hooks_VcpuHooks;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks) < (0)) __PYX_ERR(0, 52, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks) < (0)) __PYX_ERR(0, 61, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks);
@@ -4978,8 +5536,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks(__
     __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_VcpuHooks, (PyObject *) __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks) < (0)) __PYX_ERR(0, 52, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks) < (0)) __PYX_ERR(0, 52, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_VcpuHooks, (PyObject *) __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks) < (0)) __PYX_ERR(0, 61, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks) < (0)) __PYX_ERR(0, 61, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -5299,20 +5857,20 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
 
-  /* "qemu_lite/_vcpu_hooks.pyx":17
+  /* "qemu_lite/_vcpu_hooks.pyx":23
  * """
  * 
  * import ctypes             # <<<<<<<<<<<<<<
  * 
  * from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_ctypes, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 17, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_ctypes, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 23, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ctypes, __pyx_t_2) < (0)) __PYX_ERR(0, 17, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ctypes, __pyx_t_2) < (0)) __PYX_ERR(0, 23, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":24
+  /* "qemu_lite/_vcpu_hooks.pyx":31
  * from mmu_core.includes.unicorn cimport uc_engine, uc_hook, uc_hook_add_t, uc_hook_del_t, uc_emu_stop_t, uc_reg_read_t
  * 
  * from unicorn import x86_const as _x86             # <<<<<<<<<<<<<<
@@ -5321,18 +5879,18 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_x86_const};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_unicorn, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 24, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_unicorn, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 31, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_x86_const};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 24, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 31, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
-        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_x86, __pyx_t_4) < (0)) __PYX_ERR(0, 24, __pyx_L1_error)
+        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_x86, __pyx_t_4) < (0)) __PYX_ERR(0, 31, __pyx_L1_error)
         break;
         default:;
       }
@@ -5341,7 +5899,7 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":25
+  /* "qemu_lite/_vcpu_hooks.pyx":32
  * 
  * from unicorn import x86_const as _x86
  * from unicorn.unicorn_py3 import unicorn as _ucbinding             # <<<<<<<<<<<<<<
@@ -5350,18 +5908,18 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_unicorn};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_unicorn_unicorn_py3, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 25, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_unicorn_unicorn_py3, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 32, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_unicorn};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 25, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 32, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
-        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ucbinding, __pyx_t_4) < (0)) __PYX_ERR(0, 25, __pyx_L1_error)
+        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ucbinding, __pyx_t_4) < (0)) __PYX_ERR(0, 32, __pyx_L1_error)
         break;
         default:;
       }
@@ -5370,109 +5928,154 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":36
+  /* "qemu_lite/_vcpu_hooks.pyx":43
  * 
  * 
  * cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")             # <<<<<<<<<<<<<<
  * cdef uc_hook_del_t uc_hook_del = <uc_hook_del_t>_fn("uc_hook_del")
  * cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")
 */
-  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 36, __pyx_L1_error)
+  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_hook_add); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 43, __pyx_L1_error)
   __pyx_v_9qemu_lite_11_vcpu_hooks_uc_hook_add = ((__pyx_t_8mmu_core_8includes_7unicorn_uc_hook_add_t)__pyx_t_5);
 
 
-  /* "qemu_lite/_vcpu_hooks.pyx":37
+  /* "qemu_lite/_vcpu_hooks.pyx":44
  * 
  * cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")
  * cdef uc_hook_del_t uc_hook_del = <uc_hook_del_t>_fn("uc_hook_del")             # <<<<<<<<<<<<<<
  * cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")
  * cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
 */
-  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 37, __pyx_L1_error)
+  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_hook_del); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 44, __pyx_L1_error)
   __pyx_v_9qemu_lite_11_vcpu_hooks_uc_hook_del = ((__pyx_t_8mmu_core_8includes_7unicorn_uc_hook_del_t)__pyx_t_5);
 
 
-  /* "qemu_lite/_vcpu_hooks.pyx":38
+  /* "qemu_lite/_vcpu_hooks.pyx":45
  * cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")
  * cdef uc_hook_del_t uc_hook_del = <uc_hook_del_t>_fn("uc_hook_del")
  * cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")             # <<<<<<<<<<<<<<
  * cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
  * cdef int REG_EFLAGS = _x86.UC_X86_REG_EFLAGS
 */
-  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 38, __pyx_L1_error)
+  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_emu_stop); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 45, __pyx_L1_error)
   __pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop = ((__pyx_t_8mmu_core_8includes_7unicorn_uc_emu_stop_t)__pyx_t_5);
 
 
-  /* "qemu_lite/_vcpu_hooks.pyx":39
+  /* "qemu_lite/_vcpu_hooks.pyx":46
  * cdef uc_hook_del_t uc_hook_del = <uc_hook_del_t>_fn("uc_hook_del")
  * cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")
  * cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")             # <<<<<<<<<<<<<<
  * cdef int REG_EFLAGS = _x86.UC_X86_REG_EFLAGS
  * 
 */
-  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 39, __pyx_L1_error)
+  __pyx_t_5 = __pyx_f_9qemu_lite_11_vcpu_hooks__fn(__pyx_mstate_global->__pyx_n_u_uc_reg_read); if (unlikely(__pyx_t_5 == ((uintptr_t)0))) __PYX_ERR(0, 46, __pyx_L1_error)
   __pyx_v_9qemu_lite_11_vcpu_hooks_uc_reg_read = ((__pyx_t_8mmu_core_8includes_7unicorn_uc_reg_read_t)__pyx_t_5);
 
 
-  /* "qemu_lite/_vcpu_hooks.pyx":40
+  /* "qemu_lite/_vcpu_hooks.pyx":47
  * cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")
  * cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
  * cdef int REG_EFLAGS = _x86.UC_X86_REG_EFLAGS             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_x86); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_x86); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 47, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_UC_X86_REG_EFLAGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 40, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_UC_X86_REG_EFLAGS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 47, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_6 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_6 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 40, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_6 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 47, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_9qemu_lite_11_vcpu_hooks_REG_EFLAGS = __pyx_t_6;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":86
+  /* "qemu_lite/_vcpu_hooks.pyx":95
  *             self.st.waiting = value
  * 
  *     def skip_once_at(self, uint64_t pc):             # <<<<<<<<<<<<<<
  *         """Let the next block starting at ``pc`` run (it is inside an interrupt shadow)."""
  *         self.st.skip_pc = pc
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7skip_once_at, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_skip_once_at, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 86, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7skip_once_at, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_skip_once_at, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 95, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_skip_once_at, __pyx_t_4) < (0)) __PYX_ERR(0, 86, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_skip_once_at, __pyx_t_4) < (0)) __PYX_ERR(0, 95, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":96
+  /* "qemu_lite/_vcpu_hooks.pyx":105
  *         return self.st.blocks
  * 
  *     def set_block_deadline(self, uint64_t blocks):             # <<<<<<<<<<<<<<
  *         """Stop the engine once ``blocks`` blocks have run (0: no deadline)."""
  *         self.st.stop_at_block = blocks
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_9set_block_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_set_block_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 96, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_9set_block_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_set_block_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 105, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_set_block_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 96, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_set_block_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 105, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":100
+  /* "qemu_lite/_vcpu_hooks.pyx":109
  *         self.st.stop_at_block = blocks
  * 
- *     def take_fired(self):             # <<<<<<<<<<<<<<
- *         """1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it."""
- *         cdef int f = self.st.fired
+ *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+ *         self.st.deadline_ns = host_ns
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11take_fired, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_take_fired, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 100, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_set_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 109, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_take_fired, __pyx_t_4) < (0)) __PYX_ERR(0, 100, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_set_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 109, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "qemu_lite/_vcpu_hooks.pyx":113
+ *         self.st.deadline_ns = host_ns
+ * 
+ *     def advance_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
+ *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_advance_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_advance_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "qemu_lite/_vcpu_hooks.pyx":118
+ *             self.st.deadline_ns = host_ns
+ * 
+ *     def poke(self):             # <<<<<<<<<<<<<<
+ *         """From any thread: end the current slice at the next block."""
+ *         self.st.poke = 1
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 118, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 118, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "qemu_lite/_vcpu_hooks.pyx":122
+ *         self.st.poke = 1
+ * 
+ *     def take_fired(self):             # <<<<<<<<<<<<<<
+ *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
+ *         cdef int f = self.st.fired
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_take_fired, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_take_fired, __pyx_t_4) < (0)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -5480,7 +6083,7 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -5494,7 +6097,7 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -5502,9 +6105,45 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
+  /* "qemu_lite/_vcpu_hooks.pyx":129
+ * 
+ * 
+ * FIRED_WINDOW = 1             # <<<<<<<<<<<<<<
+ * FIRED_BLOCKS = 2
+ * FIRED_TIME = 3
+*/
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_WINDOW, __pyx_mstate_global->__pyx_int_1) < (0)) __PYX_ERR(0, 129, __pyx_L1_error)
+
+  /* "qemu_lite/_vcpu_hooks.pyx":130
+ * 
+ * FIRED_WINDOW = 1
+ * FIRED_BLOCKS = 2             # <<<<<<<<<<<<<<
+ * FIRED_TIME = 3
+ * FIRED_POKE = 4
+*/
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_BLOCKS, __pyx_mstate_global->__pyx_int_2) < (0)) __PYX_ERR(0, 130, __pyx_L1_error)
+
+  /* "qemu_lite/_vcpu_hooks.pyx":131
+ * FIRED_WINDOW = 1
+ * FIRED_BLOCKS = 2
+ * FIRED_TIME = 3             # <<<<<<<<<<<<<<
+ * FIRED_POKE = 4
+ * 
+*/
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_TIME, __pyx_mstate_global->__pyx_int_3) < (0)) __PYX_ERR(0, 131, __pyx_L1_error)
+
+  /* "qemu_lite/_vcpu_hooks.pyx":132
+ * FIRED_BLOCKS = 2
+ * FIRED_TIME = 3
+ * FIRED_POKE = 4             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_POKE, __pyx_mstate_global->__pyx_int_4) < (0)) __PYX_ERR(0, 132, __pyx_L1_error)
+
   /* "qemu_lite/_vcpu_hooks.pyx":1
  * # cython: boundscheck=False, wraparound=False             # <<<<<<<<<<<<<<
- * """A C block hook for the vCPU: interrupt windows and guest progress.
+ * """A C block hook for the vCPU: interrupt windows, timer deadlines, guest progress.
  * 
 */
   __pyx_t_4 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1, __pyx_L1_error)
@@ -5576,38 +6215,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 6; } str_length_index[] = {{15},{1},{1},{25},{7},{6},{2},{9},{50},{25},{17},{9},{27},{29},{28},{22},{20},{20},{12},{8},{12},{8},{10},{8},{11},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{4},{4},{18},{6},{8},{4},{18},{6},{1},{5},{2},{3},{21},{4},{18},{10},{12},{10},{2},{11},{11},{11},{11},{5},{7},{19},{5},{6},{9}};
-    const struct { const unsigned int length: 5; } bytes_length_index[] = {{9},{20},{12},{25}};
+    const struct { const unsigned int length: 6; } str_length_index[] = {{15},{1},{1},{25},{7},{6},{2},{9},{50},{25},{12},{10},{10},{12},{17},{9},{27},{29},{26},{14},{28},{22},{22},{20},{20},{12},{8},{12},{8},{10},{8},{11},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{4},{4},{16},{18},{6},{8},{4},{18},{6},{1},{7},{5},{2},{4},{3},{21},{4},{18},{12},{10},{12},{10},{2},{11},{11},{11},{11},{5},{7},{19},{5},{6},{9}};
+    const struct { const unsigned int length: 6; } bytes_length_index[] = {{9},{36},{11},{20},{11},{12},{25}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (466 bytes) */
-static const char cstring[] = "x\332mRM\213\0241\020e\300\303\"\302\036\304{\274)b{\020\226\275\311\260\256\353AD\327\017\274\025\231J\365L\350t\322\323\251\014\323\010\262\3079\356q\216\376$\217s\364\247X\351\235\356\035\030\003I\275\256\227\256\312{\3113n\211T\331\352yM\236\237\027oP{\037Xic\024/H\315\\\300J-B\250\214\215z\346\210|^\347h\343\0352>(C\245N\216\025@K&!\001(\223HqP>\370\227\334\332\225\325NX\264\3362\300\222\352\004\3162\275\202\0256\tr\365X4\335\372\333\005\3748?\203\353\313+\270|\367az\365\345\273\320\3573;\202b\354\201\035/\202\0078\244\"qd\315\377#\205\202^\014\030\322\306YO\007\\e\033\010^\212j\276\317\262\256\010J+\355\000>uk\231o-2|\2445_S\t\320\033\225\233\311(\223\307\034\347\303\001d\324\332\372>\006\223\\\237\361\272\356\243H\205\375\266e\322nH\017\346\035I\034\023\264\316\037Y\312\360O<hx\244\036\200)\212\341`#`hCb\221\r\tg\326\033\353\347\202\026\260>?\323\261\363hC1n\211\275Q\021a\025\254\201\006ud\314\216\201\010\342V#\3154V\310]C\261\224k\254c\203Mh\306k-\016\2565\222+\217\255\227\314\376\315\034Z\177ox\302\204\220\313E\016\215\300\\\n\344I\016\320\220\023\330\322\\\246\226\254\263\263\344\255\234\337\357C\261\217b\365\353\225v\211\372%\212X1\302G\276\231\354\036<\334\274\270\375|3\375{\362hs\261\371\271}\272\353\301\257\355\220\373s\252~O2~r\373u\373x;\275\343\273\355dwr\272Y\376\003\201\024E\360";
-    PyObject *data = __Pyx_DecompressString(cstring, 466, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (574 bytes) */
+static const char cstring[] = "x\332mS\301n\0231\020U\004\207\n*\025\t\270o9\201P\303\001T\365V\205$-QK\323&\205r\0339\366lbeco\326v\264\021\022\364\230c\216{\314\221c\217|\006\307\034\371\024\306\233l\022\221X\362\316\363\314x<3o\366\265M\020\2030a\335\001*\373\246|\312\231R\332\006L\210\300\3660\350D\232\367\203\236\326}!\r\353D\210\312\177\273\\\232\005\022J\007\002C\346\"\033\000$(\034G\200@8\014\254\016\224VG6\221#\311\"\262r\251\244\005\030\342\300A$-\276\203\021\217\035\370\350\246\034\217\323\263F\253^\203\217\227\315\352E{\201\257\233\027\365\005\272m|^\242\273\306U\255y\367\245\n\337N\216\241U?\207\372\331e\345\274\375\225B}\362\221V\240\274\312\207\217mO+\200M\223Ak,\263\273\214L\214\230\242k\002\231\210\244\302\265%\326\375\215\023\205\200\274A;<\275m\207\266/c\320>6\263k\255e}\204PR\262\000\327\343\224vMr\013W\230\332\026\206\0009%>UZ\241S\334\313n\221>\255\001\223*\227Z\270(\327(6\310%5\025\226nC\307\242B]\320\264\325\240\225\002S\177\360E\024w\314\306\203[\275\003\260h\210Z\220\006\270N\264\263T68\336\221JH\325%\324\203\364\344\370\377\30623V\\\352\362\352\212\311\333i8\214\264\024\020sf,\367\216@\005\332\204q\3540\336\347v\034\243\t{\232^T\206\346h`b\356\231\211u\274\232\255\362\306l\031\214\302m\2566\031\"\274\034\342M\206\326\2748\3568\370\320\306\352\230\240\017\013\364\217\024P`D0\301.mF\332Hv\234\222T\226Z\212\362R\022#\357G,r\230\177\014\365\204\372\245\214\275/\315\037?\231\274\235\336\334W\376\356=\235|\230\230\351Qff\257f\325Y\372+yx\361\320\376]\232\357?\233>\232\236\316\016\275\317\376\244:I\247\303\002~\317\016\3479\370\221\335\024\272\237\031[\302?\007\301\254\344\361\313\351m\366<\253,\\\307Yi\276w0\031\376\003\361@\223\006";
+    PyObject *data = __Pyx_DecompressString(cstring, 574, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (602 bytes) */
-static const char cstring[] = "\377(tree fr\377agment).\377?cannot \377add the \377block ho\377okdisabl\367een\002\001gcis\376\004\003dno def\377ault __r\377educe__ \377due to n\377on-trivi\373al\033\000cinit\377__qemu_l\377ite/_vcp\373u_Z\001s.pyx\377UC_X86_R\377EG_EFLAG\253SV\034\000Hy\000s\000\006.\376[\006cython_\375_\017\tsetsta\247te_\013\017\030\000_\310\002_\377deadline\376J\007skip_on\366\266\000at`\007take\367_fi\320\000__Py\375x\001\000Dict_N\377extRef__\374\244\"i\001___fun\315c\004\000_gy\005\021\000ma\375i\234\000__modu}l\221 __nam\003\002\372\350\000_\242\003_qual0\017\005\265%\322\016\317&exa\001\307\001\362C\005sf\010\355\016__te\375s\356 _is_co\357rout\364\000_uc\177binding\007\000\377h_x86asy_ncio.\032\006s\361B\377sc_void_\277pcastc\256!_\376\316\000traceba\377ckctypes\375f\304@mspcpo\365p\316F.\314Hself\340\351/\245@\255d\357)\347\047ucu{c_\242astop\010\000\336\374a_add\003\005de]l\036\000reg\356`a\357`\277libuni\340\000n\372\000\004.\010\004_py3v/alue\000\002s\352\000\206 \377nst\200\001\330\004\n\377\210+\220Q\200A\340\010\377\014\210C\210{\230!\330\366\004\002~\230\014\005\320\017 \240\375\001\034\001\025\220T\230\023\230\375A\032\003y\230\001\330\010\017\003\210q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 602, 825);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (722 bytes) */
+static const char cstring[] = "\377(tree fr\377agment).\377?cannot \377add the \377block ho\377okdisabl\367een\002\001gcis\376\004\003dno def\377ault __r\377educe__ \377due to n\377on-trivi\373al\033\000cinit\377__qemu_l\377ite/_vcp\373u_Z\001s.pyx\377FIRED_BL\357OCKS\006\003POK\335E\020\003TIM\003\004WI\377NDOWUC_X\37786_REG_E\277FLAGSVH\000H\352\245\000s\000\006.\207\006cyt\337hon__\017\tse\177tstate_\013\017\337advan\304\000de\277adlineH\007pSok\003\010@\000_\234\"_\030\017|\030\001\003\020kip_oX\001\373at\236\007take_\373fi\272 __Pyx\376\001\000Dict_Ne\177xtRef__\216B\376\247\001___func\346\004\000_g\267\005\021\000mai\376\332\000__modul>\373 __nam\003\002\322 }_\340\003_qual\017\005\030\237E\220.\271Fexa\001\335\001C\005\371sf\010\253.__tes\376\330@_is_cor\367out\264 _ucb\277inding\007\000h\357_x86\311-asy_ncio.*\006s\353b\377sc_void_\277pcastc\376!_\376\336\000traceba\377ckctypes\267fhoo\000ns\305`mwspc\226Apop\323f=.\321hself\232O\226I\344\212`\276\204\004s\227H\216Gucu{c_\263\204\001stop\010\000\336\215\205\001_add\003\005de}l\036\000reg_r\261`\275u\261\000buni\207 n\372\000\004.\010\004_py3v/alue\000\002s\221 \255 \377nst\200\001\330\004\n\377\210+\220Q\200A\340\010\377\013\2104\210s\220-\230\377s\240\"\240C\240x\250\377r\260\024\260S\270\001\330\377\014\020\220\003\220?\240!\376 \001\014\210C\210x\220q\276\003\005{\230!\330\010\020\001~\273\230Q\027\005\177\230a#\004\320\357\017 \240\001V\001\025\220T\357\230\023\230A%\003y\230\001\037\330\010\017\210q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 722, 1028);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (825 bytes) */
-static const char bytes[] = "(tree fragment).?cannot add the block hookdisableenablegcisenabledno default __reduce__ due to non-trivial __cinit__qemu_lite/_vcpu_hooks.pyxUC_X86_REG_EFLAGSVcpuHooksVcpuHooks.__reduce_cython__VcpuHooks.__setstate_cython__VcpuHooks.set_block_deadlineVcpuHooks.skip_once_atVcpuHooks.take_fired__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_ucbinding_uch_x86asyncio.coroutinesblocksc_void_pcastcline_in_tracebackctypesfitemspcpopqemu_lite._vcpu_hooksselfset_block_deadlinesetdefaultskip_once_attake_fireducuc_emu_stopuc_hook_adduc_hook_deluc_reg_readuclibunicornunicorn.unicorn_py3valuevaluesx86_const\200\001\330\004\n\210+\220Q\200A\340\010\014\210C\210{\230!\330\010\014\210C\210~\230Q\200A\340\010\014\210C\320\017 \240\001\200A\340\010\025\220T\230\023\230A\330\010\014\210C\210y\230\001\330\010\017\210q";
+    #else /* compression: none (1028 bytes) */
+static const char bytes[] = "(tree fragment).?cannot add the block hookdisableenablegcisenabledno default __reduce__ due to non-trivial __cinit__qemu_lite/_vcpu_hooks.pyxFIRED_BLOCKSFIRED_POKEFIRED_TIMEFIRED_WINDOWUC_X86_REG_EFLAGSVcpuHooksVcpuHooks.__reduce_cython__VcpuHooks.__setstate_cython__VcpuHooks.advance_deadlineVcpuHooks.pokeVcpuHooks.set_block_deadlineVcpuHooks.set_deadlineVcpuHooks.skip_once_atVcpuHooks.take_fired__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_ucbinding_uch_x86advance_deadlineasyncio.coroutinesblocksc_void_pcastcline_in_tracebackctypesfhost_nsitemspcpokepopqemu_lite._vcpu_hooksselfset_block_deadlineset_deadlinesetdefaultskip_once_attake_fireducuc_emu_stopuc_hook_adduc_hook_deluc_reg_readuclibunicornunicorn.unicorn_py3valuevaluesx86_const\200\001\330\004\n\210+\220Q\200A\340\010\013\2104\210s\220-\230s\240\"\240C\240x\250r\260\024\260S\270\001\330\014\020\220\003\220?\240!\200A\340\010\014\210C\210x\220q\200A\340\010\014\210C\210{\230!\330\010\014\210C\210~\230Q\200A\340\010\014\210C\210\177\230a\200A\340\010\014\210C\320\017 \240\001\200A\340\010\025\220T\230\023\230A\330\010\014\210C\210y\230\001\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 64; i++) {
+    for (int i = 0; i < 75; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 10) PyUnicode_InternInPlace(&string);
@@ -5618,8 +6257,8 @@ static const char bytes[] = "(tree fragment).?cannot add the block hookdisableen
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 64; i < 68; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-64].length;
+    for (int i = 75; i < 82; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-75].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -5629,15 +6268,15 @@ static const char bytes[] = "(tree fragment).?cannot add the block hookdisableen
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 68; i++) {
+    for (Py_ssize_t i = 0; i < 82; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 64;
-      for (Py_ssize_t i=0; i<4; ++i) {
+      PyObject **table = stringtab + 75;
+      for (Py_ssize_t i=0; i<7; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -5658,6 +6297,37 @@ static const char bytes[] = "(tree fragment).?cannot add the block hookdisableen
     }
     #endif
   }
+  {
+    PyObject **numbertab = __pyx_mstate->__pyx_number_tab + 0;
+    int8_t const cint_constants_1[] = {1,2,3,4};
+    for (int i = 0; i < 4; i++) {
+      numbertab[i] = PyLong_FromLong(cint_constants_1[i - 0]);
+      if (unlikely(!numbertab[i])) __PYX_ERR(0, 1, __pyx_L1_error)
+    }
+  }
+  #if CYTHON_IMMORTAL_CONSTANTS
+  {
+    PyObject **table = __pyx_mstate->__pyx_number_tab;
+    for (Py_ssize_t i=0; i<4; ++i) {
+      #if PY_VERSION_HEX >= 0x030F0000
+      PyUnstable_SetImmortal(table[i]);
+      #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
+      if ((PY_SSIZE_T_MAX <= _Py_IMMORTAL_REFCNT_LOCAL)) break;
+      #if PY_VERSION_HEX < 0x030E0000
+      if (_Py_IsOwnedByCurrentThread(table[i]) && Py_REFCNT(table[i]) == 1)
+      #else
+      if (PyUnstable_Object_IsUniquelyReferenced(table[i]))
+      #endif
+      {
+        Py_SET_REFCNT(table[i], ((Py_ssize_t)_Py_IMMORTAL_REFCNT_LOCAL + 1));
+      }
+      #else
+      if ((PY_SSIZE_T_MAX < _Py_IMMORTAL_INITIAL_REFCNT)) break;
+      Py_SET_REFCNT(table[i], _Py_IMMORTAL_INITIAL_REFCNT);
+      #endif
+    }
+  }
+  #endif
   return 0;
   __pyx_L1_error:;
   return -1;
@@ -5692,29 +6362,44 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 86};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 95};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pc};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_skip_once_at, __pyx_mstate->__pyx_kp_b_iso88591_A_C_C_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 96};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 105};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_blocks};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_set_block_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_C, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 100};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 109};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_host_ns};
+    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_set_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_C_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 113};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_host_ns};
+    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_advance_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_4s_s_Cxr_S, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 118};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
+    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_Cxq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 122};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_f};
-    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_take_fired, __pyx_mstate->__pyx_kp_b_iso88591_A_T_A_Cy_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_take_fired, __pyx_mstate->__pyx_kp_b_iso88591_A_T_A_Cy_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;

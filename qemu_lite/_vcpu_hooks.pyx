@@ -1,5 +1,11 @@
 # cython: boundscheck=False, wraparound=False
-"""A C block hook for the vCPU: interrupt windows and guest progress.
+"""A C block hook for the vCPU: interrupt windows, timer deadlines, guest progress.
+
+The vCPU thread itself decides when a slice ends: another thread never calls
+``uc_emu_stop`` (DESIGN fact 14 saw corruption under frequent cross-thread
+stops).  Every 64 blocks the hook reads the host's monotonic clock and stops
+the slice once the next timer deadline has passed; other threads only set
+``poke`` (a plain store), which the hook sees at the next block.
 
 Unicorn reports neither STI, POPF nor IRET, so the vCPU cannot know when a
 masked interrupt becomes deliverable.  QEMU ends a translation block after
@@ -18,6 +24,7 @@ import ctypes
 
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from mmu_core.includes.unicorn cimport uc_engine, uc_hook, uc_hook_add_t, uc_hook_del_t, uc_emu_stop_t, uc_reg_read_t
 
@@ -46,7 +53,9 @@ cdef struct HookState:
     bint waiting             # an interrupt waits for EFLAGS.IF
     uint64_t skip_pc         # let one block starting here run (the STI shadow)
     bint skip_armed
-    int fired                # 1: window opened, 2: block deadline reached
+    int fired                # 1: window opened, 2: block deadline, 3: time deadline, 4: poked
+    uint64_t deadline_ns     # host CLOCK_MONOTONIC deadline (0 = none)
+    int poke                 # set by other threads: stop at the next block
 
 
 cdef class VcpuHooks:
@@ -97,21 +106,52 @@ cdef class VcpuHooks:
         """Stop the engine once ``blocks`` blocks have run (0: no deadline)."""
         self.st.stop_at_block = blocks
 
+    def set_deadline(self, uint64_t host_ns):
+        """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+        self.st.deadline_ns = host_ns
+
+    def advance_deadline(self, uint64_t host_ns):
+        """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
+        if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
+            self.st.deadline_ns = host_ns
+
+    def poke(self):
+        """From any thread: end the current slice at the next block."""
+        self.st.poke = 1
+
     def take_fired(self):
-        """1 if an interrupt window opened, 2 if the block deadline passed, else 0; clears it."""
+        """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
         cdef int f = self.st.fired
         self.st.fired = 0
         return f
 
 
+FIRED_WINDOW = 1
+FIRED_BLOCKS = 2
+FIRED_TIME = 3
+FIRED_POKE = 4
+
+
 cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
     cdef HookState *st = <HookState *>user_data
     cdef uint64_t eflags = 0
+    cdef timespec ts
     st.blocks += 1
+    if st.poke:
+        st.poke = 0
+        st.fired = 4
+        uc_emu_stop(uc)
+        return
     if st.stop_at_block and st.blocks >= st.stop_at_block:
         st.fired = 2
         uc_emu_stop(uc)
         return
+    if st.deadline_ns and (st.blocks & 63) == 0:
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
+            st.fired = 3
+            uc_emu_stop(uc)
+            return
     if st.waiting:
         if st.skip_armed:
             st.skip_armed = False

@@ -28,7 +28,7 @@ from mmu_core._core import (
     TLB_NATIVE,
 )
 from qemu_lite._vcpu_hooks import VcpuHooks
-from qemu_lite.clock import HostClock, Kicker
+from qemu_lite.clock import HostClock
 from qemu_lite.devices.base import Device
 from qemu_lite.events import PF
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
@@ -128,7 +128,10 @@ class Machine:
         self.cpu = VCpu(self.uc, self.core, reset_ctx)
         self.hooks = VcpuHooks(self.uc)
         self.clock = HostClock()
-        self._kicker = Kicker(self.clock, lambda: self.core.request_stop(STOP_KICK))
+        # A timer armed by a device during a slice must end that slice in time.
+        self.clock.on_schedule = lambda guest_ns: self.hooks.advance_deadline(
+            self.clock.host_deadline_ns(guest_ns))
+        self._vcpu_thread: int | None = None
         self._wake = threading.Event()
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
@@ -193,9 +196,9 @@ class Machine:
         self._closers.append(close)
 
     def wake(self) -> None:
-        """Wake a halted vCPU and stop a running one (safe from any thread)."""
+        """Wake a halted vCPU and end a running slice (safe from any thread)."""
         self._wake.set()
-        self.core.request_stop(STOP_KICK)
+        self.hooks.poke()
 
     # -- memory and registers ------------------------------------------------------
 
@@ -222,7 +225,10 @@ class Machine:
         """End :meth:`run` at the next instruction boundary (from a device or callback)."""
         if self._stop_reason is None:
             self._stop_reason = RunResult(reason, exit_status, message)
-        self.core.request_stop(STOP_REQUEST)
+        if threading.get_ident() == self._vcpu_thread:
+            self.core.request_stop(STOP_REQUEST)  # from a device: end this instruction's slice
+        else:
+            self.wake()
 
     def exit(self, status: int) -> None:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""
@@ -240,25 +246,25 @@ class Machine:
         """Run the guest until it exits, halts for good, or ``timeout`` seconds pass."""
         self._stop_reason = None
         self._pending_reset = False
-        wall_deadline = None if timeout is None else time.monotonic() + timeout
-        self._kicker.start(wall_deadline)
+        wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        self._vcpu_thread = threading.get_ident()
         try:
             return self._run_loop(wall_deadline)
         finally:
-            self._kicker.stop()
+            self._vcpu_thread = None
 
     def _service(self) -> None:
         self.clock.run_due()
         for poll in self._pollers:
             poll()
 
-    def _run_loop(self, wall_deadline: float | None) -> RunResult:
+    def _run_loop(self, wall_deadline: int | None) -> RunResult:
         cpu, core = self.cpu, self.core
         while True:
             self._service()
             if self._stop_reason is not None:
                 return self._stop_reason
-            if wall_deadline is not None and time.monotonic() >= wall_deadline:
+            if wall_deadline is not None and time.monotonic_ns() >= wall_deadline:
                 return RunResult("timeout", None, "time budget spent")
             if self._pending_reset:
                 self._pending_reset = False
@@ -280,6 +286,7 @@ class Machine:
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue
+            self.hooks.set_deadline(self._next_due(wall_deadline) or 0)
             err = cpu.run_slice()
             flags, intno = core.take_stop()
             if flags & STOP_ERROR:
@@ -325,21 +332,26 @@ class Machine:
         for dev in self._resettable:
             dev.reset()
 
-    def _wait_while_halted(self, wall_deadline: float | None) -> None:
+    def _next_due(self, wall_deadline: int | None) -> int | None:
+        """Host monotonic ns of the next timer or the end of the time budget."""
+        due = wall_deadline
+        guest = self.clock.next_deadline()
+        if guest is not None:
+            t = self.clock.host_deadline_ns(guest)
+            due = t if due is None else min(due, t)
+        return due
+
+    def _wait_while_halted(self, wall_deadline: int | None) -> None:
         """Sleep until a timer is due, input arrives or the time budget ends."""
         while True:
             if self.irq_source.has_interrupt():
                 self.cpu.halted = False
                 return
-            due = wall_deadline
-            guest = self.clock.next_deadline()
-            if guest is not None:
-                t = self.clock.host_deadline(guest)
-                due = t if due is None else min(due, t)
-            now = time.monotonic()
+            due = self._next_due(wall_deadline)
+            now = time.monotonic_ns()
             if due is not None and due <= now:
                 return
-            self._wake.wait(None if due is None else due - now)
+            self._wake.wait(None if due is None else (due - now) / 1e9)
             self._wake.clear()
             self._service()
 
