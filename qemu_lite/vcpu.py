@@ -33,6 +33,7 @@ from qemu_lite.events import (
     PF,
     SOFTWARE,
     UD,
+    DeliveryFault,
     Event,
     EventDelivery,
     UnsupportedEvent,
@@ -179,8 +180,8 @@ class VCpu:
     def stopped_on_hlt(self) -> bool:
         """After a slice that ended on its own: was it HLT (EIP is past the HLT)?"""
         try:
-            return self.uc.mem_read(self.linear_pc() - 1, 1) == b"\xf4"
-        except UcError:
+            return self.events.read(self.linear_pc() - 1, 1) == b"\xf4"
+        except DeliveryFault:
             return False
 
     def notify_phys_write(self, paddr: int, length: int) -> None:
