@@ -36,18 +36,25 @@ def make_parser() -> argparse.ArgumentParser:
                    help="COM1 backend: stdio (default), none, file:PATH, pty, or a pyserial URL "
                         "(socket://host:port, loop://, rfc2217://host:port, /dev/ttyS0)")
     p.add_argument("--serial2", metavar="SPEC", help="COM2 backend (same forms as --serial)")
-    p.add_argument("--kernel", "-kernel", metavar="FILE", help="boot a Multiboot v1 kernel directly")
+    p.add_argument("--kernel", "-kernel", metavar="FILE",
+                   help="boot a kernel directly: a Linux bzImage or a Multiboot v1 kernel")
     p.add_argument("--append", "-append", default="", metavar="CMDLINE",
                    help="kernel command line")
     p.add_argument("--initrd", "-initrd", metavar="FILES",
-                   help="comma-separated Multiboot modules ('file arg,file2')")
+                   help="Linux: the initrd; Multiboot: comma-separated modules ('file arg,file2')")
     p.add_argument("--bios", "-bios", metavar="FILE", help="64 KiB BIOS image (default: ours)")
     p.add_argument("--snapshot", "-snapshot", action="store_true",
                    help="keep disk writes in memory; the image file is not modified")
     p.add_argument("--no-reboot", "-no-reboot", action="store_true",
                    help="exit instead of rebooting when the guest resets or triple-faults")
-    p.add_argument("--mmu", default="native", choices=["native", "identity"],
-                   help="how guest addresses are translated (default: native)")
+    p.add_argument("--mmu", default="cached", choices=["cached", "naive", "native", "identity"],
+                   help="guest MMU: cached shadow page tables (default), naive (shadow pages "
+                        "dropped at every CR3 load), native (Unicorn's own MMU), identity "
+                        "(no guest paging)")
+    p.add_argument("--mmu-pages", type=int, metavar="N",
+                   help="bound the number of shadow pages (least recently used are recycled)")
+    p.add_argument("--mmu-stats", action="store_true",
+                   help="print the shadow MMU's statistics to stderr at exit")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
@@ -72,7 +79,7 @@ def _fail(message: str) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from qemu_lite.loaders import multiboot
+    from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path, parse_size
     from qemu_lite.vcpu import GuestError, TripleFault
 
@@ -87,6 +94,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if disk is None and args.kernel is None:
         disk = bundled_firmware_path("default.img")
         snapshot = True  # the bundled image is package data: never write it
+    if args.kernel and args.initrd and _is_bzimage(args.kernel) and not os.path.isfile(args.initrd):
+        return _fail(f"cannot open initrd '{args.initrd}': No such file")
     for path, what in ((disk, "disk image"), (args.kernel, "kernel"), (args.bios, "BIOS")):
         if path is not None and not os.path.isfile(path):
             return _fail(f"cannot open {what} '{path}': No such file")
@@ -95,8 +104,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                           mmu=args.mmu, snapshot=snapshot, no_reboot=args.no_reboot)
     except (BlockImageError, ValueError, OSError) as exc:
         return _fail(str(exc))
+    if args.mmu_pages is not None:
+        if args.mmu_pages < 1:
+            parser.error("--mmu-pages must be at least 1")
+        machine.core.set_max_shadow_pages(args.mmu_pages)
     with machine:
-        if args.kernel:
+        if args.kernel and _is_bzimage(args.kernel):
+            try:
+                linux.load(machine, args.kernel, args.append, args.initrd)
+            except (linux.LinuxBootError, OSError) as exc:
+                return _fail(str(exc))
+        elif args.kernel:
             modules = []
             for item in filter(None, (args.initrd or "").split(",")):
                 path = item.split(" ", 1)[0]
@@ -115,9 +133,30 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except GuestError as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)
             return STATUS["crash"]
+        finally:
+            if args.mmu_stats:
+                _print_mmu_stats(machine)
     if result.reason == "exit":
         assert result.exit_status is not None
         return result.exit_status
     if result.message:
         print(f"qemu-lite: {result.message}", file=sys.stderr)
     return STATUS.get(result.reason, STATUS["crash"])
+
+
+def _is_bzimage(path: str) -> bool:
+    from qemu_lite.loaders import linux
+
+    try:
+        with open(path, "rb") as f:
+            return linux.is_bzimage(f.read(0x300))
+    except OSError:
+        return False
+
+
+def _print_mmu_stats(machine) -> None:  # type: ignore[no-untyped-def]
+    stats = machine.core.mmu_stats()
+    width = max(map(len, stats), default=0)
+    print(f"qemu-lite: MMU statistics ({machine.mmu_mode}):", file=sys.stderr)
+    for name, value in stats.items():
+        print(f"  {name:<{width}}  {value}", file=sys.stderr)

@@ -115,13 +115,14 @@ class Machine:
         memory: str | int = "64M",
         serial: str | None = "none",
         bios: bytes | str | os.PathLike[str] | None = None,
-        mmu: str = "native",
+        mmu: str = "cached",
         snapshot: bool = False,
         no_reboot: bool = False,
     ) -> None:
         if mmu not in MMU_MODES:
             raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
         self.memory_size = parse_size(memory)
+        self.mmu_mode = mmu
         self.no_reboot = no_reboot
         self.uc, reset_ctx = new_engine()
         self.core = mmu_core.Core(self.uc, self.memory_size, MMU_MODES[mmu])
