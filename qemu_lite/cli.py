@@ -13,8 +13,12 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from qemu_lite.devices.block import BlockImageError
+
+if TYPE_CHECKING:
+    from qemu_lite.machine import Machine
 
 STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0}
 
@@ -154,7 +158,7 @@ def _is_bzimage(path: str) -> bool:
         return False
 
 
-def _print_mmu_stats(machine) -> None:  # type: ignore[no-untyped-def]
+def _print_mmu_stats(machine: Machine) -> None:
     stats = machine.core.mmu_stats()
     width = max(map(len, stats), default=0)
     print(f"qemu-lite: MMU statistics ({machine.mmu_mode}):", file=sys.stderr)
