@@ -2855,12 +2855,13 @@ static int __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7waiting_2__set__(struct
 static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_pc); /* proto */
 static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6blocks___get__(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_blocks); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10advance_block_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_blocks); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12set_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14advance_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16poke(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_22__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_tp_new__initialisation_9qemu_lite_11_vcpu_hooks_VcpuHooks(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -2918,8 +2919,8 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_codeobj_tab[8];
-    PyObject *__pyx_string_tab[82];
+    PyObject *__pyx_codeobj_tab[9];
+    PyObject *__pyx_string_tab[85];
     PyObject *__pyx_number_tab[4];
 /* #### Code section: module_state_contents ### */
 /* CommonTypesMetaclass.module_state_decls */
@@ -2982,70 +2983,73 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_VcpuHooks __pyx_string_tab[15]
 #define __pyx_n_u_VcpuHooks___reduce_cython __pyx_string_tab[16]
 #define __pyx_n_u_VcpuHooks___setstate_cython __pyx_string_tab[17]
-#define __pyx_n_u_VcpuHooks_advance_deadline __pyx_string_tab[18]
-#define __pyx_n_u_VcpuHooks_poke __pyx_string_tab[19]
-#define __pyx_n_u_VcpuHooks_set_block_deadline __pyx_string_tab[20]
-#define __pyx_n_u_VcpuHooks_set_deadline __pyx_string_tab[21]
-#define __pyx_n_u_VcpuHooks_skip_once_at __pyx_string_tab[22]
-#define __pyx_n_u_VcpuHooks_take_fired __pyx_string_tab[23]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[24]
-#define __pyx_n_u_annotate __pyx_string_tab[25]
-#define __pyx_n_u_func __pyx_string_tab[26]
-#define __pyx_n_u_getstate __pyx_string_tab[27]
-#define __pyx_n_u_main __pyx_string_tab[28]
-#define __pyx_n_u_module __pyx_string_tab[29]
-#define __pyx_n_u_name __pyx_string_tab[30]
-#define __pyx_n_u_pyx_state __pyx_string_tab[31]
-#define __pyx_n_u_qualname __pyx_string_tab[32]
-#define __pyx_n_u_reduce __pyx_string_tab[33]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[34]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[35]
-#define __pyx_n_u_set_name __pyx_string_tab[36]
-#define __pyx_n_u_setstate __pyx_string_tab[37]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[38]
-#define __pyx_n_u_test __pyx_string_tab[39]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[40]
-#define __pyx_n_u_ucbinding __pyx_string_tab[41]
-#define __pyx_n_u_uch __pyx_string_tab[42]
-#define __pyx_n_u_x86 __pyx_string_tab[43]
-#define __pyx_n_u_advance_deadline __pyx_string_tab[44]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[45]
-#define __pyx_n_u_blocks __pyx_string_tab[46]
-#define __pyx_n_u_c_void_p __pyx_string_tab[47]
-#define __pyx_n_u_cast __pyx_string_tab[48]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[49]
-#define __pyx_n_u_ctypes __pyx_string_tab[50]
-#define __pyx_n_u_f __pyx_string_tab[51]
-#define __pyx_n_u_host_ns __pyx_string_tab[52]
-#define __pyx_n_u_items __pyx_string_tab[53]
-#define __pyx_n_u_pc __pyx_string_tab[54]
-#define __pyx_n_u_poke __pyx_string_tab[55]
-#define __pyx_n_u_pop __pyx_string_tab[56]
-#define __pyx_n_u_qemu_lite__vcpu_hooks __pyx_string_tab[57]
-#define __pyx_n_u_self __pyx_string_tab[58]
-#define __pyx_n_u_set_block_deadline __pyx_string_tab[59]
-#define __pyx_n_u_set_deadline __pyx_string_tab[60]
-#define __pyx_n_u_setdefault __pyx_string_tab[61]
-#define __pyx_n_u_skip_once_at __pyx_string_tab[62]
-#define __pyx_n_u_take_fired __pyx_string_tab[63]
-#define __pyx_n_u_uc __pyx_string_tab[64]
-#define __pyx_n_u_uc_emu_stop __pyx_string_tab[65]
-#define __pyx_n_u_uc_hook_add __pyx_string_tab[66]
-#define __pyx_n_u_uc_hook_del __pyx_string_tab[67]
-#define __pyx_n_u_uc_reg_read __pyx_string_tab[68]
-#define __pyx_n_u_uclib __pyx_string_tab[69]
-#define __pyx_n_u_unicorn __pyx_string_tab[70]
-#define __pyx_n_u_unicorn_unicorn_py3 __pyx_string_tab[71]
-#define __pyx_n_u_value __pyx_string_tab[72]
-#define __pyx_n_u_values __pyx_string_tab[73]
-#define __pyx_n_u_x86_const __pyx_string_tab[74]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[75]
-#define __pyx_kp_b_iso88591_A_4s_s_Cxr_S __pyx_string_tab[76]
-#define __pyx_kp_b_iso88591_A_Cxq __pyx_string_tab[77]
-#define __pyx_kp_b_iso88591_A_C_C_Q __pyx_string_tab[78]
-#define __pyx_kp_b_iso88591_A_C_a __pyx_string_tab[79]
-#define __pyx_kp_b_iso88591_A_C __pyx_string_tab[80]
-#define __pyx_kp_b_iso88591_A_T_A_Cy_q __pyx_string_tab[81]
+#define __pyx_n_u_VcpuHooks_advance_block_deadline __pyx_string_tab[18]
+#define __pyx_n_u_VcpuHooks_advance_deadline __pyx_string_tab[19]
+#define __pyx_n_u_VcpuHooks_poke __pyx_string_tab[20]
+#define __pyx_n_u_VcpuHooks_set_block_deadline __pyx_string_tab[21]
+#define __pyx_n_u_VcpuHooks_set_deadline __pyx_string_tab[22]
+#define __pyx_n_u_VcpuHooks_skip_once_at __pyx_string_tab[23]
+#define __pyx_n_u_VcpuHooks_take_fired __pyx_string_tab[24]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[25]
+#define __pyx_n_u_annotate __pyx_string_tab[26]
+#define __pyx_n_u_func __pyx_string_tab[27]
+#define __pyx_n_u_getstate __pyx_string_tab[28]
+#define __pyx_n_u_main __pyx_string_tab[29]
+#define __pyx_n_u_module __pyx_string_tab[30]
+#define __pyx_n_u_name __pyx_string_tab[31]
+#define __pyx_n_u_pyx_state __pyx_string_tab[32]
+#define __pyx_n_u_qualname __pyx_string_tab[33]
+#define __pyx_n_u_reduce __pyx_string_tab[34]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[35]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[36]
+#define __pyx_n_u_set_name __pyx_string_tab[37]
+#define __pyx_n_u_setstate __pyx_string_tab[38]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[39]
+#define __pyx_n_u_test __pyx_string_tab[40]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[41]
+#define __pyx_n_u_ucbinding __pyx_string_tab[42]
+#define __pyx_n_u_uch __pyx_string_tab[43]
+#define __pyx_n_u_x86 __pyx_string_tab[44]
+#define __pyx_n_u_advance_block_deadline __pyx_string_tab[45]
+#define __pyx_n_u_advance_deadline __pyx_string_tab[46]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[47]
+#define __pyx_n_u_blocks __pyx_string_tab[48]
+#define __pyx_n_u_c_void_p __pyx_string_tab[49]
+#define __pyx_n_u_cast __pyx_string_tab[50]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[51]
+#define __pyx_n_u_ctypes __pyx_string_tab[52]
+#define __pyx_n_u_f __pyx_string_tab[53]
+#define __pyx_n_u_host_ns __pyx_string_tab[54]
+#define __pyx_n_u_items __pyx_string_tab[55]
+#define __pyx_n_u_pc __pyx_string_tab[56]
+#define __pyx_n_u_poke __pyx_string_tab[57]
+#define __pyx_n_u_pop __pyx_string_tab[58]
+#define __pyx_n_u_qemu_lite__vcpu_hooks __pyx_string_tab[59]
+#define __pyx_n_u_self __pyx_string_tab[60]
+#define __pyx_n_u_set_block_deadline __pyx_string_tab[61]
+#define __pyx_n_u_set_deadline __pyx_string_tab[62]
+#define __pyx_n_u_setdefault __pyx_string_tab[63]
+#define __pyx_n_u_skip_once_at __pyx_string_tab[64]
+#define __pyx_n_u_take_fired __pyx_string_tab[65]
+#define __pyx_n_u_uc __pyx_string_tab[66]
+#define __pyx_n_u_uc_emu_stop __pyx_string_tab[67]
+#define __pyx_n_u_uc_hook_add __pyx_string_tab[68]
+#define __pyx_n_u_uc_hook_del __pyx_string_tab[69]
+#define __pyx_n_u_uc_reg_read __pyx_string_tab[70]
+#define __pyx_n_u_uclib __pyx_string_tab[71]
+#define __pyx_n_u_unicorn __pyx_string_tab[72]
+#define __pyx_n_u_unicorn_unicorn_py3 __pyx_string_tab[73]
+#define __pyx_n_u_value __pyx_string_tab[74]
+#define __pyx_n_u_values __pyx_string_tab[75]
+#define __pyx_n_u_x86_const __pyx_string_tab[76]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[77]
+#define __pyx_kp_b_iso88591_A_4s_s_Cxr_S __pyx_string_tab[78]
+#define __pyx_kp_b_iso88591_A_4s_Bc_c_A __pyx_string_tab[79]
+#define __pyx_kp_b_iso88591_A_Cxq __pyx_string_tab[80]
+#define __pyx_kp_b_iso88591_A_C_C_Q __pyx_string_tab[81]
+#define __pyx_kp_b_iso88591_A_C_a __pyx_string_tab[82]
+#define __pyx_kp_b_iso88591_A_C __pyx_string_tab[83]
+#define __pyx_kp_b_iso88591_A_T_A_Cy_q __pyx_string_tab[84]
 #define __pyx_int_1 __pyx_number_tab[0]
 #define __pyx_int_2 __pyx_number_tab[1]
 #define __pyx_int_3 __pyx_number_tab[2]
@@ -3069,8 +3073,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<82; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<9; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<85; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<4; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -3099,8 +3103,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<82; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<9; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<85; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<4; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -4083,7 +4087,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadlin
  *         """Stop the engine once ``blocks`` blocks have run (0: no deadline)."""
  *         self.st.stop_at_block = blocks             # <<<<<<<<<<<<<<
  * 
- *     def set_deadline(self, uint64_t host_ns):
+ *     def advance_block_deadline(self, uint64_t blocks):
 */
   __pyx_v_self->st->stop_at_block = __pyx_v_blocks;
 
@@ -4105,22 +4109,183 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadlin
 /* "qemu_lite/_vcpu_hooks.pyx":109
  *         self.st.stop_at_block = blocks
  * 
- *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
- *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
- *         self.st.deadline_ns = host_ns
+ *     def advance_block_deadline(self, uint64_t blocks):             # <<<<<<<<<<<<<<
+ *         """Bring the block deadline forward to ``blocks`` if that is sooner."""
+ *         if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11advance_block_deadline(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline, "Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline).");
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline = {"set_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10advance_block_deadline, "Bring the block deadline forward to ``blocks`` if that is sooner.");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11advance_block_deadline = {"advance_block_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11advance_block_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10advance_block_deadline};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11advance_block_deadline(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  uint64_t __pyx_v_blocks;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("advance_block_deadline (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_blocks,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 109, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 109, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "advance_block_deadline", 0) < (0)) __PYX_ERR(0, 109, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("advance_block_deadline", 1, 1, 1, i); __PYX_ERR(0, 109, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 109, __pyx_L3_error)
+    }
+    __pyx_v_blocks = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_blocks == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 109, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("advance_block_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 109, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("qemu_lite._vcpu_hooks.VcpuHooks.advance_block_deadline", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10advance_block_deadline(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v_blocks);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10advance_block_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_blocks) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  __Pyx_RefNannySetupContext("advance_block_deadline", 0);
+
+  /* "qemu_lite/_vcpu_hooks.pyx":111
+ *     def advance_block_deadline(self, uint64_t blocks):
+ *         """Bring the block deadline forward to ``blocks`` if that is sooner."""
+ *         if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:             # <<<<<<<<<<<<<<
+ *             self.st.stop_at_block = blocks
+ * 
+*/
+  __pyx_t_2 = (__pyx_v_self->st->stop_at_block == 0);
+
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_blocks < __pyx_v_self->st->stop_at_block);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "qemu_lite/_vcpu_hooks.pyx":112
+ *         """Bring the block deadline forward to ``blocks`` if that is sooner."""
+ *         if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:
+ *             self.st.stop_at_block = blocks             # <<<<<<<<<<<<<<
+ * 
+ *     def set_deadline(self, uint64_t host_ns):
+*/
+    __pyx_v_self->st->stop_at_block = __pyx_v_blocks;
+
+    /* "qemu_lite/_vcpu_hooks.pyx":111
+ *     def advance_block_deadline(self, uint64_t blocks):
+ *         """Bring the block deadline forward to ``blocks`` if that is sooner."""
+ *         if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:             # <<<<<<<<<<<<<<
+ *             self.st.stop_at_block = blocks
+ * 
+*/
+  }
+
+  /* "qemu_lite/_vcpu_hooks.pyx":109
+ *         self.st.stop_at_block = blocks
+ * 
+ *     def advance_block_deadline(self, uint64_t blocks):             # <<<<<<<<<<<<<<
+ *         """Bring the block deadline forward to ``blocks`` if that is sooner."""
+ *         if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "qemu_lite/_vcpu_hooks.pyx":114
+ *             self.st.stop_at_block = blocks
+ * 
+ *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+ *         self.st.deadline_ns = host_ns
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13set_deadline(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12set_deadline, "Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline).");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13set_deadline = {"set_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13set_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12set_deadline};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13set_deadline(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4150,32 +4315,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_host_ns,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 109, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 114, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 109, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 114, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_deadline", 0) < (0)) __PYX_ERR(0, 109, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "set_deadline", 0) < (0)) __PYX_ERR(0, 114, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_deadline", 1, 1, 1, i); __PYX_ERR(0, 109, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("set_deadline", 1, 1, 1, i); __PYX_ERR(0, 114, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 109, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 114, __pyx_L3_error)
     }
-    __pyx_v_host_ns = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_host_ns == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 109, __pyx_L3_error)
+    __pyx_v_host_ns = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_host_ns == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 114, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("set_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 109, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("set_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 114, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4186,7 +4351,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v_host_ns);
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12set_deadline(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v_host_ns);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -4197,12 +4362,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12set_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("set_deadline", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":111
+  /* "qemu_lite/_vcpu_hooks.pyx":116
  *     def set_deadline(self, uint64_t host_ns):
  *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
  *         self.st.deadline_ns = host_ns             # <<<<<<<<<<<<<<
@@ -4211,8 +4376,8 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(str
 */
   __pyx_v_self->st->deadline_ns = __pyx_v_host_ns;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":109
- *         self.st.stop_at_block = blocks
+  /* "qemu_lite/_vcpu_hooks.pyx":114
+ *             self.st.stop_at_block = blocks
  * 
  *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
  *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
@@ -4226,7 +4391,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(str
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":113
+/* "qemu_lite/_vcpu_hooks.pyx":118
  *         self.st.deadline_ns = host_ns
  * 
  *     def advance_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
@@ -4235,16 +4400,16 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline(str
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15advance_deadline(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline, "Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed).");
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline = {"advance_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14advance_deadline, "Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed).");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15advance_deadline = {"advance_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15advance_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14advance_deadline};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15advance_deadline(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4274,32 +4439,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_host_ns,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 113, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 118, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 113, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 118, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "advance_deadline", 0) < (0)) __PYX_ERR(0, 113, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "advance_deadline", 0) < (0)) __PYX_ERR(0, 118, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("advance_deadline", 1, 1, 1, i); __PYX_ERR(0, 113, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("advance_deadline", 1, 1, 1, i); __PYX_ERR(0, 118, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 113, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 118, __pyx_L3_error)
     }
-    __pyx_v_host_ns = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_host_ns == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 113, __pyx_L3_error)
+    __pyx_v_host_ns = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_host_ns == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 118, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("advance_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 113, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("advance_deadline", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 118, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4310,7 +4475,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v_host_ns);
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14advance_deadline(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v_host_ns);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -4321,14 +4486,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14advance_deadline(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, uint64_t __pyx_v_host_ns) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_t_1;
   int __pyx_t_2;
   __Pyx_RefNannySetupContext("advance_deadline", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":115
+  /* "qemu_lite/_vcpu_hooks.pyx":120
  *     def advance_deadline(self, uint64_t host_ns):
  *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
  *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:             # <<<<<<<<<<<<<<
@@ -4354,7 +4519,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline
   if (__pyx_t_1) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":116
+    /* "qemu_lite/_vcpu_hooks.pyx":121
  *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
  *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
  *             self.st.deadline_ns = host_ns             # <<<<<<<<<<<<<<
@@ -4363,7 +4528,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline
 */
     __pyx_v_self->st->deadline_ns = __pyx_v_host_ns;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":115
+    /* "qemu_lite/_vcpu_hooks.pyx":120
  *     def advance_deadline(self, uint64_t host_ns):
  *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
  *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:             # <<<<<<<<<<<<<<
@@ -4372,7 +4537,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":113
+  /* "qemu_lite/_vcpu_hooks.pyx":118
  *         self.st.deadline_ns = host_ns
  * 
  *     def advance_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
@@ -4387,7 +4552,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":118
+/* "qemu_lite/_vcpu_hooks.pyx":123
  *             self.st.deadline_ns = host_ns
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -4396,16 +4561,16 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke, "From any thread: end the current slice at the next block.");
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16poke, "From any thread: end the current slice at the next block.");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17poke = {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16poke};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17poke(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4431,19 +4596,19 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("poke", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16poke(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16poke(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("poke", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":120
+  /* "qemu_lite/_vcpu_hooks.pyx":125
  *     def poke(self):
  *         """From any thread: end the current slice at the next block."""
  *         self.st.poke = 1             # <<<<<<<<<<<<<<
@@ -4452,7 +4617,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(struct __py
 */
   __pyx_v_self->st->poke = 1;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":118
+  /* "qemu_lite/_vcpu_hooks.pyx":123
  *             self.st.deadline_ns = host_ns
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
@@ -4467,7 +4632,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(struct __py
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":122
+/* "qemu_lite/_vcpu_hooks.pyx":127
  *         self.st.poke = 1
  * 
  *     def take_fired(self):             # <<<<<<<<<<<<<<
@@ -4476,16 +4641,16 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke(struct __py
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19take_fired(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired, "Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it.");
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired = {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18take_fired, "Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it.");
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19take_fired = {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18take_fired};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19take_fired(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4511,14 +4676,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("take_fired", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18take_fired(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18take_fired(struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
   int __pyx_v_f;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -4529,7 +4694,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("take_fired", 0);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":124
+  /* "qemu_lite/_vcpu_hooks.pyx":129
  *     def take_fired(self):
  *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
  *         cdef int f = self.st.fired             # <<<<<<<<<<<<<<
@@ -4540,7 +4705,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struc
 
   __pyx_v_f = __pyx_t_1;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":125
+  /* "qemu_lite/_vcpu_hooks.pyx":130
  *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
  *         cdef int f = self.st.fired
  *         self.st.fired = 0             # <<<<<<<<<<<<<<
@@ -4549,14 +4714,14 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struc
 */
   __pyx_v_self->st->fired = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":126
+  /* "qemu_lite/_vcpu_hooks.pyx":131
  *         cdef int f = self.st.fired
  *         self.st.fired = 0
  *         return f             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_f); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_f); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 131, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -4569,7 +4734,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struc
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":122
+  /* "qemu_lite/_vcpu_hooks.pyx":127
  *         self.st.poke = 1
  * 
  *     def take_fired(self):             # <<<<<<<<<<<<<<
@@ -4596,15 +4761,15 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired(struc
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__(PyObject *__pyx_v_self, 
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4630,14 +4795,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18__reduce_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__reduce_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -4677,15 +4842,15 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18__reduce_cython_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_23__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__(PyObject *__pyx_v_self, 
+static PyMethodDef __pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_23__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_23__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_23__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4751,7 +4916,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__setstate_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_22__setstate_cython__(((struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *)__pyx_v_self), __pyx_v___pyx_state);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -4761,7 +4926,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_22__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_9qemu_lite_11_vcpu_hooks_VcpuHooks *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -4793,7 +4958,7 @@ static PyObject *__pyx_pf_9qemu_lite_11_vcpu_hooks_9VcpuHooks_20__setstate_cytho
   return __pyx_r;
 }
 
-/* "qemu_lite/_vcpu_hooks.pyx":135
+/* "qemu_lite/_vcpu_hooks.pyx":140
  * 
  * 
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -4808,7 +4973,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":136
+  /* "qemu_lite/_vcpu_hooks.pyx":141
  * 
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
  *     cdef HookState *st = <HookState *>user_data             # <<<<<<<<<<<<<<
@@ -4817,7 +4982,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   __pyx_v_st = ((struct __pyx_t_9qemu_lite_11_vcpu_hooks_HookState *)__pyx_v_user_data);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":137
+  /* "qemu_lite/_vcpu_hooks.pyx":142
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
  *     cdef HookState *st = <HookState *>user_data
  *     cdef uint64_t eflags = 0             # <<<<<<<<<<<<<<
@@ -4826,7 +4991,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   __pyx_v_eflags = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":139
+  /* "qemu_lite/_vcpu_hooks.pyx":144
  *     cdef uint64_t eflags = 0
  *     cdef timespec ts
  *     st.blocks += 1             # <<<<<<<<<<<<<<
@@ -4835,7 +5000,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   __pyx_v_st->blocks = (__pyx_v_st->blocks + 1);
 
-  /* "qemu_lite/_vcpu_hooks.pyx":140
+  /* "qemu_lite/_vcpu_hooks.pyx":145
  *     cdef timespec ts
  *     st.blocks += 1
  *     if st.poke:             # <<<<<<<<<<<<<<
@@ -4847,7 +5012,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
   if (__pyx_t_1) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":141
+    /* "qemu_lite/_vcpu_hooks.pyx":146
  *     st.blocks += 1
  *     if st.poke:
  *         st.poke = 0             # <<<<<<<<<<<<<<
@@ -4856,7 +5021,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     __pyx_v_st->poke = 0;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":142
+    /* "qemu_lite/_vcpu_hooks.pyx":147
  *     if st.poke:
  *         st.poke = 0
  *         st.fired = 4             # <<<<<<<<<<<<<<
@@ -4865,7 +5030,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     __pyx_v_st->fired = 4;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":143
+    /* "qemu_lite/_vcpu_hooks.pyx":148
  *         st.poke = 0
  *         st.fired = 4
  *         uc_emu_stop(uc)             # <<<<<<<<<<<<<<
@@ -4874,7 +5039,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
 
-    /* "qemu_lite/_vcpu_hooks.pyx":144
+    /* "qemu_lite/_vcpu_hooks.pyx":149
  *         st.fired = 4
  *         uc_emu_stop(uc)
  *         return             # <<<<<<<<<<<<<<
@@ -4885,7 +5050,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
     }
     goto __pyx_L0;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":140
+    /* "qemu_lite/_vcpu_hooks.pyx":145
  *     cdef timespec ts
  *     st.blocks += 1
  *     if st.poke:             # <<<<<<<<<<<<<<
@@ -4894,7 +5059,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":145
+  /* "qemu_lite/_vcpu_hooks.pyx":150
  *         uc_emu_stop(uc)
  *         return
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:             # <<<<<<<<<<<<<<
@@ -4920,7 +5085,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
   if (__pyx_t_1) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":146
+    /* "qemu_lite/_vcpu_hooks.pyx":151
  *         return
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:
  *         st.fired = 2             # <<<<<<<<<<<<<<
@@ -4929,7 +5094,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     __pyx_v_st->fired = 2;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":147
+    /* "qemu_lite/_vcpu_hooks.pyx":152
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:
  *         st.fired = 2
  *         uc_emu_stop(uc)             # <<<<<<<<<<<<<<
@@ -4938,7 +5103,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
 
-    /* "qemu_lite/_vcpu_hooks.pyx":148
+    /* "qemu_lite/_vcpu_hooks.pyx":153
  *         st.fired = 2
  *         uc_emu_stop(uc)
  *         return             # <<<<<<<<<<<<<<
@@ -4949,7 +5114,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
     }
     goto __pyx_L0;
 
-    /* "qemu_lite/_vcpu_hooks.pyx":145
+    /* "qemu_lite/_vcpu_hooks.pyx":150
  *         uc_emu_stop(uc)
  *         return
  *     if st.stop_at_block and st.blocks >= st.stop_at_block:             # <<<<<<<<<<<<<<
@@ -4958,7 +5123,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":149
+  /* "qemu_lite/_vcpu_hooks.pyx":154
  *         uc_emu_stop(uc)
  *         return
  *     if st.deadline_ns and (st.blocks & 63) == 0:             # <<<<<<<<<<<<<<
@@ -4984,7 +5149,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
   if (__pyx_t_1) {
 
 
-    /* "qemu_lite/_vcpu_hooks.pyx":150
+    /* "qemu_lite/_vcpu_hooks.pyx":155
  *         return
  *     if st.deadline_ns and (st.blocks & 63) == 0:
  *         clock_gettime(CLOCK_MONOTONIC, &ts)             # <<<<<<<<<<<<<<
@@ -4993,7 +5158,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     (void)(clock_gettime(CLOCK_MONOTONIC, (&__pyx_v_ts)));
 
-    /* "qemu_lite/_vcpu_hooks.pyx":151
+    /* "qemu_lite/_vcpu_hooks.pyx":156
  *     if st.deadline_ns and (st.blocks & 63) == 0:
  *         clock_gettime(CLOCK_MONOTONIC, &ts)
  *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:             # <<<<<<<<<<<<<<
@@ -5005,7 +5170,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
     if (__pyx_t_1) {
 
 
-      /* "qemu_lite/_vcpu_hooks.pyx":152
+      /* "qemu_lite/_vcpu_hooks.pyx":157
  *         clock_gettime(CLOCK_MONOTONIC, &ts)
  *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
  *             st.fired = 3             # <<<<<<<<<<<<<<
@@ -5014,7 +5179,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       __pyx_v_st->fired = 3;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":153
+      /* "qemu_lite/_vcpu_hooks.pyx":158
  *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
  *             st.fired = 3
  *             uc_emu_stop(uc)             # <<<<<<<<<<<<<<
@@ -5023,7 +5188,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
 
-      /* "qemu_lite/_vcpu_hooks.pyx":154
+      /* "qemu_lite/_vcpu_hooks.pyx":159
  *             st.fired = 3
  *             uc_emu_stop(uc)
  *             return             # <<<<<<<<<<<<<<
@@ -5034,7 +5199,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
       }
       goto __pyx_L0;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":151
+      /* "qemu_lite/_vcpu_hooks.pyx":156
  *     if st.deadline_ns and (st.blocks & 63) == 0:
  *         clock_gettime(CLOCK_MONOTONIC, &ts)
  *         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:             # <<<<<<<<<<<<<<
@@ -5043,7 +5208,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     }
 
-    /* "qemu_lite/_vcpu_hooks.pyx":149
+    /* "qemu_lite/_vcpu_hooks.pyx":154
  *         uc_emu_stop(uc)
  *         return
  *     if st.deadline_ns and (st.blocks & 63) == 0:             # <<<<<<<<<<<<<<
@@ -5052,7 +5217,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":155
+  /* "qemu_lite/_vcpu_hooks.pyx":160
  *             uc_emu_stop(uc)
  *             return
  *     if st.waiting:             # <<<<<<<<<<<<<<
@@ -5061,7 +5226,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   if (__pyx_v_st->waiting) {
 
-    /* "qemu_lite/_vcpu_hooks.pyx":156
+    /* "qemu_lite/_vcpu_hooks.pyx":161
  *             return
  *     if st.waiting:
  *         if st.skip_armed:             # <<<<<<<<<<<<<<
@@ -5070,7 +5235,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     if (__pyx_v_st->skip_armed) {
 
-      /* "qemu_lite/_vcpu_hooks.pyx":157
+      /* "qemu_lite/_vcpu_hooks.pyx":162
  *     if st.waiting:
  *         if st.skip_armed:
  *             st.skip_armed = False             # <<<<<<<<<<<<<<
@@ -5079,7 +5244,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       __pyx_v_st->skip_armed = 0;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":158
+      /* "qemu_lite/_vcpu_hooks.pyx":163
  *         if st.skip_armed:
  *             st.skip_armed = False
  *             if address == st.skip_pc:             # <<<<<<<<<<<<<<
@@ -5091,7 +5256,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
       if (__pyx_t_1) {
 
 
-        /* "qemu_lite/_vcpu_hooks.pyx":159
+        /* "qemu_lite/_vcpu_hooks.pyx":164
  *             st.skip_armed = False
  *             if address == st.skip_pc:
  *                 return             # <<<<<<<<<<<<<<
@@ -5102,7 +5267,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
         }
         goto __pyx_L0;
 
-        /* "qemu_lite/_vcpu_hooks.pyx":158
+        /* "qemu_lite/_vcpu_hooks.pyx":163
  *         if st.skip_armed:
  *             st.skip_armed = False
  *             if address == st.skip_pc:             # <<<<<<<<<<<<<<
@@ -5111,7 +5276,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       }
 
-      /* "qemu_lite/_vcpu_hooks.pyx":156
+      /* "qemu_lite/_vcpu_hooks.pyx":161
  *             return
  *     if st.waiting:
  *         if st.skip_armed:             # <<<<<<<<<<<<<<
@@ -5120,7 +5285,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     }
 
-    /* "qemu_lite/_vcpu_hooks.pyx":160
+    /* "qemu_lite/_vcpu_hooks.pyx":165
  *             if address == st.skip_pc:
  *                 return
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)             # <<<<<<<<<<<<<<
@@ -5129,7 +5294,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_reg_read(__pyx_v_uc, __pyx_v_9qemu_lite_11_vcpu_hooks_REG_EFLAGS, (&__pyx_v_eflags)));
 
-    /* "qemu_lite/_vcpu_hooks.pyx":161
+    /* "qemu_lite/_vcpu_hooks.pyx":166
  *                 return
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)
  *         if eflags & EFLAGS_IF:             # <<<<<<<<<<<<<<
@@ -5141,7 +5306,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
     if (__pyx_t_1) {
 
 
-      /* "qemu_lite/_vcpu_hooks.pyx":162
+      /* "qemu_lite/_vcpu_hooks.pyx":167
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)
  *         if eflags & EFLAGS_IF:
  *             st.fired = 1             # <<<<<<<<<<<<<<
@@ -5150,7 +5315,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       __pyx_v_st->fired = 1;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":163
+      /* "qemu_lite/_vcpu_hooks.pyx":168
  *         if eflags & EFLAGS_IF:
  *             st.fired = 1
  *             st.waiting = False             # <<<<<<<<<<<<<<
@@ -5158,14 +5323,14 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
       __pyx_v_st->waiting = 0;
 
-      /* "qemu_lite/_vcpu_hooks.pyx":164
+      /* "qemu_lite/_vcpu_hooks.pyx":169
  *             st.fired = 1
  *             st.waiting = False
  *             uc_emu_stop(uc)             # <<<<<<<<<<<<<<
 */
       (void)(__pyx_v_9qemu_lite_11_vcpu_hooks_uc_emu_stop(__pyx_v_uc));
 
-      /* "qemu_lite/_vcpu_hooks.pyx":161
+      /* "qemu_lite/_vcpu_hooks.pyx":166
  *                 return
  *         uc_reg_read(uc, REG_EFLAGS, &eflags)
  *         if eflags & EFLAGS_IF:             # <<<<<<<<<<<<<<
@@ -5174,7 +5339,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
     }
 
-    /* "qemu_lite/_vcpu_hooks.pyx":155
+    /* "qemu_lite/_vcpu_hooks.pyx":160
  *             uc_emu_stop(uc)
  *             return
  *     if st.waiting:             # <<<<<<<<<<<<<<
@@ -5183,7 +5348,7 @@ static void __pyx_f_9qemu_lite_11_vcpu_hooks__hook_block(uc_engine *__pyx_v_uc, 
 */
   }
 
-  /* "qemu_lite/_vcpu_hooks.pyx":135
+  /* "qemu_lite/_vcpu_hooks.pyx":140
  * 
  * 
  * cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5347,12 +5512,13 @@ static PyObject *__pyx_getprop_9qemu_lite_11_vcpu_hooks_9VcpuHooks_blocks(PyObje
 static PyMethodDef __pyx_methods_9qemu_lite_11_vcpu_hooks_VcpuHooks[] = {
   {"skip_once_at", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_7skip_once_at, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_6skip_once_at},
   {"set_block_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_9set_block_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_8set_block_deadline},
-  {"set_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10set_deadline},
-  {"advance_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12advance_deadline},
-  {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14poke},
-  {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16take_fired},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"advance_block_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11advance_block_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_10advance_block_deadline},
+  {"set_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13set_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_12set_deadline},
+  {"advance_deadline", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15advance_deadline, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_14advance_deadline},
+  {"poke", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17poke, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_16poke},
+  {"take_fired", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19take_fired, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_9qemu_lite_11_vcpu_hooks_9VcpuHooks_18take_fired},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_9qemu_lite_11_vcpu_hooks_9VcpuHooks_23__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
   {0, 0, 0, 0}
 };
 
@@ -6021,61 +6187,76 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
   /* "qemu_lite/_vcpu_hooks.pyx":109
  *         self.st.stop_at_block = blocks
  * 
- *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
- *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
- *         self.st.deadline_ns = host_ns
+ *     def advance_block_deadline(self, uint64_t blocks):             # <<<<<<<<<<<<<<
+ *         """Bring the block deadline forward to ``blocks`` if that is sooner."""
+ *         if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11set_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_set_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 109, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_11advance_block_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_advance_block_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 109, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_set_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 109, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_advance_block_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 109, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":113
+  /* "qemu_lite/_vcpu_hooks.pyx":114
+ *             self.st.stop_at_block = blocks
+ * 
+ *     def set_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
+ *         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+ *         self.st.deadline_ns = host_ns
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13set_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_set_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 114, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_set_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 114, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "qemu_lite/_vcpu_hooks.pyx":118
  *         self.st.deadline_ns = host_ns
  * 
  *     def advance_deadline(self, uint64_t host_ns):             # <<<<<<<<<<<<<<
  *         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
  *         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_13advance_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_advance_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 113, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15advance_deadline, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_advance_deadline, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 118, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_advance_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 113, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_advance_deadline, __pyx_t_4) < (0)) __PYX_ERR(0, 118, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":118
+  /* "qemu_lite/_vcpu_hooks.pyx":123
  *             self.st.deadline_ns = host_ns
  * 
  *     def poke(self):             # <<<<<<<<<<<<<<
  *         """From any thread: end the current slice at the next block."""
  *         self.st.poke = 1
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_15poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 118, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17poke, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_poke, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 123, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 118, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_poke, __pyx_t_4) < (0)) __PYX_ERR(0, 123, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":122
+  /* "qemu_lite/_vcpu_hooks.pyx":127
  *         self.st.poke = 1
  * 
  *     def take_fired(self):             # <<<<<<<<<<<<<<
  *         """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
  *         cdef int f = self.st.fired
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_17take_fired, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_take_fired, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19take_fired, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks_take_fired, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_take_fired, __pyx_t_4) < (0)) __PYX_ERR(0, 122, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9qemu_lite_11_vcpu_hooks_VcpuHooks, __pyx_mstate_global->__pyx_n_u_take_fired, __pyx_t_4) < (0)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -6083,7 +6264,7 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_19__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -6097,7 +6278,7 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "no default __reduce__ due to non-trivial __cinit__"
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_21__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9qemu_lite_11_vcpu_hooks_9VcpuHooks_23__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_VcpuHooks___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_qemu_lite__vcpu_hooks, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -6105,41 +6286,41 @@ __Pyx_RefNannySetupContext("PyInit__vcpu_hooks", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "qemu_lite/_vcpu_hooks.pyx":129
+  /* "qemu_lite/_vcpu_hooks.pyx":134
  * 
  * 
  * FIRED_WINDOW = 1             # <<<<<<<<<<<<<<
  * FIRED_BLOCKS = 2
  * FIRED_TIME = 3
 */
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_WINDOW, __pyx_mstate_global->__pyx_int_1) < (0)) __PYX_ERR(0, 129, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_WINDOW, __pyx_mstate_global->__pyx_int_1) < (0)) __PYX_ERR(0, 134, __pyx_L1_error)
 
-  /* "qemu_lite/_vcpu_hooks.pyx":130
+  /* "qemu_lite/_vcpu_hooks.pyx":135
  * 
  * FIRED_WINDOW = 1
  * FIRED_BLOCKS = 2             # <<<<<<<<<<<<<<
  * FIRED_TIME = 3
  * FIRED_POKE = 4
 */
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_BLOCKS, __pyx_mstate_global->__pyx_int_2) < (0)) __PYX_ERR(0, 130, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_BLOCKS, __pyx_mstate_global->__pyx_int_2) < (0)) __PYX_ERR(0, 135, __pyx_L1_error)
 
-  /* "qemu_lite/_vcpu_hooks.pyx":131
+  /* "qemu_lite/_vcpu_hooks.pyx":136
  * FIRED_WINDOW = 1
  * FIRED_BLOCKS = 2
  * FIRED_TIME = 3             # <<<<<<<<<<<<<<
  * FIRED_POKE = 4
  * 
 */
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_TIME, __pyx_mstate_global->__pyx_int_3) < (0)) __PYX_ERR(0, 131, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_TIME, __pyx_mstate_global->__pyx_int_3) < (0)) __PYX_ERR(0, 136, __pyx_L1_error)
 
-  /* "qemu_lite/_vcpu_hooks.pyx":132
+  /* "qemu_lite/_vcpu_hooks.pyx":137
  * FIRED_BLOCKS = 2
  * FIRED_TIME = 3
  * FIRED_POKE = 4             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_POKE, __pyx_mstate_global->__pyx_int_4) < (0)) __PYX_ERR(0, 132, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_FIRED_POKE, __pyx_mstate_global->__pyx_int_4) < (0)) __PYX_ERR(0, 137, __pyx_L1_error)
 
   /* "qemu_lite/_vcpu_hooks.pyx":1
  * # cython: boundscheck=False, wraparound=False             # <<<<<<<<<<<<<<
@@ -6215,38 +6396,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 6; } str_length_index[] = {{15},{1},{1},{25},{7},{6},{2},{9},{50},{25},{12},{10},{10},{12},{17},{9},{27},{29},{26},{14},{28},{22},{22},{20},{20},{12},{8},{12},{8},{10},{8},{11},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{4},{4},{16},{18},{6},{8},{4},{18},{6},{1},{7},{5},{2},{4},{3},{21},{4},{18},{12},{10},{12},{10},{2},{11},{11},{11},{11},{5},{7},{19},{5},{6},{9}};
-    const struct { const unsigned int length: 6; } bytes_length_index[] = {{9},{36},{11},{20},{11},{12},{25}};
+    const struct { const unsigned int length: 6; } str_length_index[] = {{15},{1},{1},{25},{7},{6},{2},{9},{50},{25},{12},{10},{10},{12},{17},{9},{27},{29},{32},{26},{14},{28},{22},{22},{20},{20},{12},{8},{12},{8},{10},{8},{11},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{4},{4},{22},{16},{18},{6},{8},{4},{18},{6},{1},{7},{5},{2},{4},{3},{21},{4},{18},{12},{10},{12},{10},{2},{11},{11},{11},{11},{5},{7},{19},{5},{6},{9}};
+    const struct { const unsigned int length: 6; } bytes_length_index[] = {{9},{36},{37},{11},{20},{11},{12},{25}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (574 bytes) */
-static const char cstring[] = "x\332mS\301n\0231\020U\004\207\n*\025\t\270o9\201P\303\001T\365V\205$-QK\323&\205r\0339\366lbeco\326v\264\021\022\364\230c\216{\314\221c\217|\006\307\034\371\024\306\233l\022\221X\362\316\363\314x<3o\366\265M\020\2030a\335\001*\373\246|\312\231R\332\006L\210\300\3660\350D\232\367\203\236\326}!\r\353D\210\312\177\273\\\232\005\022J\007\002C\346\"\033\000$(\034G\200@8\014\254\016\224VG6\221#\311\"\262r\251\244\005\030\342\300A$-\276\203\021\217\035\370\350\246\034\217\323\263F\253^\203\217\227\315\352E{\201\257\233\027\365\005\272m|^\242\273\306U\255y\367\245\n\337N\216\241U?\207\372\331e\345\274\375\225B}\362\221V\240\274\312\207\217mO+\200M\223Ak,\263\273\214L\214\230\242k\002\231\210\244\302\265%\326\375\215\023\205\200\274A;<\275m\207\266/c\320>6\263k\255e}\204PR\262\000\327\343\224vMr\013W\230\332\026\206\0009%>UZ\241S\334\313n\221>\255\001\223*\227Z\270(\327(6\310%5\025\226nC\307\242B]\320\264\325\240\225\002S\177\360E\024w\314\306\203[\275\003\260h\210Z\220\006\270N\264\263T68\336\221JH\325%\324\203\364\344\370\377\30623V\\\352\362\352\212\311\333i8\214\264\024\020sf,\367\216@\005\332\204q\3540\336\347v\034\243\t{\232^T\206\346h`b\356\231\211u\274\232\255\362\306l\031\214\302m\2566\031\"\274\034\342M\206\326\2748\3568\370\320\306\352\230\240\017\013\364\217\024P`D0\301.mF\332Hv\234\222T\226Z\212\362R\022#\357G,r\230\177\014\365\204\372\245\214\275/\315\037?\231\274\235\336\334W\376\356=\235|\230\230\351Qff\257f\325Y\372+yx\361\320\376]\232\357?\233>\232\236\316\016\275\317\376\244:I\247\303\002~\317\016\3479\370\221\335\024\272\237\031[\302?\007\301\254\344\361\313\351m\366<\253,\\\307Yi\276w0\031\376\003\361@\223\006";
-    PyObject *data = __Pyx_DecompressString(cstring, 574, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (606 bytes) */
+static const char cstring[] = "x\332uS\277o\0231\024V\200\241\202J\005\005\304zE\035@\250\351\000\252\272Ui\232\226\252\245?\222B\331\236\034\373]b\335\305\276\234\355\350\"$\350\2301\343\2157v\314\330?\243cF\376\024\354K.\211H\261\344{\237\337{~\366\367>\337{\035#z~L\332]\024\372Ce\237\022!\244\366\010c\236\356\240\327\n%\r\274\216\224\001\343\212\264BD\341\276m\312\325\0241!=\206>1\241\366\000bd\206\"\200\307\014zZzB\212m\035\363>\047\241\215R.\270\006\350a\327@\3105\356@\237F\006\\uU\211\006\311\321I\243~\010\007g\027\265\323\346\024_^\234\326\247\350\372\344\353\014\335\234\234\037^\334|\253\301\217\275]h\324\217\241~tV=n~\267\245\276\270JsP\231\337\207\016tG\n\200\345\220B\2554\321\217\005\t\353\023a\267\345\344\201!a!\027\270\032_\215D2XZ\331#\376[\303\305\036\361\006<\002\351j\023\275\360j\022 \370\334\222\001\270\034$v\036r\252\341\034\023\335@\037 \227\314Q\261\3037\202:\333.\350\331\321%\\\344V2\023\346\036A\272\271\265M\207YZ\317\220\260p\0272\2564p\356\300\304-\034\211b\217Z:p\245\267\000\032\225\225\036\270\002*ci\264\245\r\206\266\270`\\\264-\352@\262\267\373x\343\377m7Q\003A\271\254\314\013\251<_Q\350K\316 \242Di\352\022\301\322\3261\241\330\"4\240z\020\241\362;\322\336C(\373\372\272*\242N\257HF\363\027YYz\221\nC\177U\301e\335,\236=\375e\335\026j\031j(\270\322J\313\310BW\026\354\237U@\206\241\2051\266\355$\326\033\362\226\021\334\322\0223S\231Y\253\323\247>\t\r\346\037e;e\273(\224\276-M\236=\037~\034]\335V\377\254\275\030~\036\252\321v\252\262wY-K\356\342\361\353q\363\2764Y\1779z:\332\3176\0279;Y9;\310\350\335\333\361\223\361\326\230\336\277\312s\036\312[Y\325%\255\017k\303d\324+\340\317ts\222\203_\351U\341\373\235\222\031|\330\360\262\222\303oF\327i9\255NS\007ii\262\2661\354\375\005\003\333\266\312";
+    PyObject *data = __Pyx_DecompressString(cstring, 606, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (722 bytes) */
-static const char cstring[] = "\377(tree fr\377agment).\377?cannot \377add the \377block ho\377okdisabl\367een\002\001gcis\376\004\003dno def\377ault __r\377educe__ \377due to n\377on-trivi\373al\033\000cinit\377__qemu_l\377ite/_vcp\373u_Z\001s.pyx\377FIRED_BL\357OCKS\006\003POK\335E\020\003TIM\003\004WI\377NDOWUC_X\37786_REG_E\277FLAGSVH\000H\352\245\000s\000\006.\207\006cyt\337hon__\017\tse\177tstate_\013\017\337advan\304\000de\277adlineH\007pSok\003\010@\000_\234\"_\030\017|\030\001\003\020kip_oX\001\373at\236\007take_\373fi\272 __Pyx\376\001\000Dict_Ne\177xtRef__\216B\376\247\001___func\346\004\000_g\267\005\021\000mai\376\332\000__modul>\373 __nam\003\002\322 }_\340\003_qual\017\005\030\237E\220.\271Fexa\001\335\001C\005\371sf\010\253.__tes\376\330@_is_cor\367out\264 _ucb\277inding\007\000h\357_x86\311-asy_ncio.*\006s\353b\377sc_void_\277pcastc\376!_\376\336\000traceba\377ckctypes\267fhoo\000ns\305`mwspc\226Apop\323f=.\321hself\232O\226I\344\212`\276\204\004s\227H\216Gucu{c_\263\204\001stop\010\000\336\215\205\001_add\003\005de}l\036\000reg_r\261`\275u\261\000buni\207 n\372\000\004.\010\004_py3v/alue\000\002s\221 \255 \377nst\200\001\330\004\n\377\210+\220Q\200A\340\010\377\013\2104\210s\220-\230\377s\240\"\240C\240x\250\377r\260\024\260S\270\001\330\377\014\020\220\003\220?\240!\376 \001\014\210C\210x\220q\276\003\005{\230!\330\010\020\001~\273\230Q\027\005\177\230a#\004\320\357\017 \240\001V\001\025\220T\357\230\023\230A%\003y\230\001\037\330\010\017\210q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 722, 1028);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (760 bytes) */
+static const char cstring[] = "\377(tree fr\377agment).\377?cannot \377add the \377block ho\377okdisabl\367een\002\001gcis\376\004\003dno def\377ault __r\377educe__ \377due to n\377on-trivi\373al\033\000cinit\377__qemu_l\377ite/_vcp\373u_Z\001s.pyx\377FIRED_BL\357OCKS\006\003POK\335E\020\003TIM\003\004WI\377NDOWUC_X\37786_REG_E\277FLAGSVH\000H\352\245\000s\000\006.\207\006cyt\337hon__\017\tse\177tstate_\013\017\237advan\304\000\370\002_\377deadline8N\007\030\005\010\017pok\035\010`\000\361_,\025\030\001H\017skip\333_ox\001at\276\007ta\337ke_fi\332 __\367Pyx\001\000Dict\377_NextRef\363__\256B\307\001___f7unc\004\000_g\327\005\021\000\367mai\372\000__mo\367dul\233@__na\351m\003\002\362 _\200#_qu\303al\017\005\277E\260.\331Fex\310a\001\335\001C\005sf\010\313.__\367tes\370@_is_\277corout\316 _\377ucbindin}g\007\000h_x86\3433\376\337-asyncio\365.@\006s\241\204\002sc_v\377oid_pcas\353tc\256A_\364\000tra\377cebackct\177ypesfho\205\000{ns\373`mspc\254A\327pop\211\204\006.\207\204\010se\003lf\260O\254I\300`\364\204\004\254I\244G\337ucuc_\351\204\001st\363op\010\000\303\205\001_add\356\003\005del\036\000reg\353_r\341`u\261\000bun\325i\235 n\000\004.\010\004_p\177y3value\000\002\371s\247 \303 nst\200\001\377\330\004\n\210+\220Q\200\377A\340\010\013\2104\210s\377\220-\230s\240\"\240C\377\240x\250r\260\024\260S\377\270\001\330\014\020\220\003\220\367?\240!\032\007/\240\023\240\377B\240c\250\027\260\002\260\337$\260c\270\021\037\002\320\023\367$\240AE\001\014\210C\210\367x\220q\003\005{\230!\330\335\010\020\001~\230Q\027\005\177\230}a#\004\320\017 \240\001{\001\177\025\220T\230\023\230A%\003\377y\230\001\330\010\017\210q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 760, 1119);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1028 bytes) */
-static const char bytes[] = "(tree fragment).?cannot add the block hookdisableenablegcisenabledno default __reduce__ due to non-trivial __cinit__qemu_lite/_vcpu_hooks.pyxFIRED_BLOCKSFIRED_POKEFIRED_TIMEFIRED_WINDOWUC_X86_REG_EFLAGSVcpuHooksVcpuHooks.__reduce_cython__VcpuHooks.__setstate_cython__VcpuHooks.advance_deadlineVcpuHooks.pokeVcpuHooks.set_block_deadlineVcpuHooks.set_deadlineVcpuHooks.skip_once_atVcpuHooks.take_fired__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_ucbinding_uch_x86advance_deadlineasyncio.coroutinesblocksc_void_pcastcline_in_tracebackctypesfhost_nsitemspcpokepopqemu_lite._vcpu_hooksselfset_block_deadlineset_deadlinesetdefaultskip_once_attake_fireducuc_emu_stopuc_hook_adduc_hook_deluc_reg_readuclibunicornunicorn.unicorn_py3valuevaluesx86_const\200\001\330\004\n\210+\220Q\200A\340\010\013\2104\210s\220-\230s\240\"\240C\240x\250r\260\024\260S\270\001\330\014\020\220\003\220?\240!\200A\340\010\014\210C\210x\220q\200A\340\010\014\210C\210{\230!\330\010\014\210C\210~\230Q\200A\340\010\014\210C\210\177\230a\200A\340\010\014\210C\320\017 \240\001\200A\340\010\025\220T\230\023\230A\330\010\014\210C\210y\230\001\330\010\017\210q";
+    #else /* compression: none (1119 bytes) */
+static const char bytes[] = "(tree fragment).?cannot add the block hookdisableenablegcisenabledno default __reduce__ due to non-trivial __cinit__qemu_lite/_vcpu_hooks.pyxFIRED_BLOCKSFIRED_POKEFIRED_TIMEFIRED_WINDOWUC_X86_REG_EFLAGSVcpuHooksVcpuHooks.__reduce_cython__VcpuHooks.__setstate_cython__VcpuHooks.advance_block_deadlineVcpuHooks.advance_deadlineVcpuHooks.pokeVcpuHooks.set_block_deadlineVcpuHooks.set_deadlineVcpuHooks.skip_once_atVcpuHooks.take_fired__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_ucbinding_uch_x86advance_block_deadlineadvance_deadlineasyncio.coroutinesblocksc_void_pcastcline_in_tracebackctypesfhost_nsitemspcpokepopqemu_lite._vcpu_hooksselfset_block_deadlineset_deadlinesetdefaultskip_once_attake_fireducuc_emu_stopuc_hook_adduc_hook_deluc_reg_readuclibunicornunicorn.unicorn_py3valuevaluesx86_const\200\001\330\004\n\210+\220Q\200A\340\010\013\2104\210s\220-\230s\240\"\240C\240x\250r\260\024\260S\270\001\330\014\020\220\003\220?\240!\200A\340\010\013\2104\210s\220/\240\023\240B\240c\250\027\260\002\260$\260c\270\021\330\014\020\220\003\320\023$\240A\200A\340\010\014\210C\210x\220q\200A\340\010\014\210C\210{\230!\330\010\014\210C\210~\230Q\200A\340\010\014\210C\210\177\230a\200A\340\010\014\210C\320\017 \240\001\200A\340\010\025\220T\230\023\230A\330\010\014\210C\210y\230\001\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 75; i++) {
+    for (int i = 0; i < 77; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 10) PyUnicode_InternInPlace(&string);
@@ -6257,8 +6438,8 @@ static const char bytes[] = "(tree fragment).?cannot add the block hookdisableen
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 75; i < 82; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-75].length;
+    for (int i = 77; i < 85; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-77].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -6268,15 +6449,15 @@ static const char bytes[] = "(tree fragment).?cannot add the block hookdisableen
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 82; i++) {
+    for (Py_ssize_t i = 0; i < 85; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 75;
-      for (Py_ssize_t i=0; i<7; ++i) {
+      PyObject **table = stringtab + 77;
+      for (Py_ssize_t i=0; i<8; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -6373,33 +6554,38 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 109};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_host_ns};
-    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_set_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_C_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_blocks};
+    __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_advance_block_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_4s_Bc_c_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 113};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 114};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_host_ns};
-    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_advance_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_4s_s_Cxr_S, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_set_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_C_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 118};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 118};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_host_ns};
+    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_advance_deadline, __pyx_mstate->__pyx_kp_b_iso88591_A_4s_s_Cxr_S, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 123};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_Cxq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_poke, __pyx_mstate->__pyx_kp_b_iso88591_A_Cxq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 122};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 127};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_f};
-    __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_take_fired, __pyx_mstate->__pyx_kp_b_iso88591_A_T_A_Cy_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_qemu_lite__vcpu_hooks_pyx, __pyx_mstate->__pyx_n_u_take_fired, __pyx_mstate->__pyx_kp_b_iso88591_A_T_A_Cy_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;

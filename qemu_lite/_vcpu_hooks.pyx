@@ -106,6 +106,11 @@ cdef class VcpuHooks:
         """Stop the engine once ``blocks`` blocks have run (0: no deadline)."""
         self.st.stop_at_block = blocks
 
+    def advance_block_deadline(self, uint64_t blocks):
+        """Bring the block deadline forward to ``blocks`` if that is sooner."""
+        if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:
+            self.st.stop_at_block = blocks
+
     def set_deadline(self, uint64_t host_ns):
         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
         self.st.deadline_ns = host_ns

@@ -59,6 +59,13 @@ def make_parser() -> argparse.ArgumentParser:
                    help="bound the number of shadow pages (least recently used are recycled)")
     p.add_argument("--mmu-stats", action="store_true",
                    help="print the shadow MMU's statistics to stderr at exit")
+    p.add_argument("--deterministic", action="store_true",
+                   help="guest time follows guest progress, not the host clock: the same "
+                        "image and input give the same output (the RTC starts at "
+                        "2000-01-01 unless --rtc base= is given; CPUID hides the TSC)")
+    p.add_argument("--rtc", "-rtc", metavar="base=WHEN",
+                   help="RTC start: base=utc (the host's time, default), or "
+                        "base=YYYY-MM-DDTHH:MM:SS (UTC), as QEMU's -rtc base=")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
@@ -103,9 +110,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for path, what in ((disk, "disk image"), (args.kernel, "kernel"), (args.bios, "BIOS")):
         if path is not None and not os.path.isfile(path):
             return _fail(f"cannot open {what} '{path}': No such file")
+    rtc_base = None
+    if args.rtc:
+        try:
+            rtc_base = _parse_rtc(args.rtc)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         machine = Machine(disk, memory=args.memory, serial=args.serial, bios=args.bios,
-                          mmu=args.mmu, snapshot=snapshot, no_reboot=args.no_reboot)
+                          mmu=args.mmu, snapshot=snapshot, no_reboot=args.no_reboot,
+                          deterministic=args.deterministic, rtc_base=rtc_base)
     except (BlockImageError, ValueError, OSError) as exc:
         return _fail(str(exc))
     if args.mmu_pages is not None:
@@ -164,3 +178,21 @@ def _print_mmu_stats(machine: Machine) -> None:
     print(f"qemu-lite: MMU statistics ({machine.mmu_mode}):", file=sys.stderr)
     for name, value in stats.items():
         print(f"  {name:<{width}}  {value}", file=sys.stderr)
+
+
+def _parse_rtc(spec: str) -> float | None:
+    """QEMU's ``-rtc base=utc|YYYY-MM-DDTHH:MM:SS`` -> Unix time (None: host time)."""
+    import datetime
+
+    key, _, value = spec.partition("=")
+    if key != "base" or not value:
+        raise ValueError(f"invalid --rtc {spec!r} (use base=utc or base=2020-01-01T00:00:00)")
+    if value == "utc":
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"invalid --rtc date {value!r} (use YYYY-MM-DDTHH:MM:SS)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()

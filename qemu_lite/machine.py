@@ -28,12 +28,16 @@ from mmu_core._core import (
     TLB_NATIVE,
 )
 from qemu_lite._vcpu_hooks import VcpuHooks
-from qemu_lite.clock import HostClock
+from qemu_lite.clock import HostClock, VirtualClock
+from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.events import PF
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
 log = logging.getLogger(__name__)
+
+# 2000-01-01T00:00:00Z: the RTC's time in deterministic runs unless rtc_base is given.
+DETERMINISTIC_RTC_BASE = 946684800.0
 
 MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY, "cached": 2, "naive": 3}
 
@@ -118,6 +122,8 @@ class Machine:
         mmu: str = "cached",
         snapshot: bool = False,
         no_reboot: bool = False,
+        deterministic: bool = False,
+        rtc_base: float | None = None,
     ) -> None:
         if mmu not in MMU_MODES:
             raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
@@ -128,10 +134,18 @@ class Machine:
         self.core = mmu_core.Core(self.uc, self.memory_size, MMU_MODES[mmu])
         self.cpu = VCpu(self.uc, self.core, reset_ctx)
         self.hooks = VcpuHooks(self.uc)
-        self.clock = HostClock()
-        # A timer armed by a device during a slice must end that slice in time.
-        self.clock.on_schedule = lambda guest_ns: self.hooks.advance_deadline(
-            self.clock.host_deadline_ns(guest_ns))
+        self.deterministic = deterministic
+        self.clock: HostClock | VirtualClock
+        if deterministic:
+            self.clock = VirtualClock(self.hooks)
+            self.clock.on_schedule = self._timer_armed_virtual
+            rtc_base = DETERMINISTIC_RTC_BASE if rtc_base is None else rtc_base
+        else:
+            self.clock = HostClock()
+            self.clock.on_schedule = self._timer_armed_host
+        self.rtc_base = rtc_base
+        self.cpuid = CpuidModel(hide_tsc=deterministic)
+        self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         self._vcpu_thread: int | None = None
         self._wake = threading.Event()
         self._stop_reason: RunResult | None = None
@@ -145,6 +159,16 @@ class Machine:
         from qemu_lite import pc  # the board: which device sits where
 
         self.board = pc.build(self, disk=disk, serial=serial, snapshot=snapshot)
+
+    def _timer_armed_host(self, guest_ns: int) -> None:
+        # A timer armed by a device during a slice must end that slice in time.
+        assert isinstance(self.clock, HostClock)
+        self.hooks.advance_deadline(self.clock.host_deadline_ns(guest_ns))
+
+    def _timer_armed_virtual(self, guest_ns: int) -> None:
+        assert isinstance(self.clock, VirtualClock)
+        blocks = self.clock.block_deadline(guest_ns)
+        self.hooks.advance_block_deadline(blocks)
 
     # -- building ---------------------------------------------------------------
 
@@ -334,10 +358,14 @@ class Machine:
             dev.reset()
 
     def _next_due(self, wall_deadline: int | None) -> int | None:
-        """Host monotonic ns of the next timer or the end of the time budget."""
+        """Host monotonic ns of the next timer or the end of the time budget.
+
+        In deterministic mode timers are block deadlines instead (set here too)."""
         due = wall_deadline
         guest = self.clock.next_deadline()
-        if guest is not None:
+        if isinstance(self.clock, VirtualClock):
+            self.hooks.set_block_deadline(0 if guest is None else self.clock.block_deadline(guest))
+        elif guest is not None:
             t = self.clock.host_deadline_ns(guest)
             due = t if due is None else min(due, t)
         return due
@@ -349,6 +377,11 @@ class Machine:
                 self.cpu.halted = False
                 return
             due = self._next_due(wall_deadline)
+            guest = self.clock.next_deadline()
+            if isinstance(self.clock, VirtualClock) and guest is not None:
+                self.clock.skip_to(guest)  # idle time costs nothing in virtual time
+                self._service()
+                continue
             now = time.monotonic_ns()
             if due is not None and due <= now:
                 return

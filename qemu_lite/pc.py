@@ -106,7 +106,7 @@ def build(machine: Machine, *, disk: str | os.PathLike[str] | BlockImage | None,
     pit = Pit8254(clock, irqs.line(IRQ_PIT))
     add(PIT, 4, pit.ports)
     add(PORT61, 1, pit.port61)
-    rtc = Rtc(clock, irqs.line(IRQ_RTC))
+    rtc = Rtc(clock, irqs.line(IRQ_RTC), base_time=machine.rtc_base)
     rtc.set_memory_size(machine.memory_size)
     add(RTC, 2, rtc)
     kbc = I8042(irqs.line(IRQ_KBD), irqs.line(IRQ_MOUSE), on_reset=machine.reset,

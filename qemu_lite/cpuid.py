@@ -1,0 +1,85 @@
+"""What CPUID tells the guest: Unicorn's CPU model, shaped to what the machine implements.
+
+The table is read once per process from a scratch engine running the CPUID
+instruction natively; the hook then answers every guest CPUID from it with
+these changes: no x2APIC and no TSC-deadline timer (neither works without
+MSR hooks, DESIGN fact 11), no MONITOR/MWAIT, and, when asked, no TSC at all
+(``hide_tsc``) for deterministic runs of guests that honour CPUID.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+from unicorn import x86_const as X
+
+# leaf 1
+ECX_MONITOR = 1 << 3
+ECX_X2APIC = 1 << 21
+ECX_TSC_DEADLINE = 1 << 24
+EDX_TSC = 1 << 4
+# leaf 0x80000001 / 0x80000007
+EDX_RDTSCP = 1 << 27
+EDX_INVARIANT_TSC = 1 << 8
+
+SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 3, 0xD: 4}  # leaves with sub-leaves, and how many we read
+
+Regs = tuple[int, int, int, int]
+
+
+def _native(uc: Uc, leaf: int, subleaf: int) -> Regs:
+    uc.reg_write(X.UC_X86_REG_RAX, leaf)
+    uc.reg_write(X.UC_X86_REG_RCX, subleaf)
+    uc.emu_start(0x1000, 0x1002)
+    return tuple(int(uc.reg_read(r)) for r in (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX,
+                                               X.UC_X86_REG_ECX, X.UC_X86_REG_EDX))  # type: ignore[return-value]
+
+
+@functools.cache
+def native_table() -> dict[tuple[int, int], Regs]:
+    """CPUID of Unicorn's default x86-64 CPU model, leaf by leaf."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x0f\xa2")
+    table: dict[tuple[int, int], Regs] = {}
+    for base in (0, 0x80000000):
+        top = _native(uc, base, 0)[0]
+        for leaf in range(base, min(top, base + 0x40) + 1):
+            for sub in range(SUBLEAF_LEAVES.get(leaf, 1)):
+                table[(leaf, sub)] = _native(uc, leaf, sub)
+    return table
+
+
+class CpuidModel:
+    """Answers CPUID from the shaped table; unknown leaves read as zeros."""
+
+    def __init__(self, hide_tsc: bool = False) -> None:
+        table = dict(native_table())
+        a, b, c, d = table[(1, 0)]
+        c &= ~(ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE)
+        if hide_tsc:
+            d &= ~EDX_TSC
+            for key, mask in (((0x80000001, 0), EDX_RDTSCP), ((0x80000007, 0), EDX_INVARIANT_TSC)):
+                if key in table:
+                    ea, eb, ec, ed = table[key]
+                    table[key] = (ea, eb, ec, ed & ~mask)
+        table[(1, 0)] = (a, b, c, d)
+        self.table = table
+        self.max_basic = table[(0, 0)][0]
+        self.max_extended = table[(0x80000000, 0)][0]
+
+    def lookup(self, leaf: int, subleaf: int) -> Regs:
+        leaf &= 0xFFFFFFFF
+        if (leaf < 0x80000000 and leaf > self.max_basic) or leaf > self.max_extended:
+            return (0, 0, 0, 0)
+        sub = subleaf & 0xFFFFFFFF if leaf in SUBLEAF_LEAVES else 0
+        return self.table.get((leaf, sub), (0, 0, 0, 0))
+
+    def hook(self, uc: Uc) -> bool:
+        """The CPUID instruction hook: write EAX-EDX, skip the native instruction."""
+        regs = self.lookup(uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX))
+        for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
+                               X.UC_X86_REG_RDX), regs, strict=True):
+            uc.reg_write(reg, value)
+        return True

@@ -1,0 +1,119 @@
+"""The Linux x86 boot protocol, as QEMU's ``-kernel`` uses it (Documentation/x86/boot.rst).
+
+A bzImage's protected-mode part is loaded at 1 MiB, ``boot_params`` (the
+"zero page") gets the setup header, an E820 map, the command line and the
+initrd's place, and the CPU enters the kernel through the 64-bit boot
+protocol: long mode with identity-mapped page tables, flat __BOOT_CS/__BOOT_DS
+segments, RSI = boot_params, at the load address + 0x200.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qemu_lite.machine import Machine
+
+HDRS_MAGIC = b"HdrS"
+XLF_KERNEL_64 = 1 << 0
+LOADED_HIGH = 1 << 0
+CAN_USE_HEAP = 1 << 7
+
+# Where the loader puts things in conventional memory.
+BOOT_PARAMS = 0x10000
+CMDLINE = 0x20000
+GDT = 0x1000
+PAGE_TABLES = 0x2000  # PML4, PDPT, then four page directories
+KERNEL_LOAD = 0x100000
+
+E820_RAM, E820_RESERVED = 1, 2
+LOW_RAM_END = 0x9FC00
+
+
+class LinuxBootError(ValueError):
+    """The file is not a kernel this loader can boot."""
+
+
+def is_bzimage(image: bytes) -> bool:
+    return len(image) > 0x264 and image[0x202:0x206] == HDRS_MAGIC
+
+
+def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
+    return [(0, LOW_RAM_END, E820_RAM),
+            (LOW_RAM_END, 0xA0000 - LOW_RAM_END, E820_RESERVED),
+            (0xF0000, 0x10000, E820_RESERVED),
+            (0x100000, ram_size - 0x100000, E820_RAM)]
+
+
+def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "",
+         initrd_path: str | os.PathLike[str] | None = None) -> None:
+    """Load a bzImage (and initrd) into ``machine`` and point its CPU at the 64-bit entry."""
+    name = os.fspath(kernel_path)
+    with open(kernel_path, "rb") as f:
+        image = f.read()
+    if not is_bzimage(image):
+        raise LinuxBootError(f"{name}: not a Linux bzImage (no HdrS setup header)")
+    version = struct.unpack_from("<H", image, 0x206)[0]
+    if version < 0x20C:
+        raise LinuxBootError(f"{name}: boot protocol {version >> 8}.{version & 0xFF} is too old "
+                             "(2.12 or newer is needed for the 64-bit entry)")
+    xloadflags = struct.unpack_from("<H", image, 0x236)[0]
+    if not xloadflags & XLF_KERNEL_64:
+        raise LinuxBootError(f"{name}: kernel has no 64-bit entry point (32-bit kernels "
+                             "are not supported yet)")
+    setup_sects = image[0x1F1] or 4
+    kernel = image[(setup_sects + 1) * 512:]
+    ram = machine.memory_size
+    init_size = struct.unpack_from("<I", image, 0x260)[0]
+    if KERNEL_LOAD + max(init_size, len(kernel)) > ram:
+        raise LinuxBootError(f"{name}: needs {init_size >> 20} MiB above 1 MiB; give the "
+                             "machine more memory (-m)")
+    machine.write_memory(KERNEL_LOAD, kernel)
+
+    params = bytearray(4096)
+    header_end = 0x202 + image[0x201]  # the jump at 0x200 skips the header
+    params[0x1F1:header_end] = image[0x1F1:header_end]
+    params[0x210] = 0xFF  # type_of_loader: undefined loader
+    params[0x211] |= LOADED_HIGH | CAN_USE_HEAP
+    struct.pack_into("<H", params, 0x224, 0xFE00)  # heap_end_ptr
+    cmd = cmdline.encode() + b"\0"
+    cmdline_size = struct.unpack_from("<I", image, 0x238)[0]
+    if len(cmd) > cmdline_size + 1:
+        raise LinuxBootError(f"command line longer than the kernel accepts ({cmdline_size})")
+    machine.write_memory(CMDLINE, cmd)
+    struct.pack_into("<I", params, 0x228, CMDLINE)
+
+    if initrd_path is not None:
+        with open(initrd_path, "rb") as f:
+            initrd = f.read()
+        initrd_max = struct.unpack_from("<I", image, 0x22C)[0] or 0x37FFFFFF
+        top = min(ram, initrd_max + 1)
+        addr = (top - len(initrd)) & ~0xFFF
+        if addr < KERNEL_LOAD + init_size:
+            raise LinuxBootError(f"initrd {os.fspath(initrd_path)} ({len(initrd)} bytes) does "
+                                 "not fit beside the kernel; give the machine more memory (-m)")
+        machine.write_memory(addr, initrd)
+        struct.pack_into("<II", params, 0x218, addr, len(initrd))
+
+    entries = e820_map(ram)
+    params[0x1E8] = len(entries)
+    for i, (base, size, kind) in enumerate(entries):
+        struct.pack_into("<QQI", params, 0x2D0 + 20 * i, base, size, kind)
+    struct.pack_into("<H", params, 0x02, (ram - 0x100000) // 1024 if ram < (64 << 20) else 0xFC00)
+    machine.write_memory(BOOT_PARAMS, bytes(params))
+
+    _write_identity_page_tables(machine)
+    machine.cpu.enter_long_mode(KERNEL_LOAD + 0x200, GDT, PAGE_TABLES)
+    machine.set_reg("rsi", BOOT_PARAMS)
+
+
+def _write_identity_page_tables(machine: Machine) -> None:
+    """Map the first 4 GiB 1:1 with 2 MiB pages."""
+    pml4, pdpt, pds = PAGE_TABLES, PAGE_TABLES + 0x1000, PAGE_TABLES + 0x2000
+    machine.write_memory(pml4, struct.pack("<Q", pdpt | 0x3) + bytes(4088))
+    machine.write_memory(pdpt, b"".join(struct.pack("<Q", (pds + i * 0x1000) | 0x3)
+                                        for i in range(4)) + bytes(4096 - 32))
+    machine.write_memory(pds, b"".join(struct.pack("<Q", (i << 21) | 0x83)
+                                       for i in range(2048)))
