@@ -16,6 +16,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport calloc, free, realloc
 from cpython.ref cimport PyObject
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
 
 from mmu_core.includes.unicorn cimport *
@@ -92,6 +93,18 @@ PAGE_SIZE = 4096
 cdef uint64_t A20_BIT = 1 << 20
 
 
+cdef struct PioWindow:
+    # A device's data buffer the hooks may stream through without Python:
+    # accesses to ``port`` move ``pos`` while pos + size < end; the access that
+    # would reach ``end`` (and anything else) goes to the device in Python.
+    bint open
+    bint write
+    uint32_t port
+    uint8_t *buf
+    uint64_t pos
+    uint64_t end
+
+
 cdef struct CoreState:
     # Everything a hook reads without the GIL.  ``owner`` is the Core, used
     # only by hooks that call into Python.
@@ -112,6 +125,9 @@ cdef struct CoreState:
     int intno
     uint64_t fills
     bint a20_enabled
+    # PIO data windows: port accesses served from a device's buffer in C
+    PioWindow pio[4]
+    uint64_t pio_fast_accesses
     # The first CPU event of a slice, captured in the hook: a later phantom
     # fault (Unicorn fetching the emu_start "until" page) overwrites env.
     void *ev_ctx
@@ -144,6 +160,7 @@ cdef class Core:
     cdef object _error
     cdef object _cpuid_handler
     cdef readonly int tlb_mode
+    cdef list _pio_buffers
     cdef void *_ctx
     cdef size_t _ctx_size
 
@@ -167,6 +184,7 @@ cdef class Core:
         st.a20_enabled = True
         self._roms = []
         self._port_handlers = [None]
+        self._pio_buffers = [None, None, None, None]
         self.unclaimed_port_log = None
         self.tlb_mode = tlb_mode
         cdef void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
@@ -468,6 +486,38 @@ cdef class Core:
             self.st.port_slot[p] = slot
             self.st.port_base[p] = base
 
+    def pio_window_open(self, int index, int port, bytearray buffer, uint64_t pos, uint64_t end,
+                        bint write):
+        """Let the port hooks stream ``buffer[pos:end]`` for ``port`` in C (reads, or
+        writes when ``write``).  The access that would complete the window is left
+        to the device, which then sees the position from :meth:`pio_window_close`."""
+        if not 0 <= index < 4:
+            raise ValueError("PIO window index must be 0-3")
+        if end > <uint64_t>len(buffer) or pos > end:
+            raise ValueError("PIO window outside its buffer")
+        cdef PioWindow *w = &self.st.pio[index]
+        self._pio_buffers[index] = buffer  # keeps the memory alive while C points at it
+        w.buf = <uint8_t *>PyByteArray_AS_STRING(buffer)
+        w.port = port & 0xFFFF
+        w.pos = pos
+        w.end = end
+        w.write = write
+        w.open = True
+
+    def pio_window_close(self, int index):
+        """Close a window; return its position (-1 if it was not open)."""
+        cdef PioWindow *w = &self.st.pio[index]
+        if not w.open:
+            return -1
+        w.open = False
+        self._pio_buffers[index] = None
+        return w.pos
+
+    @property
+    def pio_fast_accesses(self):
+        """Port accesses served by a PIO window without Python."""
+        return self.st.pio_fast_accesses
+
     def port_owner(self, int port):
         """The handler claiming ``port``, or None."""
         return self._port_handlers[self.st.port_slot[port & 0xFFFF]]
@@ -527,10 +577,27 @@ cdef uint32_t _size_mask(int size) noexcept nogil:
     return 0xFFFFFFFF
 
 
+cdef inline PioWindow *_pio_window(CoreState *st, uint32_t port, int size, bint write) noexcept nogil:
+    cdef int i
+    cdef PioWindow *w
+    for i in range(4):
+        w = &st.pio[i]
+        if w.open and w.port == port and w.write == write and w.pos + <uint64_t>size < w.end:
+            return w
+    return NULL
+
+
 cdef uint32_t _hook_in(uc_engine *uc, uint32_t port, int size, void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
     cdef uint16_t slot = st.port_slot[port & 0xFFFF]
     cdef uint32_t mask = _size_mask(size)
+    cdef uint32_t value = 0
+    cdef PioWindow *w = _pio_window(st, port & 0xFFFF, size, False)
+    if w != NULL:
+        memcpy(&value, w.buf + w.pos, size)
+        w.pos += size
+        st.pio_fast_accesses += 1
+        return value
     if slot == 0:
         st.unclaimed_port_reads += 1
         if st.log_unclaimed:
@@ -554,6 +621,12 @@ cdef void _hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value,
     cdef CoreState *st = <CoreState *>user_data
     cdef uint16_t slot = st.port_slot[port & 0xFFFF]
     value &= _size_mask(size)
+    cdef PioWindow *w = _pio_window(st, port & 0xFFFF, size, True)
+    if w != NULL:
+        memcpy(w.buf + w.pos, &value, size)
+        w.pos += size
+        st.pio_fast_accesses += 1
+        return
     if slot == 0:
         st.unclaimed_port_writes += 1
         if st.log_unclaimed:

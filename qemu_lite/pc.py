@@ -26,6 +26,7 @@ from qemu_lite.devices.lapic import LocalApic
 from qemu_lite.devices.mc146818 import Rtc
 from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
+from qemu_lite.piofast import PioWindowedBlock
 
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
@@ -140,8 +141,8 @@ def build(machine: Machine, *, disk: str | os.PathLike[str] | BlockImage | None,
         disks.append(master)
         machine.add_closer(master.close)
     ide0 = IdeChannel(irqs.line(IRQ_IDE0), master)
-    add(IDE0_CMD, 8, ide0.command_block)
-    add(IDE0_CTL, 1, ide0.control_block)
+    add(IDE0_CMD, 8, PioWindowedBlock(machine.core, 0, ide0, ide0.command_block, IDE0_CMD))
+    add(IDE0_CTL, 1, PioWindowedBlock(machine.core, 0, ide0, ide0.control_block, IDE0_CMD))
 
     fw_cfg = FwCfg(machine.memory_size)
     add(FW_CFG, 2, fw_cfg)
