@@ -168,3 +168,18 @@ class Clock:
             fired += self.run_due()
         self._now = target
         return fired
+
+
+class PhysicalMemory(Protocol):
+    """Guest physical memory as a bus master (DMA engine) sees it.
+
+    ``read`` returns exactly ``n`` bytes from physical address ``paddr``;
+    ``write`` stores ``data`` there.  Both raise :class:`ValueError` for an
+    address range they cannot serve: the DMA engine then reports a bus error.
+    The machine's implementation also tells the MMU about the frames a
+    ``write`` touched, as it does for any other store that bypasses the CPU.
+    """
+
+    def read(self, paddr: int, n: int) -> bytes: ...
+
+    def write(self, paddr: int, data: bytes) -> None: ...

@@ -314,6 +314,7 @@ class Machine:
             self.hooks.set_deadline(self._next_due(wall_deadline) or 0)
             err = cpu.run_slice()
             flags, intno = core.take_stop()
+            stopped_by_block_hook = self.hooks.take_fired() != 0
             if flags & STOP_ERROR:
                 callback_error = core.take_error()
                 if callback_error is not None:
@@ -334,7 +335,8 @@ class Machine:
                     cpu.do_sysenter()
                 elif err is not None:
                     raise GuestError(self._describe_error(err))
-                elif not flags & (STOP_KICK | STOP_REQUEST) and cpu.stopped_on_hlt():
+                elif not flags and not stopped_by_block_hook and cpu.stopped_on_hlt():
+                    # Only HLT ends a slice without a stop flag or the block hook.
                     if not cpu.reg("rflags") & EFLAGS_IF:
                         return RunResult("halted", None, "guest halted with interrupts "
                                          f"disabled at {cpu.linear_pc() - 1:#x}")

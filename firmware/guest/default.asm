@@ -18,6 +18,8 @@ section stage2 follows=mbr vstart=STAGE2_ADDR
 stage2_start:
 %include "stage2.asm"
 stage2_end:
+        ; stage 2 must end below the page tables it builds at 10000h
+        times 0 - ((stage2_end - stage2_start) > (0x10000 - STAGE2_ADDR)) db 0
         times IMAGE_SIZE - 512 - ($ - $$) db 0
 
 STAGE2_SECTORS equ (stage2_end - stage2_start + 511) / 512
