@@ -518,6 +518,15 @@ cdef class Core:
         """Port accesses served by a PIO window without Python."""
         return self.st.pio_fast_accesses
 
+    def release_ports(self, int base, int count):
+        """Unclaim ports ``base .. base+count-1`` (a PCI BAR moved); they read all-ones again."""
+        cdef int p
+        if base < 0 or count <= 0 or base + count > 65536:
+            raise ValueError(f"bad port range {base:#x}+{count}")
+        for p in range(base, base + count):
+            self.st.port_slot[p] = 0
+            self.st.port_base[p] = 0
+
     def port_owner(self, int port):
         """The handler claiming ``port``, or None."""
         return self._port_handlers[self.st.port_slot[port & 0xFFFF]]

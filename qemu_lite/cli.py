@@ -33,7 +33,14 @@ def make_parser() -> argparse.ArgumentParser:
                "8 reset under --no-reboot.",
     )
     p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
-    p.add_argument("-hda", dest="hda", metavar="FILE", help="same as DISK")
+    p.add_argument("-hda", "--hda", dest="hda", metavar="FILE", help="same as DISK")
+    p.add_argument("-hdb", "--hdb", dest="hdb", metavar="FILE", help="primary IDE slave disk")
+    p.add_argument("-cdrom", "--cdrom", dest="cdrom", metavar="FILE",
+                   help="CD-ROM image (ISO) on the secondary IDE master, read-only")
+    p.add_argument("--drive", "-drive", action="append", default=[], metavar="SPEC",
+                   help="file=PATH[,media=disk|cdrom][,readonly=on][,index=0-3][,if=ide]")
+    p.add_argument("--boot", "-boot", default="c", choices=["c", "d"],
+                   help="boot from the hard disk (c, default) or the CD-ROM (d)")
     p.add_argument("-m", "--memory", default="64M", metavar="SIZE",
                    help="guest RAM, e.g. 64M or 1G (plain numbers are MiB; default 64M)")
     p.add_argument("--serial", "-serial", default="stdio", metavar="SPEC",
@@ -92,6 +99,7 @@ def _fail(message: str) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path, parse_size
+    from qemu_lite.pc import Drive, parse_drive
     from qemu_lite.vcpu import GuestError, TripleFault
 
     if args.disk and args.hda:
@@ -102,12 +110,21 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(exc))
     disk = args.disk or args.hda
     snapshot = args.snapshot
-    if disk is None and args.kernel is None:
+    drives: list[Drive] = []
+    for spec in args.drive:
+        try:
+            drives.append(parse_drive(spec, next_index=len(drives)))
+        except ValueError as exc:
+            parser.error(str(exc))
+    if disk is None and args.kernel is None and not drives and not args.cdrom and not args.hdb:
         disk = bundled_firmware_path("default.img")
         snapshot = True  # the bundled image is package data: never write it
     if args.kernel and args.initrd and _is_bzimage(args.kernel) and not os.path.isfile(args.initrd):
         return _fail(f"cannot open initrd '{args.initrd}': No such file")
-    for path, what in ((disk, "disk image"), (args.kernel, "kernel"), (args.bios, "BIOS")):
+    extra = [(d.file, "drive image") for d in drives] + [(args.hdb, "disk image"),
+                                                        (args.cdrom, "CD-ROM image")]
+    for path, what in ((disk, "disk image"), (args.kernel, "kernel"), (args.bios, "BIOS"),
+                       *extra):
         if path is not None and not os.path.isfile(path):
             return _fail(f"cannot open {what} '{path}': No such file")
     rtc_base = None
@@ -117,7 +134,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ValueError as exc:
             parser.error(str(exc))
     try:
-        machine = Machine(disk, memory=args.memory, serial=args.serial, bios=args.bios,
+        machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
+                          memory=args.memory, serial=args.serial, bios=args.bios,
                           mmu=args.mmu, snapshot=snapshot, no_reboot=args.no_reboot,
                           deterministic=args.deterministic, rtc_base=rtc_base)
     except (BlockImageError, ValueError, OSError) as exc:

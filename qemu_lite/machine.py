@@ -20,18 +20,19 @@ from mmu_core._core import (
     STOP_FAULT,
     STOP_INTERRUPT,
     STOP_INVALID,
-    STOP_KICK,
     STOP_REQUEST,
     STOP_SYSCALL,
     STOP_SYSENTER,
     TLB_IDENTITY,
     TLB_NATIVE,
 )
+from qemu_lite import pc
 from qemu_lite._vcpu_hooks import VcpuHooks
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.events import PF
+from qemu_lite.pc import Drive
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ class Machine:
         self,
         disk: str | os.PathLike[str] | None = None,
         *,
+        hdb: str | os.PathLike[str] | None = None,
+        cdrom: str | os.PathLike[str] | None = None,
+        drives: list[Drive] | None = None,
+        boot: str = "c",
         memory: str | int = "64M",
         serial: str | None = "none",
         bios: bytes | str | os.PathLike[str] | None = None,
@@ -156,9 +161,14 @@ class Machine:
         self._closers: list[Callable[[], None]] = []
         self._pollers: list[Callable[[], None]] = []
         self._load_bios(bios)
-        from qemu_lite import pc  # the board: which device sits where
-
-        self.board = pc.build(self, disk=disk, serial=serial, snapshot=snapshot)
+        all_drives = list(drives or [])
+        for index, path, media in ((0, disk, "disk"), (1, hdb, "disk"), (2, cdrom, "cdrom")):
+            if path is not None:
+                all_drives.append(pc.Drive(path, media, index))
+        if boot not in ("c", "d"):
+            raise ValueError(f"boot order must be c (hard disk) or d (CD-ROM), not {boot!r}")
+        self.board = pc.build(self, drives=all_drives, serial=serial, snapshot=snapshot,
+                              boot=boot)
 
     def _timer_armed_host(self, guest_ns: int) -> None:
         # A timer armed by a device during a slice must end that slice in time.

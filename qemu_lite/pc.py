@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING
 from qemu_lite.devices.backends import open_backend
 from qemu_lite.devices.base import IrqLine
 from qemu_lite.devices.block import BlockImage
+from qemu_lite.devices.bmdma import PiixIde
 from qemu_lite.devices.debugport import DebugCon, IsaDebugExit, PostCode
 from qemu_lite.devices.fw_cfg import FwCfg
 from qemu_lite.devices.i8042 import I8042
 from qemu_lite.devices.i8254 import Pit8254
 from qemu_lite.devices.i8259 import PicPair
-from qemu_lite.devices.ide import IdeChannel
+from qemu_lite.devices.ide import CdRom, IdeChannel, IdeMedium
 from qemu_lite.devices.ioapic import IoApic, route_to_lapic
 from qemu_lite.devices.lapic import LocalApic
 from qemu_lite.devices.mc146818 import Rtc
+from qemu_lite.devices.pci import I440fxHostBridge, PciBus, PciConfigPorts, Piix3IsaBridge
 from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
 from qemu_lite.piofast import PioWindowedBlock
@@ -38,6 +40,9 @@ ISA_DEBUG_EXIT = 0xF4
 DEBUGCON = 0xE9
 POST = 0x80
 FW_CFG = 0x510
+FW_CFG_BOOT_DEVICE = 0x0C
+PCI_CONFIG = 0xCF8
+BMDMA_PORTS = 16
 PIC_MASTER, PIC_SLAVE, ELCR = 0x20, 0xA0, 0x4D0
 PIT, PORT61 = 0x40, 0x61
 I8042_DATA, I8042_CMD = 0x60, 0x64
@@ -67,6 +72,46 @@ class IsaIrqs:
         return IrqLine(self, irq)
 
 
+@dataclass(frozen=True)
+class Drive:
+    """One IDE drive: ``index`` 0-3 is primary master/slave, secondary master/slave."""
+
+    file: str | os.PathLike[str] | BlockImage
+    media: str = "disk"  # or "cdrom"
+    index: int = 0
+    readonly: bool = False
+
+
+def parse_drive(spec: str, next_index: int = 0) -> Drive:
+    """QEMU's ``-drive file=PATH,if=ide,media=disk|cdrom,readonly=on,index=N``."""
+    opts: dict[str, str] = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"--drive: expected key=value, got {part!r}")
+        opts[key] = value
+    unknown = set(opts) - {"file", "if", "media", "readonly", "index", "format"}
+    if unknown:
+        raise ValueError(f"--drive: unknown option {sorted(unknown)[0]!r}")
+    if "file" not in opts:
+        raise ValueError("--drive needs file=PATH")
+    if opts.get("if", "ide") != "ide":
+        raise ValueError(f"--drive: only if=ide is emulated, not {opts['if']!r}")
+    if opts.get("format", "raw") != "raw":
+        raise ValueError(f"--drive: only raw images are supported, not {opts['format']!r}")
+    media = opts.get("media", "disk")
+    if media not in ("disk", "cdrom"):
+        raise ValueError(f"--drive: media must be disk or cdrom, not {media!r}")
+    readonly = opts.get("readonly", "off") in ("on", "true", "yes", "1")
+    try:
+        index = int(opts.get("index", next_index))
+    except ValueError:
+        raise ValueError(f"--drive: bad index {opts['index']!r}") from None
+    if not 0 <= index <= 3:
+        raise ValueError("--drive: index must be 0-3 (primary/secondary, master/slave)")
+    return Drive(opts["file"], media, index, readonly)
+
+
 @dataclass
 class Board:
     """The devices of one machine, by role."""
@@ -80,14 +125,17 @@ class Board:
     com1: Uart16550
     com2: Uart16550 | None
     ide0: IdeChannel
+    ide1: IdeChannel
+    pci: PciBus
+    piix_ide: PiixIde
     fw_cfg: FwCfg
     debugcon: DebugCon
     post: PostCode
     disks: list[BlockImage] = field(default_factory=list)
 
 
-def build(machine: Machine, *, disk: str | os.PathLike[str] | BlockImage | None,
-          serial: str | None, serial2: str | None = None, snapshot: bool = False) -> Board:
+def build(machine: Machine, *, drives: list[Drive], serial: str | None,
+          serial2: str | None = None, snapshot: bool = False, boot: str = "c") -> Board:
     add = machine.add_device
     clock = machine.clock
 
@@ -134,22 +182,68 @@ def build(machine: Machine, *, disk: str | os.PathLike[str] | BlockImage | None,
             machine.add_closer(backend2.close)
         machine.add_poller(com2.pump)
 
+    media: list[IdeMedium | None] = [None, None, None, None]
     disks: list[BlockImage] = []
-    master = None
-    if disk is not None:
-        master = disk if isinstance(disk, BlockImage) else BlockImage.open(disk, snapshot=snapshot)
-        disks.append(master)
-        machine.add_closer(master.close)
-    ide0 = IdeChannel(irqs.line(IRQ_IDE0), master)
-    add(IDE0_CMD, 8, PioWindowedBlock(machine.core, 0, ide0, ide0.command_block, IDE0_CMD))
-    add(IDE0_CTL, 1, PioWindowedBlock(machine.core, 0, ide0, ide0.control_block, IDE0_CMD))
+    for drive in drives:
+        if media[drive.index] is not None:
+            raise ValueError(f"two drives at IDE index {drive.index}")
+        cdrom = drive.media == "cdrom"
+        if isinstance(drive.file, BlockImage):
+            image = drive.file
+        else:
+            image = BlockImage.open(drive.file, readonly=drive.readonly or cdrom,
+                                    snapshot=snapshot and not (drive.readonly or cdrom))
+        disks.append(image)
+        machine.add_closer(image.close)
+        media[drive.index] = CdRom(image) if cdrom else image
+    ide0 = IdeChannel(irqs.line(IRQ_IDE0), media[0], media[1])
+    ide1 = IdeChannel(irqs.line(IRQ_IDE1), media[2], media[3], serial_base=3)
+    for index, (channel, cmd, ctl) in enumerate(((ide0, IDE0_CMD, IDE0_CTL),
+                                                 (ide1, IDE1_CMD, IDE1_CTL))):
+        add(cmd, 8, PioWindowedBlock(machine.core, index, channel, channel.command_block, cmd))
+        add(ctl, 1, PioWindowedBlock(machine.core, index, channel, channel.control_block, cmd))
+
+    # PCI: i440FX host bridge, PIIX3 ISA bridge and IDE function (bus-master DMA).
+    pci = PciBus()
+    pci.add(0, 0, I440fxHostBridge())
+    pci.add(1, 0, Piix3IsaBridge())
+    piix_ide = PiixIde(GuestPhysicalMemory(machine), ide0, ide1)
+
+    def move_bmdma(old: int | None, new: int | None) -> None:
+        if old is not None:
+            machine.core.release_ports(old, BMDMA_PORTS)
+        if new is not None:
+            machine.add_device(new, BMDMA_PORTS, piix_ide.bmdma_ports)
+
+    piix_ide.on_bar_change = move_bmdma
+    pci.add(1, 1, piix_ide)
+    add(PCI_CONFIG, 8, PciConfigPorts(pci, on_reset=machine.reset))
+    machine.add_resettable(pci)
 
     fw_cfg = FwCfg(machine.memory_size)
+    fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot), 2)
     add(FW_CFG, 2, fw_cfg)
     debugcon = DebugCon()
     add(DEBUGCON, 1, debugcon)
     post = PostCode()
     add(POST, 1, post)
     add(ISA_DEBUG_EXIT, 1, IsaDebugExit(machine.exit))
-    return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, fw_cfg, debugcon, post,
-                 disks)
+    return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
+                 fw_cfg, debugcon, post, disks)
+
+
+class GuestPhysicalMemory:
+    """Guest RAM as bus-master DMA sees it; writes are reported to the shadow MMU."""
+
+    def __init__(self, machine: Machine) -> None:
+        self._machine = machine
+
+    def read(self, paddr: int, n: int) -> bytes:
+        if paddr < 0 or paddr + n > self._machine.memory_size:
+            raise ValueError(f"DMA read outside RAM at {paddr:#x}")
+        return self._machine.read_memory(paddr, n)
+
+    def write(self, paddr: int, data: bytes) -> None:
+        if paddr < 0 or paddr + len(data) > self._machine.memory_size:
+            raise ValueError(f"DMA write outside RAM at {paddr:#x}")
+        self._machine.write_memory(paddr, data)
