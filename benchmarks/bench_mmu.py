@@ -1,69 +1,74 @@
-"""Shadow MMU modes compared on the same guests (pytest-benchmark).
+"""How much does the shadow cache buy, on which workload?  (pytest-benchmark)
 
-``cr3_switch``: eight address spaces, every round loads each CR3 and touches
-256 private pages: ``cached`` reuses the shadow roots of earlier loads,
-``naive`` rebuilds them, ``native`` is Unicorn's own MMU.  ``stores``: a
-store loop over 16 MiB of 4 KiB pages (DESIGN fact 12: data fills without
-EXEC keep stores on Unicorn's fast path).  The MMU statistics of each run go
-to ``benchmark.extra_info``.
+Every workload guest of ``workloads.WORKLOADS`` runs under each MMU mode:
+``cached`` (shadow pages kept across CR3 loads, roots reused), ``naive``
+(the same shadow MMU, everything dropped at each CR3 load) and ``native``
+(Unicorn's own MMU), with the default shadow page bound and with a small one
+(64 pages, least recently used recycled).  Each test runs the guest twice
+(two rounds); both runs must print the same checksum as every other mode and
+give identical MMU counters.  The second run's counters go to
+``benchmark.extra_info`` beside the time.
 
     pytest benchmarks/bench_mmu.py --benchmark-only
+    pytest benchmarks/ --benchmark-only --benchmark-json=results.json
+    python benchmarks/report.py results.json -o report.png
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
+from workloads import (
+    MODES,
+    SMALL_BOUND,
+    WORKLOADS,
+    PreparedGuest,
+    Run,
+    Workload,
+    counts,
+    summarize,
+)
 
-from qemu_lite import Machine
-from qemu_lite.loaders import multiboot
+BOUNDS = {"default": None, "small": SMALL_BOUND}
 
-GUESTS = Path(__file__).parent / "guests"
-MODES = ["cached", "naive", "native"]
-
-
-def build(tmp_path_factory: pytest.TempPathFactory, name: str, **defines: int) -> Path:
-    nasm = shutil.which("nasm")
-    if nasm is None:
-        pytest.skip("nasm is needed to assemble the benchmark guests")
-    out = tmp_path_factory.mktemp("guests") / f"{name}.bin"
-    args = [nasm, "-f", "bin", "-i", f"{GUESTS}/", "-o", str(out)]
-    args += [f"-D{k}={v}" for k, v in defines.items()]
-    subprocess.run(args + [str(GUESTS / f"{name}.asm")], check=True)
-    return out
-
-
-def run_guest(kernel: Path, mmu: str) -> dict[str, float]:
-    with Machine(memory="64M", mmu=mmu) as m:
-        multiboot.load(m, kernel)
-        t0 = time.perf_counter()
-        result = m.run(timeout=120)
-        wall = time.perf_counter() - t0
-        assert result.reason == "exit" and result.exit_status == 1, result
-        stats: dict[str, float] = dict(m.core.mmu_stats()) if mmu != "native" else {}
-    stats["wall_s"] = wall
-    return stats
+CASES = [
+    pytest.param(w, mmu, bound, id=f"{w.name}-{mmu}-{bound}")
+    for w in WORKLOADS
+    for mmu in MODES
+    for bound in BOUNDS
+    if not (mmu == "native" and bound != "default")  # no shadow pages to bound
+]
 
 
-@pytest.mark.parametrize("mmu", MODES)
-def test_cr3_switch(benchmark, tmp_path_factory, mmu):
-    kernel = build(tmp_path_factory, "cr3_switch", ROUNDS=2000)
-    stats = benchmark.pedantic(run_guest, args=(kernel, mmu), rounds=3, iterations=1)
-    benchmark.group = "cr3_switch"
-    benchmark.extra_info.update(stats)
-    if mmu == "cached":
-        assert stats["roots_reused"] > stats["roots_created"]
+@pytest.mark.parametrize(("workload", "mmu", "bound"), CASES)
+def test_workload_mmu(benchmark, guests, reference_output, workload: Workload, mmu: str,
+                      bound: str):
+    kernel = guests(workload.source, workload.defines)
+    runs: list[Run] = []
+
+    def setup():
+        return (PreparedGuest(kernel, mmu, BOUNDS[bound]),), {}
+
+    def target(guest: PreparedGuest) -> None:
+        runs.append(guest.run())
+
+    benchmark.group = f"workload {workload.name}"
+    benchmark.pedantic(target, setup=setup, rounds=2, iterations=1)
+
+    first, last = runs[0], runs[-1]
+    expected = reference_output.setdefault(workload.name, first.checksum)
+    assert first.checksum == expected, f"{mmu}/{bound} printed {first.checksum}, " \
+        f"another mode printed {expected}"
+    assert last.checksum == expected
+    assert counts(first.stats) == counts(last.stats), \
+        "MMU counters differ between two runs of a timer-free guest"
+
+    info = summarize(last.stats, mmu, last.wall_s)
+    info.update(workload=workload.name, bound=bound,
+                max_shadow_pages=last.stats.get("sp_max") if mmu != "native" else None,
+                checksum=last.checksum, deterministic=True)
+    benchmark.extra_info.update(info)
+
+    if mmu == "cached" and bound == "default" and workload.name in ("cr3_switch", "paging32"):
+        assert info["roots_reused"] > info["roots_created"]
     if mmu == "naive":
-        assert stats["roots_reused"] == 0
-
-
-@pytest.mark.parametrize("mmu", MODES)
-def test_stores(benchmark, tmp_path_factory, mmu):
-    kernel = build(tmp_path_factory, "stores", PASSES=16)
-    stats = benchmark.pedantic(run_guest, args=(kernel, mmu), rounds=3, iterations=1)
-    benchmark.group = "stores"
-    benchmark.extra_info.update(stats)
+        assert info["roots_reused"] == 0

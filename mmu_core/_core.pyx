@@ -216,13 +216,13 @@ cdef class Core:
         self._add_hook(UC_HOOK_INSN, <void *>_hook_sysenter, UC_X86_INS_SYSENTER)
 
     def __dealloc__(self):
-        cdef int i
         if self.st == NULL:
             return
-        if self.st.uc != NULL:
-            for i in range(self._nhooks):
-                uc_hook_del(self.st.uc, self._hooks[i])
-        # The engine must not run after this: the Machine drops both together.
+        # The engine's hooks point at our state and its RAM is ours, so the
+        # engine goes down with us.  Closing it through the binding's own
+        # finalizer is idempotent: when garbage collection already closed it
+        # (a cycle cleared in any order), nothing is called on a dead handle.
+        _close_engine(self._uc_obj)
         if self._ctx != NULL:
             uc_context_free(self._ctx)
             self._ctx = NULL
@@ -570,6 +570,17 @@ cdef class Core:
             self._error = exc
         self.st.stop_flags |= C_STOP_ERROR
         uc_emu_stop(self.st.uc)
+
+
+cdef void _close_engine(uc_obj) noexcept:
+    try:
+        finalizer = uc_obj._Uc__finalizer
+    except Exception:
+        return
+    try:
+        finalizer()
+    except Exception:
+        pass
 
 
 cdef int _check(int err) except -1:

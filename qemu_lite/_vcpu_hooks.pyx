@@ -80,7 +80,7 @@ cdef class VcpuHooks:
 
     def __dealloc__(self):
         if self.st != NULL:
-            if self.uc != NULL:
+            if self.uc != NULL and _engine_alive(self._uc_obj):
                 uc_hook_del(self.uc, self.hook)
             free(self.st)
             self.st = NULL
@@ -129,6 +129,16 @@ cdef class VcpuHooks:
         cdef int f = self.st.fired
         self.st.fired = 0
         return f
+
+
+cdef bint _engine_alive(uc_obj) noexcept:
+    # The binding closes the engine through a weakref finalizer; once it has
+    # run (the Core closes the engine it owns, or garbage collection did),
+    # the handle must not be used.
+    try:
+        return bool(uc_obj._Uc__finalizer.alive)
+    except Exception:
+        return False
 
 
 FIRED_WINDOW = 1
