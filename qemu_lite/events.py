@@ -90,10 +90,13 @@ class EventDelivery:
         self.cpu = cpu
         self.uc = cpu.uc
         self.delivered = 0
+        self._state: PagingState | None = None  # paging registers, read once per delivery
 
     # -- guest memory as the CPU sees it during delivery ------------------------------
 
     def _paging(self) -> PagingState:
+        if self._state is not None:
+            return self._state
         uc = self.uc
         return PagingState(uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3),
                            uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080),
@@ -136,6 +139,14 @@ class EventDelivery:
 
     def deliver(self, event: Event) -> None:
         """Deliver ``event``, escalating to #DF or a triple fault as the CPU would."""
+        self._state = None
+        self._state = self._paging()
+        try:
+            self._deliver_escalating(event)
+        finally:
+            self._state = None
+
+    def _deliver_escalating(self, event: Event) -> None:
         first = event
         while True:
             try:
@@ -295,10 +306,15 @@ class EventDelivery:
             push.append(ev.error_code or 0)
         size = 4 if wide else 2
         sp_mask = 0xFFFFFFFF if stack.flags & (1 << 22) else 0xFFFF
-        for value in push:
-            sp = (sp - size) & sp_mask
-            self.write(stack.base + sp, struct.pack("<I" if wide else "<H",
-                                                    value & (0xFFFFFFFF if wide else 0xFFFF)))
+        mask = 0xFFFFFFFF if wide else 0xFFFF
+        frame = struct.pack(("<%dI" if wide else "<%dH") % len(push),
+                            *(v & mask for v in reversed(push)))
+        sp = (sp - len(frame)) & sp_mask
+        if sp + len(frame) <= sp_mask + 1:
+            self.write(stack.base + sp, frame)
+        else:  # the frame wraps around a 16-bit stack segment
+            for i in range(0, len(frame), size):
+                self.write(stack.base + ((sp + i) & sp_mask), frame[i:i + size])
         new_flags = flags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gtype in (0x6, 0xE):
             new_flags &= ~EFLAGS_IF
@@ -333,10 +349,10 @@ class EventDelivery:
         push = [ss_old.selector, rsp, flags, old_cs.selector, ev.return_ip]
         if ev.kind == EXCEPTION and ev.vector in HAS_ERROR_CODE:
             push.append(ev.error_code or 0)
-        sp = new_rsp
-        for value in push:
-            sp = (sp - 8) & 0xFFFFFFFFFFFFFFFF
-            self.write(sp, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
+        frame = struct.pack("<%dQ" % len(push),
+                            *(v & 0xFFFFFFFFFFFFFFFF for v in reversed(push)))
+        sp = (new_rsp - len(frame)) & 0xFFFFFFFFFFFFFFFF
+        self.write(sp, frame)
         new_flags = flags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gtype == 0xE:
             new_flags &= ~EFLAGS_IF
