@@ -307,7 +307,7 @@ class EventDelivery:
         size = 4 if wide else 2
         sp_mask = 0xFFFFFFFF if stack.flags & (1 << 22) else 0xFFFF
         mask = 0xFFFFFFFF if wide else 0xFFFF
-        frame = struct.pack(("<%dI" if wide else "<%dH") % len(push),
+        frame = struct.pack(f"<{len(push)}{'I' if wide else 'H'}",
                             *(v & mask for v in reversed(push)))
         sp = (sp - len(frame)) & sp_mask
         if sp + len(frame) <= sp_mask + 1:
@@ -349,7 +349,7 @@ class EventDelivery:
         push = [ss_old.selector, rsp, flags, old_cs.selector, ev.return_ip]
         if ev.kind == EXCEPTION and ev.vector in HAS_ERROR_CODE:
             push.append(ev.error_code or 0)
-        frame = struct.pack("<%dQ" % len(push),
+        frame = struct.pack(f"<{len(push)}Q",
                             *(v & 0xFFFFFFFFFFFFFFFF for v in reversed(push)))
         sp = (new_rsp - len(frame)) & 0xFFFFFFFFFFFFFFFF
         self.write(sp, frame)
