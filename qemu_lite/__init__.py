@@ -3,7 +3,10 @@
 >>> from qemu_lite import Machine
 """
 
-from qemu_lite.machine import Machine, RunResult
+from qemu_lite.machine import Machine, RunResult, bundled_firmware_path
 from qemu_lite.vcpu import GuestError, TripleFault
 
-__all__ = ["Machine", "RunResult", "GuestError", "TripleFault"]
+#: The bundled default disk image (boot it with ``snapshot=True``: it is package data).
+DEFAULT_IMAGE = bundled_firmware_path("default.img")
+
+__all__ = ["DEFAULT_IMAGE", "Machine", "RunResult", "GuestError", "TripleFault"]
