@@ -184,6 +184,7 @@ setup_bda:
         mov byte [BDA_VIDEO_MODE], 3
         mov word [BDA_VIDEO_COLS], 80
         mov word [BDA_VIDEO_PAGESZ], 4000
+        mov word [BDA_CURSOR_SHAPE], 0x0607
         mov word [BDA_CRTC_BASE], 0x3D4
         mov byte [BDA_VIDEO_ROWS], 24
         mov word [BDA_CHAR_HEIGHT], 16
@@ -409,45 +410,73 @@ a20_enable:
 .done:
         ret
 
-; "RAM: N MiB" and the disk line.
+; "RAM: N MiB" and one line per ATA/ATAPI device.
 print_summary:
-        push es
+        push ds
         mov ax, EBDA_SEG
-        mov es, ax
+        mov ds, ax
         mov si, msg_ram
         call puts
-        mov eax, [es:EB_RAM_LO]
-        mov ebx, [es:EB_RAM_HI]
+        mov eax, [EB_RAM_LO]
+        mov ebx, [EB_RAM_HI]
         shrd eax, ebx, 20
         call print_dec
         mov si, msg_mib
         call puts
-        cmp byte [es:EB_FWCFG], 0
+        cmp byte [EB_FWCFG], 0
         jne .fw
         mov si, msg_nofwcfg
         call puts
 .fw:
         mov si, msg_crlf
         call puts
-        cmp byte [es:EB_DISK_OK], 0
-        je .nodisk
-        mov si, msg_disk
+        movzx cx, byte [EB_NDRIVES]
+        mov bx, EB_DRIVES
+        jcxz .nodrive
+.drive:                                 ; "ata1-0: CD-ROM, 9635 blocks, drive E0h"
+        mov si, msg_ata
         call puts
-        mov eax, [es:EB_DISK_SECTORS]
+        mov al, [bx + D_SLOT]
+        shr al, 1
+        add al, '0'
+        call putc
+        mov al, '-'
+        call putc
+        mov al, [bx + D_SLOT]
+        and al, 1
+        add al, '0'
+        call putc
+        mov si, msg_hd
+        mov di, msg_sectors
+        cmp byte [bx + D_TYPE], DT_ATAPI
+        jne .kind
+        mov si, msg_cd
+        mov di, msg_blocks
+.kind:
+        call puts
+        mov eax, [bx + D_SECTORS]
         call print_dec
-        mov si, msg_sectors
+        mov si, di
         call puts
+        mov al, [bx + D_NUM]
+        call print_hex8
+        mov si, msg_hcrlf
+        call puts
+        add bx, D_SIZE
+        loop .drive
         jmp .out
-.nodisk:
+.nodrive:
         mov si, msg_no_ata
         call puts
 .out:
-        pop es
+        pop ds
         ret
 
 ; ---------------------------------------------------------------------------
-; INT 19h: bootstrap loader.  Load LBA 0 of disk 0x80 to 0000:7C00, check
-; 55AA and jump there with DL = 80h and interrupts enabled.
+; INT 19h: bootstrap loader.  Boot order: fw_cfg FW_CFG_BOOT_DEVICE ('c'
+; hard disk first, 'd' CD-ROM first), else the CMOS boot order QEMU's pc
+; machine writes (registers 3Dh, 38h: 2 = hard disk, 3 = CD-ROM), else hard
+; disk first.  The other device is tried next; then INT 18h.
 ; ---------------------------------------------------------------------------
 int19_handler:
         cli
@@ -458,7 +487,75 @@ int19_handler:
         mov ds, ax
         mov es, ax
         POST_CODE 0x10
-        mov si, msg_boot
+        call boot_cd_first
+        jc .cd_first
+        call boot_hd
+        call boot_cd
+        int 0x18                        ; never returns
+.cd_first:
+        call boot_cd
+        call boot_hd
+        int 0x18
+
+; CF = 1 if the CD-ROM comes first.  Preserves DS.
+boot_cd_first:
+        push ds
+        mov ax, EBDA_SEG
+        mov ds, ax
+        mov word [EB_BOOTDEV], 0
+        cmp byte [EB_FWCFG], 0
+        je .cmos
+        mov dx, FWCFG_SEL
+        mov ax, FWCFG_BOOT_DEVICE
+        out dx, ax
+        inc dx
+        in al, dx
+        mov ah, al
+        in al, dx
+        xchg al, ah
+        mov [EB_BOOTDEV], ax
+        cmp al, 'd'
+        je .cd
+        cmp al, 'c'
+        je .hd
+.cmos:
+        mov al, 0x3D                    ; boot devices 1 (bits 0-3) and 2 (4-7)
+        call cmos_read
+        mov bl, al
+        mov al, 0x38                    ; boot device 3 (bits 4-7)
+        call cmos_read
+        mov bh, al
+        shr bh, 4
+        mov cx, 3
+.nibble:
+        mov al, bl
+        and al, 0x0F
+        cmp al, 2
+        je .hd
+        cmp al, 3
+        je .cd
+        shr bl, 4
+        mov al, bh
+        shl al, 4
+        or bl, al
+        xor bh, bh
+        loop .nibble
+.hd:
+        pop ds
+        clc
+        ret
+.cd:
+        pop ds
+        stc
+        ret
+
+; Boot the MBR of drive 80h, if there is one: load LBA 0 to 0000:7C00,
+; check 55AAh, jump there with DL = 80h and interrupts enabled.  Returns
+; if the disk is absent or not bootable.  DS = ES = 0.
+boot_hd:
+        cmp byte [BDA_NUM_DISKS], 0
+        je .out
+        mov si, msg_boot_hd
         call puts
         mov word [0x7DFE], 0
         mov ax, 0x0201                  ; read 1 sector
@@ -469,6 +566,197 @@ int19_handler:
         jc .fail
         cmp word [0x7DFE], 0xAA55
         jne .fail
+        xor ax, ax                      ; 0000:7C00
+        mov bx, BOOT_ADDR
+        mov dx, 0x80
+        jmp boot_jump
+.fail:
+        mov si, msg_not_bootable
+        call puts
+.out:
+        ret
+
+; El Torito boot of the first CD-ROM (drive E0h), no-emulation images only:
+; boot record volume descriptor at LBA 17 -> boot catalog -> validation
+; entry and initial/default entry -> load the image (sector count in
+; 512-byte units) to its load segment (0 = 07C0h) and jump to seg:0000 with
+; DL = E0h.  Returns if there is no CD or it is not bootable.  DS = ES = 0.
+boot_cd:
+        mov ax, EBDA_SEG
+        mov ds, ax
+        mov dl, CD_FIRST_DRIVE
+        call select_drive
+        jc .out
+        mov si, msg_boot_cd
+        call puts
+        call cd_spin_up                 ; media may have changed since POST
+        jc .not_ready
+        ; boot record volume descriptor
+        mov eax, 17
+        call .read_scratch
+        jc .fail
+        push ds
+        push word SCRATCH_SEG
+        pop ds
+        xor si, si
+        cmp byte [si], 0                ; boot record
+        jne .no_brvd
+        cmp dword [si + 1], 'CD00'
+        jne .no_brvd
+        cmp word [si + 5], 0x0131       ; '1', version 1
+        jne .no_brvd
+        push es
+        push cs
+        pop es
+        mov di, el_torito_id
+        add si, 7
+        mov cx, el_torito_id_len
+        repe cmpsb
+        pop es
+        jne .no_brvd
+        mov eax, [0x47]                 ; boot catalog LBA
+        pop ds
+        call .read_scratch
+        jc .fail
+        ; validation entry: header 01h, key 55AAh, words sum to 0
+        push ds
+        push word SCRATCH_SEG
+        pop ds
+        xor si, si
+        cmp byte [si], 0x01
+        jne .bad_catalog
+        cmp word [si + 0x1E], 0xAA55
+        jne .bad_catalog
+        xor ax, ax
+        mov cx, 16
+.sum:
+        add ax, [si]
+        add si, 2
+        loop .sum
+        test ax, ax
+        jnz .bad_catalog
+        ; initial/default entry
+        cmp byte [0x20], 0x88           ; bootable
+        jne .bad_catalog
+        test byte [0x21], 0x0F          ; media type: 0 = no emulation
+        jnz .emulation
+        mov bx, [0x22]                  ; load segment
+        mov cx, [0x26]                  ; sector count (512-byte units)
+        mov eax, [0x28]                 ; image LBA
+        pop ds
+        test bx, bx
+        jnz .seg
+        mov bx, BOOT_ADDR >> 4
+.seg:
+        test cx, cx
+        jnz .count
+        inc cx
+.count:
+        ; the specification packet INT 13h AX=4B01h returns
+        mov byte [EB_ET], 0x13
+        mov byte [EB_ET + 1], 0x00      ; no emulation
+        mov byte [EB_ET + 2], CD_FIRST_DRIVE
+        mov dl, [EB_CUR_SLOT]
+        shr dl, 1
+        mov [EB_ET + 3], dl             ; controller index
+        mov [EB_ET + 4], eax            ; image LBA
+        mov dl, [EB_CUR_SLOT]
+        and dx, 1
+        mov [EB_ET + 8], dx             ; device specification: slave bit
+        mov word [EB_ET + 0x0A], 0      ; user buffer segment
+        mov [EB_ET + 0x0C], bx          ; load segment
+        mov [EB_ET + 0x0E], cx          ; sector count
+        mov byte [EB_ET + 0x10], 0
+        mov word [EB_ET + 0x11], 0
+        ; whole 2048-byte blocks straight to the load segment
+        mov es, bx
+        xor di, di
+        push cx
+        shr cx, 2
+        jz .tail
+        push bx
+        push eax
+        push cx
+        call atapi_read
+        pop dx
+        pop eax
+        pop bx
+        jc .fail_pop
+        movzx edx, dx
+        add eax, edx
+        shl dx, 7                       ; blocks -> paragraphs
+        add bx, dx
+.tail:
+        pop cx
+        and cx, 3                       ; 512-byte sectors left over
+        jz .loaded
+        push bx
+        push cx
+        call .read_scratch
+        pop cx
+        pop es
+        jc .fail
+        push ds
+        push word SCRATCH_SEG
+        pop ds
+        xor si, si
+        xor di, di
+        shl cx, 8                       ; words
+        rep movsw
+        pop ds
+.loaded:
+        mov byte [EB_ET_ACTIVE], 1
+        mov ax, [EB_ET + 0x0C]          ; load segment:0000
+        xor bx, bx
+        mov dx, CD_FIRST_DRIVE
+        jmp boot_jump
+.fail_pop:
+        pop cx
+        jmp .fail
+.emulation:
+        pop ds
+        mov si, msg_cd_emulation
+        jmp .message
+.bad_catalog:
+        pop ds
+        mov si, msg_cd_catalog
+        jmp .message
+.no_brvd:
+        pop ds
+        mov si, msg_cd_no_eltorito
+        jmp .message
+.not_ready:
+        mov si, msg_cd_not_ready
+        jmp .message
+.fail:
+        mov si, msg_cd_read_error
+.message:
+        call puts
+.out:
+        xor ax, ax
+        mov ds, ax
+        mov es, ax
+        ret
+
+; One 2048-byte block at LBA EAX to SCRATCH_SEG:0000.  DS = EBDA.
+.read_scratch:
+        push bx
+        push es
+        push word SCRATCH_SEG
+        pop es
+        xor di, di
+        mov cx, 1
+        call atapi_read
+        pop es
+        pop bx
+        ret
+
+; Enter a boot image at AX:BX with DL = boot drive, IF = 1, DS = ES = 0
+; and the other general registers 0 (the stack stays at 0000:7000).
+boot_jump:
+        movzx edx, dl
+        push ax
+        push bx
         POST_CODE 0x11
         xor eax, eax
         xor ebx, ebx
@@ -476,13 +764,13 @@ int19_handler:
         xor esi, esi
         xor edi, edi
         xor ebp, ebp
-        mov edx, 0x80
         mov ds, ax
         mov es, ax
         sti
-        jmp 0x0000:BOOT_ADDR
-.fail:
-        int 0x18                        ; never returns
+        retf
+
+el_torito_id:   db "EL TORITO SPECIFICATION"
+el_torito_id_len equ $ - el_torito_id
 
 ; ---------------------------------------------------------------------------
 ; INT 18h: no bootable device.
@@ -515,10 +803,21 @@ msg_ram:        db "RAM: ", 0
 msg_mib:        db " MiB", 0
 msg_nofwcfg:    db " (no fw_cfg, assumed)", 0
 msg_crlf:       db 13, 10, 0
-msg_disk:       db "ATA0 master: ", 0
-msg_sectors:    db " sectors", 13, 10, 0
-msg_no_ata:     db "ATA0 master: none", 13, 10, 0
-msg_boot:       db "Booting from hard disk 0x80", 13, 10, 0
+msg_ata:        db "ata", 0
+msg_hd:         db ": disk, ", 0
+msg_cd:         db ": CD-ROM, ", 0
+msg_sectors:    db " sectors, drive ", 0
+msg_blocks:     db " blocks, drive ", 0
+msg_hcrlf:      db "h", 13, 10, 0
+msg_no_ata:     db "No ATA/ATAPI devices", 13, 10, 0
+msg_boot_hd:    db "Booting from hard disk 0x80", 13, 10, 0
+msg_not_bootable: db "Hard disk 0x80: not bootable", 13, 10, 0
+msg_boot_cd:    db "Booting from CD-ROM 0xE0", 13, 10, 0
+msg_cd_not_ready: db "CD-ROM 0xE0: not ready (no medium?)", 13, 10, 0
+msg_cd_no_eltorito: db "CD-ROM 0xE0: no El Torito boot record", 13, 10, 0
+msg_cd_catalog: db "CD-ROM 0xE0: no bootable entry in the boot catalog", 13, 10, 0
+msg_cd_emulation: db "CD-ROM 0xE0: floppy/hard disk emulation is not supported", 13, 10, 0
+msg_cd_read_error: db "CD-ROM 0xE0: read error", 13, 10, 0
 msg_noboot:     db "No bootable disk", 13, 10, 0
 
 rom_code_end:

@@ -24,6 +24,7 @@ from unicorn import x86_const as X
 
 from qemu_lite.cpustate import CS, HF_CPL_MASK, HF_LMA, SS, Segment, segment_hflags
 from qemu_lite.paging import READ, WRITE, PageFault, PagingState, translate
+from qemu_lite.x86 import EFLAGS_IF, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM
 
 if TYPE_CHECKING:
     from qemu_lite.vcpu import VCpu
@@ -33,11 +34,6 @@ DE, DB, NMI, BP, OF, BR, UD, NM, DF, TS, NP, SSF, GP, PF, MF, AC, MC, XM = (
 HAS_ERROR_CODE = frozenset({DF, TS, NP, SSF, GP, PF, AC, 21, 29, 30})
 CONTRIBUTORY = frozenset({DE, TS, NP, SSF, GP})
 
-EFLAGS_TF = 1 << 8
-EFLAGS_IF = 1 << 9
-EFLAGS_NT = 1 << 14
-EFLAGS_RF = 1 << 16
-EFLAGS_VM = 1 << 17
 
 # kinds of event
 EXCEPTION, SOFTWARE, EXTERNAL = "exception", "software", "external"

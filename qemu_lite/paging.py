@@ -14,6 +14,18 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
+from qemu_lite.x86 import (
+    CR0_PG,
+    CR0_WP,
+    CR4_PAE,
+    CR4_PSE,
+    CR4_SMAP,
+    CR4_SMEP,
+    EFER_LMA,
+    EFER_NXE,
+    EFLAGS_AC,
+)
+
 # Page-fault error code bits (KVM's PFERR_*).
 PFERR_PRESENT = 1 << 0
 PFERR_WRITE = 1 << 1
@@ -31,15 +43,6 @@ PTE_D = 1 << 6
 PTE_PS = 1 << 7
 PTE_NX = 1 << 63
 
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-CR4_SMEP = 1 << 20
-CR4_SMAP = 1 << 21
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
-EFLAGS_AC = 1 << 18
 
 MAXPHYADDR = 40  # what the CPU model reports in CPUID 0x80000008 (DESIGN fact 10)
 PHYS_MASK = (1 << MAXPHYADDR) - 1

@@ -21,6 +21,7 @@ from qemu_lite.cpustate import (
     FS,
     GS,
     HF_CS64,
+    HF_INHIBIT_IRQ,
     SS,
     Segment,
     SegmentEditor,
@@ -40,16 +41,29 @@ from qemu_lite.events import (
 )
 from qemu_lite.events import TripleFault as _TripleFault
 from qemu_lite.paging import RamView
+from qemu_lite.x86 import (
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    EFER_SCE,
+    EFLAGS_IF,
+    EFLAGS_RF,
+    EFLAGS_VM,
+    MSR_CSTAR,
+    MSR_EFER,
+    MSR_FMASK,
+    MSR_LSTAR,
+    MSR_STAR,
+    MSR_SYSENTER_CS,
+    MSR_SYSENTER_EIP,
+    MSR_SYSENTER_ESP,
+)
 
 # emu_start's "until", ignored since exits are enabled (see new_engine).
 NEVER = 0xFFFF_FFFF_FFFF_FFF0
 
-CR0_PE = 1 << 0
-CR0_PG = 1 << 31
-EFLAGS_IF = 1 << 9
-EFLAGS_TF = 1 << 8
-EFLAGS_AC = 1 << 18
-EFLAGS_VM = 1 << 17
 
 
 class GuestError(RuntimeError):
@@ -285,20 +299,6 @@ class VCpu:
                              uc.msr_read(MSR_SYSENTER_ESP), 0xFFFFFFFFFFFFFFFF, new_flags)
 
 
-MSR_EFER = 0xC0000080
-MSR_STAR = 0xC0000081
-MSR_LSTAR = 0xC0000082
-MSR_CSTAR = 0xC0000083
-MSR_FMASK = 0xC0000084
-MSR_SYSENTER_CS = 0x174
-MSR_SYSENTER_ESP = 0x175
-MSR_SYSENTER_EIP = 0x176
-EFER_SCE = 1 << 0
-EFER_LME = 1 << 8
-CR4_PAE = 1 << 5
-EFER_LMA = 1 << 10
-EFLAGS_RF = 1 << 16
-HF_INHIBIT_IRQ = 1 << 3
 # Hidden-descriptor flags of the flat segments SYSCALL/SYSENTER load (P, S, type, G, D/L).
 FLAT_CODE32 = 0x00C09B00
 FLAT_CODE64 = 0x00A09B00

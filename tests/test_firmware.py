@@ -101,11 +101,23 @@ GUEST_LINES = [
     "paging: ok",
     "entering long mode",
     "long mode: ok",
+    "entering ring 3",
+    "ring 3: entered",
+    "ring 3 -> ring 0 via int 0x80: ok",
+    "ring 3 -> ring 0 via syscall: ok",
+    "ring 3: #PF (IST) on supervisor-page read and read-only-page write: ok",
+    "starting 3 processes (own page tables; yield and 1 kHz timer preemption)",
+    "process 1: checksum 4080FE03C2A8101E",
+    "process 2: checksum 6BB6ED5F5D05931C",
+    "process 3: checksum B7994484F5900FEA",
+    "processes: 3 x 200 yields, 600 context switches on yield, checksums ok",
+    "timer preemption: ok (every process preempted, registers intact)",
     "default guest: all stages passed, exiting via isa-debug-exit",
 ]
 
 
-def _qemu_boot(bios: Path, disk: Path | None, tmp_path: Path, timeout: float = 30) -> tuple[int | None, list[str], str]:
+def _qemu_boot(bios: Path, disk: Path | None, tmp_path: Path, timeout: float = 30,
+               extra: tuple[str, ...] = ()) -> tuple[int | None, list[str], str]:
     qemu = _need_qemu()
     debugcon = tmp_path / "debugcon.txt"
     cmd = [
@@ -120,6 +132,7 @@ def _qemu_boot(bios: Path, disk: Path | None, tmp_path: Path, timeout: float = 3
     ]  # fmt: skip
     if disk is not None:
         cmd += ["-drive", f"file={disk},format=raw,if=ide"]
+    cmd += list(extra)
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
         status, out = proc.returncode, proc.stdout
@@ -158,7 +171,7 @@ EXPECTED_PROBE = [
     "int11: ax=0222",
     "int12: ax=027F",
     "int10/0f: ax=5003 bh=00",
-    "int10/03: cx=0000 dx=0000",
+    "int10/03: cx=0607 dx=0300",  # cursor tracked: three lines printed so far
     "int10/12: bl=10",
     "int10/13: text ok",
     "int13/08: ax=0000 cx=003F dx=0F01 CF=0",
@@ -199,5 +212,346 @@ def test_qemu_bios_services_probe(tmp_path: Path) -> None:
     disk = _nasm(FIRMWARE / "guest" / "probe.asm", tmp_path / "probe.img")
     status, lines, _ = _qemu_boot(FIRMWARE / "bios.bin", disk, tmp_path)
     assert status == 1, lines
-    assert [line for line in lines if not line.startswith("int1a/00")][4:] == EXPECTED_PROBE
+    probe = lines[lines.index("Booting from hard disk 0x80") + 1 :]
+    assert [line for line in probe if not line.startswith("int1a/00")] == EXPECTED_PROBE
     assert "int1a/00: ticks advanced=1" in lines  # IRQ0 -> INT 08h under QEMU
+
+
+# ---------------------------------------------------------------------------
+# El Torito (no emulation) from an ATAPI CD-ROM, and the boot order.
+# ---------------------------------------------------------------------------
+
+# A 5-sector (2560-byte) no-emulation boot image: one whole 2048-byte block
+# plus a 512-byte tail that the BIOS loads through its scratch buffer.  It
+# prints what the CD-ROM's INT 13h services return, then exits through
+# isa-debug-exit.
+CDPROBE_ASM = r"""
+; El Torito no-emulation probe: loaded at 07C0:0000 (5 x 512 bytes), DL = CD drive.
+        bits 16
+        org 0x7C00
+start:
+        jmp 0:main
+main:
+        xor ax, ax
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov sp, 0x7000
+        mov [drive], dl
+        mov si, s_dl
+        call puts
+        mov al, dl
+        call hex8
+        call crlf
+        ; the tail sector was loaded: marker at the end of sector 5
+        mov si, s_tail
+        call puts
+        mov ax, [tail_marker]
+        call hex16
+        call crlf
+        ; 41h
+        mov ah, 0x41
+        mov bx, 0x55AA
+        mov dl, [drive]
+        int 0x13
+        setc [cfv]
+        push bx
+        push cx
+        mov si, s_41
+        call puts
+        mov al, ah
+        call hex8
+        mov si, s_bx
+        call puts
+        pop cx
+        pop ax
+        call hex16
+        mov si, s_cx
+        call puts
+        mov ax, cx
+        call hex16
+        call cf_crlf
+        ; 48h
+        mov word [buf], 0x1E
+        mov si, buf
+        mov ah, 0x48
+        mov dl, [drive]
+        int 0x13
+        setc [cfv]
+        pushf
+        mov si, s_48
+        call puts
+        mov ax, [buf + 2]
+        call hex16
+        mov si, s_sectors
+        call puts
+        mov eax, [buf + 16]
+        call hex32
+        mov si, s_bps
+        call puts
+        mov ax, [buf + 24]
+        call hex16
+        popf
+        call cf_crlf
+        ; 4B01h
+        mov si, buf
+        mov byte [si], 0
+        mov ax, 0x4B01
+        mov dl, [drive]
+        int 0x13
+        setc [cfv]
+        pushf
+        mov si, s_4b
+        call puts
+        mov si, buf
+        mov cx, 0x13
+.pk:    lodsb
+        call hex8
+        loop .pk
+        popf
+        call cf_crlf
+        ; 4B01h on 80h: not a CD
+        mov si, buf
+        mov ax, 0x4B01
+        mov dl, 0x80
+        int 0x13
+        setc [cfv]
+        mov si, s_4b80
+        call puts
+        mov al, ah
+        call hex8
+        call cf_crlf
+        ; 42h: PVD (LBA 16) to 1000:0000
+        mov si, dap
+        mov dl, [drive]
+        mov ah, 0x42
+        int 0x13
+        setc [cfv]
+        pushf
+        push ax
+        mov si, s_42
+        call puts
+        pop ax
+        mov al, ah
+        call hex8
+        mov si, s_count
+        call puts
+        mov ax, [dap + 2]
+        call hex16
+        mov si, s_pvd
+        call puts
+        push ds
+        mov ax, 0x1000
+        mov ds, ax
+        mov si, 1
+        mov cx, 5
+.id:    lodsb
+        call putc
+        loop .id
+        pop ds
+        popf
+        call cf_crlf
+        ; 42h past the end
+        mov word [dap + 2], 1
+        mov dword [dap + 8], 0x00FFFFFF
+        mov si, dap
+        mov dl, [drive]
+        mov ah, 0x42
+        int 0x13
+        setc [cfv]
+        mov si, s_42end
+        call puts
+        mov al, ah
+        call hex8
+        call cf_crlf
+        ; 43h: write-protected
+        mov word [dap + 2], 1
+        mov dword [dap + 8], 16
+        mov si, dap
+        mov dl, [drive]
+        mov ax, 0x4300
+        int 0x13
+        setc [cfv]
+        mov si, s_43
+        call puts
+        mov al, ah
+        call hex8
+        call cf_crlf
+        ; 08h: no CHS
+        mov dl, [drive]
+        mov ah, 0x08
+        int 0x13
+        setc [cfv]
+        mov si, s_08
+        call puts
+        mov al, ah
+        call hex8
+        call cf_crlf
+        mov si, s_done
+        call puts
+        xor al, al
+        out 0xF4, al
+        cli
+        hlt
+
+cf_crlf:                                ; " CF=n" of the last INT 13h, newline
+        mov si, s_cf
+        call puts
+        mov al, '0'
+        add al, [cfv]
+        call putc
+crlf:
+        mov al, 13
+        call putc
+        mov al, 10
+putc:
+        push ax
+        push bx
+        mov ah, 0x0E
+        xor bx, bx
+        int 0x10
+        pop bx
+        pop ax
+        ret
+puts:
+        lodsb
+        test al, al
+        jz .out
+        call putc
+        jmp puts
+.out:   ret
+hex32:  push eax
+        shr eax, 16
+        call hex16
+        pop eax
+hex16:  push ax
+        mov al, ah
+        call hex8
+        pop ax
+hex8:   push ax
+        shr al, 4
+        call .d
+        pop ax
+        and al, 0x0F
+.d:     add al, '0'
+        cmp al, '9'
+        jbe putc
+        add al, 7
+        jmp putc
+
+s_dl:      db "cd: dl=", 0
+s_tail:    db "cd: tail=", 0
+s_41:      db "cd/41: ah=", 0
+s_bx:      db " bx=", 0
+s_cx:      db " cx=", 0
+s_48:      db "cd/48: flags=", 0
+s_sectors: db " sectors=", 0
+s_bps:     db " bps=", 0
+s_4b:      db "cd/4b01: ", 0
+s_4b80:    db "hd/4b01: ah=", 0
+s_42:      db "cd/42: ah=", 0
+s_count:   db " count=", 0
+s_pvd:     db " pvd=", 0
+s_42end:   db "cd/42 past end: ah=", 0
+s_43:      db "cd/43: ah=", 0
+s_08:      db "cd/08: ah=", 0
+s_cf:      db " CF=", 0
+s_done:    db "cdprobe: done", 13, 10, 0
+drive:     db 0
+cfv:       db 0
+        align 4
+dap:    db 0x10, 0
+        dw 1
+        dw 0, 0x1000
+        dq 16
+buf:    times 0x20 db 0
+        times 5 * 512 - 2 - ($ - $$) db 0
+tail_marker: dw 0x7A11
+"""
+
+EXPECTED_CDPROBE = [
+    "cd: dl=E0",
+    "cd: tail=7A11",
+    "cd/41: ah=21 bx=AA55 cx=0005 CF=0",
+    "cd/48: flags=0004 sectors=000000BA bps=0800 CF=0",
+    # size 13h, no emulation, drive E0h, controller 1 (secondary), image LBA 22h,
+    # device 0 (master), buffer segment 0, load segment 07C0h, 5 sectors
+    "cd/4b01: 1300E0012200000000000000C0070500000000 CF=0",
+    "hd/4b01: ah=01 CF=1",
+    "cd/42: ah=00 count=0001 pvd=CD001 CF=0",
+    "cd/42 past end: ah=04 CF=1",
+    "cd/43: ah=03 CF=1",
+    "cd/08: ah=01 CF=1",
+    "cdprobe: done",
+]
+
+
+@pytest.fixture(scope="module")
+def cdprobe_iso(tmp_path_factory) -> Path:
+    _need_nasm()
+    xorriso = shutil.which("xorriso")
+    if xorriso is None:
+        pytest.skip("xorriso not installed: cannot build the El Torito test image")
+    out = tmp_path_factory.mktemp("cdprobe")
+    (out / "cdprobe.asm").write_text(CDPROBE_ASM)
+    root = out / "iso"
+    root.mkdir()
+    _nasm(out / "cdprobe.asm", root / "boot.img")
+    assert (root / "boot.img").stat().st_size == 5 * 512
+    iso = out / "cdprobe.iso"
+    subprocess.run(
+        [xorriso, "-as", "mkisofs", "-quiet", "-o", str(iso), "-b", "boot.img",
+         "-no-emul-boot", "-boot-load-size", "5", str(root)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return iso
+
+
+def test_qemu_el_torito_cd_services(cdprobe_iso: Path, tmp_path: Path) -> None:
+    status, lines, _ = _qemu_boot(FIRMWARE / "bios.bin", None, tmp_path, extra=("-cdrom", str(cdprobe_iso)))
+    assert status == 1, lines
+    assert "ata1-0: CD-ROM, 186 blocks, drive E0h" in lines
+    assert lines[lines.index("Booting from CD-ROM 0xE0") + 1 :] == EXPECTED_CDPROBE
+
+
+@pytest.mark.parametrize(
+    "boot, first",
+    [((), "hard disk"), (("-boot", "c"), "hard disk"), (("-boot", "d"), "CD-ROM")],
+)
+def test_qemu_boot_order(cdprobe_iso: Path, tmp_path: Path, boot: tuple[str, ...], first: str) -> None:
+    """QEMU's -boot reaches the BIOS through the CMOS boot-order registers."""
+    disk = tmp_path / "default.img"
+    shutil.copy(FIRMWARE / "default.img", disk)
+    status, lines, _ = _qemu_boot(FIRMWARE / "bios.bin", disk, tmp_path, extra=("-cdrom", str(cdprobe_iso), *boot))
+    assert status == 1, lines
+    assert lines[2:4] == ["ata0-0: disk, 128 sectors, drive 80h", "ata1-0: CD-ROM, 186 blocks, drive E0h"]
+    if first == "CD-ROM":
+        assert lines[4] == "Booting from CD-ROM 0xE0" and lines[-1] == "cdprobe: done"
+    else:
+        assert lines[4] == "Booting from hard disk 0x80" and lines[-len(GUEST_LINES) :] == GUEST_LINES
+
+
+def test_qemu_empty_cd_falls_back_to_disk(tmp_path: Path) -> None:
+    disk = tmp_path / "default.img"
+    shutil.copy(FIRMWARE / "default.img", disk)
+    status, lines, _ = _qemu_boot(
+        FIRMWARE / "bios.bin", disk, tmp_path, extra=("-drive", "if=ide,index=2,media=cdrom", "-boot", "d")
+    )
+    assert status == 1, lines
+    assert lines[4:7] == ["Booting from CD-ROM 0xE0", "CD-ROM 0xE0: not ready (no medium?)", "Booting from hard disk 0x80"]
+    assert lines[-len(GUEST_LINES) :] == GUEST_LINES
+
+
+def test_qemu_cd_on_primary_slave(cdprobe_iso: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "default.img"
+    shutil.copy(FIRMWARE / "default.img", disk)
+    status, lines, _ = _qemu_boot(
+        FIRMWARE / "bios.bin", disk, tmp_path,
+        extra=("-drive", f"file={cdprobe_iso},if=ide,index=1,media=cdrom", "-boot", "d"),
+    )  # fmt: skip
+    assert status == 1, lines
+    assert "ata0-1: CD-ROM, 186 blocks, drive E0h" in lines
+    out = lines[lines.index("Booting from CD-ROM 0xE0") + 1 :]
+    # controller 0 (primary), device 1 (slave) in the specification packet
+    assert out[4] == "cd/4b01: 1300E0002200000001000000C0070500000000 CF=0"
+    assert out[-1] == "cdprobe: done"

@@ -1,0 +1,31 @@
+"""Architectural x86 constants (Intel SDM vol. 3), shared by the vCPU, delivery and walker."""
+
+CR0_PE = 1 << 0
+CR0_WP = 1 << 16
+CR0_PG = 1 << 31
+
+CR4_PSE = 1 << 4
+CR4_PAE = 1 << 5
+CR4_SMEP = 1 << 20
+CR4_SMAP = 1 << 21
+
+EFLAGS_TF = 1 << 8
+EFLAGS_IF = 1 << 9
+EFLAGS_NT = 1 << 14
+EFLAGS_RF = 1 << 16
+EFLAGS_VM = 1 << 17
+EFLAGS_AC = 1 << 18
+
+MSR_SYSENTER_CS = 0x174
+MSR_SYSENTER_ESP = 0x175
+MSR_SYSENTER_EIP = 0x176
+MSR_EFER = 0xC0000080
+MSR_STAR = 0xC0000081
+MSR_LSTAR = 0xC0000082
+MSR_CSTAR = 0xC0000083
+MSR_FMASK = 0xC0000084
+
+EFER_SCE = 1 << 0
+EFER_LME = 1 << 8
+EFER_LMA = 1 << 10
+EFER_NXE = 1 << 11
