@@ -6,74 +6,77 @@ with the reason when a package is missing; CI installs them (.ci/run).
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from images import grub_image, initramfs, kernel
 
 from qemu_lite import Machine
-from qemu_lite.initramfs import busybox_initramfs
 from qemu_lite.loaders import linux
-
-INIT = """\
-busybox echo "qemu_lite init: userspace reached"
-busybox uname -s -r
-busybox mount -t proc proc /proc 2>/dev/null || true
-busybox poweroff -f
-"""
-
-
-def _kernel() -> str:
-    kernels = sorted(glob.glob("/boot/vmlinuz-*"))
-    if not kernels:
-        pytest.skip("no Debian kernel in /boot: apt-get install linux-image-amd64")
-    return kernels[-1]
-
-
-def _busybox() -> str:
-    path = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(path):
-        pytest.skip("busybox not installed: apt-get install busybox-static")
-    out = subprocess.run(["file", "-L", path], capture_output=True, text=True).stdout \
-        if shutil.which("file") else "statically linked"
-    if "dynamically" in out:
-        pytest.skip("busybox is dynamically linked: apt-get install busybox-static")
-    return path
 
 
 @pytest.fixture(scope="module")
 def initrd(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("linux") / "initrd.cpio"
-    path.write_bytes(busybox_initramfs(_busybox(), INIT))
-    return path
+    return initramfs(tmp_path_factory.mktemp("linux") / "initrd.cpio")
+
+
+@pytest.fixture(scope="module")
+def grub_img(tmp_path_factory) -> Path:
+    return grub_image(tmp_path_factory.mktemp("grub"))
+
+
+def _check_userspace(text: str) -> None:
+    assert "qemu_lite init: userspace reached" in text, text[-3000:]
+    assert "Linux version " in text
+    assert "reboot: System halted" in text or "reboot: Power down" in text
 
 
 @pytest.mark.parametrize("mmu", ["cached", "naive"])
 def test_debian_kernel_boots_to_busybox_and_powers_off(initrd, mmu):
-    kernel = _kernel()
+    vmlinuz = kernel()
     out = bytearray()
     with Machine(memory="512M", mmu=mmu) as m:
         m.board.com1.add_output_listener(out.extend)
-        linux.load(m, kernel, "console=ttyS0 panic=-1", initrd)
+        linux.load(m, vmlinuz, "console=ttyS0 panic=-1", initrd)
         result = m.run(timeout=300)
         stats = m.core.mmu_stats()
     text = out.decode(errors="replace")
-    assert "qemu_lite init: userspace reached" in text, text[-3000:]
-    assert f"Linux {os.path.basename(kernel).removeprefix('vmlinuz-')}" in text
-    assert "reboot: System halted" in text or "reboot: Power down" in text
+    _check_userspace(text)
+    assert f"Linux {os.path.basename(vmlinuz).removeprefix('vmlinuz-')}" in text
     assert result.reason == "halted"
     assert stats["fills"] > 0
 
 
 def test_cli_boots_kernel_with_initrd(initrd):
-    proc = subprocess.run(
-        [sys.executable, "-m", "qemu_lite", "-m", "512M", "--kernel", _kernel(), "--initrd",
-         str(initrd), "--append", "console=ttyS0 panic=-1", "--timeout", "300"],
-        capture_output=True, text=True, timeout=400, cwd=tempfile.gettempdir())
-    assert "qemu_lite init: userspace reached" in proc.stdout, proc.stdout[-3000:]
+    proc = _boot_cli("--kernel", kernel(), "--initrd", str(initrd), "--append",
+                     "console=ttyS0 panic=-1")
+    _check_userspace(proc.stdout)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _boot_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qemu_lite", "-m", "512M", "--timeout", "300",
+                           *args], capture_output=True, text=True, timeout=400,
+                          cwd=tempfile.gettempdir())
+
+
+def test_grub_disk_image_boots_through_bios_and_grub(grub_img):
+    before = grub_img.read_bytes()
+    proc = _boot_cli(str(grub_img))
+    assert "Booting from hard disk 0x80" in proc.stdout
+    assert "Welcome to GRUB!" in proc.stdout
+    _check_userspace(proc.stdout)
+    assert proc.returncode == 0, proc.stderr
+    assert grub_img.read_bytes() == before  # nothing wrote to the disk
+
+
+def test_grub_image_boots_as_cdrom(grub_img):
+    proc = _boot_cli("-cdrom", str(grub_img), "--boot", "d")
+    assert "Booting from CD-ROM 0xE0" in proc.stdout
+    assert "Welcome to GRUB!" in proc.stdout
+    _check_userspace(proc.stdout)
     assert proc.returncode == 0, proc.stderr
