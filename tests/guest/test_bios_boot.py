@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from qemu_lite import Machine
+from qemu_lite.devices.block import BlockImageError
+from qemu_lite.pc import Drive
 
 # The MBR prints with INT 10h, reads sector 1 with INT 13h AH=42h and sector 2 with
 # AH=02h (CHS), asks INT 15h E820 for the first map entry, and reports over COM1.
@@ -106,3 +110,94 @@ def test_disk_without_boot_signature_halts_with_a_message(tmp_path):
     assert result.reason == "halted"
     assert "guest halted with interrupts disabled" in result.message
     assert b"No bootable disk" in out
+
+
+# Writes "written by the guest" to LBA 5 with AH=43h and LBA 6 with AH=03h (CHS), then exits.
+WRITER_MBR = r"""
+bits 16
+org 0x7C00
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    mov [drive], dl
+    mov di, 0x8000            ; fill a sector buffer with the message, zero padded
+    mov si, message
+    mov cx, 512
+.fill:
+    lodsb
+    test al, al
+    jnz .store
+    dec si
+.store:
+    stosb
+    loop .fill
+    mov ah, 0x43
+    xor al, al
+    mov dl, [drive]
+    mov si, dap
+    int 0x13
+    jc fail
+    mov ax, 0x0301            ; CHS write: cylinder 0, head 0, sector 7 (= LBA 6)
+    mov bx, 0x8000
+    mov cx, 0x0007
+    xor dh, dh
+    mov dl, [drive]
+    int 0x13
+    jc fail
+    mov al, 0
+    out 0xF4, al
+fail:
+    mov al, 0x55
+    out 0xF4, al
+drive: db 0
+message: db "written by the guest", 0
+align 4
+dap: db 16, 0
+    dw 1
+    dw 0x8000, 0
+    dq 5
+times 510 - ($ - $$) db 0
+    dw 0xAA55
+"""
+
+
+def _writer_disk(assemble, tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(assemble(WRITER_MBR) + bytes(512 * 63))
+    return disk
+
+
+def test_guest_disk_writes_reach_the_image_file(assemble, tmp_path):
+    disk = _writer_disk(assemble, tmp_path)
+    with Machine(disk, memory="16M") as m:
+        assert m.run(timeout=30).exit_status == 1
+    data = disk.read_bytes()
+    for lba in (5, 6):
+        assert data[lba * 512:lba * 512 + 20] == b"written by the guest"
+
+
+def test_snapshot_keeps_the_image_file_byte_identical(assemble, tmp_path):
+    disk = _writer_disk(assemble, tmp_path)
+    before = disk.read_bytes()
+    with Machine(disk, memory="16M", snapshot=True) as m:
+        assert m.run(timeout=30).exit_status == 1
+        assert m.board.disks[0].read(5, 1)[:20] == b"written by the guest"  # kept in memory
+    assert disk.read_bytes() == before
+
+
+def test_read_only_drive_refuses_guest_writes(assemble, tmp_path):
+    disk = _writer_disk(assemble, tmp_path)
+    before = disk.read_bytes()
+    with Machine(drives=[Drive(disk, readonly=True)], memory="16M") as m:
+        result = m.run(timeout=30)
+    assert result.exit_status == (0x55 << 1) | 1  # the BIOS reported the write error
+    assert disk.read_bytes() == before
+
+
+def test_image_in_use_by_another_machine_is_a_clear_error(assemble, tmp_path):
+    disk = _writer_disk(assemble, tmp_path)
+    with Machine(disk, memory="16M"):
+        with pytest.raises(BlockImageError, match=str(disk.name)):
+            Machine(disk, memory="16M")

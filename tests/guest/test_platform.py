@@ -302,3 +302,80 @@ def test_fw_cfg_signature_and_ram_size_read_by_the_guest(assemble, tmp_path):
                                       memory="48M")
     assert out == "QEMU 00000030 MiB\n"
     assert result.exit_status == 1
+
+
+def test_rtc_periodic_interrupt_and_time_read(assemble, tmp_path):
+    """IRQ 8 at 1024 Hz through the slave 8259; the guest reads the date in BCD."""
+    body = IDT_256 + r"""
+    LOAD_GDT
+    SET_GATE 0x28, irq8
+    lidt [idtr]
+""" + PIC_INIT + r"""
+    mov al, 0xFA              ; master: IRQ0 masked too, cascade open
+    or al, 1
+    out 0x21, al
+    mov al, 0xFE              ; slave: IRQ 8 unmasked
+    out 0xA1, al
+    mov al, 0x0A              ; register A: rate 6 = 1024 Hz
+    out 0x70, al
+    mov al, 0x26
+    out 0x71, al
+    mov al, 0x0B              ; register B: periodic interrupt enable, BCD, 24 h
+    out 0x70, al
+    mov al, 0x42
+    out 0x71, al
+    mov al, 0x0C
+    out 0x70, al
+    in al, 0x71               ; clear pending flags
+    sti
+.wait:
+    hlt
+    cmp dword [ticks], 64
+    jb .wait
+    cli
+    PRINT "64 periodic interrupts; date 20"
+    mov al, 9                 ; year
+    call cmos_hex
+    mov al, '-'
+    call putc
+    mov al, 8                 ; month
+    call cmos_hex
+    mov al, '-'
+    call putc
+    mov al, 7                 ; day
+    call cmos_hex
+    mov al, 10
+    call putc
+    mov al, 0
+    call exit
+
+cmos_hex:                     ; print CMOS register AL as two BCD digits
+    out 0x70, al
+    in al, 0x71
+    push eax
+    shr al, 4
+    add al, '0'
+    call putc
+    pop eax
+    and al, 0xF
+    add al, '0'
+    call putc
+    ret
+
+irq8:
+    push eax
+    inc dword [ticks]
+    mov al, 0x0C              ; reading register C acknowledges the RTC
+    out 0x70, al
+    in al, 0x71
+    mov al, 0x20              ; EOI to the slave, then the master
+    out 0xA0, al
+    out 0x20, al
+    pop eax
+    iret
+ticks: dd 0
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body),
+                                      rtc_base=1_700_000_000.0)  # 2023-11-14T22:13:20Z
+    assert out == "64 periodic interrupts; date 2023-11-14\n"
+    assert result.exit_status == 1
