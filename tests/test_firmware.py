@@ -93,27 +93,7 @@ def test_default_image_layout() -> None:
 # Reference boots under QEMU (skipped without qemu-system-x86_64).
 # ---------------------------------------------------------------------------
 
-GUEST_LINES = [
-    "qemu_lite default guest: real mode",
-    "entering 32-bit protected mode",
-    "protected mode: ok",
-    "enabling paging",
-    "paging: ok",
-    "entering long mode",
-    "long mode: ok",
-    "entering ring 3",
-    "ring 3: entered",
-    "ring 3 -> ring 0 via int 0x80: ok",
-    "ring 3 -> ring 0 via syscall: ok",
-    "ring 3: #PF (IST) on supervisor-page read and read-only-page write: ok",
-    "starting 3 processes (own page tables; yield and 1 kHz timer preemption)",
-    "process 1: checksum 4080FE03C2A8101E",
-    "process 2: checksum 6BB6ED5F5D05931C",
-    "process 3: checksum B7994484F5900FEA",
-    "processes: 3 x 200 yields, 600 context switches on yield, checksums ok",
-    "timer preemption: ok (every process preempted, registers intact)",
-    "default guest: all stages passed, exiting via isa-debug-exit",
-]
+GUEST_LINES = (FIRMWARE / "guest" / "default.expected").read_text().splitlines()
 
 
 def _qemu_boot(bios: Path, disk: Path | None, tmp_path: Path, timeout: float = 30,
