@@ -319,10 +319,7 @@ cdef class Core:
         zap_all(&self.st.mmu)
         memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)
         self.st.mmu.fault_pending = False
-        if self.tlb_mode != TLB_NATIVE_C:
-            flush_unicorn_tlb(self.st)
-        else:
-            self._uc_obj.ctl_flush_tlb()
+        flush_unicorn_tlb(self.st)  # UC_CTL_TLB_FLUSH works in every TLB mode
 
     def set_max_shadow_pages(self, int n):
         """Bound the shadow page count; least recently used pages are recycled."""

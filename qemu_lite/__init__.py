@@ -1,12 +1,34 @@
 """qemu_lite: a small x86 PC emulator driven from Python.
 
 >>> from qemu_lite import Machine
+
+The names below load on first use, so ``qemu_lite.devices`` can be imported
+(and tested) without Unicorn or the compiled extension.
 """
 
-from qemu_lite.machine import Machine, RunResult, bundled_firmware_path
-from qemu_lite.vcpu import GuestError, TripleFault
+from __future__ import annotations
 
-#: The bundled default disk image (boot it with ``snapshot=True``: it is package data).
-DEFAULT_IMAGE = bundled_firmware_path("default.img")
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qemu_lite.machine import Machine, RunResult
+    from qemu_lite.vcpu import GuestError, TripleFault
 
 __all__ = ["DEFAULT_IMAGE", "Machine", "RunResult", "GuestError", "TripleFault"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Machine", "RunResult"):
+        from qemu_lite import machine
+
+        return getattr(machine, name)
+    if name in ("GuestError", "TripleFault"):
+        from qemu_lite import vcpu
+
+        return getattr(vcpu, name)
+    if name == "DEFAULT_IMAGE":
+        # The bundled default disk image (boot it with snapshot=True: it is package data).
+        from qemu_lite.machine import bundled_firmware_path
+
+        return bundled_firmware_path("default.img")
+    raise AttributeError(f"module 'qemu_lite' has no attribute {name!r}")

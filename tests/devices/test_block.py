@@ -113,8 +113,10 @@ def test_lock_is_seen_by_another_process(image: Path) -> None:
         "    print(e); sys.exit(3)\n"
     )
     with BlockImage.open(image):
+        # cwd away from the source tree, so the child imports the installed package
         result = subprocess.run([sys.executable, "-c", code, str(image)],
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=60,
+                                cwd=image.parent)
     assert result.returncode == 3, result.stderr
     assert "locked by another process" in result.stdout
 
