@@ -161,20 +161,6 @@ class SegmentEditor:
         sel, base, limit, flags = struct.unpack_from("<I4xQII", buf, o)
         return Segment(sel, base, limit, flags)
 
-    def load(self, segments: dict[int, Segment], cpl: int | None = None,
-             hflags_set: int = 0, hflags_clear: int = 0) -> None:
-        """Load several segment caches (and optionally CPL) in one context round trip."""
-        buf = self._core.context_save()
-        for seg, s in segments.items():
-            struct.pack_into("<I4xQII", buf, self.layout.segments[seg],
-                             s.selector, s.base, s.limit, s.flags)
-        hf = struct.unpack_from("<I", buf, self.layout.hflags)[0]
-        hf = (hf & ~hflags_clear) | hflags_set
-        if cpl is not None:
-            hf = (hf & ~HF_CPL_MASK) | cpl
-        struct.pack_into("<I", buf, self.layout.hflags, hf)
-        self._core.context_restore()
-
     def commit(self, segments: dict[int, Segment], eflags: int) -> None:
         """Load segment caches after an event delivery or SYSCALL-like transfer.
 
@@ -197,20 +183,6 @@ class SegmentEditor:
     def hflags(self) -> int:
         buf = self._core.context_save()
         return int(struct.unpack_from("<I", buf, self.layout.hflags)[0])
-
-    def last_event(self) -> tuple[bool, int, int]:
-        """``(is_software_int, error_code, next_eip)`` of the event that just stopped the CPU."""
-        buf = self._core.context_save()
-        lay = self.layout
-        return (bool(struct.unpack_from("<I", buf, lay.exception_is_int)[0]),
-                int(struct.unpack_from("<I", buf, lay.error_code)[0]),
-                int(struct.unpack_from("<Q", buf, lay.exception_next_eip)[0]))
-
-    def clear_old_exception(self) -> None:
-        """Forget QEMU's nested-exception state, as real delivery would (DESIGN fact 2)."""
-        buf = self._core.context_save()
-        struct.pack_into("<i", buf, self.layout.old_exception, -1)
-        self._core.context_restore()
 
 
 HF_ADDSEG = 1 << 6

@@ -161,6 +161,8 @@ class Machine:
         self._closers: list[Callable[[], None]] = []
         self._pollers: list[Callable[[], None]] = []
         self._load_bios(bios)
+        if log.isEnabledFor(logging.DEBUG):
+            self.core.set_unclaimed_port_log(self._log_unclaimed_port)
         all_drives = list(drives or [])
         for index, path, media in ((0, disk, "disk"), (1, hdb, "disk"), (2, cdrom, "cdrom")):
             if path is not None:
@@ -222,6 +224,13 @@ class Machine:
     def set_a20(self, enabled: bool) -> None:
         """The A20 gate (i8042 output port, port 0x92)."""
         self.core.a20_enabled = enabled
+
+    @staticmethod
+    def _log_unclaimed_port(port: int, size: int, value: int) -> None:
+        if value < 0:
+            log.debug("read of unclaimed port %#x (%d bytes): all ones", port, size)
+        else:
+            log.debug("write of %#x to unclaimed port %#x (%d bytes) ignored", value, port, size)
 
     def add_poller(self, poll: Callable[[], None]) -> None:
         """Call ``poll()`` at every stop of the vCPU (devices pulling host input)."""

@@ -25,7 +25,6 @@ from qemu_lite.cpustate import (
     SS,
     Segment,
     SegmentEditor,
-    segment_hflags,
 )
 from qemu_lite.events import (
     EXCEPTION,
@@ -150,13 +149,9 @@ class VCpu:
         self.uc.mem_write(gdt_addr, struct.pack("<3Q", 0, code, data))
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, 23, 0))
         self.set_reg("cr0", (self.reg("cr0") | CR0_PE) & ~CR0_PG)
-        cs = Segment.from_descriptor(0x08, code)
-        ds = Segment.from_descriptor(0x10, data)
-        segs = {CS: cs, SS: ds, DS: ds, ES: ds, FS: ds, GS: ds}
-        hf = segment_hflags(self.segments.hflags(), cs, ds, 0, protected=True, vm86=False)
-        self.segments.load({k: Segment(v.selector, v.base, v.limit, v.flags | 0x100)
-                            for k, v in segs.items()},
-                           hflags_set=hf, hflags_clear=0xFFFFFFFF)
+        cs = Segment.from_descriptor(0x08, code | (1 << 40))  # accessed, as a load sets it
+        ds = Segment.from_descriptor(0x10, data | (1 << 40))
+        self.segments.commit({CS: cs, SS: ds, DS: ds, ES: ds, FS: ds, GS: ds}, 0x2)
         self.set_reg("rflags", 0x2)
         self.set_reg("rip", entry)
         self.halted = False

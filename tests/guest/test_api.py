@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from qemu_lite import Machine
 from qemu_lite.devices.base import Device
 
@@ -82,3 +84,17 @@ def test_timeout_budget_ends_a_spinning_guest(assemble):
     with Machine(memory="4M", bios=rom) as m:
         result = m.run(timeout=0.5)
     assert result.reason == "timeout"
+
+
+def test_unclaimed_ports_read_all_ones_and_are_counted_and_logged(assemble, caplog):
+    rom = assemble("bits 16\norg 0\nstart:\n mov dx, 0x300\n in ax, dx\n mov bx, ax\n"
+                   " mov al, 0x5A\n out dx, al\n cli\n hlt\n"
+                   "times 0xFFF0-($-$$) db 0\njmp 0xF000:start\ntimes 0x10000-($-$$) db 0\n")
+    with caplog.at_level(logging.DEBUG, logger="qemu_lite.machine"):
+        with Machine(memory="4M", bios=rom) as m:
+            result = m.run(timeout=10)
+            assert result.reason == "halted"
+            assert m.reg("bx") == 0xFFFF
+            assert (m.core.unclaimed_port_reads, m.core.unclaimed_port_writes) == (1, 1)
+    assert "read of unclaimed port 0x300 (2 bytes)" in caplog.text
+    assert "write of 0x5a to unclaimed port 0x300" in caplog.text
