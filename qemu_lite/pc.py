@@ -9,10 +9,11 @@ virtual wire).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from qemu_lite.devices.backends import open_backend
+from qemu_lite.devices.backends import StdioBackend, open_backend
 from qemu_lite.devices.base import IrqLine
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.bmdma import PiixIde
@@ -165,6 +166,9 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(PORT92, 1, SystemControlPortA(set_a20=machine.set_a20, on_reset=machine.reset))
     machine.add_resettable(pit, rtc, kbc)
 
+    if serial != "stdio" and sys.stdin.isatty():
+        _keyboard_from_terminal(machine, kbc)
+
     backend = open_backend(serial) if serial else None
     com1 = Uart16550(irqs.line(IRQ_COM1), backend, clock)
     add(COM1, 8, com1)
@@ -230,6 +234,21 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(ISA_DEBUG_EXIT, 1, IsaDebugExit(machine.exit))
     return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
                  fw_cfg, debugcon, post, disks)
+
+
+def _keyboard_from_terminal(machine: Machine, kbc: I8042) -> None:
+    """Keys typed on the host terminal reach the guest's PS/2 keyboard (when the serial
+    console is elsewhere, as QEMU's window would take them)."""
+    terminal = StdioBackend()
+    terminal.notify = machine.wake
+
+    def pump() -> None:
+        data = terminal.read_available()
+        if data:
+            kbc.type_text(data.decode("ascii", errors="replace").replace("\r", "\n"))
+
+    machine.add_poller(pump)
+    machine.add_closer(terminal.close)
 
 
 class GuestPhysicalMemory:
