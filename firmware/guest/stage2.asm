@@ -216,8 +216,10 @@ fail32_paging:
 fail32_nolm:
         mov al, 0x13
 fail32:
+        push eax                        ; AL holds the failure code; printing clobbers it
         mov esi, msg_fail
         call ser_puts32
+        pop eax
         out EXIT_PORT, al
 .halt:
         cli

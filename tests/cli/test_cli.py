@@ -70,3 +70,10 @@ def test_serial_to_file(tmp_path):
     assert proc.returncode == 1
     assert "long mode: ok" in out.read_text()
     assert "long mode: ok" not in proc.stdout
+
+
+def test_default_guest_detects_an_mmu_that_ignores_its_page_tables():
+    # --mmu identity translates linear = physical: the guest's paging self-check must fail.
+    proc = qemu_lite("--mmu", "identity", "--timeout", "60")
+    assert "default guest: FAILED" in proc.stdout
+    assert proc.returncode == (0x12 << 1) | 1, proc.stderr
