@@ -366,7 +366,7 @@ class Machine:
 
     def _triple_fault(self, exc: TripleFault) -> bool:
         """A real PC resets on a triple fault; under no_reboot the run ends."""
-        log.warning("%s", exc)
+        log.info("%s; resetting", exc)  # a reset loop must not flood the console
         if self.no_reboot:
             self.stop("triple-fault", None, str(exc))
             return True
