@@ -90,6 +90,8 @@ DEFAULT_MAX_SHADOW_PAGES = 4096
 include "mmu_defs.pxi"
 
 PAGE_SIZE = 4096
+cdef uint64_t ROM_SINK_BASE = 1ULL << 41  # far above RAM, beside the page-table alias
+cdef uint64_t ROM_SINK_SLOT = 0x100000
 cdef uint64_t A20_BIT = 1 << 20
 
 
@@ -103,6 +105,15 @@ cdef struct PioWindow:
     uint8_t *buf
     uint64_t pos
     uint64_t end
+
+
+cdef struct RomWindow:
+    # A read-only region (BIOS ROM).  With UC_TLB_VIRTUAL the fill's permissions
+    # are all Unicorn checks, so writes to a ROM frame are sent to a sink: an
+    # MMIO region that reads the ROM's bytes and drops stores, as a PC does.
+    uint64_t base
+    uint64_t size
+    uint8_t *data
 
 
 cdef struct CoreState:
@@ -125,11 +136,15 @@ cdef struct CoreState:
     int intno
     uint64_t fills
     bint a20_enabled
+    # ROM windows and the write sink behind them
+    RomWindow roms[4]
+    int rom_count
+    uint64_t rom_writes_ignored
     # PIO data windows: port accesses served from a device's buffer in C
     PioWindow pio[4]
     uint64_t pio_fast_accesses
-    # The first CPU event of a slice, captured in the hook: a later phantom
-    # fault (Unicorn fetching the emu_start "until" page) overwrites env.
+    # The first CPU event of a slice, captured in the hook before anything
+    # else in the slice can overwrite QEMU's copy.
     void *ev_ctx
     int ev_off_error_code
     int ev_off_is_int
@@ -265,11 +280,26 @@ cdef class Core:
         The same bytes may be mapped at several addresses (the BIOS appears
         below 1 MiB and below 4 GiB)."""
         buf = bytearray(data)
-        if len(buf) == 0 or len(buf) % PAGE_SIZE:
-            raise ValueError("ROM size must be a non-zero multiple of 4 KiB")
+        if len(buf) == 0 or len(buf) % PAGE_SIZE or len(buf) > ROM_SINK_SLOT:
+            raise ValueError("ROM size must be a non-zero multiple of 4 KiB, at most 1 MiB")
+        if self.st.rom_count >= 4:
+            raise ValueError("at most 4 ROM windows")
         cdef char *ptr = buf
         _check(uc_mem_map_ptr(self.st.uc, address, len(buf), UC_PROT_READ | UC_PROT_EXEC, ptr))
+        cdef RomWindow *rom = &self.st.roms[self.st.rom_count]
+        rom.base = address
+        rom.size = len(buf)
+        rom.data = <uint8_t *>ptr
+        _check(uc_mmio_map(self.st.uc, ROM_SINK_BASE + self.st.rom_count * ROM_SINK_SLOT,
+                           len(buf), _rom_sink_read, <void *>rom, _rom_sink_write,
+                           <void *>self.st))
+        self.st.rom_count += 1
         self._roms.append(buf)
+
+    @property
+    def rom_writes_ignored(self):
+        """Guest stores to ROM that were dropped (shadow and identity MMU modes)."""
+        return self.st.rom_writes_ignored
 
     property a20_enabled:
         """False masks physical address bit 20 (identity TLB mode only)."""
@@ -728,7 +758,39 @@ cdef bint _hook_tlb_fill_identity(uc_engine *uc, uint64_t vaddr, int access,
         vaddr &= ~A20_BIT
     result.paddr = vaddr
     result.perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
+    rom_fill(st, vaddr, access == UC_MEM_WRITE, result)
     return True
+
+
+cdef bint rom_fill(CoreState *st, uint64_t gpa, bint write, ql_uc_tlb_entry *res) noexcept nogil:
+    """Keep ROM read-only under UC_TLB_VIRTUAL: reads and fetches map the ROM without
+    WRITE; a write maps the page to the sink.  Returns whether ``gpa`` is ROM."""
+    cdef int i
+    cdef RomWindow *rom
+    for i in range(st.rom_count):
+        rom = &st.roms[i]
+        if rom.base <= gpa < rom.base + rom.size:
+            if write:
+                res.paddr = ROM_SINK_BASE + i * ROM_SINK_SLOT + (gpa - rom.base)
+                res.perms = UC_PROT_READ | UC_PROT_WRITE
+            else:
+                res.perms &= ~UC_PROT_WRITE
+            return True
+    return False
+
+
+cdef uint64_t _rom_sink_read(uc_engine *uc, uint64_t offset, unsigned size,
+                             void *user_data) noexcept nogil:
+    cdef RomWindow *rom = <RomWindow *>user_data
+    cdef uint64_t v = 0
+    if size <= 8 and offset < rom.size and size <= rom.size - offset:
+        memcpy(&v, rom.data + offset, size)
+    return v
+
+
+cdef void _rom_sink_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t value,
+                          void *user_data) noexcept nogil:
+    (<CoreState *>user_data).rom_writes_ignored += 1
 
 
 cdef int _access_kind(access) except -1:

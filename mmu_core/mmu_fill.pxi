@@ -165,6 +165,7 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
         if x:
             perms |= UC_PROT_EXEC
         res.perms = perms
+        rom_fill(st, gpa, access == ACC_WRITE and w, res)
         return
     tracked = mmu.sp_count[gfn] != 0
     if access == ACC_FETCH:

@@ -197,6 +197,14 @@ class Machine:
         self.core.map_rom(0xF0000, data)
         self.core.map_rom(0xFFFF0000, data)
 
+    @property
+    def rom_writes_ignored(self) -> int:
+        """Guest stores to the BIOS ROM that were dropped, as on a PC (shadow MMU modes).
+
+        Under ``mmu="native"`` Unicorn performs a store its write-protect hook
+        accepts, so there a ROM write ends the run with a GuestError instead."""
+        return int(self.core.rom_writes_ignored)
+
     def add_device(self, base: int, count: int, device: Device) -> None:
         """Give ``device`` the I/O ports ``base .. base+count-1``.
 

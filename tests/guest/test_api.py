@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from qemu_lite import Machine
 from qemu_lite.devices.base import Device
 
@@ -98,3 +100,15 @@ def test_unclaimed_ports_read_all_ones_and_are_counted_and_logged(assemble, capl
             assert (m.core.unclaimed_port_reads, m.core.unclaimed_port_writes) == (1, 1)
     assert "read of unclaimed port 0x300 (2 bytes)" in caplog.text
     assert "write of 0x5a to unclaimed port 0x300" in caplog.text
+
+
+@pytest.mark.parametrize("mmu", ["cached", "naive", "identity"])
+def test_guest_stores_to_the_bios_rom_are_ignored(assemble, mmu):
+    rom = assemble("bits 16\norg 0\nstart:\n mov ax, 0xF000\n mov ds, ax\n"
+                   " mov word [0x100], 0xBEEF\n mov bx, [0x100]\n cli\n hlt\n"
+                   "times 0x100-($-$$) db 0\n dw 0x1234\n"
+                   "times 0xFFF0-($-$$) db 0\njmp 0xF000:start\ntimes 0x10000-($-$$) db 0\n")
+    with Machine(memory="4M", bios=rom, mmu=mmu) as m:
+        assert m.run(timeout=10).reason == "halted"
+        assert m.reg("bx") == 0x1234
+        assert m.rom_writes_ignored == 1
