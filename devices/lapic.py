@@ -181,6 +181,9 @@ class LocalApic(Device):
         self.extint = extint
         self.virtual_wire = virtual_wire
         self.on_eoi: Callable[[int], None] | None = None
+        # Called when an interrupt or NMI arrives, so the machine can end the
+        # CPU's current run and deliver it at the next instruction boundary.
+        self.on_request: Callable[[], None] | None = None
         self._timer_hz = timer_hz
         self._timer = clock.timer(self._timer_expired)
         self._lint_input = [False, False]  # pin levels: wires, not reset
@@ -426,14 +429,21 @@ class LocalApic(Device):
             self._tmr |= bit
         else:
             self._tmr &= ~bit
+        self._request()
 
     def deliver_nmi(self) -> None:
         """An NMI message (LINT1, IOAPIC or ICR)."""
         self.nmi_pending = True
+        self._request()
+
+    def _request(self) -> None:
+        if self.on_request is not None:
+            self.on_request()
 
     def deliver_extint(self) -> None:
         """An ExtINT message: the next acknowledge goes to the PIC."""
         self._extint_request = True
+        self._request()
 
     def match_destination(self, dest: int, logical: bool) -> bool:
         """Does an interrupt message's destination select this APIC?

@@ -247,6 +247,14 @@ class Machine:
     def add_closer(self, close: Callable[[], None]) -> None:
         self._closers.append(close)
 
+    def interrupt_request(self) -> None:
+        """An interrupt controller raised its output: end the current slice at the
+        next translation block, so the run loop can deliver it (any thread).
+
+        Not ``uc_emu_stop``: stopped from inside an MMIO callback, Unicorn leaves
+        RIP on the store, which then runs twice (an EOI or IPI would repeat)."""
+        self.wake()
+
     def wake(self) -> None:
         """Wake a halted vCPU and end a running slice (safe from any thread)."""
         self._wake.set()
@@ -321,6 +329,13 @@ class Machine:
             if self._pending_reset:
                 self._pending_reset = False
                 self._do_reset()
+            if self._take_nmi():
+                try:
+                    cpu.inject_nmi()
+                except TripleFault as exc:
+                    if self._triple_fault(exc):
+                        return self._stop_reason  # type: ignore[return-value]
+                    continue
             if self.irq_source.has_interrupt():
                 if cpu.interrupts_enabled():
                     try:
@@ -364,13 +379,20 @@ class Machine:
                     raise GuestError(self._describe_error(err))
                 elif not flags and not stopped_by_block_hook and cpu.stopped_on_hlt():
                     # Only HLT ends a slice without a stop flag or the block hook.
-                    if not cpu.reg("rflags") & EFLAGS_IF:
+                    if not cpu.reg("rflags") & EFLAGS_IF and not self._nmi_pending():
                         return RunResult("halted", None, "guest halted with interrupts "
                                          f"disabled at {cpu.linear_pc() - 1:#x}")
                     cpu.halted = True
             except TripleFault as exc:
                 if self._triple_fault(exc):
                     return self._stop_reason  # type: ignore[return-value]
+
+    def _nmi_pending(self) -> bool:
+        return bool(getattr(self.irq_source, "nmi_pending", False))
+
+    def _take_nmi(self) -> bool:
+        take = getattr(self.irq_source, "take_nmi", None)
+        return bool(take()) if take is not None else False
 
     def _triple_fault(self, exc: TripleFault) -> bool:
         """A real PC resets on a triple fault; under no_reboot the run ends."""
@@ -402,7 +424,7 @@ class Machine:
     def _wait_while_halted(self, wall_deadline: int | None) -> None:
         """Sleep until a timer is due, input arrives or the time budget ends."""
         while True:
-            if self.irq_source.has_interrupt():
+            if self.irq_source.has_interrupt() or self._nmi_pending():
                 self.cpu.halted = False
                 return
             due = self._next_due(wall_deadline)

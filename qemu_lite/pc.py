@@ -140,8 +140,11 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add = machine.add_device
     clock = machine.clock
 
-    pic = PicPair()
+    # A rising INTR from the 8259 pair, or anything the local APIC accepts, ends the
+    # vCPU's current slice so the interrupt is taken at the next instruction boundary.
+    pic = PicPair(IrqLine(_InterruptRequest(machine)))
     lapic = LocalApic(clock, extint=pic)
+    lapic.on_request = machine.interrupt_request
     ioapic = IoApic(route_to_lapic(lapic))
     lapic.on_eoi = ioapic.eoi
     irqs = IsaIrqs(pic, ioapic)
@@ -249,6 +252,17 @@ def _keyboard_from_terminal(machine: Machine, kbc: I8042) -> None:
 
     machine.add_poller(pump)
     machine.add_closer(terminal.close)
+
+
+class _InterruptRequest:
+    """The 8259 pair's INTR wire, seen by the machine."""
+
+    def __init__(self, machine: Machine) -> None:
+        self._machine = machine
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        if level:
+            self._machine.interrupt_request()
 
 
 class GuestPhysicalMemory:

@@ -30,6 +30,7 @@ from qemu_lite.events import (
     EXCEPTION,
     EXTERNAL,
     GP,
+    NMI,
     PF,
     SOFTWARE,
     UD,
@@ -216,6 +217,11 @@ class VCpu:
     def deliver_exception(self, vector: int, error_code: int = 0, cr2: int | None = None) -> None:
         """Raise a CPU exception at the current instruction (e.g. #PF from the MMU)."""
         self._deliver(Event(vector, EXCEPTION, error_code, self.rip, cr2))
+
+    def inject_nmi(self) -> None:
+        """Deliver an NMI (vector 2): IF does not block it."""
+        self.halted = False
+        self._deliver(Event(NMI, EXTERNAL, None, self.rip))
 
     def inject_external(self, vector: int) -> None:
         """Deliver an external interrupt (the caller checked IF and the STI shadow)."""

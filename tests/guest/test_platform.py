@@ -379,3 +379,29 @@ ticks: dd 0
                                       rtc_base=1_700_000_000.0)  # 2023-11-14T22:13:20Z
     assert out == "64 periodic interrupts; date 2023-11-14\n"
     assert result.exit_status == 1
+
+
+def test_self_nmi_is_delivered_with_interrupts_disabled(assemble, tmp_path):
+    body = IDT_256 + r"""
+    LOAD_GDT
+    SET_GATE 2, nmi_handler
+    lidt [idtr]
+    cli
+    mov dword [0xFEE000F0], 0x1FF     ; local APIC on
+    mov dword [0xFEE00300], 0x40400   ; ICR: NMI, shorthand self
+    PRINT "after NMI: count="
+    mov eax, [count]
+    call puthex
+    mov al, 10
+    call putc
+    mov al, 0
+    call exit
+
+nmi_handler:
+    inc dword [count]
+    iret
+count: dd 0
+"""
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
+    assert out == "after NMI: count=00000001\n"
+    assert result.exit_status == 1
