@@ -16,7 +16,6 @@ each boot runs once and its row says ``deterministic: False``.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
@@ -31,7 +30,6 @@ from qemu_lite.loaders import linux
 
 pytestmark = pytest.mark.linux
 
-KERNEL = "/boot/vmlinuz-6.1.0-56-amd64"
 APPEND = "console=ttyS0 panic=-1"
 MEMORY = "512M"
 MARKER = "qemu-lite-bench: userspace reached"
@@ -43,12 +41,10 @@ TIMEOUT = 240
 
 
 def _kernel() -> str:
-    if os.path.exists(KERNEL):
-        return KERNEL
-    kernels = sorted(glob.glob("/boot/vmlinuz-*"))
-    if not kernels:
-        pytest.skip("no Debian kernel in /boot (apt-get install linux-image-amd64)")
-    return kernels[-1]
+    try:
+        return imagebuild.find_kernel()
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

@@ -181,14 +181,14 @@ def translate(mem: PhysicalMemory, st: PagingState, linear: int, access: str,
             if pde & (1 << 21):
                 raise fault(PFERR_PRESENT | PFERR_RSVD)
             page = (pde & 0xFFC00000) | ((pde >> 13) & 0xFF) << 32
-            paddr, size, leaf = page | (linear & 0x3FFFFF), 1 << 22, pde
+            paddr, size = page | (linear & 0x3FFFFF), 1 << 22
         else:
             pte_addr = (pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4
             pte = read_entry(pte_addr, False)
             if not pte & PTE_P:
                 raise fault(0)
             entries.append((pte_addr, pte, False))
-            paddr, size, leaf = (pte & 0xFFFFF000) | (linear & 0xFFF), 4096, pte
+            paddr, size = (pte & 0xFFFFF000) | (linear & 0xFFF), 4096
     else:
         long_mode = levels == 4
         if long_mode:
@@ -206,7 +206,6 @@ def translate(mem: PhysicalMemory, st: PagingState, linear: int, access: str,
                 raise fault(PFERR_PRESENT | PFERR_RSVD)
             table = pdpte & PHYS_MASK & ~0xFFF
             top = 2
-        leaf = 0
         size = 4096
         for level in range(top, 0, -1):
             shift = 12 + 9 * (level - 1)
@@ -220,12 +219,9 @@ def translate(mem: PhysicalMemory, st: PagingState, linear: int, access: str,
             entries.append((addr, entry, True))
             if large or level == 1:
                 size = 1 << shift
-                leaf = entry
                 paddr = (entry & PHYS_MASK & ~(size - 1)) | (linear & (size - 1))
                 break
             table = entry & PHYS_MASK & ~0xFFF
-        if not long_mode:
-            pass
     writable = all(e & PTE_W for _, e, _ in entries)
     is_user = all(e & PTE_U for _, e, _ in entries)
     nx = nxe and any(e & PTE_NX for _, e, wide in entries if wide)
@@ -248,5 +244,4 @@ def translate(mem: PhysicalMemory, st: PagingState, linear: int, access: str,
                 new |= PTE_D
             if new != value:
                 (mem.write_u64 if wide else mem.write_u32)(addr, new if wide else new & 0xFFFFFFFF)
-    del leaf
     return Translation(paddr, size, writable, is_user, not nx)
