@@ -156,6 +156,12 @@ class SegmentEditor:
         buf = self._core.context_save()
         return self._get(buf, seg)
 
+    def snapshot(self) -> tuple[tuple[Segment, ...], int]:
+        """All six segment caches and hflags from one context save."""
+        buf = self._core.context_save()
+        segs = tuple(self._get(buf, seg) for seg in range(6))
+        return segs, int(struct.unpack_from("<I", buf, self.layout.hflags)[0])
+
     def _get(self, buf: memoryview, seg: int) -> Segment:
         o = self.layout.segments[seg]
         sel, base, limit, flags = struct.unpack_from("<I4xQII", buf, o)

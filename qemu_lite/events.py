@@ -87,6 +87,8 @@ class EventDelivery:
         self.uc = cpu.uc
         self.delivered = 0
         self._state: PagingState | None = None  # paging registers, read once per delivery
+        self._segs: tuple[Segment, ...] = ()     # segment caches and hflags, likewise
+        self._hflags = 0
 
     # -- guest memory as the CPU sees it during delivery ------------------------------
 
@@ -137,6 +139,7 @@ class EventDelivery:
         """Deliver ``event``, escalating to #DF or a triple fault as the CPU would."""
         self._state = None
         self._state = self._paging()
+        self._segs, self._hflags = self.cpu.segments.snapshot()
         try:
             self._deliver_escalating(event)
         finally:
@@ -167,7 +170,7 @@ class EventDelivery:
             self.uc.reg_write(X.UC_X86_REG_CR2, ev.cr2)
         if self.cpu.in_real_mode():
             self._deliver_real(ev)
-        elif self.cpu.segments.hflags() & HF_LMA:
+        elif self._hflags & HF_LMA:
             self._deliver_long(ev)
         else:
             self._deliver_protected(ev)
@@ -182,8 +185,8 @@ class EventDelivery:
             raise DeliveryFault(GP, 0)
         new_ip, new_cs = struct.unpack("<HH", self.read(base + ev.vector * 4, 4))
         flags = uc.reg_read(X.UC_X86_REG_RFLAGS)
-        cs = self.cpu.segments.read(CS)
-        ss = self.cpu.segments.read(SS)
+        cs = self._segment(CS)
+        ss = self._segment(SS)
         sp = uc.reg_read(X.UC_X86_REG_RSP) & 0xFFFF
         for value in (flags & 0xFFFF, cs.selector, ev.return_ip & 0xFFFF):
             sp = (sp - 2) & 0xFFFF
@@ -240,7 +243,12 @@ class EventDelivery:
         return gtype, dpl, selector, offset, ist
 
     def _cpl(self) -> int:
-        return self.cpu.segments.hflags() & HF_CPL_MASK
+        return self._hflags & HF_CPL_MASK
+
+    def _segment(self, seg: int) -> Segment:
+        """A copy of a segment cache as it was when delivery began."""
+        s = self._segs[seg]
+        return Segment(s.selector, s.base, s.limit, s.flags)
 
     def _code_segment(self, selector: int, ext: int, cpl: int) -> tuple[Segment, int]:
         if selector & ~3 == 0:
@@ -269,8 +277,8 @@ class EventDelivery:
         gtype, _dpl, selector, offset, _ = self._gate(ev, 8)
         cpl = self._cpl()
         cs_new, new_cpl = self._code_segment(selector, ext, cpl)
-        old_cs = self.cpu.segments.read(CS)
-        ss_old = self.cpu.segments.read(SS)
+        old_cs = self._segment(CS)
+        ss_old = self._segment(SS)
         esp = uc.reg_read(X.UC_X86_REG_RSP)
         wide = gtype in (0xE, 0xF)
         push = []
@@ -330,8 +338,8 @@ class EventDelivery:
         cs_new, new_cpl = self._code_segment(selector, ext, cpl)
         if not (cs_new.flags >> 21) & 1 or (cs_new.flags >> 22) & 1:  # L=1, D=0
             raise DeliveryFault(GP, (selector & ~3) | ext)
-        old_cs = self.cpu.segments.read(CS)
-        ss_old = self.cpu.segments.read(SS)
+        old_cs = self._segment(CS)
+        ss_old = self._segment(SS)
         rsp = uc.reg_read(X.UC_X86_REG_RSP)
         flags = uc.reg_read(X.UC_X86_REG_RFLAGS)
         tss_base = uc.reg_read(X.UC_X86_REG_TR)[1]
