@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 # 2000-01-01T00:00:00Z: the RTC's time in deterministic runs unless rtc_base is given.
 DETERMINISTIC_RTC_BASE = 946684800.0
 
+# The BIOS ROM's two windows (below 1 MiB, and below 4 GiB where the reset vector is).
+BIOS_LOW = 0xF0000
+BIOS_HIGH = 0xFFFF0000
+BIOS_SIZE = 0x10000
+
 MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY, "cached": 2, "naive": 3}
 
 
@@ -70,6 +76,17 @@ def bundled_firmware(name: str) -> bytes:
 
 def bundled_firmware_path(name: str) -> str:
     return str(resources.files("qemu_lite.firmware").joinpath(name))
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-empty ranges with touching neighbours joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[0] < r[1]):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 class InterruptSource(Protocol):
@@ -194,8 +211,9 @@ class Machine:
                 data = f.read()
         if len(data) != 0x10000:
             raise ValueError(f"BIOS image must be 64 KiB, got {len(data)} bytes")
-        self.core.map_rom(0xF0000, data)
-        self.core.map_rom(0xFFFF0000, data)
+        self._rom_bases = (BIOS_LOW, BIOS_HIGH)
+        for base in self._rom_bases:
+            self.core.map_rom(base, data)
 
     @property
     def rom_writes_ignored(self) -> int:
@@ -263,13 +281,49 @@ class Machine:
     # -- memory and registers ------------------------------------------------------
 
     def read_memory(self, address: int, size: int) -> bytes:
-        """Read guest physical memory."""
-        return bytes(self.uc.mem_read(address, size))
+        """Read guest physical memory: RAM or the BIOS ROM.
+
+        A range outside them (device MMIO included: a host read must not have a
+        device's side effects) raises ValueError naming the valid ranges."""
+        address, size = self._check_range(address, size, write=False)
+        return bytes(self.uc.mem_read(address, size)) if size else b""
 
     def write_memory(self, address: int, data: bytes) -> None:
-        """Write guest physical memory."""
-        self.uc.mem_write(address, bytes(data))
-        self.cpu.notify_phys_write(address, len(data))
+        """Write guest RAM, keeping the shadow MMU coherent.
+
+        The BIOS ROM is read-only here as it is to the guest (give other
+        firmware with ``bios=``); a range that is not all RAM raises
+        ValueError before anything is written."""
+        data = bytes(data)
+        address, _ = self._check_range(address, len(data), write=True)
+        if data:
+            self.uc.mem_write(address, data)
+            self.cpu.notify_phys_write(address, len(data))
+
+    def memory_ranges(self, write: bool = False) -> list[tuple[int, int]]:
+        """``(start, end)`` physical ranges (end exclusive) that :meth:`write_memory`
+        (``write``) or :meth:`read_memory` accept."""
+        ram = [(0, min(BIOS_LOW, self.memory_size)), (BIOS_LOW + BIOS_SIZE, self.memory_size)]
+        return ram if write else _merge(ram + self.rom_ranges)
+
+    @property
+    def rom_ranges(self) -> list[tuple[int, int]]:
+        """``(start, end)`` of the BIOS ROM's windows: readable, never written."""
+        return [(base, base + BIOS_SIZE) for base in self._rom_bases]
+
+    def _check_range(self, address: int, size: int, *, write: bool) -> tuple[int, int]:
+        address, size = operator.index(address), operator.index(size)
+        if size < 0:
+            raise ValueError(f"negative memory size {size}")
+        ranges = self.memory_ranges(write)
+        if not any(start <= address and address + size <= end for start, end in ranges):
+            what = "RAM" if write else "RAM or ROM"
+            if write and any(address < end and start < address + max(size, 1)
+                             for start, end in self.rom_ranges):
+                what += " (the BIOS ROM is read-only; pass bios= to change it)"
+            valid = ", ".join(f"{start:#x}-{end - 1:#x}" for start, end in ranges)
+            raise ValueError(f"{address:#x}+{size:#x} is not guest {what}; valid: {valid}")
+        return address, size
 
     def reg(self, name: str) -> int:
         """Read a register by name ("rax", "eip", "cr0", "cs", ...)."""

@@ -266,17 +266,33 @@ class _InterruptRequest:
 
 
 class GuestPhysicalMemory:
-    """Guest RAM as bus-master DMA sees it; writes are reported to the shadow MMU."""
+    """Guest memory as bus-master DMA sees it; writes are reported to the shadow MMU.
+
+    Reads reach RAM and the BIOS ROM.  Writes to the ROM are dropped without an
+    error, as on a PC: the i440FX's PAM registers send stores to 0xF0000-0xFFFFF
+    on to the ROM, which ignores them (QEMU likewise bounces a DMA write to a
+    read-only region in address_space_map() and discards it at unmap).  Anything
+    else is a master abort: ValueError, which the PIIX reports in BMISTA's error
+    bit (82371AB data sheet, BMISTA bit 1)."""
 
     def __init__(self, machine: Machine) -> None:
         self._machine = machine
 
     def read(self, paddr: int, n: int) -> bytes:
-        if paddr < 0 or paddr + n > self._machine.memory_size:
-            raise ValueError(f"DMA read outside RAM at {paddr:#x}")
-        return self._machine.read_memory(paddr, n)
+        try:
+            return self._machine.read_memory(paddr, n)
+        except ValueError:
+            raise ValueError(f"DMA read outside RAM and ROM at {paddr:#x}+{n:#x}") from None
 
     def write(self, paddr: int, data: bytes) -> None:
-        if paddr < 0 or paddr + len(data) > self._machine.memory_size:
-            raise ValueError(f"DMA write outside RAM at {paddr:#x}")
-        self._machine.write_memory(paddr, data)
+        m = self._machine
+        end = paddr + len(data)
+        ram = [(max(s, paddr), min(e, end)) for s, e in m.memory_ranges(write=True)]
+        ram = [(s, e) for s, e in ram if s < e]
+        covered = sum(e - s for s, e in ram)
+        for s, e in m.rom_ranges:
+            covered += max(0, min(e, end) - max(s, paddr))
+        if paddr < 0 or covered != len(data):
+            raise ValueError(f"DMA write outside RAM at {paddr:#x}+{len(data):#x}")
+        for s, e in ram:
+            m.write_memory(s, data[s - paddr:e - paddr])

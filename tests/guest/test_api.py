@@ -112,3 +112,60 @@ def test_guest_stores_to_the_bios_rom_are_ignored(assemble, mmu):
         assert m.run(timeout=10).reason == "halted"
         assert m.reg("bx") == 0x1234
         assert m.rom_writes_ignored == 1
+
+
+@pytest.mark.parametrize("mmu", ["cached", "native"])
+@pytest.mark.parametrize("address, size", [
+    (2**64 + 0x200, 1),              # wrapped to 0x200 by the engine's uint64_t
+    ((1 << 40) + 0x200, 1),          # the shadow MMU's page-table alias of RAM
+    ((1 << 41) + 0x200, 1),          # the ROM write sink
+    (-1, 1),
+    (16 << 20, 1),                   # just past RAM
+    ((16 << 20) - 4, 8),             # straddles the end of RAM
+    (0xFEE00000, 4),                 # local APIC MMIO
+    (0xFEC00000, 4),                 # IOAPIC MMIO
+])
+def test_memory_access_outside_ram_is_refused(mmu, address, size):
+    m = Machine(memory="16M", mmu=mmu)
+    before = bytes(m.core.ram)
+    with pytest.raises(ValueError, match="valid: 0x0-0xeffff, 0x100000-0xffffff"):
+        m.write_memory(address, b"\x77" * size)
+    with pytest.raises(ValueError, match="valid: 0x0-0xffffff, 0xffff0000-0xffffffff"):
+        m.read_memory(address, size)
+    assert bytes(m.core.ram) == before
+    m.close()
+
+
+def test_negative_size_and_rom_writes_are_refused():
+    m = Machine(memory="16M")
+    bios = m.read_memory(0xF0000, 0x10000)
+    assert m.read_memory(0xFFFF0000, 0x10000) == bios   # the high window reads the same
+    with pytest.raises(ValueError, match="negative"):
+        m.read_memory(0x1000, -1)
+    for address in (0xF0000, 0xEFFFF, 0xFFFFFFF0):
+        with pytest.raises(ValueError, match="BIOS ROM is read-only"):
+            m.write_memory(address, b"\x90\x90")
+    assert m.read_memory(0xF0000, 0x10000) == bios
+    assert m.read_memory(0xEFFFF, 1) == b"\x00"
+    m.write_memory(0xEFFFF, b"\x01")
+    m.write_memory((16 << 20) - 1, b"\x02")
+    assert m.read_memory(0xEFFFF, 1) + m.read_memory((16 << 20) - 1, 1) == b"\x01\x02"
+    assert m.read_memory(0x1000, 0) == b""
+    m.close()
+
+
+def test_write_memory_over_page_tables_keeps_shadow_mmu_coherent(assemble, tmp_path):
+    """A host write over a shadowed page table reaches the shadow entries (cached mode)."""
+    m = Machine(memory="16M", mmu="cached")
+    pd, pt = 0x10000, 0x11000
+    m.write_memory(pd, (pt | 7).to_bytes(4, "little"))
+    m.write_memory(pt + 4 * 0x40, (0x40000 | 7).to_bytes(4, "little"))
+    cr0, cr4 = 0x80000011, 0
+    err, hit = m.core.debug_fill(cr0, pd, cr4, 0, 0x40000, "read", False)
+    assert err is None and hit[0] == 0x40000
+    assert m.core.is_tracked(pt >> 12)
+    m.write_memory(pt + 4 * 0x40, (0x50000 | 7).to_bytes(4, "little"))
+    err, hit = m.core.debug_fill(cr0, pd, cr4, 0, 0x40000, "read", False)
+    assert err is None and hit[0] == 0x50000
+    assert m.core.audit() == []
+    m.close()
