@@ -321,7 +321,9 @@ cdef class Core:
     # -- shadow MMU ------------------------------------------------------------------
 
     def take_fault(self):
-        """``(linear_address, error_code)`` of the guest page fault that stopped the slice.
+        """``(linear_address, error_code, non_canonical)`` of the refused access that
+        stopped the slice: a page fault, or with ``non_canonical`` a 64-bit access
+        to a non-canonical address (#GP or #SS, error code 0).
 
         The fill sees only the page (DESIGN fact 6); the exact address comes from
         Unicorn's record of the refused access when its offset could be found."""
@@ -337,7 +339,7 @@ cdef class Core:
                 exact &= 0xFFFFFFFF
             if (exact & ~0xFFFULL) == mmu.fault_addr:
                 addr = exact
-        return addr, mmu.fault_error
+        return addr, mmu.fault_error, bool(mmu.fault_noncanonical)
 
     def notify_phys_write(self, uint64_t paddr, uint64_t length):
         """The host wrote guest RAM directly: update the shadow pages caching it."""
@@ -374,6 +376,7 @@ cdef class Core:
         d = {
             "fills": s.fills, "fills_read": s.fills_read, "fills_write": s.fills_write,
             "fills_fetch": s.fills_fetch, "faults": s.faults, "rsvd_faults": s.rsvd_faults,
+            "noncanonical_faults": s.noncanonical_faults,
             "guest_walks": s.guest_walks,
             "shadow_hits": sum(s.shadow_hits[i] for i in range(1, 5)),
             "shadow_misses": sum(s.shadow_misses[i] for i in range(1, 5)),

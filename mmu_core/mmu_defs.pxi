@@ -195,6 +195,7 @@ cdef struct MmuStats:
     uint64_t naive_zap_all
     uint64_t phys_writes_notified
     uint64_t rsvd_faults
+    uint64_t noncanonical_faults
 
 cdef struct Mmu:
     int mode                  # TLB_* of the Core
@@ -225,4 +226,5 @@ cdef struct Mmu:
     bint fault_pending
     uint64_t fault_addr
     uint32_t fault_error
+    bint fault_noncanonical   # a 64-bit access to a non-canonical address: #GP/#SS, not #PF
     MmuStats stats

@@ -456,6 +456,7 @@ cdef bint _hook_tlb_fill_mmu(uc_engine *uc, uint64_t vaddr, int type,
     cdef void *vals[4]
     cdef int access
     cdef uint32_t error_code = 0
+    cdef bint noncanonical = False
     mmu.stats.fills += 1
     if type == UC_MEM_WRITE:
         access = ACC_WRITE
@@ -477,20 +478,28 @@ cdef bint _hook_tlb_fill_mmu(uc_engine *uc, uint64_t vaddr, int type,
     vals[2] = &cr4
     vals[3] = &efer
     uc_reg_read_batch(uc, regs, vals, 4)
-    if access == ACC_FETCH and ((vaddr >> 47) != 0 and (vaddr >> 47) != 0x1FFFF or
-                                (not efer.value & EFER_LMA and vaddr >> 32)):
+    if efer.value & EFER_LMA:
+        # 48-bit linear addresses (CPUID does not offer LA57): bits 63:47 must
+        # be equal, or the access is #GP(0) / #SS(0), not a page fault (SDM
+        # vol. 3 6.15).  QEMU's own MMU checks this in its tlb_fill, which the
+        # UC_TLB_VIRTUAL fill replaces, so the check is ours.
+        noncanonical = (vaddr >> 47) != 0 and (vaddr >> 47) != 0x1FFFF
+    elif access == ACC_FETCH and vaddr >> 32:
         # Not a guest fetch: Unicorn invalidating the emu_start "until" page
         # after the slice.  Answer with an MMIO page: nothing is translated.
         result.paddr = ALIAS_BASE
         result.perms = UC_PROT_READ | UC_PROT_EXEC
         return True
     mode_init(&m, cr0, cr3, cr4, efer.value, st.a20_enabled)
-    if mmu_fill(st, &m, vaddr, access, result, &error_code) == 0:
+    if not noncanonical and mmu_fill(st, &m, vaddr, access, result, &error_code) == 0:
         return True
+    if noncanonical:
+        mmu.stats.noncanonical_faults += 1
     if not st.stop_flags & C_STOP_FAULT:
         # Only the first fault of a slice is the guest's (DESIGN fact 6).
         st.stop_flags |= C_STOP_FAULT
         mmu.fault_pending = True
         mmu.fault_addr = vaddr if m.levels == 4 else vaddr & 0xFFFFFFFFULL
         mmu.fault_error = error_code
+        mmu.fault_noncanonical = noncanonical
     return False

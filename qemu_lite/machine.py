@@ -32,7 +32,6 @@ from qemu_lite._vcpu_hooks import VcpuHooks
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
-from qemu_lite.events import PF
 from qemu_lite.pc import Drive
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
@@ -419,8 +418,7 @@ class Machine:
                 return self._stop_reason
             try:
                 if flags & STOP_FAULT:
-                    address, error_code = core.take_fault()
-                    cpu.deliver_exception(PF, error_code, cr2=address)
+                    cpu.deliver_mmu_fault(*core.take_fault())
                 elif flags & STOP_INTERRUPT:
                     cpu.deliver_cpu_event(intno)
                 elif flags & STOP_INVALID:

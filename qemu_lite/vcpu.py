@@ -14,6 +14,7 @@ from unicorn import UC_ARCH_X86, UC_MODE_16, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as X
 
 from mmu_core import Core
+from qemu_lite.canonical import is_canonical, is_stack_fault
 from qemu_lite.cpustate import (
     CS,
     DS,
@@ -33,6 +34,7 @@ from qemu_lite.events import (
     NMI,
     PF,
     SOFTWARE,
+    SSF,
     UD,
     DeliveryFault,
     Event,
@@ -208,8 +210,42 @@ class VCpu:
         if is_int:
             ev = Event(vector, SOFTWARE, None, next_eip)
         else:
+            if vector == GP and error_code == 0 and self._stack_fault():
+                vector = SSF  # Unicorn's MMU raises #GP for every non-canonical access
             ev = Event(vector, EXCEPTION, error_code, self.rip, cr2 if vector == PF else None)
         self._deliver(ev)
+
+    def deliver_mmu_fault(self, address: int, error_code: int, non_canonical: bool) -> None:
+        """Deliver what the shadow MMU's refused fill means: #PF, or for a
+        non-canonical address #GP(0), #SS(0) when the reference is through SS."""
+        if not non_canonical:
+            self.deliver_exception(PF, error_code, cr2=address)
+        elif address >> 12 == self.rip >> 12:
+            self.deliver_exception(GP)  # the fetch itself: RIP is non-canonical
+        else:
+            self.deliver_exception(SSF if self._stack_fault() else GP)
+
+    def _stack_fault(self) -> bool:
+        """In 64-bit mode: does the instruction at RIP make a non-canonical reference
+        through SS?  (Only non-canonical addresses turn such references into faults
+        that are not #PF; the caller knows the fault was #GP(0) or non-canonical.)"""
+        if not self.segments.hflags() & HF_CS64:
+            return False
+        rip = self.rip
+        if not is_canonical(rip):
+            return False
+        first = min(15, 4096 - (rip & 0xFFF))
+        try:
+            code = self.events.read(rip, first)
+        except DeliveryFault:
+            return False
+        if first < 15 and is_canonical(rip + 15):
+            try:
+                code += self.events.read(rip + first, 15 - first)
+            except DeliveryFault:
+                pass  # an instruction that fits in the first page still decodes
+        regs = [int(self.uc.reg_read(r)) for r in _GPRS]
+        return is_stack_fault(code, regs)
 
     def deliver_invalid_opcode(self) -> None:
         self._deliver(Event(UD, EXCEPTION, 0, self.rip))
@@ -321,6 +357,11 @@ class _TrackedRam(RamView):
         super().write_u32(paddr, value)
         self._notify(paddr, 4)
 
+
+_GPRS = [X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
+         X.UC_X86_REG_RSP, X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI,
+         X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
+         X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15]
 
 _REGS: dict[str, int] = {}
 
