@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from guestlib import protected_mode_guest, run_multiboot_guest
 
 from qemu_lite import Machine
@@ -14,6 +15,9 @@ SECTOR = 512
 # through a PRD table whose first region is the BIOS at 0xF0000 and whose
 # second is RAM at 0x9000, then checks both.
 BODY = r"""
+%ifndef REGION
+%define REGION 0xF0000
+%endif
     mov dx, 0xCF8
     mov eax, 0x80000920         ; 00:01.1 BAR4
     out dx, eax
@@ -32,7 +36,7 @@ BODY = r"""
     mov ecx, 128
     rep movsd
 
-    mov dword [0x8000], 0xF0000
+    mov dword [0x8000], REGION
     mov dword [0x8004], 512
     mov dword [0x8008], 0x9000
     mov dword [0x800C], 0x80000000 | 512
@@ -128,3 +132,15 @@ def test_bios_image_unchanged_after_dma(assemble, tmp_path):
         bios = bundled_firmware("bios.bin")
         assert m.read_memory(0xF0000, 0x10000) == bios
         assert m.read_memory(0xFFFF0000, 0x10000) == bios
+
+
+@pytest.mark.parametrize("region", [0x4000000, 0xFEE00000])   # past 32 MiB of RAM; LAPIC MMIO
+def test_dma_outside_ram_and_rom_sets_the_error_bit(assemble, tmp_path, region):
+    """A master abort: BMISTA reports interrupt and error (82371AB BMISTA bit 1)."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\xAA" * SECTOR * 2)
+    result, out = run_multiboot_guest(assemble, tmp_path,
+                                      f"%define REGION {region:#x}\n" + protected_mode_guest(BODY),
+                                      disk=str(disk))
+    assert out.splitlines()[0] == "status 00000006", out
+    assert result.exit_status == 3
