@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 from unicorn import UcError
 from unicorn import x86_const as X
 
+from qemu_lite.canonical import is_canonical
 from qemu_lite.cpustate import CS, HF_CPL_MASK, HF_LMA, SS, Segment, segment_hflags
 from qemu_lite.paging import READ, WRITE, PageFault, PagingState, translate
-from qemu_lite.x86 import EFLAGS_IF, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM
+from qemu_lite.x86 import EFER_LMA, EFLAGS_IF, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM
 
 if TYPE_CHECKING:
     from qemu_lite.vcpu import VCpu
@@ -102,6 +103,9 @@ class EventDelivery:
 
     def _phys(self, linear: int, size: int, access: str, user: bool) -> list[tuple[int, int]]:
         st = self._paging()
+        if st.efer & EFER_LMA and not (is_canonical(linear) and is_canonical(linear + size - 1)):
+            # A 48-bit walk would reach the address's canonical alias instead.
+            raise DeliveryFault(GP, 0)
         pieces = []
         while size > 0:
             chunk = min(size, 4096 - (linear & 0xFFF))
@@ -356,6 +360,12 @@ class EventDelivery:
         frame = struct.pack(f"<{len(push)}Q",
                             *(v & 0xFFFFFFFFFFFFFFFF for v in reversed(push)))
         sp = (new_rsp - len(frame)) & 0xFFFFFFFFFFFFFFFF
+        # SDM vol. 2, INT n, 64-bit mode exceptions: a frame that crosses the
+        # canonical boundary is #SS, a handler address that is not canonical #GP.
+        if not (is_canonical(sp) and is_canonical(new_rsp - 1)):
+            raise DeliveryFault(SSF, ext)
+        if not is_canonical(offset):
+            raise DeliveryFault(GP, ext)
         self.write(sp, frame)
         new_flags = flags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gtype == 0xE:

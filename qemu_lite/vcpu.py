@@ -150,6 +150,7 @@ class VCpu:
         code = 0x00CF9A000000FFFF
         data = 0x00CF92000000FFFF
         self.uc.mem_write(gdt_addr, struct.pack("<3Q", 0, code, data))
+        self.notify_phys_write(gdt_addr, 24)
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, 23, 0))
         self.set_reg("cr0", (self.reg("cr0") | CR0_PE) & ~CR0_PG)
         cs = Segment.from_descriptor(0x08, code | (1 << 40))  # accessed, as a load sets it
@@ -167,6 +168,7 @@ class VCpu:
         code64 = 0x00AF9A000000FFFF
         data = 0x00CF92000000FFFF
         self.uc.mem_write(gdt_addr, struct.pack("<4Q", 0, 0, code64, data))
+        self.notify_phys_write(gdt_addr, 32)
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, 31, 0))
         self.set_reg("cr3", cr3)
         self.set_reg("cr4", self.reg("cr4") | CR4_PAE)

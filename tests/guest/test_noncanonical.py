@@ -199,3 +199,116 @@ def test_rbp_based_reference_with_noncanonical_rbp_is_a_stack_fault():
     assert is_stack_fault(b"\x48\x8b\x45\x08" + bytes(11), gpr)   # mov rax, [rbp + 8]
     assert is_stack_fault(b"\xc9" + bytes(14), gpr)               # leave
     assert not is_stack_fault(b"\x48\x8b\x03" + bytes(12), gpr)   # mov rax, [rbx]
+
+
+DELIVERY_BODY = r"""
+    LOAD_GDT
+    ENTER_LONG_MODE long_entry
+bits 64
+long_entry:
+    mov ax, 0x10
+    mov ds, ax
+    mov ss, ax
+    mov rax, tss64
+    mov word [gdt + 0x28], 0x67
+    mov [gdt + 0x2A], ax
+    shr rax, 16
+    mov [gdt + 0x2C], al
+    mov byte [gdt + 0x2D], 0x89
+    mov byte [gdt + 0x2E], 0
+    mov [gdt + 0x2F], ah
+    mov dword [gdt + 0x30], 0
+    mov ax, 0x28
+    ltr ax
+    mov qword [tss64 + 0x24], ist1_top
+    lidt [idtr64]
+    mov rsp, 0x80000
+    mov [good_rsp], rsp
+    PRINT64 "int, bad stack: "
+    mov qword [resume], .next
+    mov rsp, 0x8000000000001000         ; aliases physical 0x1000 in a 48-bit walk
+    int 0x30
+    PRINT64 "delivered", 10
+.next:
+    mov rsp, [good_rsp]
+    PRINT64 "int, bad handler: "
+    mov qword [resume], .done
+    int 0x31
+.done:
+    PRINT64 "done", 10
+    mov al, 0
+    out 0xF4, al
+
+int30:
+    PRINT64 "int30 ran", 10
+    jmp $
+ss_handler:
+    mov r15, 12
+    jmp report
+gp_handler:
+    mov r15, 13
+report:
+    PRINT64 "vec="
+    mov rax, r15
+    call puthex64
+    PRINT64 " err="
+    mov rax, [rsp]
+    call puthex64
+    mov al, 10
+    call putc64
+    mov rax, [resume]
+    mov [rsp + 8], rax
+    mov rax, [good_rsp]
+    mov [rsp + 32], rax
+    add rsp, 8
+    iretq
+
+align 8
+good_rsp: dq 0
+resume: dq 0
+align 16
+idt64:
+    times 12 dq 0, 0
+    GATE64 ss_handler, 0x38, 0x8E, 1
+    GATE64 gp_handler, 0x38, 0x8E, 1
+    times 0x30 - 14 dq 0, 0
+    GATE64 int30, 0x38, 0x8E, 0
+    dw 0x1000, 0x38, 0x8E00, 0          ; int 0x31: handler at 0x0000_8000_0000_1000,
+    dd 0x00008000, 0                    ;   not canonical
+idt64_end:
+idtr64:
+    dw idt64_end - idt64 - 1
+    dq idt64
+align 16
+tss64: times 0x68 db 0
+align 16
+    times 1024 db 0
+ist1_top:
+bits 32
+"""
+
+
+@pytest.mark.parametrize("mmu", ["cached", "native"])
+def test_event_delivery_checks_canonical_stack_and_handler(assemble, tmp_path, mmu):
+    """Delivery pushing onto a non-canonical RSP raises #SS(0), and a gate whose
+    handler address is non-canonical #GP(0); nothing is written through the
+    address's 48-bit alias."""
+    from qemu_lite import Machine
+    from qemu_lite.loaders import multiboot
+
+    kernel = tmp_path / "guest.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(DELIVERY_BODY, True)))
+    out = bytearray()
+    with Machine(serial="none", memory="32M", mmu=mmu) as m:
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        m.write_memory(0xF00, b"\x5a" * 0x100)
+        result = m.run(timeout=20)
+        alias = m.read_memory(0xF00, 0x100)
+    assert out.decode().splitlines() == [
+        "int, bad stack: " + _fault(SS).removesuffix(" rip=insn"),
+        "int, bad handler: " + _fault(GP).removesuffix(" rip=insn"),
+        "done",
+    ]
+    assert alias == b"\x5a" * 0x100
+    assert result.exit_status == 1
