@@ -296,6 +296,16 @@ cdef class Core:
         self.st.rom_count += 1
         self._roms.append(buf)
 
+    def is_rom(self, uint64_t address, uint64_t length=1):
+        """Does ``address .. address+length-1`` overlap a ROM window?"""
+        cdef int i
+        cdef RomWindow *rom
+        for i in range(self.st.rom_count):
+            rom = &self.st.roms[i]
+            if address < rom.base + rom.size and rom.base < address + length:
+                return True
+        return False
+
     @property
     def rom_writes_ignored(self):
         """Guest stores to ROM that were dropped (shadow and identity MMU modes)."""

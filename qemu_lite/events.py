@@ -130,11 +130,12 @@ class EventDelivery:
     def write(self, linear: int, data: bytes, user: bool = False) -> None:
         pos = 0
         for paddr, n in self._phys(linear, len(data), WRITE, user):
-            try:
-                self.uc.mem_write(paddr, data[pos:pos + n])
-            except UcError:
-                pass
-            self.cpu.notify_phys_write(paddr, n)
+            if not self.cpu.core.is_rom(paddr, n):  # stores to ROM are lost, as on a PC
+                try:
+                    self.uc.mem_write(paddr, data[pos:pos + n])
+                except UcError:
+                    pass
+                self.cpu.notify_phys_write(paddr, n)
             pos += n
 
     # -- entry point ---------------------------------------------------------------------

@@ -144,3 +144,58 @@ def test_dma_outside_ram_and_rom_sets_the_error_bit(assemble, tmp_path, region):
                                       disk=str(disk))
     assert out.splitlines()[0] == "status 00000006", out
     assert result.exit_status == 3
+
+
+# Protected mode, ESP inside the BIOS ROM, INT 0x30: the CPU's pushes of the
+# interrupt frame hit ROM and are lost, as any store to ROM is on a PC.
+ROM_STACK_BODY = r"""
+    LOAD_GDT
+    lidt [idtr]
+    mov esi, 0xF0000 + 0x100 - 12       ; what the frame will overwrite if it can
+    mov edi, saved
+    mov ecx, 3
+    rep movsd
+    mov esp, 0xF0000 + 0x100
+    int 0x30
+    PRINT "returned", 10
+    mov al, 1
+    call exit
+handler:
+    mov esp, 0x90000
+    mov esi, 0xF0000 + 0x100 - 12
+    mov edi, saved
+    mov ecx, 3
+    repe cmpsd
+    jne .changed
+    PRINT "rom intact", 10
+    mov al, 0
+    call exit
+.changed:
+    PRINT "rom changed", 10
+    mov al, 1
+    call exit
+align 4
+saved: times 3 dd 0
+align 8
+idt:
+    times 0x30 dq 0
+    GATE32 handler, 0x08, 0x8E
+idt_end:
+idtr:
+    dw idt_end - idt - 1
+    dd idt
+"""
+
+
+@pytest.mark.parametrize("mmu", ["cached", "native"])
+def test_interrupt_frame_pushed_onto_rom_is_dropped(assemble, tmp_path, mmu):
+    kernel = tmp_path / "guest.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(ROM_STACK_BODY)))
+    out = bytearray()
+    with Machine(serial="none", memory="32M", mmu=mmu) as m:
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        result = m.run(timeout=20)
+        assert m.read_memory(0xF0000, 0x10000) == bundled_firmware("bios.bin")
+    assert out == b"rom intact\n"
+    assert result.exit_status == 1
