@@ -213,6 +213,8 @@ class Machine:
         self._rom_bases = (BIOS_LOW, BIOS_HIGH)
         for base in self._rom_bases:
             self.core.map_rom(base, data)
+        self._writable = ((0, BIOS_LOW), (BIOS_LOW + BIOS_SIZE, self.memory_size))
+        self._readable = tuple(_merge([*self._writable, *self.rom_ranges]))
 
     @property
     def rom_writes_ignored(self) -> int:
@@ -302,8 +304,7 @@ class Machine:
     def memory_ranges(self, write: bool = False) -> list[tuple[int, int]]:
         """``(start, end)`` physical ranges (end exclusive) that :meth:`write_memory`
         (``write``) or :meth:`read_memory` accept."""
-        ram = [(0, min(BIOS_LOW, self.memory_size)), (BIOS_LOW + BIOS_SIZE, self.memory_size)]
-        return ram if write else _merge(ram + self.rom_ranges)
+        return list(self._writable if write else self._readable)
 
     @property
     def rom_ranges(self) -> list[tuple[int, int]]:
@@ -314,15 +315,16 @@ class Machine:
         address, size = operator.index(address), operator.index(size)
         if size < 0:
             raise ValueError(f"negative memory size {size}")
-        ranges = self.memory_ranges(write)
-        if not any(start <= address and address + size <= end for start, end in ranges):
-            what = "RAM" if write else "RAM or ROM"
-            if write and any(address < end and start < address + max(size, 1)
-                             for start, end in self.rom_ranges):
-                what += " (the BIOS ROM is read-only; pass bios= to change it)"
-            valid = ", ".join(f"{start:#x}-{end - 1:#x}" for start, end in ranges)
-            raise ValueError(f"{address:#x}+{size:#x} is not guest {what}; valid: {valid}")
-        return address, size
+        ranges = self._writable if write else self._readable
+        for start, end in ranges:
+            if start <= address and address + size <= end:
+                return address, size
+        what = "RAM" if write else "RAM or ROM"
+        if write and any(address < end and start < address + max(size, 1)
+                         for start, end in self.rom_ranges):
+            what += " (the BIOS ROM is read-only; pass bios= to change it)"
+        valid = ", ".join(f"{start:#x}-{end - 1:#x}" for start, end in ranges)
+        raise ValueError(f"{address:#x}+{size:#x} is not guest {what}; valid: {valid}")
 
     def reg(self, name: str) -> int:
         """Read a register by name ("rax", "eip", "cr0", "cs", ...)."""

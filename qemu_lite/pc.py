@@ -287,6 +287,9 @@ class GuestPhysicalMemory:
     def write(self, paddr: int, data: bytes) -> None:
         m = self._machine
         end = paddr + len(data)
+        if paddr >= 0x100000 and end <= m.memory_size:
+            m.write_memory(paddr, data)  # the common case: all RAM above the BIOS
+            return
         ram = [(max(s, paddr), min(e, end)) for s, e in m.memory_ranges(write=True)]
         ram = [(s, e) for s, e in ram if s < e]
         covered = sum(e - s for s, e in ram)
