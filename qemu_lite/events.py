@@ -6,7 +6,9 @@ IVT; protected mode uses 8-byte interrupt and trap gates with a stack switch
 through the TSS on a privilege change; long mode uses 16-byte gates, IST
 stacks, 16-byte stack alignment and always pushes SS:RSP.  Faults raised
 while delivering follow the architecture's double-fault rules; a fault while
-delivering #DF is a triple fault.
+delivering #DF is a triple fault.  In long mode a frame that would cross the
+canonical boundary is #SS and a non-canonical handler address #GP; stores
+that land in ROM are dropped, as on a PC.
 
 Left approximate (documented): task gates and virtual-8086 mode are refused
 with a GuestError; PAE PDPTEs are re-read from memory at each walk instead

@@ -154,9 +154,10 @@ def test_negative_size_and_rom_writes_are_refused():
     m.close()
 
 
-def test_write_memory_over_page_tables_keeps_shadow_mmu_coherent(assemble, tmp_path):
-    """A host write over a shadowed page table reaches the shadow entries (cached mode)."""
-    m = Machine(memory="16M", mmu="cached")
+@pytest.mark.parametrize("mmu", ["cached", "naive"])
+def test_write_memory_over_page_tables_keeps_shadow_mmu_coherent(mmu):
+    """A host write over a shadowed page table reaches the shadow entries."""
+    m = Machine(memory="16M", mmu=mmu)
     pd, pt = 0x10000, 0x11000
     m.write_memory(pd, (pt | 7).to_bytes(4, "little"))
     m.write_memory(pt + 4 * 0x40, (0x40000 | 7).to_bytes(4, "little"))
