@@ -273,7 +273,8 @@ class GuestPhysicalMemory:
     on to the ROM, which ignores them (QEMU likewise bounces a DMA write to a
     read-only region in address_space_map() and discards it at unmap).  Anything
     else is a master abort: ValueError, which the PIIX reports in BMISTA's error
-    bit (82371AB data sheet, BMISTA bit 1)."""
+    bit (82371AB data sheet, BMISTA bit 1; QEMU instead completes such a transfer
+    and discards the data)."""
 
     def __init__(self, machine: Machine) -> None:
         self._machine = machine
