@@ -228,9 +228,8 @@ class VCpu:
             self.deliver_exception(SSF if self._stack_fault() else GP)
 
     def _stack_fault(self) -> bool:
-        """In 64-bit mode: does the instruction at RIP make a non-canonical reference
-        through SS?  (Only non-canonical addresses turn such references into faults
-        that are not #PF; the caller knows the fault was #GP(0) or non-canonical.)"""
+        """In 64-bit mode, does the instruction at RIP make a non-canonical reference
+        through SS?  Asked only of faults a non-canonical address can cause."""
         if not self.segments.hflags() & HF_CS64:
             return False
         rip = self.rip

@@ -12,6 +12,10 @@ from __future__ import annotations
 import pytest
 from guestlib import protected_mode_guest, run_multiboot_guest
 
+from qemu_lite import Machine
+from qemu_lite.canonical import is_stack_fault
+from qemu_lite.loaders import multiboot
+
 NONCANON = 0x8000000000000000
 
 BODY = r"""
@@ -183,7 +187,6 @@ def test_noncanonical_references_fault_as_the_sdm_says(assemble, tmp_path, mmu):
     (b"\x0f\xa0", True),                   # push fs
 ])
 def test_stack_reference_decoder(code, stack):
-    from qemu_lite.canonical import is_stack_fault
     gpr = [0] * 16
     gpr[4] = NONCANON                      # RSP non-canonical
     gpr[5] = 0x1000                        # RBP canonical
@@ -193,7 +196,6 @@ def test_stack_reference_decoder(code, stack):
 
 
 def test_rbp_based_reference_with_noncanonical_rbp_is_a_stack_fault():
-    from qemu_lite.canonical import is_stack_fault
     gpr = [0] * 16
     gpr[4], gpr[5] = 0x80000, NONCANON
     assert is_stack_fault(b"\x48\x8b\x45\x08" + bytes(11), gpr)   # mov rax, [rbp + 8]
@@ -293,9 +295,6 @@ def test_event_delivery_checks_canonical_stack_and_handler(assemble, tmp_path, m
     """Delivery pushing onto a non-canonical RSP raises #SS(0), and a gate whose
     handler address is non-canonical #GP(0); nothing is written through the
     address's 48-bit alias."""
-    from qemu_lite import Machine
-    from qemu_lite.loaders import multiboot
-
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(protected_mode_guest(DELIVERY_BODY, True)))
     out = bytearray()
