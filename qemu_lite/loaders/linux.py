@@ -13,6 +13,8 @@ import os
 import struct
 from typing import TYPE_CHECKING
 
+from qemu_lite.loaders.files import read_input_file
+
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
 
@@ -51,8 +53,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
          initrd_path: str | os.PathLike[str] | None = None) -> None:
     """Load a bzImage (and initrd) into ``machine`` and point its CPU at the 64-bit entry."""
     name = os.fspath(kernel_path)
-    with open(kernel_path, "rb") as f:
-        image = f.read()
+    image = read_input_file(kernel_path, "kernel")
     if not is_bzimage(image):
         raise LinuxBootError(f"{name}: not a Linux bzImage (no HdrS setup header)")
     version = struct.unpack_from("<H", image, 0x206)[0]
@@ -63,8 +64,15 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     if not xloadflags & XLF_KERNEL_64:
         raise LinuxBootError(f"{name}: kernel has no 64-bit entry point (32-bit kernels "
                              "are not supported yet)")
-    setup_sects = image[0x1F1] or 4
-    kernel = image[(setup_sects + 1) * 512:]
+    setup_size = ((image[0x1F1] or 4) + 1) * 512
+    syssize = struct.unpack_from("<I", image, 0x1F4)[0] * 16
+    if syssize == 0:
+        raise LinuxBootError(f"{name}: the setup header promises no protected-mode kernel "
+                             "(syssize 0)")
+    if setup_size + syssize > len(image):
+        raise LinuxBootError(f"{name}: truncated kernel: its header promises "
+                             f"{setup_size + syssize} bytes, the file has {len(image)}")
+    kernel = image[setup_size:]
     ram = machine.memory_size
     init_size = struct.unpack_from("<I", image, 0x260)[0]
     if KERNEL_LOAD + max(init_size, len(kernel)) > ram:
@@ -86,8 +94,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     struct.pack_into("<I", params, 0x228, CMDLINE)
 
     if initrd_path is not None:
-        with open(initrd_path, "rb") as f:
-            initrd = f.read()
+        initrd = read_input_file(initrd_path, "initrd")
         initrd_max = struct.unpack_from("<I", image, 0x22C)[0] or 0x37FFFFFF
         top = min(ram, initrd_max + 1)
         addr = (top - len(initrd)) & ~0xFFF

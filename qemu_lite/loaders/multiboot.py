@@ -14,12 +14,15 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from qemu_lite.loaders.files import read_input_file
+
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
 SEARCH_LIMIT = 8192
+ELF32_HEADER_SIZE, ELF32_PHDR_SIZE = 52, 32
 FLAG_PAGE_ALIGN = 1 << 0
 FLAG_MEMORY_INFO = 1 << 1
 FLAG_VIDEO_MODE = 1 << 2
@@ -100,19 +103,27 @@ def parse(image: bytes, name: str = "kernel") -> MultibootImage:
 def _parse_elf(image: bytes, name: str) -> MultibootImage:
     if image[:4] != b"\x7fELF":
         raise MultibootError(f"{name}: neither ELF nor an a.out-kludge Multiboot image")
+    if len(image) < ELF32_HEADER_SIZE:
+        raise MultibootError(f"{name}: truncated ELF header")
     if image[4] != 1:
         raise MultibootError(f"{name}: 64-bit ELF Multiboot kernels are not supported "
                              "(Multiboot v1 needs ELF32)")
     entry, phoff = struct.unpack_from("<II", image, 24)
     phentsize, phnum = struct.unpack_from("<HH", image, 42)
+    if phnum and phentsize < ELF32_PHDR_SIZE:
+        raise MultibootError(f"{name}: ELF program header entries of {phentsize} bytes "
+                             f"(at least {ELF32_PHDR_SIZE} are needed)")
     segments = []
     for i in range(phnum):
         p = phoff + i * phentsize
-        if p + 32 > len(image):
+        if p + ELF32_PHDR_SIZE > len(image):
             raise MultibootError(f"{name}: truncated ELF program headers")
         p_type, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from("<6I", image, p)
         if p_type != 1 or p_memsz == 0:  # PT_LOAD only
             continue
+        if p_memsz < p_filesz:
+            raise MultibootError(f"{name}: ELF segment {i} has p_memsz {p_memsz:#x} smaller "
+                                 f"than p_filesz {p_filesz:#x}")
         if p_offset + p_filesz > len(image):
             raise MultibootError(f"{name}: ELF segment extends past the end of the file")
         segments.append(Segment(p_paddr, image[p_offset:p_offset + p_filesz], p_memsz))
@@ -126,8 +137,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     """Load a Multiboot kernel into ``machine`` and point its CPU at the entry.
 
     ``modules`` holds ``(path, string)`` pairs (QEMU's ``-initrd "a arg,b"``)."""
-    with open(kernel_path, "rb") as f:
-        image = f.read()
+    image = read_input_file(kernel_path, "kernel")
     mb = parse(image, os.fspath(kernel_path))
     ram = machine.memory_size
     for seg in mb.segments:
@@ -140,8 +150,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     next_free = (mb.end + 0xFFF) & ~0xFFF
     mods = b""
     for path, string in modules or []:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_input_file(path, "module", allow_empty=True)
         if next_free + len(data) > ram:
             raise MultibootError(f"module {path} does not fit in RAM")
         machine.write_memory(next_free, data)
