@@ -76,6 +76,8 @@ def parse_size(text: str | int) -> int:
         raise ValueError(f"invalid memory size {text!r} (try 64M or 1G)") from None
     if not math.isfinite(value) or value <= 0 or value * mult > MAX_SIZE:
         raise ValueError(f"invalid memory size {text!r} (try 64M or 1G)")
+    if not (value * mult).is_integer():
+        raise ValueError(f"invalid memory size {text!r}: not a whole number of bytes")
     return int(value * mult)
 
 

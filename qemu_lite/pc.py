@@ -302,7 +302,7 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(COM1, 8, com1)
     machine.add_poller(com1.pump)
     com2 = None
-    if serial2:
+    if serial2 is not None:
         com2 = Uart16550(irqs.line(IRQ_COM2), _open_serial(machine, serial2, "serial1"), clock)
         add(COM2, 8, com2)
         machine.add_poller(com2.pump)
@@ -344,7 +344,7 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
 
 
 def _open_serial(machine: Machine, spec: str | None, label: str) -> SerialBackend | None:
-    backend = open_backend(spec, label=label) if spec else None
+    backend = open_backend(spec, label=label) if spec is not None else None
     if backend is not None:
         backend.notify = _weak_wake(machine)
         machine.add_closer(backend.close)
