@@ -200,13 +200,13 @@ def _boot(args: argparse.Namespace) -> int:
     from qemu_lite.pc import Drive, check_outputs, parse_drive, serial_output_path
     from qemu_lite.vcpu import GuestError, TripleFault
 
-    if args.disk and args.hda:
+    if args.disk is not None and args.hda is not None:
         raise _InputError("give the disk image either as DISK or as -hda, not both")
     if args.kernel is None and args.initrd is not None:
         raise _InputError("--initrd is only allowed with --kernel")
     if args.kernel is None and args.append:
         raise _InputError("--append is only allowed with --kernel")
-    disk = args.disk or args.hda
+    disk = args.disk if args.disk is not None else args.hda
     snapshot = args.snapshot
     drives: list[Drive] = []
     for spec in args.drive:
@@ -214,11 +214,12 @@ def _boot(args: argparse.Namespace) -> int:
             drives.append(parse_drive(spec))
         except ValueError as exc:
             raise _InputError(str(exc)) from None
-    if disk is None and args.kernel is None and not drives and not args.cdrom and not args.hdb:
+    if (disk is None and args.kernel is None and not drives and args.cdrom is None
+            and args.hdb is None):
         disk = bundled_firmware_path("default.img")
         snapshot = True  # the bundled image is package data: never write it
     rtc_base = None
-    if args.rtc:
+    if args.rtc is not None:
         try:
             rtc_base = _parse_rtc(args.rtc)
         except ValueError as exc:

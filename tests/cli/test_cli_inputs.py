@@ -297,3 +297,10 @@ def test_bad_socket_port_is_one_clear_line(capsys, spec):
 def test_same_image_twice_says_so(capsys, disk):
     err = one_line_error(capsys, str(disk), "--drive", f"file={disk},index=2")
     assert "given twice" in err and "locked" not in err
+
+
+@pytest.mark.parametrize("args", [["--rtc="], ["--serial2="], [""], ["-hda", ""],
+                                  ["--memory=2.0000001M"]])
+def test_empty_and_fractional_values_are_not_silently_ignored(capsys, args):
+    # Found by the fuzz test: each of these used to boot the default image.
+    one_line_error(capsys, *args, "--serial", "none", "--timeout", "5")
