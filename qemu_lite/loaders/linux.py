@@ -86,7 +86,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     params[0x210] = 0xFF  # type_of_loader: undefined loader
     params[0x211] |= LOADED_HIGH | CAN_USE_HEAP
     struct.pack_into("<H", params, 0x224, 0xFE00)  # heap_end_ptr
-    cmd = cmdline.encode() + b"\0"
+    cmd = os.fsencode(cmdline) + b"\0"  # argv bytes back as given, even non-UTF-8
     cmdline_size = struct.unpack_from("<I", image, 0x238)[0]
     if len(cmd) > cmdline_size + 1:
         raise LinuxBootError(f"command line longer than the kernel accepts ({cmdline_size})")

@@ -195,4 +195,4 @@ class _InfoBuilder:
         return addr
 
     def string(self, text: str) -> int:
-        return self.blob(text.encode() + b"\0")
+        return self.blob(os.fsencode(text) + b"\0")  # argv bytes as given, even non-UTF-8

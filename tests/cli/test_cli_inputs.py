@@ -304,3 +304,21 @@ def test_same_image_twice_says_so(capsys, disk):
 def test_empty_and_fractional_values_are_not_silently_ignored(capsys, args):
     # Found by the fuzz test: each of these used to boot the default image.
     one_line_error(capsys, *args, "--serial", "none", "--timeout", "5")
+
+
+def test_non_utf8_command_line_reaches_a_multiboot_kernel(capsys, tmp_path, assemble):
+    # argv holds undecodable bytes as surrogates; encoding them strictly was a traceback.
+    from guestlib import protected_mode_guest
+
+    kernel = tmp_path / "k.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(r"""
+    mov esi, [ebx + 16]         ; multiboot_info.cmdline
+    call puts
+    mov al, 0
+    call exit
+""")))
+    out = tmp_path / "serial.txt"
+    status, err = run(capsys, "--kernel", str(kernel), "--append", "caf\udcc3\udca9 \udcff",
+                      "-m", "16M", "--serial", f"file:{out}", "--timeout", "20")
+    assert status == 1, err
+    assert out.read_bytes() == b"caf\xc3\xa9 \xff"
