@@ -252,7 +252,11 @@ def _boot(args: argparse.Namespace) -> int:
                if path is not None]
     try:
         check_outputs(outputs, inputs)
-    except ValueError as exc:
+        if bzimage:
+            linux.check(args.kernel, args.append, args.initrd, memory_size=args.memory)
+        elif args.kernel:
+            multiboot.check(args.kernel, args.append, modules, memory_size=args.memory)
+    except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
         raise _InputError(str(exc)) from None
 
     try:

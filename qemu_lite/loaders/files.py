@@ -70,3 +70,12 @@ def read_input_file(path: str | os.PathLike[str], what: str, *,
         raise InputFileError(f"cannot read {what} '{name}': {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def input_file_size(path: str | os.PathLike[str], what: str, *,
+                    allow_empty: bool = False) -> int:
+    """The size of the file :func:`read_input_file` would read, without reading it."""
+    problem = file_problem(path, allow_empty=allow_empty)
+    if problem is not None:
+        raise InputFileError(f"cannot open {what} '{os.fspath(path)}': {problem}")
+    return os.stat(path).st_size

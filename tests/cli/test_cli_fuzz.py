@@ -231,6 +231,7 @@ def test_unusable_input_files_are_one_line_usage_errors(case):
         argv = [*args, f"--serial=file:{out}", "--timeout=2", "--no-reboot"]
         status, err = run_cli(root, argv, outputs=("serial.txt",))
         assert_usage_error(status, err, argv)
+        assert not out.exists(), "an output was created before the inputs were checked"
 
 
 # -- random headers that may or may not boot ---------------------------------------------

@@ -322,3 +322,30 @@ def test_non_utf8_command_line_reaches_a_multiboot_kernel(capsys, tmp_path, asse
                       "-m", "16M", "--serial", f"file:{out}", "--timeout", "20")
     assert status == 1, err
     assert out.read_bytes() == b"caf\xc3\xa9 \xff"
+
+
+@pytest.mark.parametrize("kernel_bytes", [
+    bzimage_header(27, 8 << 20, 4096),                      # truncated bzImage
+    multiboot_elf([(0, 0x100000, 0x80, 0x10)]),             # p_memsz < p_filesz
+    multiboot_elf([(0, 0x100000, 0x80, 0x40000000)]),       # does not fit in 16 MiB
+    b"no header at all" * 64,
+])
+def test_a_bad_kernel_is_refused_before_any_output_file_is_created(capsys, tmp_path,
+                                                                  kernel_bytes):
+    kernel = tmp_path / "kernel"
+    kernel.write_bytes(kernel_bytes)
+    out = tmp_path / "serial.txt"
+    one_line_error(capsys, "--kernel", str(kernel), "-m", "16M", "--serial", f"file:{out}")
+    assert not out.exists()
+
+
+def test_an_initrd_too_big_for_ram_is_refused_before_any_output(capsys, tmp_path):
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage_header(4, 4096, 5 * 512 + 4096))
+    initrd = tmp_path / "initrd"
+    with open(initrd, "wb") as f:
+        f.truncate(20 << 20)  # sparse: 20 MiB for a 16 MiB machine
+    out = tmp_path / "serial.txt"
+    err = one_line_error(capsys, "--kernel", str(kernel), "--initrd", str(initrd), "-m", "16M",
+                         "--serial", f"file:{out}")
+    assert "does not fit" in err and not out.exists()
