@@ -36,7 +36,10 @@ DEFAULT_IMAGE = Path(bundled_firmware_path("default.img")).read_bytes()
 def _snapshot(root: Path) -> dict[str, str]:
     out = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_fifo():
+        if path.is_file() and path.stat().st_size > 1 << 24:  # a sparse hole: size and mtime
+            st = path.stat()
+            out[str(path.relative_to(root))] = f"{st.st_size}:{st.st_mtime_ns}"
+        elif path.is_file() and not path.is_fifo():
             out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
         else:
             out[str(path.relative_to(root))] = "dir" if path.is_dir() else "special"
@@ -125,7 +128,7 @@ bad_option = st.one_of(
 )
 
 
-@fuzz(200)
+@fuzz(400)
 @given(args=bad_option)
 def test_invalid_option_values_are_one_line_usage_errors(args):
     with workdir() as root:
@@ -179,6 +182,23 @@ bad_kernel = st.one_of(
     st.integers(1, 51).map(lambda n: b"\x7fELF" + bytes(n - 1) + struct.pack(
         "<III", MB_MAGIC, 0, (-MB_MAGIC) & 0xFFFFFFFF)),
 )
+def _aout_kludge(load_end_extra: int, bss_end: int) -> bytes:
+    """A Multiboot a.out-kludge header at 1 MiB whose bss ends at ``bss_end``."""
+    flags = 0x10000
+    header = struct.pack("<III", MB_MAGIC, flags, (-(MB_MAGIC + flags)) & 0xFFFFFFFF)
+    fields = struct.pack("<5I", 0x100000, 0x100000, 0x100000 + 64 + load_end_extra, bss_end,
+                         0x100020)
+    return header + fields + bytes(64)
+
+
+oversized_kernel = st.one_of(
+    st.integers(65 << 20, 0xFFFFFFFF - 0x100000).map(lambda m: _multiboot_elf(0x100, m)),
+    st.integers(0x4100000, 0xFFFFFFFF).map(lambda end: _aout_kludge(0, end)),
+    st.integers(33, 1 << 20).map(lambda extra: _aout_kludge(extra, 0)),  # past the file's end
+    st.integers(64, 255).map(lambda n: _bzimage(4, 4096, 5 * 512 + 4096)[:0x260]
+                             + struct.pack("<I", n << 20)
+                             + _bzimage(4, 4096, 5 * 512 + 4096)[0x264:]),  # init_size > RAM
+)
 bad_disk = st.one_of(st.integers(1, 511), st.integers(513, 8191).filter(lambda n: n % 512))
 bad_bios_size = st.integers(1, 70000).filter(lambda n: n != 0x10000)
 
@@ -189,6 +209,9 @@ bad_file = st.one_of(
               special, st.just(b"")),
     st.tuples(st.just("disk"), st.just("bytes"), bad_disk.map(lambda n: DEFAULT_IMAGE[:n])),
     st.tuples(st.just("kernel"), st.just("bytes"), bad_kernel),
+    st.tuples(st.just("kernel"), st.just("bytes"), oversized_kernel),
+    st.tuples(st.just("initrd"), st.just("sparse"),
+              st.integers(64 << 20, 1 << 40).map(lambda n: n.to_bytes(8, "little"))),
     st.tuples(st.just("bios"), st.just("bytes"), st.builds(lambda n, b: (b * n)[:n],
                                                            bad_bios_size, st.binary(min_size=1,
                                                                                     max_size=8))),
@@ -203,6 +226,9 @@ def _make(root: Path, kind: str, payload: bytes) -> str:
         path.mkdir()
     elif kind == "fifo":
         os.mkfifo(path)
+    elif kind == "sparse":  # payload: the size, a hole larger than RAM
+        with open(path, "wb") as f:
+            f.truncate(int.from_bytes(payload, "little"))
     else:
         path.write_bytes(payload)
     return str(path)
@@ -215,7 +241,7 @@ ROLE_ARGS = {
 }
 
 
-@fuzz(150)
+@fuzz(300)
 @given(case=bad_file)
 def test_unusable_input_files_are_one_line_usage_errors(case):
     role, kind, payload = case
@@ -278,6 +304,22 @@ def test_random_boot_sectors_never_crash_the_cli(disk, as_cdrom):
         where = ["-cdrom", str(path), "--boot", "d"] if as_cdrom else [str(path), "--snapshot"]
         argv = [*where, "-m", "16M", f"--serial=file:{root}/serial.txt", "--timeout=0.3",
                 "--no-reboot"]
+        status, err = run_cli(root, argv, outputs=("serial.txt",))
+        if status == 2:
+            assert_usage_error(status, err, argv)
+
+
+@fuzz(15)
+@given(bios=st.binary(min_size=16, max_size=256), reset_jump=st.booleans())
+def test_random_bios_images_never_crash_the_cli(bios, reset_jump):
+    image = (bios * (0x10000 // len(bios) + 1))[:0x10000]
+    if reset_jump:  # make the reset vector jump into the random bytes
+        image = image[:0xFFF0] + b"\xEA\x00\x00\x00\xF0" + image[0xFFF5:]
+    with workdir() as root:
+        path = root / "bios.bin"
+        path.write_bytes(image)
+        argv = ["--bios", str(path), "-m", "16M", f"--serial=file:{root}/serial.txt",
+                "--timeout=0.3", "--no-reboot"]
         status, err = run_cli(root, argv, outputs=("serial.txt",))
         if status == 2:
             assert_usage_error(status, err, argv)
