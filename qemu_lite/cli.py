@@ -28,6 +28,7 @@ from qemu_lite.loaders.files import file_problem
 
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
+    from qemu_lite.pc import Drive
 
 STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0,
           "internal": 14}
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="qemu-lite: %(name)s: %(message)s")
     try:
-        return _run(args)
+        return _run(parser, args)
     except KeyboardInterrupt:
         print("qemu-lite: interrupted", file=sys.stderr)
         return 130
@@ -187,7 +188,7 @@ def _check_input(path: str | None, what: str, *, block_device: bool = False,
         raise _InputError(f"cannot open {what} '{path}': {problem}")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         return _boot(args)
     except _InputError as exc:
@@ -197,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
 def _boot(args: argparse.Namespace) -> int:
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path
-    from qemu_lite.pc import Drive, check_outputs, parse_drive, serial_output_path
+    from qemu_lite.pc import parse_drive
     from qemu_lite.vcpu import GuestError, TripleFault
 
     if args.disk is not None and args.hda is not None:
@@ -225,39 +226,7 @@ def _boot(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise _InputError(str(exc)) from None
 
-    # Every input is checked before anything is opened for writing.
-    inputs: list[tuple[str, str]] = []
-    for path, what, block in ((disk, "disk image", True), (args.hdb, "disk image", True),
-                              (args.cdrom, "CD-ROM image", True),
-                              *((os.fspath(d.file), "drive image", True) for d in drives
-                                if isinstance(d.file, (str, os.PathLike))),
-                              (args.kernel, "kernel", False), (args.bios, "BIOS", False)):
-        _check_input(path, what, block_device=block)
-        if path is not None:
-            inputs.append((what, path))
-    bzimage = args.kernel is not None and _is_bzimage(args.kernel)
-    modules: list[tuple[str, str]] = []
-    if bzimage:
-        _check_input(args.initrd, "initrd")
-        if args.initrd is not None:
-            inputs.append(("initrd", args.initrd))
-    elif args.kernel:
-        for item in filter(None, (args.initrd or "").split(",")):
-            path = item.split(" ", 1)[0]
-            _check_input(path, "module", allow_empty=True)
-            modules.append((path, item))
-            inputs.append(("module", path))
-    outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
-                                                 ("serial2", serial_output_path(args.serial2)))
-               if path is not None]
-    try:
-        check_outputs(outputs, inputs)
-        if bzimage:
-            linux.check(args.kernel, args.append, args.initrd, memory_size=args.memory)
-        elif args.kernel:
-            multiboot.check(args.kernel, args.append, modules, memory_size=args.memory)
-    except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
-        raise _InputError(str(exc)) from None
+    bzimage, modules = _check_files(args, disk, drives)
 
     try:
         machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
@@ -294,6 +263,48 @@ def _boot(args: argparse.Namespace) -> int:
     if result.message:
         print(f"qemu-lite: {result.message}", file=sys.stderr)
     return STATUS.get(result.reason, STATUS["crash"])
+
+
+def _check_files(args: argparse.Namespace, disk: str | None,
+                 drives: list[Drive]) -> tuple[bool, list[tuple[str, str]]]:
+    """Check every input file, then the outputs against them, before anything is opened
+    for writing.  Returns whether the kernel is a bzImage, and the Multiboot modules."""
+    from qemu_lite.loaders import linux, multiboot
+    from qemu_lite.pc import check_outputs, serial_output_path
+
+    inputs: list[tuple[str, str]] = []
+    for path, what, block in ((disk, "disk image", True), (args.hdb, "disk image", True),
+                              (args.cdrom, "CD-ROM image", True),
+                              *((os.fspath(d.file), "drive image", True) for d in drives
+                                if isinstance(d.file, (str, os.PathLike))),
+                              (args.kernel, "kernel", False), (args.bios, "BIOS", False)):
+        _check_input(path, what, block_device=block)
+        if path is not None:
+            inputs.append((what, path))
+    bzimage = args.kernel is not None and _is_bzimage(args.kernel)
+    modules: list[tuple[str, str]] = []
+    if bzimage:
+        _check_input(args.initrd, "initrd")
+        if args.initrd is not None:
+            inputs.append(("initrd", args.initrd))
+    elif args.kernel:
+        for item in filter(None, (args.initrd or "").split(",")):
+            path = item.split(" ", 1)[0]
+            _check_input(path, "module", allow_empty=True)
+            modules.append((path, item))
+            inputs.append(("module", path))
+    outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
+                                                 ("serial2", serial_output_path(args.serial2)))
+               if path is not None]
+    try:
+        check_outputs(outputs, inputs)
+        if bzimage:
+            linux.check(args.kernel, args.append, args.initrd, memory_size=args.memory)
+        elif args.kernel:
+            multiboot.check(args.kernel, args.append, modules, memory_size=args.memory)
+    except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
+        raise _InputError(str(exc)) from None
+    return bzimage, modules
 
 
 def _is_bzimage(path: str) -> bool:
