@@ -35,6 +35,7 @@ from qemu_lite._vcpu_hooks import VcpuHooks
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
+from qemu_lite.devices.block import BlockImage
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
@@ -144,10 +145,10 @@ class Machine:
 
     def __init__(
         self,
-        disk: str | os.PathLike[str] | None = None,
+        disk: str | os.PathLike[str] | BlockImage | None = None,
         *,
-        hdb: str | os.PathLike[str] | None = None,
-        cdrom: str | os.PathLike[str] | None = None,
+        hdb: str | os.PathLike[str] | BlockImage | None = None,
+        cdrom: str | os.PathLike[str] | BlockImage | None = None,
         drives: list[Drive] | None = None,
         boot: str = "c",
         memory: str | int = "64M",
@@ -558,8 +559,9 @@ def _check_arguments(*, disk: object, hdb: object, cdrom: object, drives: object
                      rtc_base: object) -> None:
     """Refuse a wrong type or value at once, naming the argument (not deep inside)."""
     for name, value in (("disk", disk), ("hdb", hdb), ("cdrom", cdrom)):
-        if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"{name} must be a path, not {type(value).__name__}")
+        if value is not None and not isinstance(value, (str, os.PathLike, BlockImage)):
+            raise TypeError(f"{name} must be a path or a BlockImage, "
+                            f"not {type(value).__name__}")
     if drives is not None and (not isinstance(drives, (list, tuple))
                                or not all(isinstance(d, Drive) for d in drives)):
         raise TypeError("drives must be a list of qemu_lite.pc.Drive")
