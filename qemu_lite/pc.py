@@ -197,21 +197,21 @@ def serial_output_path(spec: str | None) -> str | None:
 
 
 def check_outputs(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
-    """Refuse an output file (``(what, path)``) that is also an input: opening it for
-    writing would truncate a disk image or a kernel before the machine reads it."""
-    identities: dict[tuple[int, int], tuple[str, str]] = {}
+    """Refuse an output file (``(what, path)``) that is also an input, or another output:
+    opening it for writing would truncate a disk image or a kernel before the machine
+    reads it.  Existing files are compared by inode, new ones by their resolved path."""
+    identities: dict[tuple[int, int] | str, tuple[str, str]] = {}
     for what, path in inputs:
         identity = _file_identity(path)
         if identity is not None:
             identities.setdefault(identity, (what, path))
     for what, path in outputs:
-        identity = _file_identity(path)
-        if identity is not None and identity in identities:
-            in_what, in_path = identities[identity]
+        key = _file_identity(path) or os.path.realpath(path)
+        if key in identities:
+            in_what, in_path = identities[key]
             raise ValueError(f"{what} output '{path}' is the {in_what} '{in_path}': refusing "
                              "to overwrite it")
-        if identity is not None:
-            identities[identity] = (f"{what} output", path)
+        identities[key] = (f"{what} output", path)
 
 
 @dataclass

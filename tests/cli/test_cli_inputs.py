@@ -349,3 +349,10 @@ def test_an_initrd_too_big_for_ram_is_refused_before_any_output(capsys, tmp_path
     err = one_line_error(capsys, "--kernel", str(kernel), "--initrd", str(initrd), "-m", "16M",
                          "--serial", f"file:{out}")
     assert "does not fit" in err and not out.exists()
+
+
+def test_serial_and_serial2_cannot_share_a_new_output_file(capsys, tmp_path):
+    out = tmp_path / "both.txt"
+    err = one_line_error(capsys, "--serial", f"file:{out}", "--serial2",
+                         f"file:{tmp_path}/./both.txt")
+    assert "serial2 output" in err and not out.exists()
