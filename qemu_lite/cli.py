@@ -24,6 +24,7 @@ import traceback
 from typing import TYPE_CHECKING, NoReturn
 
 from qemu_lite.devices.block import BlockImageError
+from qemu_lite.engine import VersionAction
 from qemu_lite.loaders.files import file_problem
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def make_parser() -> argparse.ArgumentParser:
                "8 reset under --no-reboot, 14 internal error (a bug in qemu-lite: please "
                "report it).",
     )
+    p.add_argument("--version", action=VersionAction)
     p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
     p.add_argument("-hda", "--hda", dest="hda", metavar="FILE", help="same as DISK")
     p.add_argument("-hdb", "--hdb", dest="hdb", metavar="FILE", help="primary IDE slave disk")
