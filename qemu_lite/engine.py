@@ -5,6 +5,8 @@ mmu_core/__init__.py): the binding looks in ``$LIBUNICORN_PATH`` first, so
 pointing that at ``qemu_lite/_engine_lib/`` selects the patched engine that
 setup.py built.  ``QEMU_LITE_ENGINE=stock`` selects the wheel's library on
 purpose; a missing patched build falls back to it with one warning.
+``QEMU_LITE_ENGINE=DIR`` loads another build of ours (engine/build_engine.py
+--out DIR), which is how the benchmarks compare single patches.
 """
 
 from __future__ import annotations
@@ -35,19 +37,29 @@ class EngineInfo:
         return s + (f" (patches: {', '.join(self.patches)})" if self.patches else "")
 
 
+def _wanted_dir() -> Path | None:
+    """The directory of the patched build asked for, None for the stock wheel."""
+    want = os.environ.get("QEMU_LITE_ENGINE", "").strip()
+    if want.lower() == "stock":
+        return None
+    if want and want.lower() != "patched":
+        return Path(want).resolve()
+    return LIB_DIR
+
+
 def _select() -> str | None:
     """Set LIBUNICORN_PATH for the engine asked for; a warning to print, or None."""
-    want = os.environ.get("QEMU_LITE_ENGINE", "patched").strip().lower()
-    if want == "stock":
+    lib_dir = _wanted_dir()
+    if lib_dir is None:
         os.environ.pop("LIBUNICORN_PATH", None)
         return None
-    if want not in ("patched", ""):
-        return f"QEMU_LITE_ENGINE={want!r} is not 'patched' or 'stock'; using the patched engine"
     if "unicorn" in sys.modules:
         return None  # too late to choose; engine_info() reports what was loaded
-    if (LIB_DIR / LIB_NAME).is_file():
-        os.environ["LIBUNICORN_PATH"] = str(LIB_DIR)
+    if (lib_dir / LIB_NAME).is_file():
+        os.environ["LIBUNICORN_PATH"] = str(lib_dir)
         return None
+    if lib_dir != LIB_DIR:
+        return f"QEMU_LITE_ENGINE={lib_dir} holds no {LIB_NAME}; running on the stock unicorn wheel"
     return ("the patched Unicorn engine was not built at install time; running on the stock "
             "unicorn wheel (slower; see README 'Install')")
 
@@ -66,13 +78,14 @@ def engine_info() -> EngineInfo:
     loaded = str(getattr(binding.uclib, "_name", "") or "")
     major, minor, _ = unicorn.uc_version()
     version = f"{major}.{minor}"
+    lib_dir = _wanted_dir() or LIB_DIR
     try:
-        same = Path(loaded).resolve().parent == LIB_DIR
+        same = Path(loaded).resolve().parent == lib_dir
     except OSError:
         same = False
     if same:
         try:
-            manifest = json.loads((LIB_DIR / "engine.json").read_text())
+            manifest = json.loads((lib_dir / "engine.json").read_text())
         except (OSError, ValueError):
             manifest = {}
         return EngineInfo("patched", manifest.get("unicorn", version),
