@@ -91,10 +91,11 @@ def test_engine_workload(benchmark, guests, outputs, workload: str, mmu: str, en
     benchmark.group = f"engine: {workload} --mmu {mmu}"
     results: list[dict] = []
     benchmark.pedantic(lambda: results.append(_run(ENGINES[engine], "workload", str(kernel),
-                                                   mmu)), rounds=1, iterations=1)
-    r = results[-1]
+                                                   mmu)), rounds=3, iterations=1)
+    r = min(results, key=lambda x: x["wall_s"])  # these guests are short: best of three
     expected = outputs.setdefault(workload, r["checksum"])
     assert r["checksum"] == expected, f"{engine} printed {r['checksum']}, another {expected}"
+    assert all(x["stats"].get("fills") == r["stats"].get("fills") for x in results)
     info = summarize(r["stats"], mmu, r["wall_s"])
     info.update(workload=workload, engine=r["engine"], checksum=r["checksum"],
                 deterministic=True)
