@@ -35,6 +35,8 @@ class BuildExtWithEngine(build_ext):
             build_engine.build(out, ROOT / "build" / "engine")
         except (build_engine.EngineBuildError, OSError) as e:
             build_engine.log(f"not built ({e}); qemu_lite will use the stock unicorn wheel")
+            for stale in (build_engine.LIB_NAME, build_engine.MANIFEST_NAME):
+                (out / stale).unlink(missing_ok=True)  # never run an old build as the new one
 
 
 extensions = [

@@ -152,27 +152,48 @@ def _tool(name: str) -> str:
     return found
 
 
+def _generated_headers(build: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns)
+            for pat in ("*.h", "*.mak") for p in build.rglob(pat)}
+
+
+def _configure(cmake: str, ninja: str, src: Path, build: Path) -> subprocess.CompletedProcess:
+    # pip's build environment, and so the cmake and ninja paths recorded in
+    # the cache, is new on each install: configure again.  Unicorn's configure
+    # step rewrites config-host.h and friends, which would recompile
+    # everything; files that came out identical get their old times back.
+    before = _generated_headers(build) if build.is_dir() else {}
+    proc = subprocess.run([cmake, "-S", str(src), "-B", str(build), "-G", "Ninja",
+                           f"-DCMAKE_MAKE_PROGRAM={ninja}", "-DCMAKE_BUILD_TYPE=Release",
+                           "-DUNICORN_ARCH=x86", "-DUNICORN_BUILD_TESTS=off"],
+                          capture_output=True, text=True)
+    for path, (data, mtime) in before.items():
+        if path.is_file() and path.read_bytes() == data:
+            os.utime(path, ns=(mtime, mtime))
+    return proc
+
+
 def compile_library(src: Path, work: Path) -> Path:
     build = work / "cmake"
     cmake, ninja = _tool("cmake"), _tool("ninja")
-    if not (build / "build.ninja").is_file():
-        cfg = [cmake, "-S", str(src), "-B", str(build), "-G", "Ninja",
-               f"-DCMAKE_MAKE_PROGRAM={ninja}", "-DCMAKE_BUILD_TYPE=Release",
-               "-DUNICORN_ARCH=x86", "-DUNICORN_BUILD_TESTS=off"]
-        proc = subprocess.run(cfg, capture_output=True, text=True)
-        if proc.returncode:
-            shutil.rmtree(build, ignore_errors=True)
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EngineBuildError(f"cmake configure failed: {last}")
+    proc = _configure(cmake, ninja, src, build)
+    if proc.returncode and build.exists():
+        shutil.rmtree(build, ignore_errors=True)  # a cache from elsewhere: start afresh
+        proc = _configure(cmake, ninja, src, build)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EngineBuildError(f"cmake configure failed: {last}")
     jobs = str(os.cpu_count() or 1)
     proc = subprocess.run([ninja, "-C", str(build), "-j", jobs, "unicorn"],
                           capture_output=True, text=True)
     if proc.returncode:
-        errors = [ln for ln in proc.stdout.splitlines() if "error" in ln] or ["see ninja output"]
-        raise EngineBuildError(f"compiling Unicorn failed: {errors[0]}")
+        out = (proc.stdout + proc.stderr).splitlines()
+        errors = [ln for ln in out if "error" in ln.lower()] or out[-1:] or ["no output"]
+        raise EngineBuildError(f"compiling Unicorn failed: {errors[0].strip()}")
     lib = build / LIB_NAME
     if not lib.is_file():
         raise EngineBuildError(f"the build produced no {LIB_NAME}")
+    log(f"ninja: {(proc.stdout.strip().splitlines() or ['nothing to do'])[-1]}")
     return lib
 
 
