@@ -44,7 +44,11 @@ def run_linux(kernel: str, initrd: str) -> dict:
 
 def main() -> int:
     kind, *args = sys.argv[1:]
+    cpu0 = time.process_time()
     res = run_workload(*args) if kind == "workload" else run_linux(*args)
+    # CPU seconds of the whole run (set-up included): steadier than wall time
+    # on a shared machine.
+    res["cpu_s"] = time.process_time() - cpu0
     res["engine"] = qemu_lite.engine.engine_info().describe()
     print(json.dumps(res))
     return 0
