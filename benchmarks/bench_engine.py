@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,34 @@ def test_engine_workload(benchmark, guests, outputs, workload: str, mmu: str, en
     info.update(workload=workload, engine=r["engine"], checksum=r["checksum"],
                 cpu_s=round(min(x["cpu_s"] for x in results), 6), deterministic=True)
     benchmark.extra_info.update(info)
+
+
+@pytest.mark.linux
+def test_engine_linux_boot_qemu_reference(benchmark, initrd):
+    """The same boot under QEMU's TCG, the outside reference for the rows above."""
+    try:
+        kernel = imagebuild.find_kernel()
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+    benchmark.group = "engine: linux boot to userspace"
+    cmd = [qemu, "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-kernel", kernel,
+           "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1"]
+    results: list[tuple[float, float, str]] = []
+
+    def run() -> None:
+        t0, c0 = time.perf_counter(), os.times()
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                              timeout=600, stdin=subprocess.DEVNULL)
+        c1 = os.times()
+        cpu = c1.children_user + c1.children_system - c0.children_user - c0.children_system
+        results.append((time.perf_counter() - t0, cpu, proc.stdout))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    wall, cpu, text = results[-1]
+    assert MARKER in text, text[-3000:]
+    benchmark.extra_info.update(workload="linux_boot", engine="qemu-tcg", wall_s=round(wall, 6),
+                                cpu_s=round(cpu, 6), deterministic=False,
+                                note="QEMU's start-up and exit included")
