@@ -63,18 +63,19 @@ def _verified(path: Path) -> bool:
 def fetch_sdist(work: Path) -> Path:
     """The pinned sdist, from the cache, $QEMU_LITE_UNICORN_SDIST or pip's configured index."""
     cached = work / UNICORN_SDIST
+    given = os.environ.get("QEMU_LITE_UNICORN_SDIST")
+    if given:
+        if not _verified(Path(given)):
+            raise EngineBuildError(f"{given} is not the pinned {UNICORN_SDIST} (sha256 mismatch)")
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(given, cached)
+        return cached
     if _verified(cached):
         return cached
     shared = ENGINE_DIR.parent / "build" / "engine" / UNICORN_SDIST
     if _verified(shared):
         work.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shared, cached)
-        return cached
-    given = os.environ.get("QEMU_LITE_UNICORN_SDIST")
-    if given:
-        if not _verified(Path(given)):
-            raise EngineBuildError(f"{given} is not the pinned {UNICORN_SDIST} (sha256 mismatch)")
-        shutil.copyfile(given, cached)
         return cached
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as dl:
