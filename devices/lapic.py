@@ -127,6 +127,9 @@ _DIVISORS = (2, 4, 8, 16, 32, 64, 128, 1)
 
 NS_PER_S = 1_000_000_000
 
+# Writes that can make an IRR vector deliverable without accepting a new one.
+_UNBLOCKING = frozenset({APIC_EOI, APIC_TPR, APIC_SVR})
+
 _FIRST_LEGAL_VECTOR = 16
 
 
@@ -159,6 +162,11 @@ class LocalApic(Device):
     While the APIC is software-disabled (SVR bit 8 clear, the reset state)
     and ``virtual_wire`` is true, the PIC's INTR reaches the CPU directly and
     LINT1 acts as the NMI pin, as on a PC whose APIC is off.
+
+    ``on_request()`` is called whenever an interrupt may have become
+    deliverable: a vector accepted into IRR, or an EOI, TPR or SVR write that
+    releases one held back by PPR; the machine then ends the CPU's slice at the
+    next translation block, as QEMU's TCG notices an interrupt request.
 
     ``on_eoi(vector)`` is called when an EOI retires a level-triggered vector
     (TMR bit set); the machine wires it to :meth:`IoApic.eoi`.
@@ -320,6 +328,10 @@ class LocalApic(Device):
         else:
             self._signal_error(ESR_ILLEGAL_REGISTER)
         self._update_irq()
+        if reg in _UNBLOCKING and self._deliverable_vector() >= 0:
+            # An EOI, a lower TPR or the software enable can release a vector
+            # already in IRR: the CPU must look again (SDM 11.8.4).
+            self._request()
 
     def _write_svr(self, value: int) -> None:
         self._svr = value & SVR_WRITABLE

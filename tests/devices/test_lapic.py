@@ -207,6 +207,41 @@ def test_priority_order_and_nesting() -> None:
     assert apic.acknowledge() == 0x41
 
 
+def test_eoi_tpr_and_enable_that_release_a_held_vector_request_the_cpu() -> None:
+    """The CPU is asked to look again when an EOI, a TPR drop or the software
+    enable releases a vector already in IRR, and not for writes that release none."""
+    apic, _ = enabled_apic()
+    requests: list[int] = []
+    apic.on_request = lambda: requests.append(rd(apic, APIC_PPR))
+    self_ipi(apic, 0x41)
+    assert apic.acknowledge() == 0x41
+    self_ipi(apic, 0x40)  # same class as the in-service 0x41: held
+    assert not apic.has_interrupt()
+    requests.clear()
+    wr(apic, APIC_TPR, 0x10)  # PPR stays 0x40: nothing released
+    assert requests == []
+    wr(apic, APIC_TPR, 0x40)
+    wr(apic, APIC_EOI, 0)  # 0x41 retired, but TPR still holds class 4
+    assert requests == []
+    wr(apic, APIC_TPR, 0x30)
+    assert requests == [0x30]
+    assert apic.acknowledge() == 0x40
+    wr(apic, APIC_EOI, 0)
+    wr(apic, APIC_SVR, 0xFF)  # software-disabled: IRR is held
+    self_ipi(apic, 0x50)
+    requests.clear()
+    wr(apic, APIC_SVR, 0x1FF)
+    assert requests == [0x30]
+    wr(apic, APIC_TPR, 0x60)
+    self_ipi(apic, 0x70)
+    assert apic.acknowledge() == 0x70
+    requests.clear()
+    wr(apic, APIC_EOI, 0)  # PPR back to TPR 0x60: 0x50 still held
+    assert requests == []
+    wr(apic, APIC_TPR, 0)
+    assert requests == [0]
+
+
 def test_disabled_apic_holds_irr() -> None:
     apic = LocalApic(Clock())
     apic.accept(0x40)
