@@ -69,6 +69,12 @@ class CpuidModel:
         self.max_basic = table[(0, 0)][0]
         self.max_extended = table[(0x80000000, 0)][0]
 
+    def physical_address_bits(self) -> int:
+        """MAXPHYADDR as CPUID.80000008H:EAX[7:0] reports it (36 without the leaf)."""
+        if self.max_extended < 0x80000008:
+            return 36
+        return self.table[(0x80000008, 0)][0] & 0xFF
+
     def lookup(self, leaf: int, subleaf: int) -> Regs:
         leaf &= 0xFFFFFFFF
         if (leaf < 0x80000000 and leaf > self.max_basic) or leaf > self.max_extended:

@@ -38,6 +38,7 @@ from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
+from qemu_lite.unassigned import UnassignedMemory
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class Machine:
         # nothing that refers to the Machine, or the Machine would never be collected.
         self._finalizer = weakref.finalize(self, _release_dropped, self._closers)
         self._pollers: list[Callable[[], None]] = []
+        self.unassigned = UnassignedMemory(self.uc, 1 << self.cpuid.physical_address_bits())
         self._load_bios(bios_data)
         if log.isEnabledFor(logging.DEBUG):
             self.core.set_unclaimed_port_log(self._log_unclaimed_port)
@@ -210,6 +212,7 @@ class Machine:
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
+        self.unassigned.fill_gaps()
 
     def _timer_armed_host(self, guest_ns: int) -> None:
         # A timer armed by a device during a slice must end that slice in time.
@@ -255,6 +258,7 @@ class Machine:
         def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
             device.io_write(offset, size, value)
 
+        self.unassigned.release(base, size)
         self.uc.mmio_map(base, size, read, None, write, None)
         self._mmio_callbacks.append((read, write))
 
