@@ -10,7 +10,11 @@ delivering #DF is a triple fault.  In long mode a frame that would cross the
 canonical boundary is #SS and a non-canonical handler address #GP; stores
 that land in ROM are dropped, as on a PC.
 
-Left approximate (documented): task gates and virtual-8086 mode are refused
+A task gate switches tasks as a CALL to the TSS would (qemu_lite.taskswitch).
+An event taken in virtual-8086 mode goes to a CPL-0 handler with the vm86
+data segments pushed and DS/ES/FS/GS nulled (SDM vol. 3, 20.3.1.1).
+
+Left approximate (documented): task switches to a 16-bit TSS are refused
 with a GuestError; PAE PDPTEs are re-read from memory at each walk instead
 of being cached at CR3 load.
 """
@@ -25,8 +29,9 @@ from unicorn import UcError
 from unicorn import x86_const as X
 
 from qemu_lite.canonical import is_canonical
-from qemu_lite.cpustate import CS, HF_CPL_MASK, HF_LMA, SS, Segment, segment_hflags
+from qemu_lite.cpustate import CS, DS, ES, FS, GS, HF_CPL_MASK, HF_LMA, SS, Segment, segment_hflags
 from qemu_lite.paging import READ, WRITE, PageFault, PagingState, translate
+from qemu_lite.taskswitch import UnsupportedTask, switch_through_gate
 from qemu_lite.x86 import EFER_LMA, EFLAGS_IF, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM
 
 if TYPE_CHECKING:
@@ -45,11 +50,13 @@ EXCEPTION, SOFTWARE, EXTERNAL = "exception", "software", "external"
 class DeliveryFault(Exception):
     """An exception raised while delivering another one."""
 
-    def __init__(self, vector: int, error_code: int = 0, cr2: int | None = None) -> None:
+    def __init__(self, vector: int, error_code: int = 0, cr2: int | None = None,
+                 return_ip: int | None = None) -> None:
         super().__init__(f"vector {vector} error code {error_code:#x}")
         self.vector = vector
         self.error_code = error_code
         self.cr2 = cr2
+        self.return_ip = return_ip  # set when the fault belongs to a task switched to
 
 
 class TripleFault(Exception):
@@ -169,8 +176,8 @@ class EventDelivery:
                                       f"{_name(event.vector)} (first event "
                                       f"{_name(first.vector)})") from None
                 code = 0 if nxt == DF else f.error_code
-                event = Event(nxt, EXCEPTION, code, first.return_ip,
-                              f.cr2 if nxt == PF else None)
+                ret = first.return_ip if f.return_ip is None else f.return_ip
+                event = Event(nxt, EXCEPTION, code, ret, f.cr2 if nxt == PF else None)
 
     def _deliver_once(self, ev: Event) -> None:
         if ev.cr2 is not None:
@@ -243,8 +250,6 @@ class EventDelivery:
             raise DeliveryFault(GP, gate_err)
         if not (lo >> 47) & 1:
             raise DeliveryFault(NP, gate_err)
-        if gtype == 0x5:
-            raise UnsupportedEvent("task gates are not supported")
         if gtype in (0x6, 0x7):
             offset &= 0xFFFF
         return gtype, dpl, selector, offset, ist
@@ -279,11 +284,20 @@ class EventDelivery:
         uc = self.uc
         ext = 1 if ev.kind == EXTERNAL else 0
         flags = uc.reg_read(X.UC_X86_REG_RFLAGS)
-        if flags & EFLAGS_VM:
-            raise UnsupportedEvent("virtual-8086 mode is not supported")
+        vm86 = bool(flags & EFLAGS_VM)
         gtype, _dpl, selector, offset, _ = self._gate(ev, 8)
+        if gtype == 0x5:
+            code = ev.error_code or 0 if ev.kind == EXCEPTION and ev.vector in HAS_ERROR_CODE \
+                else None
+            try:
+                switch_through_gate(self, selector, ext, ev.return_ip, code)
+            except UnsupportedTask as exc:
+                raise UnsupportedEvent(str(exc)) from None
+            return
         cpl = self._cpl()
         cs_new, new_cpl = self._code_segment(selector, ext, cpl)
+        if vm86 and new_cpl != 0:
+            raise DeliveryFault(GP, (selector & ~3) | ext)  # the monitor runs at CPL 0
         old_cs = self._segment(CS)
         ss_old = self._segment(SS)
         esp = uc.reg_read(X.UC_X86_REG_RSP)
@@ -308,6 +322,8 @@ class EventDelivery:
             if not hi & (1 << 15):
                 raise DeliveryFault(SSF, (new_ss_sel & ~3) | ext)
             new_ss = Segment.from_descriptor(new_ss_sel, ss_desc | (1 << 40))
+            if vm86:  # the monitor gets the virtual-8086 data segments on its stack
+                push += [self._segs[seg].selector for seg in (GS, FS, DS, ES)]
             push += [ss_old.selector, esp]
             stack, sp = new_ss, new_esp
         else:
@@ -332,6 +348,9 @@ class EventDelivery:
         segs = {CS: cs_new}
         if new_ss is not None:
             segs[SS] = new_ss
+        if vm86:
+            for seg in (DS, ES, FS, GS):
+                segs[seg] = Segment(0, 0, 0, 0)
         full_sp = (esp & ~sp_mask) | sp if new_ss is None else sp
         self.cpu.commit_delivery(segs, new_cpl, offset, full_sp, 0xFFFFFFFFFFFFFFFF, new_flags)
 
