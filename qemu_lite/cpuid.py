@@ -3,8 +3,14 @@
 The table is read once per process from a scratch engine running the CPUID
 instruction natively; the hook then answers every guest CPUID from it with
 these changes: no x2APIC and no TSC-deadline timer (neither works without
-MSR hooks, DESIGN fact 11), no MONITOR/MWAIT, and, when asked, no TSC at all
+MSR hooks, DESIGN fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
+components whose features are offered (x87 and SSE: the model has no AVX),
+OSXSAVE mirroring CR4.OSXSAVE at each CPUID, and, when asked, no TSC at all
 (``hide_tsc``) for deterministic runs of guests that honour CPUID.
+
+Not offered, because the engine cannot do them: SMAP (the Haswell model drops
+CR4.SMAP on write and makes STAC/CLAC #UD, although the shadow MMU's walker
+implements SMAP checks) and LA57 (no 5-level paging anywhere).
 """
 
 from __future__ import annotations
@@ -18,6 +24,14 @@ from unicorn import x86_const as X
 ECX_MONITOR = 1 << 3
 ECX_X2APIC = 1 << 21
 ECX_TSC_DEADLINE = 1 << 24
+ECX_XSAVE = 1 << 26
+ECX_OSXSAVE = 1 << 27
+ECX_AVX = 1 << 28
+CR4_OSXSAVE = 1 << 18
+# XSAVE state components: x87 and SSE live in the 512-byte legacy area, which
+# with the 64-byte XSAVE header is the whole image when nothing else is on.
+XSTATE_X87_SSE = 0x3
+XSAVE_LEGACY_AND_HEADER = 512 + 64
 EDX_TSC = 1 << 4
 # leaf 0x80000001 / 0x80000007
 EDX_RDTSCP = 1 << 27
@@ -65,6 +79,7 @@ class CpuidModel:
                     ea, eb, ec, ed = table[key]
                     table[key] = (ea, eb, ec, ed & ~mask)
         table[(1, 0)] = (a, b, c, d)
+        _xsave_components_advertised(table)
         self.table = table
         self.max_basic = table[(0, 0)][0]
         self.max_extended = table[(0x80000000, 0)][0]
@@ -84,8 +99,33 @@ class CpuidModel:
 
     def hook(self, uc: Uc) -> bool:
         """The CPUID instruction hook: write EAX-EDX, skip the native instruction."""
-        regs = self.lookup(uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX))
+        leaf = uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
+        regs = self.lookup(leaf, uc.reg_read(X.UC_X86_REG_ECX))
+        if leaf == 1:
+            # OSXSAVE reports CR4.OSXSAVE, not a fixed capability (SDM vol. 2, CPUID).
+            a, b, c, d = regs
+            c &= ~ECX_OSXSAVE
+            if uc.reg_read(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
+                c |= ECX_OSXSAVE
+            regs = (a, b, c, d)
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
                                X.UC_X86_REG_RDX), regs, strict=True):
             uc.reg_write(reg, value)
         return True
+
+
+def _xsave_components_advertised(table: dict[tuple[int, int], Regs]) -> None:
+    """Leaf 0xD offers only the state components whose features leaf 1 offers.
+
+    The engine's model lists the AVX (YMM) component while leaf 1 has no AVX
+    and AVX instructions are #UD; a guest sizing its XSAVE area from leaf 0xD
+    must see the same machine as one reading the feature bits."""
+    c = table[(1, 0)][2]
+    if not c & ECX_XSAVE or (0xD, 0) not in table:
+        return
+    if c & ECX_AVX:
+        return  # a model with AVX: its leaf 0xD already agrees
+    a, _b, _c, _d = table[(0xD, 0)]
+    table[(0xD, 0)] = (a & XSTATE_X87_SSE, XSAVE_LEGACY_AND_HEADER, XSAVE_LEGACY_AND_HEADER, 0)
+    for sub in range(2, SUBLEAF_LEAVES[0xD]):
+        table[(0xD, sub)] = (0, 0, 0, 0)
