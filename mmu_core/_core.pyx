@@ -91,7 +91,7 @@ include "mmu_defs.pxi"
 
 PAGE_SIZE = 4096
 cdef uint64_t ROM_SINK_BASE = 1ULL << 41  # far above RAM, beside the page-table alias
-cdef uint64_t ROM_SINK_SLOT = 0x100000
+cdef uint64_t ROM_SINK_SLOT = 0x1000000  # 16 MiB: the largest firmware image
 cdef uint64_t A20_BIT = 1 << 20
 
 
@@ -139,6 +139,7 @@ cdef struct CoreState:
     # ROM windows and the write sink behind them
     RomWindow roms[4]
     int rom_count
+    uint64_t low_rom_base    # where the BIOS window below 1 MiB starts (0xF0000 or lower)
     uint64_t rom_writes_ignored
     # PIO data windows: port accesses served from a device's buffer in C
     PioWindow pio[4]
@@ -197,6 +198,7 @@ cdef class Core:
         st.ram_size = ram_size
         st.intno = -1
         st.a20_enabled = True
+        st.low_rom_base = 0xF0000
         self._roms = []
         self._port_handlers = [None]
         self._pio_buffers = [None, None, None, None]
@@ -281,7 +283,10 @@ cdef class Core:
         below 1 MiB and below 4 GiB)."""
         buf = bytearray(data)
         if len(buf) == 0 or len(buf) % PAGE_SIZE or len(buf) > ROM_SINK_SLOT:
-            raise ValueError("ROM size must be a non-zero multiple of 4 KiB, at most 1 MiB")
+            raise ValueError("ROM size must be a non-zero multiple of 4 KiB, at most 16 MiB")
+        if address < 0x100000 and address + len(buf) == 0x100000:
+            # A BIOS window reaching 1 MiB from below: the caller unmapped that RAM.
+            self.st.low_rom_base = min(self.st.low_rom_base, address)
         if self.st.rom_count >= 4:
             raise ValueError("at most 4 ROM windows")
         cdef char *ptr = buf

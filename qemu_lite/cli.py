@@ -110,7 +110,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="kernel command line")
     p.add_argument("--initrd", "-initrd", metavar="FILES",
                    help="Linux: the initrd; Multiboot: comma-separated modules ('file arg,file2')")
-    p.add_argument("--bios", "-bios", metavar="FILE", help="64 KiB BIOS image (default: ours)")
+    p.add_argument("--bios", "-bios", metavar="FILE", help="BIOS image, a multiple of 64 KiB up to 16 MiB (default: ours)")
     p.add_argument("--snapshot", "-snapshot", action="store_true",
                    help="keep disk writes in memory; the image file is not modified")
     p.add_argument("--no-reboot", "-no-reboot", action="store_true",

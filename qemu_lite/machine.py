@@ -48,8 +48,11 @@ DETERMINISTIC_RTC_BASE = 946684800.0
 
 # The BIOS ROM's two windows (below 1 MiB, and below 4 GiB where the reset vector is).
 BIOS_LOW = 0xF0000
-BIOS_HIGH = 0xFFFF0000
-BIOS_SIZE = 0x10000
+BIOS_SIZE = 0x10000  # our BIOS; other images are multiples of it
+BIOS_MAX_SIZE = 16 << 20
+BIOS_ISA_MAX = 128 << 10
+ONE_MIB = 0x100000
+FOUR_GIB = 1 << 32
 
 # parse_size's ceiling, far above any RAM size Machine accepts (it checks those itself).
 MAX_SIZE = 1 << 50
@@ -227,10 +230,17 @@ class Machine:
     # -- building ---------------------------------------------------------------
 
     def _load_bios(self, data: bytes) -> None:
-        self._rom_bases = (BIOS_LOW, BIOS_HIGH)
-        for base in self._rom_bases:
-            self.core.map_rom(base, data)
-        self._writable = ((0, BIOS_LOW), (BIOS_LOW + BIOS_SIZE, self.memory_size))
+        # As QEMU's pc machine: the whole image ends at 4 GiB, and its last
+        # 128 KiB (all of it when smaller) also ends at 1 MiB, over the RAM there.
+        size = len(data)
+        isa = min(size, BIOS_ISA_MAX)
+        low, high = ONE_MIB - isa, FOUR_GIB - size
+        if low < BIOS_LOW:
+            self.uc.mem_unmap(low, BIOS_LOW - low)
+        self.core.map_rom(low, data[size - isa:])
+        self.core.map_rom(high, data)
+        self._rom_windows = ((low, ONE_MIB), (high, FOUR_GIB))
+        self._writable = ((0, low), (ONE_MIB, self.memory_size))
         self._readable = tuple(_merge([*self._writable, *self.rom_ranges]))
 
     @property
@@ -329,7 +339,7 @@ class Machine:
     @property
     def rom_ranges(self) -> list[tuple[int, int]]:
         """``(start, end)`` of the BIOS ROM's windows: readable, never written."""
-        return [(base, base + BIOS_SIZE) for base in self._rom_bases]
+        return list(self._rom_windows)
 
     def _check_range(self, address: int, size: int, *, write: bool) -> tuple[int, int]:
         address, size = operator.index(address), operator.index(size)
@@ -599,6 +609,8 @@ def _bios_bytes(bios: bytes | bytearray | memoryview | str | os.PathLike[str] | 
         data = bytes(bios)
     else:
         data = read_input_file(bios, "BIOS")
-    if len(data) != BIOS_SIZE:
-        raise ValueError(f"BIOS image must be 64 KiB, got {len(data)} bytes")
+    size = len(data)
+    if size == 0 or size % BIOS_SIZE or size > BIOS_MAX_SIZE:
+        raise ValueError(f"BIOS image must be a multiple of 64 KiB up to 16 MiB, "
+                         f"got {size} bytes")
     return data
