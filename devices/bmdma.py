@@ -93,7 +93,12 @@ PRD_MAX_COUNT = 0x10000  # a byte count of 0 means 64 KiB
 DEVICE_PIIX3_IDE = 0x7010
 CLASS_IDE_LEGACY = 0x010180  # mass storage, IDE, prog-if 80h: bus master, both channels legacy
 PCI_BAR4 = 0x20  # BMIBA: bus master interface base address
-BAR4_WRITABLE = 0x0000FFF0  # a 16-byte I/O block below 64 KiB (bits 31:16 read zero)
+# A 16-byte I/O block.  The 82371AB hardwires bits 31:16 to zero, but QEMU's PIIX
+# keeps them writable and PCI firmware written against it (SeaBIOS) sizes the BAR
+# as ~(readback & ~3) + 1, which the hardwired zeros turn into 4 GiB - 64 KiB; so
+# they are writable here too, and a base above 0xFFF0 decodes nowhere.
+BAR4_WRITABLE = 0xFFFFFFF0
+IO_SPACE_TOP = 0xFFFF
 IDETIM_PRIMARY = 0x40
 IDETIM_SECONDARY = 0x42
 IDETIM_DECODE_ENABLE = 0x8000
@@ -326,7 +331,8 @@ class PiixIde(PciFunction):
         bmdma_base: int | None = None,
         on_bar_change: Callable[[int | None, int | None], None] | None = None,
     ) -> None:
-        if bmdma_base is not None and (bmdma_base & ~BAR4_WRITABLE or not bmdma_base):
+        if bmdma_base is not None and (bmdma_base & ~BAR4_WRITABLE or not bmdma_base
+                                       or bmdma_base > IO_SPACE_TOP):
             raise ValueError(f"bus master base {bmdma_base:#x} is not a 16-byte I/O block")
         self.default_bmdma_base = bmdma_base
         self.on_bar_change = on_bar_change
@@ -356,7 +362,7 @@ class PiixIde(PciFunction):
     def bmdma_base(self) -> int | None:
         """The I/O base the bus master block decodes at now, or None."""
         base = self.get_config(PCI_BAR4, 4) & BAR4_WRITABLE
-        if not self.command & CMD_IO or base == 0:
+        if not self.command & CMD_IO or base == 0 or base > IO_SPACE_TOP:
             return None
         return base
 

@@ -193,9 +193,11 @@ class PciFunction:
 class I440fxHostBridge(PciFunction):
     """82441FX PCI and memory controller, function 0 of device 0.
 
-    The DRAM, PAM (shadow RAM: 0x59-0x5F) and SMRAM (0x72) registers are
-    stored so that firmware can write them, but they change nothing: the
-    machine's memory map does not follow them.
+    The DRAM and SMRAM (0x72) registers are stored but change nothing.  The PAM
+    registers (shadow RAM: 0x59-0x5F) are passed on to ``on_pam_change`` as 16
+    attributes, one per 16 KiB segment of 0xC0000-0xFFFFF (bit 0: reads from
+    RAM, bit 1: writes to RAM), whenever they change and at reset; the machine
+    maps the BIOS window to follow them, as firmware that shadows itself needs.
     """
 
     name = "i440fx"
@@ -212,6 +214,7 @@ class I440fxHostBridge(PciFunction):
     SMRAM = 0x72
 
     def __init__(self) -> None:
+        self.on_pam_change: Callable[[list[int]], None] | None = None
         super().__init__()
         self.set_writable(0x50, 0x30, (1 << (8 * 0x30)) - 1)  # 0x50-0x7F
 
@@ -219,6 +222,22 @@ class I440fxHostBridge(PciFunction):
         super().reset()
         self.config[self.DRAMC] = 0x01
         self.config[self.SMRAM] = 0x02
+        self._pam_changed()
+
+    def pam_attributes(self) -> list[int]:
+        """The 16 segment attributes of 0xC0000-0xFFFFF (82441FX PAM0-PAM6)."""
+        attrs = []
+        for reg in range(self.PAM0 + 1, self.PAM0 + 7):  # PAM1-6: 0xC0000-0xEFFFF
+            attrs += [self.config[reg] & 3, (self.config[reg] >> 4) & 3]
+        return attrs + [(self.config[self.PAM0] >> 4) & 3] * 4  # PAM0: 0xF0000-0xFFFFF
+
+    def config_written(self, offset: int, size: int) -> None:
+        if offset < self.PAM0 + 7 and self.PAM0 < offset + size:
+            self._pam_changed()
+
+    def _pam_changed(self) -> None:
+        if self.on_pam_change is not None:
+            self.on_pam_change(self.pam_attributes())
 
 
 class Piix3IsaBridge(PciFunction):

@@ -37,6 +37,7 @@ cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")
 cdef uc_hook_del_t uc_hook_del = <uc_hook_del_t>_fn("uc_hook_del")
 cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")
 cdef uc_mem_map_ptr_t uc_mem_map_ptr = <uc_mem_map_ptr_t>_fn("uc_mem_map_ptr")
+cdef uc_mem_unmap_t uc_mem_unmap = <uc_mem_unmap_t>_fn("uc_mem_unmap")
 cdef uc_context_size_t uc_context_size = <uc_context_size_t>_fn("uc_context_size")
 cdef uc_context_alloc_t uc_context_alloc = <uc_context_alloc_t>_fn("uc_context_alloc")
 cdef uc_context_save_t uc_context_save = <uc_context_save_t>_fn("uc_context_save")
@@ -92,6 +93,12 @@ include "mmu_defs.pxi"
 PAGE_SIZE = 4096
 cdef uint64_t ROM_SINK_BASE = 1ULL << 41  # far above RAM, beside the page-table alias
 cdef uint64_t ROM_SINK_SLOT = 0x1000000  # 16 MiB: the largest firmware image
+cdef uint64_t SHADOW_SINK_BASE = (1ULL << 41) + 4 * 0x1000000  # after the four ROM sinks
+cdef uint64_t PAM_BASE = 0xC0000
+cdef uint64_t PAM_SEGMENT = 0x4000
+cdef enum:
+    PAM_RE = 1
+    PAM_WE = 2
 cdef uint64_t A20_BIT = 1 << 20
 
 
@@ -140,6 +147,10 @@ cdef struct CoreState:
     RomWindow roms[4]
     int rom_count
     uint64_t low_rom_base    # where the BIOS window below 1 MiB starts (0xF0000 or lower)
+    # i440FX PAM attribute (bit 0 read from RAM, bit 1 write to RAM) of each 16 KiB
+    # segment of 0xC0000-0xFFFFF; it matters only inside the low BIOS window.
+    uint8_t pam[16]
+    RomWindow shadow_sink    # RAM of the window seen read-only: stores are dropped
     uint64_t rom_writes_ignored
     # PIO data windows: port accesses served from a device's buffer in C
     PioWindow pio[4]
@@ -302,14 +313,70 @@ cdef class Core:
         self._roms.append(buf)
 
     def is_rom(self, uint64_t address, uint64_t length=1):
-        """Does ``address .. address+length-1`` overlap a ROM window?"""
+        """Does ``address .. address+length-1`` overlap a ROM window (or BIOS-window
+        RAM that the PAM registers make read-only)?"""
         cdef int i
         cdef RomWindow *rom
+        cdef uint64_t a
         for i in range(self.st.rom_count):
             rom = &self.st.roms[i]
             if address < rom.base + rom.size and rom.base < address + length:
-                return True
+                if rom.base != self.st.low_rom_base:
+                    return True
+                a = max(address, rom.base) & ~(PAM_SEGMENT - 1)
+                while a < min(address + length, rom.base + rom.size):
+                    if pam_attr(self.st, a) != PAM_RE | PAM_WE:
+                        return True
+                    a += PAM_SEGMENT
         return False
+
+    def set_pam(self, attrs):
+        """Apply the i440FX PAM attributes (16 values, one per 16 KiB segment of
+        0xC0000-0xFFFFF: bit 0 reads from RAM, bit 1 writes to RAM).
+
+        Only segments inside the low BIOS window change: there the segment maps
+        the ROM (reads not enabled), RAM (read and write) or RAM that drops stores
+        (read only).  Elsewhere the memory below 1 MiB stays RAM."""
+        cdef CoreState *st = self.st
+        cdef int i, attr
+        cdef uint64_t seg
+        cdef RomWindow *low = NULL
+        if len(attrs) != 16:
+            raise ValueError("PAM attributes: 16 segments")
+        for i in range(st.rom_count):
+            if st.roms[i].base == st.low_rom_base and st.low_rom_base < 0x100000:
+                low = &st.roms[i]
+        if low == NULL:
+            raise ValueError("no BIOS window below 1 MiB")
+        if st.shadow_sink.data == NULL:
+            st.shadow_sink.base = PAM_BASE
+            st.shadow_sink.size = 0x100000 - PAM_BASE
+            st.shadow_sink.data = st.ram + PAM_BASE
+            _check(uc_mmio_map(st.uc, SHADOW_SINK_BASE, st.shadow_sink.size, _rom_sink_read,
+                               <void *>&st.shadow_sink, _rom_sink_write, <void *>st))
+        changed = False
+        for i in range(16):
+            attr = int(attrs[i]) & 3
+            seg = PAM_BASE + i * PAM_SEGMENT
+            if seg < st.low_rom_base:
+                st.pam[i] = attr
+                continue
+            if _pam_view(attr) == _pam_view(st.pam[i]):
+                st.pam[i] = attr
+                continue
+            st.pam[i] = attr
+            changed = True
+            _check(uc_mem_unmap(st.uc, seg, PAM_SEGMENT))
+            if attr == PAM_RE | PAM_WE:
+                _check(uc_mem_map_ptr(st.uc, seg, PAM_SEGMENT, 7, st.ram + seg))
+            elif attr & PAM_RE:
+                _check(uc_mem_map_ptr(st.uc, seg, PAM_SEGMENT, UC_PROT_READ | UC_PROT_EXEC,
+                                      st.ram + seg))
+            else:
+                _check(uc_mem_map_ptr(st.uc, seg, PAM_SEGMENT, UC_PROT_READ | UC_PROT_EXEC,
+                                      low.data + (seg - low.base)))
+        if changed:
+            self.flush_mmu()
 
     @property
     def rom_writes_ignored(self):
@@ -780,11 +847,35 @@ cdef bint _hook_tlb_fill_identity(uc_engine *uc, uint64_t vaddr, int access,
     return True
 
 
+cdef inline int _pam_view(int attr) noexcept nogil:
+    # What a segment maps: 0 the ROM (also write-only RAM, approximated), 1 read-only RAM, 3 RAM.
+    if attr & PAM_RE:
+        return attr
+    return 0
+
+
+cdef inline int pam_attr(CoreState *st, uint64_t gpa) noexcept nogil:
+    """The PAM view at ``gpa`` inside the low BIOS window (0 = ROM), 3 (RAM) elsewhere."""
+    if gpa < st.low_rom_base or gpa >= 0x100000 or gpa < PAM_BASE:
+        return PAM_RE | PAM_WE
+    return _pam_view(st.pam[(gpa - PAM_BASE) // PAM_SEGMENT])
+
+
 cdef bint rom_fill(CoreState *st, uint64_t gpa, bint write, ql_uc_tlb_entry *res) noexcept nogil:
     """Keep ROM read-only under UC_TLB_VIRTUAL: reads and fetches map the ROM without
     WRITE; a write maps the page to the sink.  Returns whether ``gpa`` is ROM."""
     cdef int i
     cdef RomWindow *rom
+    cdef int view = pam_attr(st, gpa)
+    if view == PAM_RE | PAM_WE and st.low_rom_base <= gpa < 0x100000:
+        return False  # the PAM registers put RAM here
+    if view == PAM_RE:
+        if write:
+            res.paddr = SHADOW_SINK_BASE + (gpa - PAM_BASE)
+            res.perms = UC_PROT_READ | UC_PROT_WRITE
+        else:
+            res.perms &= ~UC_PROT_WRITE
+        return True
     for i in range(st.rom_count):
         rom = &st.roms[i]
         if rom.base <= gpa < rom.base + rom.size:

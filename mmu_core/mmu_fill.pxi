@@ -143,7 +143,7 @@ cdef inline bint _mode_changed(Mmu *mmu, MmuMode *m) noexcept nogil:
 # -- the answer to Unicorn ---------------------------------------------------------------
 
 cdef inline bint _is_ram(CoreState *st, uint64_t gpa) noexcept nogil:
-    return gpa < st.ram_size and not (st.low_rom_base <= gpa < 0x100000)
+    return gpa < st.ram_size and pam_attr(st, gpa) == 3  # 3: RAM, by PAM or outside the window
 
 
 cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,

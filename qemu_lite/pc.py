@@ -316,7 +316,10 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
 
     # PCI: i440FX host bridge, PIIX3 ISA bridge and IDE function (bus-master DMA).
     pci = PciBus()
-    pci.add(0, 0, I440fxHostBridge())
+    host = I440fxHostBridge()
+    host.on_pam_change = machine.core.set_pam  # firmware shadowing itself (SeaBIOS)
+    host.reset()
+    pci.add(0, 0, host)
     pci.add(1, 0, Piix3IsaBridge())
     piix_ide = PiixIde(GuestPhysicalMemory(machine), ide0, ide1)
 

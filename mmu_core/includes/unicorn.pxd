@@ -33,6 +33,7 @@ ctypedef int (*uc_hook_del_t)(uc_engine *uc, uc_hook hh) noexcept nogil
 ctypedef int (*uc_emu_stop_t)(uc_engine *uc) noexcept nogil
 ctypedef int (*uc_mem_map_ptr_t)(uc_engine *uc, uint64_t address, size_t size,
                                  uint32_t perms, void *ptr) noexcept nogil
+ctypedef int (*uc_mem_unmap_t)(uc_engine *uc, uint64_t address, size_t size) noexcept nogil
 ctypedef int (*uc_ctl_t)(uc_engine *uc, int control, ...) noexcept nogil
 ctypedef size_t (*uc_context_size_t)(uc_engine *uc) noexcept nogil
 ctypedef int (*uc_context_alloc_t)(uc_engine *uc, void **context) noexcept nogil

@@ -61,3 +61,59 @@ def test_image_maps_at_the_top_of_4g_with_its_last_128k_below_1m(size):
 def test_other_sizes_are_refused_with_one_line(size):
     with pytest.raises(ValueError, match="multiple of 64 KiB up to 16 MiB"):
         Machine(memory="16M", bios=bytes(size))
+
+
+# Real-mode ROM code that shadows the F segment through the i440FX PAM0 register
+# (config 0x59): RAM read/write (0x30), RAM read-only (0x10), back to the ROM (0x00).
+ROM_PAM = r"""
+bits 16
+org 0
+%macro PAM0 1
+    mov dx, 0xCF8
+    mov eax, 0x80000058
+    out dx, eax
+    mov dx, 0xCFD             ; byte 1 of the dword at 0x58: PAM0
+    mov al, %1
+    out dx, al
+%endmacro
+%macro REPORT 2               ; expected byte in [es:0x100], character
+    mov al, [es:0x100]
+    cmp al, %1
+    mov al, '-'
+    jne %%out
+    mov al, %2
+%%out:
+    mov dx, 0x3F8
+    out dx, al
+%endmacro
+start:
+    mov ax, 0xF000
+    mov es, ax
+    PAM0 0x30                 ; F segment: RAM, read and write
+    mov byte [es:0x100], 0x5A
+    REPORT 0x5A, 'W'
+    PAM0 0x10                 ; F segment: RAM, read only: the store is dropped
+    mov byte [es:0x100], 0xA5
+    REPORT 0x5A, 'R'
+    PAM0 0x00                 ; back to the ROM
+    REPORT 0xFF, 'O'
+    PAM0 0x30                 ; the RAM kept what was written while it was RAM
+    REPORT 0x5A, 'K'
+    mov al, 0
+    out 0xF4, al
+    hlt
+    times 0x1FFF0 - ($ - $$) db 0xFF
+    jmp 0xE000:start
+    times 0x20000 - ($ - $$) db 0xFF
+"""
+
+
+@pytest.mark.parametrize("mmu", ("cached", "naive", "identity"))
+def test_pam_registers_shadow_the_bios_window(assemble, mmu):
+    """(Under mmu="native" a store to read-only memory ends the run, as for the ROM.)"""
+    out = bytearray()
+    with Machine(serial="none", memory="16M", bios=assemble(ROM_PAM), mmu=mmu) as m:
+        m.board.com1.add_output_listener(out.extend)
+        result = m.run(timeout=10)
+    assert out == b"WROK"
+    assert result.exit_status == 1
