@@ -1,9 +1,11 @@
 """Multiboot v1 kernels, loaded as QEMU's ``-kernel`` does.
 
 The kernel's image (ELF, or the a.out kludge of header flag 16) is copied to
-its load addresses, modules are placed page-aligned after it, and a multiboot
-information structure with memory map and command line is built in low
-memory.  The CPU enters the kernel in flat 32-bit protected mode with
+its load addresses, which may be in conventional memory (0x500 up to the EBDA:
+real-mode test kernels load at 0x8000) or above 1 MiB; modules are placed
+page-aligned after it, and a multiboot information structure with memory map
+and command line is built in low memory, or after the kernel and its modules
+when the kernel occupies low memory.  The CPU enters the kernel in flat 32-bit protected mode with
 EAX = 0x2BADB002 and EBX = the structure's address.
 """
 
@@ -40,6 +42,8 @@ GDT_ADDR = 0x800
 INFO_ADDR = 0x9000
 INFO_LIMIT = 0x9F000
 LOW_MEMORY_KIB = 639
+LOW_RAM_START = 0x500      # above the IVT and the BIOS data area
+HIGH_RAM_START = 0x100000
 
 
 class MultibootError(ValueError):
@@ -134,11 +138,16 @@ def _parse_elf(image: bytes, name: str) -> MultibootImage:
 
 def _check_fits(mb: MultibootImage, ram: int, name: str, module_sizes: list[tuple[str, int]]
                 ) -> list[int]:
-    """Refuse segments outside RAM above 1 MiB; return the modules' page-aligned addresses."""
+    """Refuse segments outside RAM (conventional memory above the BDA and below the
+    EBDA, or above 1 MiB); return the modules' page-aligned addresses."""
     for seg in mb.segments:
-        if seg.address < 0x100000 or seg.address + seg.memsize > ram:
-            raise MultibootError(f"{name}: segment at {seg.address:#x} "
-                                 f"(+{seg.memsize:#x}) is outside RAM above 1 MiB")
+        end = seg.address + seg.memsize
+        low = LOW_RAM_START <= seg.address and end <= LOW_MEMORY_KIB * 1024
+        if not (low or HIGH_RAM_START <= seg.address and end <= ram):
+            raise MultibootError(
+                f"{name}: segment at {seg.address:#x} (+{seg.memsize:#x}) is outside RAM "
+                f"({LOW_RAM_START:#x}-{LOW_MEMORY_KIB * 1024 - 1:#x} or "
+                f"{HIGH_RAM_START:#x}-{ram - 1:#x})")
     addresses = []
     next_free = (mb.end + 0xFFF) & ~0xFFF
     for path, size in module_sizes:
@@ -178,12 +187,22 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     addresses = _check_fits(mb, ram, name, [(path, len(data)) for path, _, data in contents])
     for seg in mb.segments:
         machine.write_memory(seg.address, seg.data + bytes(seg.memsize - len(seg.data)))
-
-    info = _InfoBuilder(machine)
-    mods = b""
+    placed = []
     for addr, (_path, string, data) in zip(addresses, contents, strict=True):
         machine.write_memory(addr, data)
-        mods += struct.pack("<4I", addr, addr + len(data), info.string(string), 0)
+        placed.append((addr, addr + len(data), string))
+    next_free = (placed[-1][1] + 0xFFF) & ~0xFFF if placed else (mb.end + 0xFFF) & ~0xFFF
+
+    # The loader's own structures go in conventional memory unless the kernel
+    # lives there; then after the kernel and its modules, as QEMU places them.
+    if any(s.address < INFO_LIMIT and GDT_ADDR < s.address + s.memsize for s in mb.segments):
+        limit = LOW_MEMORY_KIB * 1024 if next_free < LOW_MEMORY_KIB * 1024 else ram
+        info = _InfoBuilder(machine, next_free, limit)
+    else:
+        info = _InfoBuilder(machine, INFO_ADDR, INFO_LIMIT)
+    gdt_addr = info.blob(bytes(24)) if info.start != INFO_ADDR else GDT_ADDR
+    mods = b"".join(struct.pack("<4I", start, end, info.string(string), 0)
+                    for start, end, string in placed)
 
     mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind) for base, length, kind in (
         (0, LOW_MEMORY_KIB * 1024, 1),
@@ -202,7 +221,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     mbi += bytes(4 * 4) + struct.pack("<I", info.string("qemu_lite"))
     mbi_addr = info.blob(mbi)
 
-    machine.cpu.enter_flat_protected_mode(mb.entry, GDT_ADDR)
+    machine.cpu.enter_flat_protected_mode(mb.entry, gdt_addr)
     machine.set_reg("eax", BOOTLOADER_MAGIC)
     machine.set_reg("ebx", mbi_addr)
 
@@ -210,14 +229,16 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
 class _InfoBuilder:
     """Bump allocator for the multiboot structures in conventional memory."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Machine, start: int, limit: int) -> None:
         self._m = machine
-        self._next = INFO_ADDR
+        self.start = start
+        self._next = start
+        self._limit = limit
 
     def blob(self, data: bytes) -> int:
         addr = (self._next + 7) & ~7
-        if addr + len(data) > INFO_LIMIT:
-            raise MultibootError("multiboot information does not fit below 640 KiB")
+        if addr + len(data) > self._limit:
+            raise MultibootError(f"multiboot information does not fit below {self._limit:#x}")
         self._m.write_memory(addr, data)
         self._next = addr + len(data)
         return addr
