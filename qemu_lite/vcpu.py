@@ -142,19 +142,22 @@ class VCpu:
             flush()
         self.halted = False
 
-    def enter_flat_protected_mode(self, entry: int, gdt_addr: int) -> None:
+    def enter_flat_protected_mode(self, entry: int, gdt_addr: int, code_sel: int = 0x08) -> None:
         """Flat 32-bit protected mode at ``entry`` (as a Multiboot loader leaves it).
 
-        A three-entry GDT (null, code 0x08, data 0x10) is written at
-        ``gdt_addr`` and loaded, so the guest may reload its segments."""
+        A GDT with the flat code segment at ``code_sel`` (0x08; the Linux
+        32-bit boot protocol's __BOOT_CS is 0x10) and the data segment after
+        it is written at ``gdt_addr`` and loaded, so the guest may reload its
+        segments."""
         code = 0x00CF9A000000FFFF
         data = 0x00CF92000000FFFF
-        self.uc.mem_write(gdt_addr, struct.pack("<3Q", 0, code, data))
-        self.notify_phys_write(gdt_addr, 24)
-        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, 23, 0))
+        table = [0] * (code_sel // 8) + [code, data]
+        self.uc.mem_write(gdt_addr, struct.pack(f"<{len(table)}Q", *table))
+        self.notify_phys_write(gdt_addr, 8 * len(table))
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_addr, 8 * len(table) - 1, 0))
         self.set_reg("cr0", (self.reg("cr0") | CR0_PE) & ~CR0_PG)
-        cs = Segment.from_descriptor(0x08, code | (1 << 40))  # accessed, as a load sets it
-        ds = Segment.from_descriptor(0x10, data | (1 << 40))
+        cs = Segment.from_descriptor(code_sel, code | (1 << 40))  # accessed, as a load sets it
+        ds = Segment.from_descriptor(code_sel + 8, data | (1 << 40))
         self.segments.commit({CS: cs, SS: ds, DS: ds, ES: ds, FS: ds, GS: ds}, 0x2)
         self.set_reg("rflags", 0x2)
         self.set_reg("rip", entry)

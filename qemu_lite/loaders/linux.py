@@ -3,8 +3,9 @@
 A bzImage's protected-mode part is loaded at 1 MiB, ``boot_params`` (the
 "zero page") gets the setup header, an E820 map, the command line and the
 initrd's place, and the CPU enters the kernel through the 64-bit boot
-protocol: long mode with identity-mapped page tables, flat __BOOT_CS/__BOOT_DS
-segments, RSI = boot_params, at the load address + 0x200.
+protocol (long mode with identity-mapped page tables, flat __BOOT_CS/__BOOT_DS
+segments, RSI = boot_params, at the load address + 0x200) or, for kernels
+without it or when asked, the 32-bit one (flat protected mode at code32_start).
 """
 
 from __future__ import annotations
@@ -59,21 +60,22 @@ class _Plan:
     kernel: bytes
     cmdline: bytes
     initrd_addr: int
+    entry64: bool  # enter through the 64-bit boot protocol (else the 32-bit one)
 
 
 def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | None,
-          initrd_name: str = "") -> _Plan:
+          initrd_name: str = "", entry: str = "auto") -> _Plan:
     """Check a bzImage's header against the file and the RAM; place command line and initrd."""
     if not is_bzimage(image):
         raise LinuxBootError(f"{name}: not a Linux bzImage (no HdrS setup header)")
     version = struct.unpack_from("<H", image, 0x206)[0]
-    if version < 0x20C:
+    if version < 0x20A:
         raise LinuxBootError(f"{name}: boot protocol {version >> 8}.{version & 0xFF} is too old "
-                             "(2.12 or newer is needed for the 64-bit entry)")
-    xloadflags = struct.unpack_from("<H", image, 0x236)[0]
-    if not xloadflags & XLF_KERNEL_64:
-        raise LinuxBootError(f"{name}: kernel has no 64-bit entry point (32-bit kernels "
-                             "are not supported yet)")
+                             "(2.10 or newer is needed)")
+    xloadflags = struct.unpack_from("<H", image, 0x236)[0] if version >= 0x20C else 0
+    has_64 = bool(xloadflags & XLF_KERNEL_64)
+    if entry == "64" and not has_64:
+        raise LinuxBootError(f"{name}: kernel has no 64-bit entry point")
     setup_size = ((image[0x1F1] or 4) + 1) * 512
     syssize = struct.unpack_from("<I", image, 0x1F4)[0] * 16
     if syssize == 0:
@@ -100,7 +102,7 @@ def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | No
         if addr < KERNEL_LOAD + init_size:
             raise LinuxBootError(f"initrd {initrd_name} ({initrd_size} bytes) does not fit "
                                  "beside the kernel; give the machine more memory (-m)")
-    return _Plan(image, kernel, cmd, addr)
+    return _Plan(image, kernel, cmd, addr, entry == "64" or (entry == "auto" and has_64))
 
 
 def check(kernel_path: str | os.PathLike[str], cmdline: str = "",
@@ -114,14 +116,20 @@ def check(kernel_path: str | os.PathLike[str], cmdline: str = "",
 
 
 def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "",
-         initrd_path: str | os.PathLike[str] | None = None) -> None:
-    """Load a bzImage (and initrd) into ``machine`` and point its CPU at the 64-bit entry."""
+         initrd_path: str | os.PathLike[str] | None = None, entry: str = "auto") -> None:
+    """Load a bzImage (and initrd) into ``machine`` and point its CPU at an entry.
+
+    ``entry`` is ``"64"`` (long mode at the load address + 0x200), ``"32"``
+    (flat protected mode at ``code32_start``, as GRUB's ``linux`` enters) or
+    ``"auto"``: the 64-bit entry when the kernel has one, else the 32-bit one."""
+    if entry not in ("auto", "32", "64"):
+        raise ValueError(f"unknown Linux entry {entry!r} (auto, 32 or 64)")
     image = read_input_file(kernel_path, "kernel")
     initrd = None if initrd_path is None else read_input_file(initrd_path, "initrd")
     ram = machine.memory_size
     plan = _plan(image, os.fspath(kernel_path), ram, cmdline,
                  None if initrd is None else len(initrd),
-                 "" if initrd_path is None else os.fspath(initrd_path))
+                 "" if initrd_path is None else os.fspath(initrd_path), entry)
     machine.write_memory(KERNEL_LOAD, plan.kernel)
 
     params = bytearray(4096)
@@ -143,8 +151,16 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     struct.pack_into("<H", params, 0x02, (ram - 0x100000) // 1024 if ram < (64 << 20) else 0xFC00)
     machine.write_memory(BOOT_PARAMS, bytes(params))
 
-    _write_identity_page_tables(machine)
-    machine.cpu.enter_long_mode(KERNEL_LOAD + 0x200, GDT, PAGE_TABLES)
+    if plan.entry64:
+        _write_identity_page_tables(machine)
+        machine.cpu.enter_long_mode(KERNEL_LOAD + 0x200, GDT, PAGE_TABLES)
+    else:
+        # 32-bit boot protocol: flat __BOOT_CS (0x10) / __BOOT_DS (0x18), paging off,
+        # ESI = boot_params, EBP = EDI = EBX = 0, at code32_start.
+        code32_start = struct.unpack_from("<I", image, 0x214)[0] or KERNEL_LOAD
+        machine.cpu.enter_flat_protected_mode(code32_start, GDT, code_sel=0x10)
+        for reg in ("ebp", "edi", "ebx"):
+            machine.set_reg(reg, 0)
     machine.set_reg("rsi", BOOT_PARAMS)
 
 
