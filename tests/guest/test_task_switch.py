@@ -263,3 +263,50 @@ gp_handler:
 """
     out = _run(assemble, tmp_path, body, mmu)
     assert out == "#TS 00000048\n#GP 00000028\ndone\n"
+
+
+@pytest.mark.parametrize("mmu", MMU_MODES)
+def test_jmp_between_tasks_moves_the_busy_bit_and_sets_no_link(assemble, tmp_path, mmu):
+    """JMP to a TSS (run natively by the engine): the old task becomes available, the
+    new one busy, NT stays clear; jumping back resumes the first task after its JMP."""
+    body = r"""
+    TSS_DESC gdt2, tss_b, 0x67
+    TASK tss_b, task_b, 0x80000
+    mov word [tss_b], 0x1234  ; link: must stay untouched by a JMP
+    jmp 0x48:0
+    PRINT "A resumed "
+    mov eax, [gdt + 0x2C]
+    shr eax, 8
+    and eax, 0xF
+    call puthex
+    mov eax, [gdt2 + 4]
+    shr eax, 8
+    and eax, 0xF
+    call puthex
+    call newline
+    mov al, 0
+    call exit
+task_b:
+    PRINT "B "
+    mov eax, [gdt + 0x2C]     ; task A: available again (9)
+    shr eax, 8
+    and eax, 0xF
+    call puthex
+    mov eax, [gdt2 + 4]       ; task B: busy (B)
+    shr eax, 8
+    and eax, 0xF
+    call puthex
+    call space
+    movzx eax, word [tss_b]
+    call puthex
+    call space
+    pushfd
+    pop eax
+    and eax, 1 << 14
+    call puthex
+    call newline
+    jmp 0x28:0
+"""
+    out = _run(assemble, tmp_path, body, mmu)
+    assert out == ("B 000000090000000B 00001234 00000000\n"
+                   "A resumed 0000000B00000009\n")
