@@ -42,14 +42,16 @@ def write_initramfs(path: Path, init_script: str) -> Path:
     return path
 
 
-def grub_cfg(append: str) -> str:
+def grub_cfg(append: str, linux16: bool = False) -> str:
+    """GRUB's menu: ``linux16``/``initrd16`` boot through the kernel's 16-bit setup entry."""
+    suffix = "16" if linux16 else ""
     return ("serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n"
             "set timeout=0\nmenuentry \"Debian kernel, busybox initramfs\" {\n"
-            f"    linux /vmlinuz {append}\n    initrd /initrd.img\n}}\n")
+            f"    linux{suffix} /vmlinuz {append}\n    initrd{suffix} /initrd.img\n}}\n")
 
 
 def grub_rescue_image(workdir: Path, init_script: str,
-                      append: str = "console=ttyS0 panic=-1") -> Path:
+                      append: str = "console=ttyS0 panic=-1", linux16: bool = False) -> Path:
     """A ``grub-mkrescue`` hybrid ISO (boots as a disk or a CD) with the kernel and initramfs."""
     mkrescue = shutil.which("grub-mkrescue")
     if mkrescue is None:
@@ -61,7 +63,7 @@ def grub_rescue_image(workdir: Path, init_script: str,
         raise ToolMissing("GRUB's BIOS platform files missing: apt-get install grub-pc-bin")
     root = workdir / "iso"
     (root / "boot" / "grub").mkdir(parents=True, exist_ok=True)
-    (root / "boot" / "grub" / "grub.cfg").write_text(grub_cfg(append))
+    (root / "boot" / "grub" / "grub.cfg").write_text(grub_cfg(append, linux16))
     shutil.copyfile(find_kernel(), root / "vmlinuz")
     write_initramfs(root / "initrd.img", init_script)
     image = workdir / "grub.img"

@@ -29,8 +29,8 @@ def initramfs(path: Path) -> Path:
         pytest.skip(str(exc))
 
 
-def grub_image(workdir: Path) -> Path:
+def grub_image(workdir: Path, linux16: bool = False) -> Path:
     try:
-        return imagebuild.grub_rescue_image(workdir, INIT)
+        return imagebuild.grub_rescue_image(workdir, INIT, linux16=linux16)
     except imagebuild.ToolMissing as exc:
         pytest.skip(str(exc))
