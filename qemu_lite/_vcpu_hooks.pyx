@@ -18,6 +18,15 @@ when the run loop finds itself stopped inside a shadow it asks the hook to
 let that one block run (``skip_once_at``).
 Otherwise the hook only counts blocks, the progress measure of the
 deterministic clock.
+
+Host signals: Python runs its signal handlers only between bytecodes, never
+while ``emu_start`` is inside C, so a guest spinning with no timer armed
+would keep SIGINT and SIGTERM waiting forever.  :func:`watch_signals` puts a
+C handler in front of Python's own for the given signals: it bumps a
+process-wide counter, then calls Python's handler.  Every block hook compares
+that counter with the value it last saw and ends its slice at the next block
+when it moved, so ``emu_start`` returns and Python's handler runs (on the main
+thread) with the vCPU stopped at a block boundary, by the vCPU thread itself.
 """
 
 import ctypes
@@ -25,6 +34,7 @@ import ctypes
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.types cimport sigset_t
 
 from mmu_core.includes.unicorn cimport uc_engine, uc_hook, uc_hook_add_t, uc_hook_del_t, uc_emu_stop_t, uc_reg_read_t
 
@@ -47,6 +57,78 @@ cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
 cdef int REG_EFLAGS = _x86.UC_X86_REG_EFLAGS
 
 
+cdef extern from "<signal.h>" nogil:
+    ctypedef struct siginfo_t:
+        pass
+    ctypedef void (*sa_handler_t)(int)
+    ctypedef void (*sa_sigaction_t)(int, siginfo_t *, void *)
+    cdef struct sigaction_s "sigaction":
+        sa_handler_t sa_handler
+        sa_sigaction_t sa_sigaction
+        sigset_t sa_mask
+        int sa_flags
+    int sigaction(int, const sigaction_s *, sigaction_s *)
+    sa_handler_t SIG_DFL
+    sa_handler_t SIG_IGN
+    enum:
+        SA_SIGINFO
+        SA_RESETHAND
+        NSIG
+
+
+# Signals delivered through watch_signals(), process-wide; block hooks compare.
+cdef unsigned long _signals_seen = 0
+cdef sigaction_s _chained[NSIG]
+
+
+cdef void _on_signal(int signum, siginfo_t *info, void *ctx) noexcept nogil:
+    # Async-signal-safe: one store, then the handler we displaced (Python's,
+    # which records the signal for the main thread and writes its wakeup fd).
+    global _signals_seen
+    _signals_seen += 1
+    cdef sigaction_s *prev = &_chained[signum]
+    if prev.sa_flags & SA_SIGINFO:
+        if prev.sa_sigaction != NULL:
+            prev.sa_sigaction(signum, info, ctx)
+    elif prev.sa_handler != SIG_DFL and prev.sa_handler != SIG_IGN and prev.sa_handler != NULL:
+        prev.sa_handler(signum)
+
+
+def watch_signals(signums):
+    """Make each signal in ``signums`` end running slices at the next block.
+
+    Only signals whose current disposition is a handler (Python's, after
+    ``signal.signal``) are wrapped: default and ignored ones keep their
+    meaning.  Idempotent; a later ``signal.signal`` for the same signal
+    replaces the wrapper.  Returns the signals now watched."""
+    cdef sigaction_s cur, ours
+    cdef int n
+    watched = []
+    for signum in signums:
+        n = signum
+        if not 0 < n < NSIG or sigaction(n, NULL, &cur) != 0:
+            raise ValueError(f"bad signal number {signum}")
+        if cur.sa_flags & SA_SIGINFO and cur.sa_sigaction == _on_signal:
+            watched.append(signum)
+            continue
+        if not cur.sa_flags & SA_SIGINFO and (cur.sa_handler == SIG_DFL
+                                               or cur.sa_handler == SIG_IGN):
+            continue
+        _chained[n] = cur
+        ours = cur
+        ours.sa_sigaction = _on_signal
+        ours.sa_flags = (cur.sa_flags | SA_SIGINFO) & ~SA_RESETHAND
+        if sigaction(n, &ours, NULL) != 0:
+            raise OSError(f"cannot install a handler for signal {signum}")
+        watched.append(signum)
+    return watched
+
+
+def signals_delivered():
+    """How many watched signals have arrived in this process."""
+    return _signals_seen
+
+
 cdef struct HookState:
     uint64_t blocks
     uint64_t stop_at_block   # deterministic deadline in blocks (0 = none)
@@ -56,6 +138,7 @@ cdef struct HookState:
     int fired                # 1: window opened, 2: block deadline, 3: time deadline, 4: poked
     uint64_t deadline_ns     # host CLOCK_MONOTONIC deadline (0 = none)
     int poke                 # set by other threads: stop at the next block
+    unsigned long signals    # _signals_seen when this hook last looked
 
 
 cdef class VcpuHooks:
@@ -74,6 +157,7 @@ cdef class VcpuHooks:
     def __init__(self, uc):
         self._uc_obj = uc
         self.uc = <uc_engine *><uintptr_t>uc._uch.value
+        self.st.signals = _signals_seen
         if uc_hook_add(self.uc, &self.hook, UC_HOOK_BLOCK, <void *>_hook_block,
                        <void *>self.st, 1, 0):
             raise RuntimeError("cannot add the block hook")
@@ -152,8 +236,9 @@ cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user
     cdef uint64_t eflags = 0
     cdef timespec ts
     st.blocks += 1
-    if st.poke:
+    if st.poke or st.signals != _signals_seen:
         st.poke = 0
+        st.signals = _signals_seen
         st.fired = 4
         uc_emu_stop(uc)
         return

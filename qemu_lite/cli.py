@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qemu_lite.devices.block import BlockImageError
@@ -79,16 +81,57 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind like KeyboardInterrupt, closing the machine."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _catch_termination() -> Callable[[], None]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (once); return the undo.
+
+    A SIGHUP ignored when we start (``nohup``) stays ignored."""
+    raised = False
+
+    def handler(signum: int, _frame: object) -> None:
+        nonlocal raised
+        if not raised:  # a second signal must not interrupt the flush of the first
+            raised = True
+            raise Terminated(signum)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread: leave the process's handlers alone
+        pass
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+    return restore
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="qemu-lite: %(name)s: %(message)s")
+    restore_signals = _catch_termination()
     try:
         return _run(parser, args)
     except KeyboardInterrupt:
         print("qemu-lite: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated as exc:
+        print(f"qemu-lite: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        restore_signals()
 
 
 def _fail(message: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from mmu_core._core import (
     TLB_NATIVE,
 )
 from qemu_lite import pc
-from qemu_lite._vcpu_hooks import VcpuHooks
+from qemu_lite._vcpu_hooks import VcpuHooks, watch_signals
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
@@ -44,6 +45,9 @@ DETERMINISTIC_RTC_BASE = 946684800.0
 BIOS_LOW = 0xF0000
 BIOS_HIGH = 0xFFFF0000
 BIOS_SIZE = 0x10000
+
+# Signals whose Python handlers must run while the guest runs (see run()).
+RUN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY, "cached": 2, "naive": 3}
 
@@ -358,9 +362,17 @@ class Machine:
         self._pending_reset = True
 
     def run(self, timeout: float | None = None) -> RunResult:
-        """Run the guest until it exits, halts for good, or ``timeout`` seconds pass."""
+        """Run the guest until it exits, halts for good, or ``timeout`` seconds pass.
+
+        On the main thread, SIGINT (and SIGTERM or SIGHUP when a Python handler
+        is set for them) ends the current slice at the next translation block,
+        so the handler runs promptly whatever the guest does: KeyboardInterrupt
+        then leaves ``run`` and the machine can be closed, or run again."""
         self._stop_reason = None
         self._pending_reset = False
+        self.hooks.take_fired()  # a stop left by a run that an exception ended
+        if threading.current_thread() is threading.main_thread():
+            watch_signals(RUN_SIGNALS)
         wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         self._vcpu_thread = threading.get_ident()
         try:

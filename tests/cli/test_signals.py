@@ -1,0 +1,172 @@
+"""Host signals end a run whatever the guest does: the disks are flushed, the terminal is
+restored, one line is printed and the exit status is 128 + the signal number."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from guestlib import protected_mode_guest
+
+from qemu_lite import Machine
+from qemu_lite.loaders import multiboot
+
+SECTOR_TAG = b"written before the signal"
+
+# Write sector 1 of the primary master by ATA PIO, print "ready", then spin.
+SPIN_AFTER_WRITE = r"""
+    mov dx, 0x1F6
+    mov al, 0xE0              ; master, LBA
+    out dx, al
+    mov dx, 0x1F2
+    mov al, 1                 ; one sector
+    out dx, al
+    mov dx, 0x1F3
+    mov al, 1                 ; LBA 1
+    out dx, al
+    mov dx, 0x1F4
+    xor al, al
+    out dx, al
+    mov dx, 0x1F5
+    out dx, al
+    mov dx, 0x1F7
+    mov al, 0x30              ; WRITE SECTORS
+    out dx, al
+.drq:
+    in al, dx
+    test al, 0x08
+    jz .drq
+    mov esi, sector
+    mov ecx, 256
+    mov dx, 0x1F0
+    rep outsw
+    mov dx, 0x1F7
+.busy:
+    in al, dx
+    test al, 0x80
+    jnz .busy
+    PRINT `ready\n`
+    {spin}
+sector:
+    db "{tag}"
+    times 512 - ($ - sector) db 0
+"""
+
+SPINS = {"sti-jmp": "sti\n    jmp $", "cli-jmp": "cli\n    jmp $"}
+
+
+def spin_kernel(assemble, tmp_path: Path, spin: str) -> Path:
+    source = protected_mode_guest(SPIN_AFTER_WRITE.format(spin=SPINS[spin],
+                                                          tag=SECTOR_TAG.decode()))
+    kernel = tmp_path / "spin.bin"
+    kernel.write_bytes(assemble(source))
+    return kernel
+
+
+def start_cli(kernel: Path, disk: Path, stdin: int | None = subprocess.DEVNULL,
+              ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "qemu_lite", "--kernel", str(kernel), "-m", "32M",
+         str(disk), "--serial", "stdio"],
+        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=tempfile.gettempdir())
+
+
+def wait_for_ready(proc: subprocess.Popen[bytes], deadline: float = 60) -> None:
+    assert proc.stdout is not None
+    seen = b""
+    end = time.monotonic() + deadline
+    while b"ready" not in seen:
+        remaining = end - time.monotonic()
+        assert remaining > 0, f"the guest never printed ready: {seen!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"qemu-lite exited early: {seen!r} {proc.stderr.read()!r}"  # type: ignore[union-attr]
+            seen += chunk
+
+
+@pytest.mark.parametrize("spin", sorted(SPINS))
+@pytest.mark.parametrize("signum, line", [
+    (signal.SIGINT, "qemu-lite: interrupted"),
+    (signal.SIGTERM, "qemu-lite: terminated by SIGTERM"),
+    (signal.SIGHUP, "qemu-lite: terminated by SIGHUP"),
+])
+def test_signal_ends_a_spinning_guest_and_flushes_the_disk(assemble, tmp_path, spin, signum,
+                                                            line):
+    kernel = spin_kernel(assemble, tmp_path, spin)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(64 * 512))
+    proc = start_cli(kernel, disk)
+    try:
+        wait_for_ready(proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signum, err
+    assert err.decode().strip().splitlines() == [line]
+    assert disk.read_bytes()[512:512 + len(SECTOR_TAG)] == SECTOR_TAG
+
+
+def test_sigterm_restores_a_raw_terminal(assemble, tmp_path):
+    kernel = spin_kernel(assemble, tmp_path, "cli-jmp")
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(64 * 512))
+    master, slave = pty.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        proc = start_cli(kernel, disk, stdin=slave)
+        try:
+            wait_for_ready(proc)
+            # With the console on stdio the backend put the terminal in raw mode.
+            assert not termios.tcgetattr(slave)[3] & termios.ECHO
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 128 + signal.SIGTERM
+        after = termios.tcgetattr(slave)
+        assert after[3] & (termios.ECHO | termios.ICANON) == before[3] & (termios.ECHO
+                                                                          | termios.ICANON)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_keyboard_interrupt_leaves_run_on_the_main_thread(assemble, tmp_path):
+    """Machine.run of a guest that spins with interrupts off lets SIGINT through, and
+    the machine can run again afterwards."""
+    kernel = spin_kernel(assemble, tmp_path, "cli-jmp")
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(64 * 512))
+    with Machine(disk, memory="32M", serial="none") as m:
+        multiboot.load(m, kernel)
+        watchdog_fired = threading.Event()
+
+        def watchdog() -> None:  # without the fix only this would end the run
+            if not stopped.wait(30):
+                watchdog_fired.set()
+                m.stop()
+
+        stopped = threading.Event()
+        threading.Thread(target=watchdog, daemon=True).start()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            m.run()
+        stopped.set()
+        assert not watchdog_fired.is_set()
+        assert m.run(timeout=0.3).reason == "timeout"
+    assert disk.read_bytes()[512:512 + len(SECTOR_TAG)] == SECTOR_TAG
