@@ -4,7 +4,10 @@ Exit status: odd values come from the guest through isa-debug-exit
 ((value << 1) | 1, as QEMU); even values are qemu-lite's own:
 0 the guest halted with interrupts off, 2 usage or input error,
 4 time budget spent, 6 the guest crashed (triple fault, unrecoverable
-error), 8 the guest asked for a reset under --no-reboot.
+error), 8 the guest asked for a reset under --no-reboot, 10 the BIOS found
+no bootable device, 12 the BIOS found no bootable device after the guest had
+reset the machine (a kernel that crashed, say); 128 + N signal N ended the
+run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from qemu_lite.devices.block import BlockImageError
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
 
-STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0}
+STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0,
+          "no-boot": 10, "no-boot-after-reset": 12}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
                     "With no DISK and no --kernel, boots the bundled default image.",
         epilog="Exit status: odd = the guest's isa-debug-exit value (v << 1) | 1; "
                "0 guest halted, 2 usage error, 4 timeout, 6 guest crashed, "
-               "8 reset under --no-reboot.",
+               "8 reset under --no-reboot, 10 no bootable device, 12 no bootable device "
+               "after the guest reset (a crashed kernel); 128 + N ended by signal N.",
     )
     p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
     p.add_argument("-hda", "--hda", dest="hda", metavar="FILE", help="same as DISK")

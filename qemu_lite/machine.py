@@ -33,6 +33,7 @@ from qemu_lite._vcpu_hooks import VcpuHooks, watch_signals
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
+from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
 from qemu_lite.pc import Drive
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
@@ -115,8 +116,10 @@ class RunResult:
     ``reason`` is one of ``"exit"`` (isa-debug-exit; ``exit_status`` set),
     ``"halted"`` (HLT with interrupts disabled), ``"timeout"``,
     ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
-    ``"reset"`` (the guest reset the machine and ``no_reboot`` was set) or
-    ``"triple-fault"``.
+    ``"reset"`` (the guest reset the machine and ``no_reboot`` was set),
+    ``"triple-fault"``, ``"no-boot"`` (the BIOS found nothing to boot) or
+    ``"no-boot-after-reset"`` (the same, after the guest had reset the machine:
+    a crashed kernel, say).
     """
 
     reason: str
@@ -175,6 +178,7 @@ class Machine:
         self._wake = threading.Event()
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
+        self.guest_resets = 0  # resets since power-on (triple faults, reset requests)
         self._resettable: list[Device] = []
         self._mmio_callbacks: list[tuple[object, object]] = []
         self.irq_source: InterruptSource = NoInterrupts()
@@ -353,6 +357,16 @@ class Machine:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""
         self.stop("exit", status, f"guest exit status {status}")
 
+    def firmware_event(self, event: int) -> None:
+        """Our BIOS reported ``event`` on its port (FW_EVENT_* in devices/debugport.py)."""
+        if event != FW_EVENT_NO_BOOT:
+            log.debug("unknown firmware event %#x", event)
+        elif self.guest_resets:
+            self.stop("no-boot-after-reset", None,
+                      "No bootable device after the guest reset the machine")
+        else:
+            self.stop("no-boot", None, "No bootable device")
+
     def reset(self) -> None:
         """A machine reset requested by the guest (i8042 0xFE, port 0x92, triple fault)."""
         if self.no_reboot:
@@ -470,6 +484,7 @@ class Machine:
         return False
 
     def _do_reset(self) -> None:
+        self.guest_resets += 1
         self.cpu.reset()
         for dev in self._resettable:
             dev.reset()
