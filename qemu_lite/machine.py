@@ -29,7 +29,7 @@ from mmu_core._core import (
     TLB_NATIVE,
 )
 from qemu_lite import pc
-from qemu_lite._vcpu_hooks import VcpuHooks, watch_signals
+from qemu_lite._vcpu_hooks import VcpuHooks, keep_gil_for_engine_calls, watch_signals
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
@@ -159,6 +159,7 @@ class Machine:
         self.mmu_mode = mmu
         self.no_reboot = no_reboot
         self.uc, reset_ctx = new_engine()
+        keep_gil_for_engine_calls(self.uc)  # no GIL hand-off per register read (threads)
         self.core = mmu_core.Core(self.uc, self.memory_size, MMU_MODES[mmu])
         self.cpu = VCpu(self.uc, self.core, reset_ctx)
         self.hooks = VcpuHooks(self.uc)
