@@ -62,7 +62,8 @@ sector:
     times 512 - ($ - sector) db 0
 """
 
-SPINS = {"sti-jmp": "sti\n    jmp $", "cli-jmp": "cli\n    jmp $"}
+SPINS = {"sti-jmp": "sti\n    jmp $", "cli-jmp": "cli\n    jmp $",
+         "sti-hlt": "sti\n.idle:\n    hlt\n    jmp .idle"}  # halted, no timer armed
 
 
 def spin_kernel(assemble, tmp_path: Path, spin: str) -> Path:
