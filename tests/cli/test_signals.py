@@ -171,3 +171,26 @@ def test_keyboard_interrupt_leaves_run_on_the_main_thread(assemble, tmp_path):
         assert not watchdog_fired.is_set()
         assert m.run(timeout=0.3).reason == "timeout"
     assert disk.read_bytes()[512:512 + len(SECTOR_TAG)] == SECTOR_TAG
+
+
+def test_watch_signals_wraps_python_handlers_only():
+    from qemu_lite._vcpu_hooks import signals_delivered, watch_signals
+
+    seen = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        assert watch_signals([signal.SIGUSR1]) == [signal.SIGUSR1]
+        assert watch_signals([signal.SIGUSR1]) == [signal.SIGUSR1]  # idempotent
+        before = signals_delivered()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(1000):  # Python's handler runs between bytecodes
+            if seen:
+                break
+            time.sleep(0.001)
+        assert seen == [signal.SIGUSR1]  # Python's handler still runs, once
+        assert signals_delivered() == before + 1
+        for disposition in (signal.SIG_DFL, signal.SIG_IGN):
+            signal.signal(signal.SIGUSR1, disposition)
+            assert watch_signals([signal.SIGUSR1]) == []  # default and ignored stay so
+    finally:
+        signal.signal(signal.SIGUSR1, old)
