@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qemu_lite.devices.block import BlockImageError
@@ -87,38 +86,53 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived: unwind like KeyboardInterrupt, closing the machine."""
+    """A signal arrived before the machine ran: unwind, closing what was opened."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-def _catch_termination() -> Callable[[], None]:
-    """Turn SIGTERM and SIGHUP into :class:`Terminated` (once); return the undo.
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP for one run of the CLI.
 
-    A SIGHUP ignored when we start (``nohup``) stays ignored."""
-    raised = False
+    Once the machine runs, a signal ends the run at the next translation block
+    (``Machine.stop_at_next_block``): it never lands inside a device callback,
+    and the disks are flushed and the terminal restored by the normal close.
+    Before that it raises :class:`Terminated`.  The first signal decides the
+    exit status; later ones are ignored.  A signal ignored when we start
+    (``nohup``, a background job's SIGINT) stays ignored."""
 
-    def handler(signum: int, _frame: object) -> None:
-        nonlocal raised
-        if not raised:  # a second signal must not interrupt the flush of the first
-            raised = True
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.machine: Machine | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handler)
+        except ValueError:  # not the main thread: leave the process's handlers alone
+            pass
+
+    def restore(self) -> None:
+        for signum, old in self._previous.items():
+            signal.signal(signum, old)  # type: ignore[arg-type]
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self.machine is None:
             raise Terminated(signum)
+        self.machine.stop_at_next_block("signal", "")
 
-    previous = {}
-    try:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                previous[signum] = signal.signal(signum, handler)
-    except ValueError:  # not the main thread: leave the process's handlers alone
-        pass
 
-    def restore() -> None:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-    return restore
+def _signal_status(signum: int) -> int:
+    name = signal.Signals(signum).name
+    _say("qemu-lite: interrupted" if signum == signal.SIGINT else f"qemu-lite: terminated by {name}")
+    return 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,17 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="qemu-lite: %(name)s: %(message)s")
-    restore_signals = _catch_termination()
+    signals = _Signals()
+    signals.install()
     try:
-        return _run(parser, args)
-    except KeyboardInterrupt:
-        print("qemu-lite: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        status = _run(parser, args, signals)
+    except KeyboardInterrupt:  # SIGINT where our handler could not be installed
+        return _signal_status(signal.SIGINT)
     except Terminated as exc:
-        print(f"qemu-lite: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
-        return 128 + exc.signum
+        return _signal_status(exc.signum)
     finally:
-        restore_signals()
+        signals.restore()
+    if signals.signum is not None:  # the run ended at the signal; the machine is closed
+        return _signal_status(signals.signum)
+    return status
+
+
+def _say(line: str) -> None:
+    """One line on stderr, which a hung-up terminal (SIGHUP) may no longer take."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _fail(message: str) -> int:
@@ -144,7 +168,7 @@ def _fail(message: str) -> int:
     return STATUS["usage"]
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, signals: _Signals) -> int:
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path, parse_size
     from qemu_lite.pc import Drive, parse_drive
@@ -210,6 +234,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             except (multiboot.MultibootError, OSError) as exc:
                 return _fail(str(exc))
         try:
+            signals.machine = machine
             result = machine.run(timeout=args.timeout)
         except TripleFault as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)

@@ -182,6 +182,8 @@ class Machine:
         self.guest_resets = 0  # resets since power-on (triple faults, reset requests)
         self._resettable: list[Device] = []
         self._mmio_callbacks: list[tuple[object, object]] = []
+        self._callback_error: BaseException | None = None
+        self._stop_requested: RunResult | None = None  # survives run()'s reset
         self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
         self._pollers: list[Callable[[], None]] = []
@@ -244,14 +246,29 @@ class Machine:
         """Map ``device`` at physical ``base``: guest loads and stores call its
         ``io_read(offset, size)`` / ``io_write(offset, size, value)``."""
 
+        # Exceptions (a device bug, KeyboardInterrupt from a signal handler) must
+        # not reach the binding's ctypes callback, which would drop them: keep
+        # the first, end the slice at the next block and raise it from run().
         def read(uc: object, offset: int, size: int, _user: object) -> int:
-            return device.io_read(offset, size)
+            try:
+                return device.io_read(offset, size)
+            except BaseException as exc:
+                self._callback_failed(exc)
+                return (1 << (8 * size)) - 1
 
         def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
-            device.io_write(offset, size, value)
+            try:
+                device.io_write(offset, size, value)
+            except BaseException as exc:
+                self._callback_failed(exc)
 
         self.uc.mmio_map(base, size, read, None, write, None)
         self._mmio_callbacks.append((read, write))
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        if self._callback_error is None:
+            self._callback_error = exc
+        self.hooks.poke()
 
     def add_resettable(self, *devices: Device) -> None:
         """Devices whose ``reset()`` runs when the machine resets."""
@@ -354,6 +371,22 @@ class Machine:
         else:
             self.wake()
 
+    def stop_at_next_block(self, reason: str = "stopped", message: str = "") -> None:
+        """End :meth:`run` at the next translation block, from any thread or from a
+        signal handler: unlike :meth:`stop` on the vCPU thread, it never cuts the
+        current instruction short.  A request made while no run is in progress
+        ends the next run before its first instruction."""
+        if self._stop_requested is None:
+            self._stop_requested = RunResult(reason, None, message)
+        self.wake()
+
+    def _stop_result(self) -> RunResult | None:
+        """What ends the run now, if anything (stop(), or stop_at_next_block())."""
+        if self._stop_reason is not None:
+            return self._stop_reason
+        request, self._stop_requested = self._stop_requested, None
+        return request
+
     def exit(self, status: int) -> None:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""
         self.stop("exit", status, f"guest exit status {status}")
@@ -404,8 +437,9 @@ class Machine:
         cpu, core = self.cpu, self.core
         while True:
             self._service()
-            if self._stop_reason is not None:
-                return self._stop_reason
+            stop = self._stop_result()
+            if stop is not None:
+                return stop
             if wall_deadline is not None and time.monotonic_ns() >= wall_deadline:
                 return RunResult("timeout", None, "time budget spent")
             if self._pending_reset:
@@ -443,8 +477,12 @@ class Machine:
                 callback_error = core.take_error()
                 if callback_error is not None:
                     raise callback_error
-            if self._stop_reason is not None:
-                return self._stop_reason
+            if self._callback_error is not None:
+                callback_error, self._callback_error = self._callback_error, None
+                raise callback_error
+            stop = self._stop_result()
+            if stop is not None:
+                return stop
             try:
                 if flags & STOP_FAULT:
                     cpu.deliver_mmu_fault(*core.take_fault())
@@ -504,8 +542,9 @@ class Machine:
         return due
 
     def _wait_while_halted(self, wall_deadline: int | None) -> None:
-        """Sleep until a timer is due, input arrives or the time budget ends."""
-        while True:
+        """Sleep until a timer is due, input arrives, the run is stopped or the time
+        budget ends."""
+        while self._stop_reason is None and self._stop_requested is None:
             if self.irq_source.has_interrupt() or self._nmi_pending():
                 self.cpu.halted = False
                 return

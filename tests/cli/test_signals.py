@@ -23,8 +23,15 @@ from qemu_lite.loaders import multiboot
 
 SECTOR_TAG = b"written before the signal"
 
-# Write sector 1 of the primary master by ATA PIO, print "ready", then spin.
+# Write sector 1 of the primary master by ATA PIO, print "ready", then spin.  No interrupt
+# may arrive (the guest has no IDT): the PICs are masked and the drive's IRQ is off (nIEN).
 SPIN_AFTER_WRITE = r"""
+    mov al, 0xFF
+    out 0x21, al
+    out 0xA1, al
+    mov dx, 0x3F6
+    mov al, 0x02              ; nIEN
+    out dx, al
     mov dx, 0x1F6
     mov al, 0xE0              ; master, LBA
     out dx, al
@@ -117,7 +124,7 @@ def test_signal_ends_a_spinning_guest_and_flushes_the_disk(assemble, tmp_path, s
         proc.kill()
         proc.wait()
     assert proc.returncode == 128 + signum, err
-    assert err.decode().strip().splitlines() == [line]
+    assert err.decode().strip().splitlines() == [line], err.decode()
     assert disk.read_bytes()[512:512 + len(SECTOR_TAG)] == SECTOR_TAG
 
 
@@ -194,3 +201,52 @@ def test_watch_signals_wraps_python_handlers_only():
             assert watch_signals([signal.SIGUSR1]) == []  # default and ignored stay so
     finally:
         signal.signal(signal.SIGUSR1, old)
+
+
+def test_stop_from_another_thread_ends_a_halted_guest(assemble, tmp_path):
+    """Halted with interrupts on and no timer armed, the vCPU sleeps; stop() must still
+    end the run (it used to wake the sleep, which then went back to sleeping)."""
+    kernel = spin_kernel(assemble, tmp_path, "sti-hlt")
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(64 * 512))
+    with Machine(disk, memory="32M", serial="none") as m:
+        multiboot.load(m, kernel)
+        threading.Timer(0.3, m.stop).start()
+        assert m.run(timeout=30).reason == "stopped"
+        threading.Timer(0.3, m.stop_at_next_block, ("signal", "by a test")).start()
+        result = m.run(timeout=30)
+        assert (result.reason, result.message) == ("signal", "by a test")
+
+
+def test_exceptions_in_mmio_callbacks_reach_run(assemble, tmp_path, capfd):
+    """An MMIO device that raises (a bug, or KeyboardInterrupt from a signal handler)
+    ends the run with that exception; the binding's ctypes callback never sees it."""
+
+    class Broken:
+        def io_read(self, offset: int, size: int) -> int:
+            raise KeyboardInterrupt
+
+        def io_write(self, offset: int, size: int, value: int) -> None:
+            raise ValueError("device bug")
+
+    body = r"""
+    mov eax, [0xE0000000]
+    PRINT `FAIL: kept running\n`
+    cli
+    hlt
+"""
+    for store, expected in ((False, KeyboardInterrupt), (True, ValueError)):
+        source = protected_mode_guest(body.replace("mov eax, [0xE0000000]",
+                                                   "mov [0xE0000000], eax" if store
+                                                   else "mov eax, [0xE0000000]"))
+        kernel = tmp_path / "mmio.bin"
+        kernel.write_bytes(assemble(source))
+        out = bytearray()
+        with Machine(memory="32M", serial="none") as m:
+            m.add_mmio(0xE0000000, 0x1000, Broken())
+            m.board.com1.add_output_listener(out.extend)
+            multiboot.load(m, kernel)
+            with pytest.raises(expected):
+                m.run(timeout=30)
+        assert b"FAIL" not in out
+    assert "Exception ignored" not in capfd.readouterr().err
