@@ -176,7 +176,12 @@ class Machine:
         self.cpuid = CpuidModel(hide_tsc=deterministic)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         self._vcpu_thread: int | None = None
-        self._wake = threading.Event()
+        # A wake-up token: released by wake(), taken by the halted vCPU's sleep.  A
+        # plain Lock, not an Event: release() never blocks, so wake() is safe from a
+        # signal handler that interrupted the vCPU thread (an Event's own lock
+        # could be held by that very thread).
+        self._wake_token = threading.Lock()
+        self._wake_token.acquire()
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
         self.guest_resets = 0  # resets since power-on (triple faults, reset requests)
@@ -302,7 +307,10 @@ class Machine:
 
     def wake(self) -> None:
         """Wake a halted vCPU and end a running slice (safe from any thread)."""
-        self._wake.set()
+        try:
+            self._wake_token.release()
+        except RuntimeError:  # a wake-up is already pending
+            pass
         self.hooks.poke()
 
     # -- memory and registers ------------------------------------------------------
@@ -384,7 +392,9 @@ class Machine:
         """What ends the run now, if anything (stop(), or stop_at_next_block())."""
         if self._stop_reason is not None:
             return self._stop_reason
-        request, self._stop_requested = self._stop_requested, None
+        request = self._stop_requested
+        if request is not None:  # checked first: a signal handler may set it at any time
+            self._stop_requested = None
         return request
 
     def exit(self, status: int) -> None:
@@ -557,8 +567,7 @@ class Machine:
             now = time.monotonic_ns()
             if due is not None and due <= now:
                 return
-            self._wake.wait(None if due is None else (due - now) / 1e9)
-            self._wake.clear()
+            self._wake_token.acquire(timeout=-1 if due is None else (due - now) / 1e9)
             self._service()
 
     def _describe_error(self, err: UcError) -> str:
