@@ -322,4 +322,20 @@ def open_backend(spec: str, *, label: str = "serial0") -> SerialBackend | None:
             raise ValueError(f"cannot open serial backend {spec!r}: {exc.strerror or exc}") from None
     if not spec:
         raise ValueError("empty serial backend spec ''")
+    _check_network_url(spec)
     return PySerialBackend(spec)
+
+
+def _check_network_url(spec: str) -> None:
+    """Refuse a ``socket://`` or ``rfc2217://`` URL without a valid HOST:PORT in one clear
+    line (pyserial's own message for these quotes its internal regular expressions)."""
+    scheme, sep, rest = spec.partition("://")
+    if not sep or scheme.lower() not in ("socket", "rfc2217"):
+        return
+    address = rest.split("?", 1)[0].split("/", 1)[0]
+    host, colon, port = address.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"serial backend {spec!r}: expected {scheme}://HOST:PORT")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"serial backend {spec!r}: port must be a number from 1 to 65535, "
+                         f"not {port!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from typing import Protocol
 
 SECTOR_SIZE = 512
@@ -80,11 +81,15 @@ class BlockImage:
         name = os.fspath(path)
         writable = not readonly and not snapshot
         try:
-            fd = os.open(name, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO given by mistake must not block the open.
+            fd = os.open(name, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+                         | os.O_NONBLOCK)
         except FileNotFoundError:
             raise BlockImageError(f"disk image {name!r}: no such file") from None
         except IsADirectoryError:
             raise BlockImageError(f"disk image {name!r}: is a directory") from None
+        except ValueError:  # an embedded NUL byte
+            raise BlockImageError(f"disk image {name!r}: invalid file name") from None
         except PermissionError:
             how = "read-write" if writable else "reading"
             raise BlockImageError(
@@ -94,13 +99,19 @@ class BlockImage:
         except OSError as exc:
             raise BlockImageError(f"disk image {name!r}: cannot open: {exc.strerror}") from None
         try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise BlockImageError(f"disk image {name!r}: is a directory")
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise BlockImageError(f"disk image {name!r}: not a regular file or block device")
+            os.set_blocking(fd, True)
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if writable else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise BlockImageError(
-                        f"disk image {name!r}: locked by another process "
-                        "(is another qemu-lite using it?)"
+                        f"disk image {name!r}: locked by another process or an unclosed "
+                        "Machine (is another qemu-lite using it?)"
                     ) from None
                 raise BlockImageError(f"disk image {name!r}: cannot lock: {exc.strerror}") from None
             try:

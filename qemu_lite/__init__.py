@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# First: chooses the libunicorn that the ``unicorn`` binding will load.
+from qemu_lite import engine as _engine  # noqa: F401
+
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine, RunResult
     from qemu_lite.vcpu import GuestError, TripleFault

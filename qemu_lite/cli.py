@@ -6,48 +6,104 @@ Exit status: odd values come from the guest through isa-debug-exit
 4 time budget spent, 6 the guest crashed (triple fault, unrecoverable
 error), 8 the guest asked for a reset under --no-reboot, 10 the BIOS found
 no bootable device, 12 the BIOS found no bootable device after the guest had
-reset the machine (a kernel that crashed, say); 128 + N signal N ended the
-run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed.
+reset the machine (a kernel that crashed, say), 14 an internal error of
+qemu-lite (a bug: one line on stderr names a file holding the traceback, to
+attach to a report on the project's issue tracker); 128 + N signal N ended
+the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed.
+
+Every input (options, disks, kernel, initrd, BIOS) is checked before any
+output file is created, and an output that is also an input is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+import tempfile
+import traceback
+from typing import TYPE_CHECKING, NoReturn
 
 from qemu_lite.devices.block import BlockImageError
+from qemu_lite.engine import VersionAction
+from qemu_lite.loaders.files import file_problem
 
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
+    from qemu_lite.pc import Drive
 
 STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0,
-          "no-boot": 10, "no-boot-after-reset": 12}
+          "no-boot": 10, "no-boot-after-reset": 12, "internal": 14}
+
+MIN_MMU_PAGES = 16  # what the shadow MMU needs for one 4-level walk and its roots
+MAX_MMU_PAGES = 1 << 20  # 4 GiB of shadow page tables
+MAX_TIMEOUT = 1e8  # seconds (about three years): keeps the deadline in 64-bit nanoseconds
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (the usage text is for --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(STATUS["usage"], f"{self.prog}: {message} (see --help)\n")
+
+
+def _mmu_pages(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not MIN_MMU_PAGES <= n <= MAX_MMU_PAGES:
+        raise argparse.ArgumentTypeError(
+            f"must be a number from {MIN_MMU_PAGES} to {MAX_MMU_PAGES}, not {text!r}")
+    return n
+
+
+def _timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, not {text!r}")
+    return seconds
+
+
+def _memory(text: str) -> int:
+    from qemu_lite.machine import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="qemu-lite",
         description="Boot an x86 PC: a disk image through our BIOS, or a kernel directly. "
                     "With no DISK and no --kernel, boots the bundled default image.",
         epilog="Exit status: odd = the guest's isa-debug-exit value (v << 1) | 1; "
                "0 guest halted, 2 usage error, 4 timeout, 6 guest crashed, "
                "8 reset under --no-reboot, 10 no bootable device, 12 no bootable device "
-               "after the guest reset (a crashed kernel); 128 + N ended by signal N.",
+               "after the guest reset (a crashed kernel), 14 internal error (a bug in "
+               "qemu-lite: please report it); 128 + N ended by signal N.",
     )
+    p.add_argument("--version", action=VersionAction)
     p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
     p.add_argument("-hda", "--hda", dest="hda", metavar="FILE", help="same as DISK")
     p.add_argument("-hdb", "--hdb", dest="hdb", metavar="FILE", help="primary IDE slave disk")
     p.add_argument("-cdrom", "--cdrom", dest="cdrom", metavar="FILE",
                    help="CD-ROM image (ISO) on the secondary IDE master, read-only")
     p.add_argument("--drive", "-drive", action="append", default=[], metavar="SPEC",
-                   help="file=PATH[,media=disk|cdrom][,readonly=on][,index=0-3][,if=ide]")
+                   help="file=PATH[,media=disk|cdrom][,readonly=on|off][,index=0-3][,if=ide]; "
+                        "without index=, the next free IDE index")
     p.add_argument("--boot", "-boot", default="c", choices=["c", "d"],
                    help="boot from the hard disk (c, default) or the CD-ROM (d)")
-    p.add_argument("-m", "--memory", default="64M", metavar="SIZE",
+    p.add_argument("-m", "--memory", default="64M", type=_memory, metavar="SIZE",
                    help="guest RAM, e.g. 64M or 1G (plain numbers are MiB; default 64M)")
     p.add_argument("--serial", "-serial", default="stdio", metavar="SPEC",
                    help="COM1 backend: stdio (default), none, file:PATH, pty, or a pyserial URL "
@@ -68,8 +124,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="guest MMU: cached shadow page tables (default), naive (shadow pages "
                         "dropped at every CR3 load), native (Unicorn's own MMU), identity "
                         "(no guest paging)")
-    p.add_argument("--mmu-pages", type=int, metavar="N",
-                   help="bound the number of shadow pages (least recently used are recycled)")
+    p.add_argument("--mmu-pages", type=_mmu_pages, metavar="N",
+                   help=f"bound the number of shadow pages ({MIN_MMU_PAGES}-{MAX_MMU_PAGES}; "
+                        "least recently used are recycled)")
     p.add_argument("--mmu-stats", action="store_true",
                    help="print the shadow MMU's statistics to stderr at exit")
     p.add_argument("--deterministic", action="store_true",
@@ -79,7 +136,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtc", "-rtc", metavar="base=WHEN",
                    help="RTC start: base=utc (the host's time, default), or "
                         "base=YYYY-MM-DDTHH:MM:SS (UTC), as QEMU's -rtc base=")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=_timeout, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
     return p
@@ -137,7 +194,10 @@ def _signal_status(signum: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else STATUS["usage"]
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="qemu-lite: %(name)s: %(message)s")
     signals = _Signals()
@@ -148,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return _signal_status(signal.SIGINT)
     except Terminated as exc:
         return _signal_status(exc.signum)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, never a traceback
+        return _internal_error(exc, argv)
     finally:
         signals.restore()
     if signals.signum is not None:  # the run ended at the signal; the machine is closed
@@ -163,76 +225,100 @@ def _say(line: str) -> None:
         pass
 
 
+def _internal_error(exc: Exception, argv: list[str] | None) -> int:
+    """Report a bug in one line; the traceback goes to a file the user can attach."""
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())
+    where = ""
+    try:
+        fd, path = tempfile.mkstemp(prefix="qemu-lite-internal-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"command line: {sys.argv[:1] + (sys.argv[1:] if argv is None else argv)}\n")
+            traceback.print_exception(exc, file=f)
+        where = f" (traceback in {path})"
+    except OSError:
+        pass
+    print(f"qemu-lite: internal error: {what}{where}; please report this bug with the "
+          "command line on the qemu_lite issue tracker", file=sys.stderr)
+    return STATUS["internal"]
+
+
 def _fail(message: str) -> int:
+    message = " ".join(message.split())  # one line, whatever a library put in it
     print(f"qemu-lite: {message}", file=sys.stderr)
     return STATUS["usage"]
 
 
+class _InputError(Exception):
+    """An input that fails its checks; the message is the one line to print."""
+
+
+def _check_input(path: str | None, what: str, *, block_device: bool = False,
+                 allow_empty: bool = False) -> None:
+    if path is None:
+        return
+    problem = file_problem(path, allow_block_device=block_device, allow_empty=allow_empty)
+    if problem is not None:
+        raise _InputError(f"cannot open {what} '{path}': {problem}")
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, signals: _Signals) -> int:
+    try:
+        return _boot(args, signals)
+    except _InputError as exc:
+        return _fail(str(exc))
+
+
+def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     from qemu_lite.loaders import linux, multiboot
-    from qemu_lite.machine import Machine, bundled_firmware_path, parse_size
-    from qemu_lite.pc import Drive, parse_drive
+    from qemu_lite.machine import Machine, bundled_firmware_path
+    from qemu_lite.pc import parse_drive
     from qemu_lite.vcpu import GuestError, TripleFault
 
-    if args.disk and args.hda:
-        parser.error("give the disk image either as DISK or as -hda, not both")
-    try:
-        parse_size(args.memory)
-    except ValueError as exc:
-        parser.error(str(exc))
-    disk = args.disk or args.hda
+    if args.disk is not None and args.hda is not None:
+        raise _InputError("give the disk image either as DISK or as -hda, not both")
+    if args.kernel is None and args.initrd is not None:
+        raise _InputError("--initrd is only allowed with --kernel")
+    if args.kernel is None and args.append:
+        raise _InputError("--append is only allowed with --kernel")
+    disk = args.disk if args.disk is not None else args.hda
     snapshot = args.snapshot
     drives: list[Drive] = []
     for spec in args.drive:
         try:
-            drives.append(parse_drive(spec, next_index=len(drives)))
+            drives.append(parse_drive(spec))
         except ValueError as exc:
-            parser.error(str(exc))
-    if disk is None and args.kernel is None and not drives and not args.cdrom and not args.hdb:
+            raise _InputError(str(exc)) from None
+    if (disk is None and args.kernel is None and not drives and args.cdrom is None
+            and args.hdb is None):
         disk = bundled_firmware_path("default.img")
         snapshot = True  # the bundled image is package data: never write it
-    if args.kernel and args.initrd and _is_bzimage(args.kernel) and not os.path.isfile(args.initrd):
-        return _fail(f"cannot open initrd '{args.initrd}': No such file")
-    extra = [(d.file, "drive image") for d in drives] + [(args.hdb, "disk image"),
-                                                        (args.cdrom, "CD-ROM image")]
-    for path, what in ((disk, "disk image"), (args.kernel, "kernel"), (args.bios, "BIOS"),
-                       *extra):
-        if path is not None and not os.path.isfile(path):
-            return _fail(f"cannot open {what} '{path}': No such file")
     rtc_base = None
-    if args.rtc:
+    if args.rtc is not None:
         try:
             rtc_base = _parse_rtc(args.rtc)
         except ValueError as exc:
-            parser.error(str(exc))
+            raise _InputError(str(exc)) from None
+
+    bzimage, modules = _check_files(args, disk, drives)
+
     try:
         machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
-                          memory=args.memory, serial=args.serial, bios=args.bios,
-                          mmu=args.mmu, snapshot=snapshot, no_reboot=args.no_reboot,
-                          deterministic=args.deterministic, rtc_base=rtc_base)
+                          memory=args.memory, serial=args.serial, serial2=args.serial2,
+                          bios=args.bios, mmu=args.mmu, snapshot=snapshot,
+                          no_reboot=args.no_reboot, deterministic=args.deterministic,
+                          rtc_base=rtc_base)
     except (BlockImageError, ValueError, OSError) as exc:
         return _fail(str(exc))
-    if args.mmu_pages is not None:
-        if args.mmu_pages < 1:
-            parser.error("--mmu-pages must be at least 1")
-        machine.core.set_max_shadow_pages(args.mmu_pages)
     with machine:
-        if args.kernel and _is_bzimage(args.kernel):
-            try:
+        if args.mmu_pages is not None:
+            machine.core.set_max_shadow_pages(args.mmu_pages)
+        try:
+            if bzimage:
                 linux.load(machine, args.kernel, args.append, args.initrd)
-            except (linux.LinuxBootError, OSError) as exc:
-                return _fail(str(exc))
-        elif args.kernel:
-            modules = []
-            for item in filter(None, (args.initrd or "").split(",")):
-                path = item.split(" ", 1)[0]
-                if not os.path.isfile(path):
-                    return _fail(f"cannot open module '{path}': No such file")
-                modules.append((path, item))
-            try:
+            elif args.kernel:
                 multiboot.load(machine, args.kernel, args.append, modules)
-            except (multiboot.MultibootError, OSError) as exc:
-                return _fail(str(exc))
+        except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, InputFileError
+            return _fail(str(exc))
         try:
             signals.machine = machine
             result = machine.run(timeout=args.timeout)
@@ -251,6 +337,48 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, signals: _Si
     if result.message:
         print(f"qemu-lite: {result.message}", file=sys.stderr)
     return STATUS.get(result.reason, STATUS["crash"])
+
+
+def _check_files(args: argparse.Namespace, disk: str | None,
+                 drives: list[Drive]) -> tuple[bool, list[tuple[str, str]]]:
+    """Check every input file, then the outputs against them, before anything is opened
+    for writing.  Returns whether the kernel is a bzImage, and the Multiboot modules."""
+    from qemu_lite.loaders import linux, multiboot
+    from qemu_lite.pc import check_outputs, serial_output_path
+
+    inputs: list[tuple[str, str]] = []
+    for path, what, block in ((disk, "disk image", True), (args.hdb, "disk image", True),
+                              (args.cdrom, "CD-ROM image", True),
+                              *((os.fspath(d.file), "drive image", True) for d in drives
+                                if isinstance(d.file, (str, os.PathLike))),
+                              (args.kernel, "kernel", False), (args.bios, "BIOS", False)):
+        _check_input(path, what, block_device=block)
+        if path is not None:
+            inputs.append((what, path))
+    bzimage = args.kernel is not None and _is_bzimage(args.kernel)
+    modules: list[tuple[str, str]] = []
+    if bzimage:
+        _check_input(args.initrd, "initrd")
+        if args.initrd is not None:
+            inputs.append(("initrd", args.initrd))
+    elif args.kernel:
+        for item in filter(None, (args.initrd or "").split(",")):
+            path = item.split(" ", 1)[0]
+            _check_input(path, "module", allow_empty=True)
+            modules.append((path, item))
+            inputs.append(("module", path))
+    outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
+                                                 ("serial2", serial_output_path(args.serial2)))
+               if path is not None]
+    try:
+        check_outputs(outputs, inputs)
+        if bzimage:
+            linux.check(args.kernel, args.append, args.initrd, memory_size=args.memory)
+        elif args.kernel:
+            multiboot.check(args.kernel, args.append, modules, memory_size=args.memory)
+    except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
+        raise _InputError(str(exc)) from None
+    return bzimage, modules
 
 
 def _is_bzimage(path: str) -> bool:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import operator
 import os
 import signal
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -33,7 +36,9 @@ from qemu_lite._vcpu_hooks import VcpuHooks, keep_gil_for_engine_calls, watch_si
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
+from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
+from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
@@ -47,6 +52,9 @@ BIOS_LOW = 0xF0000
 BIOS_HIGH = 0xFFFF0000
 BIOS_SIZE = 0x10000
 
+# parse_size's ceiling, far above any RAM size Machine accepts (it checks those itself).
+MAX_SIZE = 1 << 50
+
 # Signals whose Python handlers must run while the guest runs (see run()).
 RUN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -54,11 +62,16 @@ MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY, "cached": 2, "naive
 
 
 def parse_size(text: str | int) -> int:
-    """Parse a QEMU-style size ("64M", "1G", "512K", plain MiB) into bytes."""
+    """Parse a QEMU-style size ("64M", "1G", "512K", plain MiB) into bytes; an int is bytes."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise TypeError(f"memory must be a size such as '64M' or a number of bytes, "
+                        f"not {type(text).__name__}")
     if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"invalid memory size {text} (it must be positive)")
         return text
     s = text.strip().upper().removesuffix("B")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     mult = 1 << 20  # QEMU's -m takes MiB by default
     if s and s[-1] in units:
         mult = units[s[-1]]
@@ -67,10 +80,11 @@ def parse_size(text: str | int) -> int:
         value = float(s)
     except ValueError:
         raise ValueError(f"invalid memory size {text!r} (try 64M or 1G)") from None
-    size = int(value * mult)
-    if size <= 0:
-        raise ValueError(f"invalid memory size {text!r}")
-    return size
+    if not math.isfinite(value) or value <= 0 or value * mult > MAX_SIZE:
+        raise ValueError(f"invalid memory size {text!r} (try 64M or 1G)")
+    if not (value * mult).is_integer():
+        raise ValueError(f"invalid memory size {text!r}: not a whole number of bytes")
+    return int(value * mult)
 
 
 def bundled_firmware(name: str) -> bytes:
@@ -138,14 +152,15 @@ class Machine:
 
     def __init__(
         self,
-        disk: str | os.PathLike[str] | None = None,
+        disk: str | os.PathLike[str] | BlockImage | None = None,
         *,
-        hdb: str | os.PathLike[str] | None = None,
-        cdrom: str | os.PathLike[str] | None = None,
+        hdb: str | os.PathLike[str] | BlockImage | None = None,
+        cdrom: str | os.PathLike[str] | BlockImage | None = None,
         drives: list[Drive] | None = None,
         boot: str = "c",
         memory: str | int = "64M",
         serial: str | None = "none",
+        serial2: str | None = None,
         bios: bytes | str | os.PathLike[str] | None = None,
         mmu: str = "cached",
         snapshot: bool = False,
@@ -153,11 +168,13 @@ class Machine:
         deterministic: bool = False,
         rtc_base: float | None = None,
     ) -> None:
-        if mmu not in MMU_MODES:
-            raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
+        _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
+                         serial=serial, serial2=serial2, bios=bios, mmu=mmu,
+                         rtc_base=rtc_base)
         self.memory_size = parse_size(memory)
         self.mmu_mode = mmu
         self.no_reboot = no_reboot
+        bios_data = _bios_bytes(bios)
         self.uc, reset_ctx = new_engine()
         keep_gil_for_engine_calls(self.uc)  # no GIL hand-off per register read (threads)
         self.core = mmu_core.Core(self.uc, self.memory_size, MMU_MODES[mmu])
@@ -191,18 +208,24 @@ class Machine:
         self._stop_requested: RunResult | None = None  # survives run()'s reset
         self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
+        # Releases disks and backends of a Machine dropped without close(); it must hold
+        # nothing that refers to the Machine, or the Machine would never be collected.
+        self._finalizer = weakref.finalize(self, _release_dropped, self._closers)
         self._pollers: list[Callable[[], None]] = []
-        self._load_bios(bios)
+        self._load_bios(bios_data)
         if log.isEnabledFor(logging.DEBUG):
             self.core.set_unclaimed_port_log(self._log_unclaimed_port)
-        all_drives = list(drives or [])
-        for index, path, media in ((0, disk, "disk"), (1, hdb, "disk"), (2, cdrom, "cdrom")):
-            if path is not None:
-                all_drives.append(pc.Drive(path, media, index))
-        if boot not in ("c", "d"):
-            raise ValueError(f"boot order must be c (hard disk) or d (CD-ROM), not {boot!r}")
-        self.board = pc.build(self, drives=all_drives, serial=serial, snapshot=snapshot,
-                              boot=boot)
+        all_drives = [pc.Drive(path, media, index)
+                      for index, path, media in ((0, disk, "disk"), (1, hdb, "disk"),
+                                                 (2, cdrom, "cdrom"))
+                      if path is not None]
+        all_drives += drives or []
+        try:
+            self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
+                                  snapshot=snapshot, boot=boot)
+        except BaseException:
+            self.close()  # a half-built machine must not keep the disks it opened locked
+            raise
 
     def _timer_armed_host(self, guest_ns: int) -> None:
         # A timer armed by a device during a slice must end that slice in time.
@@ -216,16 +239,7 @@ class Machine:
 
     # -- building ---------------------------------------------------------------
 
-    def _load_bios(self, bios: bytes | str | os.PathLike[str] | None) -> None:
-        if bios is None:
-            data = bundled_firmware("bios.bin")
-        elif isinstance(bios, bytes):
-            data = bios
-        else:
-            with open(bios, "rb") as f:
-                data = f.read()
-        if len(data) != 0x10000:
-            raise ValueError(f"BIOS image must be 64 KiB, got {len(data)} bytes")
+    def _load_bios(self, data: bytes) -> None:
         self._rom_bases = (BIOS_LOW, BIOS_HIGH)
         for base in self._rom_bases:
             self.core.map_rom(base, data)
@@ -295,6 +309,8 @@ class Machine:
         self._pollers.append(poll)
 
     def add_closer(self, close: Callable[[], None]) -> None:
+        """Call ``close()`` at :meth:`close`, or when the Machine is collected unclosed
+        (so ``close`` must not refer to the Machine)."""
         self._closers.append(close)
 
     def interrupt_request(self) -> None:
@@ -584,12 +600,77 @@ class Machine:
 
     def close(self) -> None:
         """Flush disks and release host resources (serial backends, image locks)."""
-        closers, self._closers = self._closers, []
-        for close in reversed(closers):
-            close()
+        self._finalizer.detach()
+        _run_closers(self._closers)
 
     def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _run_closers(closers: list[Callable[[], None]]) -> None:
+    """Run and forget ``closers``, last added first; every one runs even if one fails."""
+    error: BaseException | None = None
+    while closers:
+        try:
+            closers.pop()()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others
+            error = error or exc
+    if error is not None:
+        raise error
+
+
+def _release_dropped(closers: list[Callable[[], None]]) -> None:
+    if closers:
+        warnings.warn("Machine was not closed: its disks and serial backends were released "
+                      "when it was garbage-collected (use close() or a with block)",
+                      ResourceWarning, stacklevel=2)
+    _run_closers(closers)
+
+
+def _check_arguments(*, disk: object, hdb: object, cdrom: object, drives: object, boot: object,
+                     serial: object, serial2: object, bios: object, mmu: object,
+                     rtc_base: object) -> None:
+    """Refuse a wrong type or value at once, naming the argument (not deep inside)."""
+    for name, value in (("disk", disk), ("hdb", hdb), ("cdrom", cdrom)):
+        if value is not None and not isinstance(value, (str, os.PathLike, BlockImage)):
+            raise TypeError(f"{name} must be a path or a BlockImage, "
+                            f"not {type(value).__name__}")
+    if drives is not None and (not isinstance(drives, (list, tuple))
+                               or not all(isinstance(d, Drive) for d in drives)):
+        raise TypeError("drives must be a list of qemu_lite.pc.Drive")
+    for name, value in (("serial", serial), ("serial2", serial2)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a backend spec such as 'stdio' or None, "
+                            f"not {type(value).__name__}")
+    if bios is not None and not isinstance(bios, (bytes, bytearray, memoryview, str,
+                                                  os.PathLike)):
+        raise TypeError(f"bios must be the image's bytes or a path, not {type(bios).__name__}")
+    if not isinstance(mmu, str) or mmu not in MMU_MODES:
+        raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
+    if boot not in ("c", "d"):
+        raise ValueError(f"boot order must be c (hard disk) or d (CD-ROM), not {boot!r}")
+    if rtc_base is not None:
+        if isinstance(rtc_base, bool) or not isinstance(rtc_base, (int, float)):
+            raise TypeError(f"rtc_base must be a Unix time in seconds or None, "
+                            f"not {type(rtc_base).__name__}")
+        if not RTC_BASE_MIN <= rtc_base <= RTC_BASE_MAX:  # also refuses nan
+            raise ValueError(f"rtc_base {rtc_base!r} is outside years 1-9999")
+
+
+# The RTC's base time range: what datetime (and a century register) can represent.
+RTC_BASE_MIN, RTC_BASE_MAX = -62135596800.0, 253402300799.0
+
+
+def _bios_bytes(bios: bytes | bytearray | memoryview | str | os.PathLike[str] | None) -> bytes:
+    if bios is None:
+        data = bundled_firmware("bios.bin")
+    elif isinstance(bios, (bytes, bytearray, memoryview)):
+        data = bytes(bios)
+    else:
+        data = read_input_file(bios, "BIOS")
+    if len(data) != BIOS_SIZE:
+        raise ValueError(f"BIOS image must be 64 KiB, got {len(data)} bytes")
+    return data

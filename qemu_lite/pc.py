@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from qemu_lite.devices.backends import StdioBackend, open_backend
+from qemu_lite.devices.backends import SerialBackend, StdioBackend, open_backend
 from qemu_lite.devices.base import IrqLine
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.bmdma import PiixIde
@@ -76,26 +78,38 @@ class IsaIrqs:
 
 @dataclass(frozen=True)
 class Drive:
-    """One IDE drive: ``index`` 0-3 is primary master/slave, secondary master/slave."""
+    """One IDE drive: ``index`` 0-3 is primary master/slave, secondary master/slave;
+    ``None`` takes the lowest index no other drive claims, as QEMU's ``-drive`` does."""
 
     file: str | os.PathLike[str] | BlockImage
     media: str = "disk"  # or "cdrom"
-    index: int = 0
+    index: int | None = None
     readonly: bool = False
 
 
-def parse_drive(spec: str, next_index: int = 0) -> Drive:
+def parse_bool(name: str, value: str) -> bool:
+    """A boolean option value as QEMU spells it (on/yes/true/y, off/no/false/n)."""
+    if value in ("on", "yes", "true", "y"):
+        return True
+    if value in ("off", "no", "false", "n"):
+        return False
+    raise ValueError(f"--drive: parameter {name!r} expects 'on' or 'off', not {value!r}")
+
+
+def parse_drive(spec: str) -> Drive:
     """QEMU's ``-drive file=PATH,if=ide,media=disk|cdrom,readonly=on,index=N``."""
     opts: dict[str, str] = {}
     for part in spec.split(","):
         key, eq, value = part.partition("=")
         if not eq:
             raise ValueError(f"--drive: expected key=value, got {part!r}")
+        if key in opts:
+            raise ValueError(f"--drive: {key!r} given twice")
         opts[key] = value
     unknown = set(opts) - {"file", "if", "media", "readonly", "index", "format"}
     if unknown:
         raise ValueError(f"--drive: unknown option {sorted(unknown)[0]!r}")
-    if "file" not in opts:
+    if not opts.get("file"):
         raise ValueError("--drive needs file=PATH")
     if opts.get("if", "ide") != "ide":
         raise ValueError(f"--drive: only if=ide is emulated, not {opts['if']!r}")
@@ -104,14 +118,101 @@ def parse_drive(spec: str, next_index: int = 0) -> Drive:
     media = opts.get("media", "disk")
     if media not in ("disk", "cdrom"):
         raise ValueError(f"--drive: media must be disk or cdrom, not {media!r}")
-    readonly = opts.get("readonly", "off") in ("on", "true", "yes", "1")
-    try:
-        index = int(opts.get("index", next_index))
-    except ValueError:
-        raise ValueError(f"--drive: bad index {opts['index']!r}") from None
-    if not 0 <= index <= 3:
-        raise ValueError("--drive: index must be 0-3 (primary/secondary, master/slave)")
+    readonly = parse_bool("readonly", opts.get("readonly", "off"))
+    index = None
+    if "index" in opts:
+        text = opts["index"]
+        if not (text.isascii() and text.isdigit() and int(text) <= 3):
+            raise ValueError(f"--drive: index must be 0-3 (primary/secondary, master/slave), "
+                             f"not {text!r}")
+        index = int(text)
     return Drive(opts["file"], media, index, readonly)
+
+
+def assign_indexes(drives: list[Drive]) -> list[Drive]:
+    """Give every drive without an index the lowest free one, in order; refuse two drives
+    at one index or more than four drives."""
+    taken: dict[int, Drive] = {}
+    for drive in drives:
+        if drive.index is None:
+            continue
+        if not isinstance(drive.index, int) or not 0 <= drive.index <= 3:
+            raise ValueError(f"IDE index must be 0-3, not {drive.index!r}")
+        if drive.index in taken:
+            raise ValueError(f"two drives at IDE index {drive.index}")
+        taken[drive.index] = drive
+    out = []
+    for drive in drives:
+        if drive.index is None:
+            free = next((i for i in range(4) if i not in taken), None)
+            if free is None:
+                raise ValueError(f"no free IDE index for drive {_drive_name(drive)!r} "
+                                 "(four drives at most)")
+            drive = Drive(drive.file, drive.media, free, drive.readonly)
+            taken[free] = drive
+        out.append(drive)
+    return out
+
+
+def _drive_name(drive: Drive) -> str:
+    if isinstance(drive.file, BlockImage):
+        return drive.file.name
+    return os.fspath(drive.file)
+
+
+def _file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: the same file under any name."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_drive_files(drives: list[Drive]) -> None:
+    """Refuse one image file behind two drives when either would write it (two read-only
+    uses are fine, as in QEMU)."""
+    seen: dict[tuple[int, int], Drive] = {}
+    for drive in drives:
+        if isinstance(drive.file, BlockImage):
+            continue
+        identity = _file_identity(drive.file)
+        if identity is None:
+            continue
+        first = seen.get(identity)
+        if first is not None and (_writes(first) or _writes(drive)):
+            raise ValueError(f"disk image {_drive_name(drive)!r} given twice (IDE indexes "
+                             f"{first.index} and {drive.index})")
+        seen.setdefault(identity, drive)
+
+
+def _writes(drive: Drive) -> bool:
+    return not drive.readonly and drive.media != "cdrom"
+
+
+def serial_output_path(spec: str | None) -> str | None:
+    """The host file a serial spec writes to (``file:PATH``), or None."""
+    if spec is not None and spec.startswith("file:") and len(spec) > 5:
+        return spec[5:]
+    return None
+
+
+def check_outputs(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
+    """Refuse an output file (``(what, path)``) that is also an input, or another output:
+    opening it for writing would truncate a disk image or a kernel before the machine
+    reads it.  Existing files are compared by inode, new ones by their resolved path."""
+    identities: dict[tuple[int, int] | str, tuple[str, str]] = {}
+    for what, path in inputs:
+        identity = _file_identity(path)
+        if identity is not None:
+            identities.setdefault(identity, (what, path))
+    for what, path in outputs:
+        key = _file_identity(path) or os.path.realpath(path)
+        if key in identities:
+            in_what, in_path = identities[key]
+            raise ValueError(f"{what} output '{path}' is the {in_what} '{in_path}': refusing "
+                             "to overwrite it")
+        identities[key] = (f"{what} output", path)
 
 
 @dataclass
@@ -170,31 +271,21 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(PORT92, 1, SystemControlPortA(set_a20=machine.set_a20, on_reset=machine.reset))
     machine.add_resettable(pit, rtc, kbc)
 
-    if serial != "stdio" and sys.stdin.isatty():
-        _keyboard_from_terminal(machine, kbc)
-
-    backend = open_backend(serial) if serial else None
-    com1 = Uart16550(irqs.line(IRQ_COM1), backend, clock)
-    add(COM1, 8, com1)
-    if backend is not None:
-        backend.notify = machine.wake
-        machine.add_closer(backend.close)
-    machine.add_poller(com1.pump)
-    com2 = None
-    if serial2:
-        backend2 = open_backend(serial2, label="serial1")
-        com2 = Uart16550(irqs.line(IRQ_COM2), backend2, clock)
-        add(COM2, 8, com2)
-        if backend2 is not None:
-            backend2.notify = machine.wake
-            machine.add_closer(backend2.close)
-        machine.add_poller(com2.pump)
-
+    # Inputs first: every disk is opened (and locked) before any output file is created,
+    # so a bad disk or a serial file naming a disk cannot truncate anything.
+    drives = assign_indexes(drives)
+    check_drive_files(drives)
+    if serial == "stdio" and serial2 == "stdio":
+        raise ValueError("stdio can serve one serial port only (--serial and --serial2)")
+    outputs = [(label, path) for label, path in (("serial", serial_output_path(serial)),
+                                                 ("serial2", serial_output_path(serial2)))
+               if path is not None]
+    check_outputs(outputs, [("disk image", _drive_name(d)) for d in drives
+                            if not isinstance(d.file, BlockImage)])
     media: list[IdeMedium | None] = [None, None, None, None]
     disks: list[BlockImage] = []
     for drive in drives:
-        if media[drive.index] is not None:
-            raise ValueError(f"two drives at IDE index {drive.index}")
+        assert drive.index is not None
         cdrom = drive.media == "cdrom"
         if isinstance(drive.file, BlockImage):
             image = drive.file
@@ -204,6 +295,19 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
         disks.append(image)
         machine.add_closer(image.close)
         media[drive.index] = CdRom(image) if cdrom else image
+
+    if serial != "stdio" and sys.stdin.isatty():
+        _keyboard_from_terminal(machine, kbc)
+
+    com1 = Uart16550(irqs.line(IRQ_COM1), _open_serial(machine, serial, "serial0"), clock)
+    add(COM1, 8, com1)
+    machine.add_poller(com1.pump)
+    com2 = None
+    if serial2 is not None:
+        com2 = Uart16550(irqs.line(IRQ_COM2), _open_serial(machine, serial2, "serial1"), clock)
+        add(COM2, 8, com2)
+        machine.add_poller(com2.pump)
+
     ide0 = IdeChannel(irqs.line(IRQ_IDE0), media[0], media[1])
     ide1 = IdeChannel(irqs.line(IRQ_IDE1), media[2], media[3], serial_base=3)
     for index, (channel, cmd, ctl) in enumerate(((ide0, IDE0_CMD, IDE0_CTL),
@@ -241,11 +345,32 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
                  fw_cfg, debugcon, post, disks)
 
 
+def _open_serial(machine: Machine, spec: str | None, label: str) -> SerialBackend | None:
+    backend = open_backend(spec, label=label) if spec is not None else None
+    if backend is not None:
+        backend.notify = _weak_wake(machine)
+        machine.add_closer(backend.close)
+    return backend
+
+
+def _weak_wake(machine: Machine) -> Callable[[], None]:
+    """``machine.wake`` without a strong reference: a backend's reader thread must not
+    keep a dropped Machine alive (its finaliser releases the backend)."""
+    ref = weakref.ref(machine)
+
+    def wake() -> None:
+        m = ref()
+        if m is not None:
+            m.wake()
+
+    return wake
+
+
 def _keyboard_from_terminal(machine: Machine, kbc: I8042) -> None:
     """Keys typed on the host terminal reach the guest's PS/2 keyboard (when the serial
     console is elsewhere, as QEMU's window would take them)."""
     terminal = StdioBackend()
-    terminal.notify = machine.wake
+    terminal.notify = _weak_wake(machine)
 
     def pump() -> None:
         data = terminal.read_available()

@@ -8,6 +8,36 @@ from pathlib import Path
 
 import pytest
 
+# First, before any test module imports ``unicorn``: picks the engine (QEMU_LITE_ENGINE).
+from qemu_lite import engine as _engine
+
+PATCHES = {
+    "a": "exit checks only at block starts",
+    "c": "no state restore on successful TLB fills",
+    "d": "code-page dirty tracking",
+    "e": "TLB resized by flush count",
+    "f": "RDMSR/WRMSR hooks",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires_patched_engine(patch): needs qemu_lite's patched Unicorn "
+        "(optionally one patch letter, engine/patches/); skipped with the reason on stock")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _engine.engine_info().describe()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires_patched_engine"):
+        patch = mark.args[0] if mark.args else None
+        if not _engine.is_patched(patch):
+            what = f"patch {patch} ({PATCHES.get(patch, '?')})" if patch else "it"
+            pytest.skip(f"needs qemu_lite's patched engine with {what}; "
+                        f"running on {_engine.engine_info().describe()}")
+
 
 def _nasm() -> str:
     nasm = shutil.which("nasm")

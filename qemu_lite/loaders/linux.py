@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from qemu_lite.loaders.files import input_file_size, read_input_file
 
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
@@ -27,6 +30,7 @@ CMDLINE = 0x20000
 GDT = 0x1000
 PAGE_TABLES = 0x2000  # PML4, PDPT, then four page directories
 KERNEL_LOAD = 0x100000
+CMDLINE_MAX = 0x7FFF  # the longest command line placed at CMDLINE (Linux takes 2 KiB)
 
 E820_RAM, E820_RESERVED = 1, 2
 LOW_RAM_END = 0x9FC00
@@ -47,12 +51,19 @@ def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
             (0x100000, ram_size - 0x100000, E820_RAM)]
 
 
-def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "",
-         initrd_path: str | os.PathLike[str] | None = None) -> None:
-    """Load a bzImage (and initrd) into ``machine`` and point its CPU at the 64-bit entry."""
-    name = os.fspath(kernel_path)
-    with open(kernel_path, "rb") as f:
-        image = f.read()
+@dataclass
+class _Plan:
+    """Where a checked bzImage's parts go."""
+
+    image: bytes
+    kernel: bytes
+    cmdline: bytes
+    initrd_addr: int
+
+
+def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | None,
+          initrd_name: str = "") -> _Plan:
+    """Check a bzImage's header against the file and the RAM; place command line and initrd."""
     if not is_bzimage(image):
         raise LinuxBootError(f"{name}: not a Linux bzImage (no HdrS setup header)")
     version = struct.unpack_from("<H", image, 0x206)[0]
@@ -63,14 +74,55 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     if not xloadflags & XLF_KERNEL_64:
         raise LinuxBootError(f"{name}: kernel has no 64-bit entry point (32-bit kernels "
                              "are not supported yet)")
-    setup_sects = image[0x1F1] or 4
-    kernel = image[(setup_sects + 1) * 512:]
-    ram = machine.memory_size
+    setup_size = ((image[0x1F1] or 4) + 1) * 512
+    syssize = struct.unpack_from("<I", image, 0x1F4)[0] * 16
+    if syssize == 0:
+        raise LinuxBootError(f"{name}: the setup header promises no protected-mode kernel "
+                             "(syssize 0)")
+    if setup_size + syssize > len(image):
+        raise LinuxBootError(f"{name}: truncated kernel: its header promises "
+                             f"{setup_size + syssize} bytes, the file has {len(image)}")
+    kernel = image[setup_size:]
     init_size = struct.unpack_from("<I", image, 0x260)[0]
-    if KERNEL_LOAD + max(init_size, len(kernel)) > ram:
-        raise LinuxBootError(f"{name}: needs {init_size >> 20} MiB above 1 MiB; give the "
+    needed = max(init_size, len(kernel))
+    if KERNEL_LOAD + needed > ram:
+        raise LinuxBootError(f"{name}: needs {-(-needed >> 20)} MiB above 1 MiB; give the "
                              "machine more memory (-m)")
-    machine.write_memory(KERNEL_LOAD, kernel)
+    cmd = os.fsencode(cmdline) + b"\0"  # argv's bytes as given, even non-UTF-8
+    cmdline_size = min(struct.unpack_from("<I", image, 0x238)[0], CMDLINE_MAX)
+    if len(cmd) > cmdline_size + 1:
+        raise LinuxBootError(f"command line longer than the kernel accepts ({cmdline_size})")
+    addr = 0
+    if initrd_size is not None:
+        initrd_max = struct.unpack_from("<I", image, 0x22C)[0] or 0x37FFFFFF
+        top = min(ram, initrd_max + 1)
+        addr = (top - initrd_size) & ~0xFFF
+        if addr < KERNEL_LOAD + init_size:
+            raise LinuxBootError(f"initrd {initrd_name} ({initrd_size} bytes) does not fit "
+                                 "beside the kernel; give the machine more memory (-m)")
+    return _Plan(image, kernel, cmd, addr)
+
+
+def check(kernel_path: str | os.PathLike[str], cmdline: str = "",
+          initrd_path: str | os.PathLike[str] | None = None, *, memory_size: int) -> None:
+    """Raise the error :func:`load` would raise, without a machine (the CLI checks its
+    inputs before it opens any output)."""
+    image = read_input_file(kernel_path, "kernel")
+    size = None if initrd_path is None else input_file_size(initrd_path, "initrd")
+    _plan(image, os.fspath(kernel_path), memory_size, cmdline, size,
+          "" if initrd_path is None else os.fspath(initrd_path))
+
+
+def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "",
+         initrd_path: str | os.PathLike[str] | None = None) -> None:
+    """Load a bzImage (and initrd) into ``machine`` and point its CPU at the 64-bit entry."""
+    image = read_input_file(kernel_path, "kernel")
+    initrd = None if initrd_path is None else read_input_file(initrd_path, "initrd")
+    ram = machine.memory_size
+    plan = _plan(image, os.fspath(kernel_path), ram, cmdline,
+                 None if initrd is None else len(initrd),
+                 "" if initrd_path is None else os.fspath(initrd_path))
+    machine.write_memory(KERNEL_LOAD, plan.kernel)
 
     params = bytearray(4096)
     header_end = 0x202 + image[0x201]  # the jump at 0x200 skips the header
@@ -78,24 +130,11 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     params[0x210] = 0xFF  # type_of_loader: undefined loader
     params[0x211] |= LOADED_HIGH | CAN_USE_HEAP
     struct.pack_into("<H", params, 0x224, 0xFE00)  # heap_end_ptr
-    cmd = cmdline.encode() + b"\0"
-    cmdline_size = struct.unpack_from("<I", image, 0x238)[0]
-    if len(cmd) > cmdline_size + 1:
-        raise LinuxBootError(f"command line longer than the kernel accepts ({cmdline_size})")
-    machine.write_memory(CMDLINE, cmd)
+    machine.write_memory(CMDLINE, plan.cmdline)
     struct.pack_into("<I", params, 0x228, CMDLINE)
-
-    if initrd_path is not None:
-        with open(initrd_path, "rb") as f:
-            initrd = f.read()
-        initrd_max = struct.unpack_from("<I", image, 0x22C)[0] or 0x37FFFFFF
-        top = min(ram, initrd_max + 1)
-        addr = (top - len(initrd)) & ~0xFFF
-        if addr < KERNEL_LOAD + init_size:
-            raise LinuxBootError(f"initrd {os.fspath(initrd_path)} ({len(initrd)} bytes) does "
-                                 "not fit beside the kernel; give the machine more memory (-m)")
-        machine.write_memory(addr, initrd)
-        struct.pack_into("<II", params, 0x218, addr, len(initrd))
+    if initrd is not None:
+        machine.write_memory(plan.initrd_addr, initrd)
+        struct.pack_into("<II", params, 0x218, plan.initrd_addr, len(initrd))
 
     entries = e820_map(ram)
     params[0x1E8] = len(entries)

@@ -14,12 +14,15 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from qemu_lite.loaders.files import input_file_size, read_input_file
+
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
 SEARCH_LIMIT = 8192
+ELF32_HEADER_SIZE, ELF32_PHDR_SIZE = 52, 32
 FLAG_PAGE_ALIGN = 1 << 0
 FLAG_MEMORY_INFO = 1 << 1
 FLAG_VIDEO_MODE = 1 << 2
@@ -100,19 +103,27 @@ def parse(image: bytes, name: str = "kernel") -> MultibootImage:
 def _parse_elf(image: bytes, name: str) -> MultibootImage:
     if image[:4] != b"\x7fELF":
         raise MultibootError(f"{name}: neither ELF nor an a.out-kludge Multiboot image")
+    if len(image) < ELF32_HEADER_SIZE:
+        raise MultibootError(f"{name}: truncated ELF header")
     if image[4] != 1:
         raise MultibootError(f"{name}: 64-bit ELF Multiboot kernels are not supported "
                              "(Multiboot v1 needs ELF32)")
     entry, phoff = struct.unpack_from("<II", image, 24)
     phentsize, phnum = struct.unpack_from("<HH", image, 42)
+    if phnum and phentsize < ELF32_PHDR_SIZE:
+        raise MultibootError(f"{name}: ELF program header entries of {phentsize} bytes "
+                             f"(at least {ELF32_PHDR_SIZE} are needed)")
     segments = []
     for i in range(phnum):
         p = phoff + i * phentsize
-        if p + 32 > len(image):
+        if p + ELF32_PHDR_SIZE > len(image):
             raise MultibootError(f"{name}: truncated ELF program headers")
         p_type, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from("<6I", image, p)
         if p_type != 1 or p_memsz == 0:  # PT_LOAD only
             continue
+        if p_memsz < p_filesz:
+            raise MultibootError(f"{name}: ELF segment {i} has p_memsz {p_memsz:#x} smaller "
+                                 f"than p_filesz {p_filesz:#x}")
         if p_offset + p_filesz > len(image):
             raise MultibootError(f"{name}: ELF segment extends past the end of the file")
         segments.append(Segment(p_paddr, image[p_offset:p_offset + p_filesz], p_memsz))
@@ -121,32 +132,58 @@ def _parse_elf(image: bytes, name: str) -> MultibootImage:
     return MultibootImage(entry, segments)
 
 
+def _check_fits(mb: MultibootImage, ram: int, name: str, module_sizes: list[tuple[str, int]]
+                ) -> list[int]:
+    """Refuse segments outside RAM above 1 MiB; return the modules' page-aligned addresses."""
+    for seg in mb.segments:
+        if seg.address < 0x100000 or seg.address + seg.memsize > ram:
+            raise MultibootError(f"{name}: segment at {seg.address:#x} "
+                                 f"(+{seg.memsize:#x}) is outside RAM above 1 MiB")
+    addresses = []
+    next_free = (mb.end + 0xFFF) & ~0xFFF
+    for path, size in module_sizes:
+        if next_free + size > ram:
+            raise MultibootError(f"module {path} does not fit in RAM")
+        addresses.append(next_free)
+        next_free = (next_free + size + 0xFFF) & ~0xFFF
+    return addresses
+
+
+def check(kernel_path: str | os.PathLike[str], cmdline: str = "",
+          modules: list[tuple[str, str]] | None = None, *, memory_size: int) -> None:
+    """Raise the error :func:`load` would raise, without a machine (the CLI checks its
+    inputs before it opens any output)."""
+    name = os.fspath(kernel_path)
+    mb = parse(read_input_file(kernel_path, "kernel"), name)
+    sizes = [(path, input_file_size(path, "module", allow_empty=True))
+             for path, _ in modules or []]
+    _check_fits(mb, memory_size, name, sizes)
+    strings = [cmdline, *(string for _, string in modules or [])]
+    # The information structure, memory map and module list take well under 4 KiB.
+    if sum(len(os.fsencode(s)) + 8 for s in strings) + 4096 > INFO_LIMIT - INFO_ADDR:
+        raise MultibootError("multiboot information does not fit below 640 KiB "
+                             "(command line or module strings too long)")
+
+
 def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "",
          modules: list[tuple[str, str]] | None = None) -> None:
     """Load a Multiboot kernel into ``machine`` and point its CPU at the entry.
 
     ``modules`` holds ``(path, string)`` pairs (QEMU's ``-initrd "a arg,b"``)."""
-    with open(kernel_path, "rb") as f:
-        image = f.read()
-    mb = parse(image, os.fspath(kernel_path))
+    name = os.fspath(kernel_path)
+    mb = parse(read_input_file(kernel_path, "kernel"), name)
     ram = machine.memory_size
+    contents = [(path, string, read_input_file(path, "module", allow_empty=True))
+                for path, string in modules or []]
+    addresses = _check_fits(mb, ram, name, [(path, len(data)) for path, _, data in contents])
     for seg in mb.segments:
-        if seg.address < 0x100000 or seg.address + seg.memsize > ram:
-            raise MultibootError(f"{os.fspath(kernel_path)}: segment at {seg.address:#x} "
-                                 f"(+{seg.memsize:#x}) is outside RAM above 1 MiB")
         machine.write_memory(seg.address, seg.data + bytes(seg.memsize - len(seg.data)))
 
     info = _InfoBuilder(machine)
-    next_free = (mb.end + 0xFFF) & ~0xFFF
     mods = b""
-    for path, string in modules or []:
-        with open(path, "rb") as f:
-            data = f.read()
-        if next_free + len(data) > ram:
-            raise MultibootError(f"module {path} does not fit in RAM")
-        machine.write_memory(next_free, data)
-        mods += struct.pack("<4I", next_free, next_free + len(data), info.string(string), 0)
-        next_free = (next_free + len(data) + 0xFFF) & ~0xFFF
+    for addr, (_path, string, data) in zip(addresses, contents, strict=True):
+        machine.write_memory(addr, data)
+        mods += struct.pack("<4I", addr, addr + len(data), info.string(string), 0)
 
     mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind) for base, length, kind in (
         (0, LOW_MEMORY_KIB * 1024, 1),
@@ -186,4 +223,4 @@ class _InfoBuilder:
         return addr
 
     def string(self, text: str) -> int:
-        return self.blob(text.encode() + b"\0")
+        return self.blob(os.fsencode(text) + b"\0")  # argv bytes as given, even non-UTF-8
