@@ -1,4 +1,5 @@
-"""QEMU's debug ports: isa-debug-exit (0xF4), debugcon (0xE9) and the POST code port (0x80)."""
+"""QEMU's debug ports: isa-debug-exit (0xF4), debugcon (0xE9) and the POST code port (0x80);
+qemu_lite's firmware event port (0x5F4)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,28 @@ class PostCode(Device):
     def io_write(self, offset: int, size: int, value: int) -> None:
         self.last = value & 0xFF
         log.debug("POST code %#04x", self.last)
+
+
+FW_EVENT_MAGIC = 0x514C0000  # "QL" in the high word
+FW_EVENT_NO_BOOT = 1         # INT 18h: the BIOS found nothing to boot
+
+
+class FirmwareEvents(Device):
+    """qemu_lite's firmware event port (write-only): our BIOS reports what only it knows.
+
+    Only a 32-bit write of ``FW_EVENT_MAGIC | event`` counts, so guest code that
+    happens to touch the port does not fake an event; other writes are ignored."""
+
+    name = "fw-events"
+
+    def __init__(self, on_event: Callable[[int], None]) -> None:
+        self._on_event = on_event
+
+    def io_read(self, offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        if offset == 0 and size == 4 and value & 0xFFFF0000 == FW_EVENT_MAGIC:
+            self._on_event(value & 0xFFFF)
+        else:
+            log.debug("ignored write of %#x (%d bytes) to the firmware event port", value, size)

@@ -781,6 +781,9 @@ int18_handler:
         POST_CODE 0xEE
         mov si, msg_noboot
         call puts
+        mov dx, PORT_FW_EVENT           ; qemu_lite ends the run here; elsewhere we halt
+        mov eax, FW_EVENT_NO_BOOT
+        out dx, eax
 .halt:
         cli
         hlt

@@ -4,9 +4,12 @@ Exit status: odd values come from the guest through isa-debug-exit
 ((value << 1) | 1, as QEMU); even values are qemu-lite's own:
 0 the guest halted with interrupts off, 2 usage or input error,
 4 time budget spent, 6 the guest crashed (triple fault, unrecoverable
-error), 8 the guest asked for a reset under --no-reboot, 14 an internal
-error of qemu-lite (a bug: one line on stderr names a file holding the
-traceback, to attach to a report on the project's issue tracker).
+error), 8 the guest asked for a reset under --no-reboot, 10 the BIOS found
+no bootable device, 12 the BIOS found no bootable device after the guest had
+reset the machine (a kernel that crashed, say), 14 an internal error of
+qemu-lite (a bug: one line on stderr names a file holding the traceback, to
+attach to a report on the project's issue tracker); 128 + N signal N ended
+the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed.
 
 Every input (options, disks, kernel, initrd, BIOS) is checked before any
 output file is created, and an output that is also an input is refused.
@@ -18,6 +21,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
     from qemu_lite.pc import Drive
 
 STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0,
-          "internal": 14}
+          "no-boot": 10, "no-boot-after-reset": 12, "internal": 14}
 
 MIN_MMU_PAGES = 16  # what the shadow MMU needs for one 4-level walk and its roots
 MAX_MMU_PAGES = 1 << 20  # 4 GiB of shadow page tables
@@ -84,8 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
                     "With no DISK and no --kernel, boots the bundled default image.",
         epilog="Exit status: odd = the guest's isa-debug-exit value (v << 1) | 1; "
                "0 guest halted, 2 usage error, 4 timeout, 6 guest crashed, "
-               "8 reset under --no-reboot, 14 internal error (a bug in qemu-lite: please "
-               "report it).",
+               "8 reset under --no-reboot, 10 no bootable device, 12 no bootable device "
+               "after the guest reset (a crashed kernel), 14 internal error (a bug in "
+               "qemu-lite: please report it); 128 + N ended by signal N.",
     )
     p.add_argument("--version", action=VersionAction)
     p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
@@ -137,6 +142,56 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """A signal arrived before the machine ran: unwind, closing what was opened."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP for one run of the CLI.
+
+    Once the machine runs, a signal ends the run at the next translation block
+    (``Machine.stop_at_next_block``): it never lands inside a device callback,
+    and the disks are flushed and the terminal restored by the normal close.
+    Before that it raises :class:`Terminated`.  The first signal decides the
+    exit status; later ones are ignored.  A signal ignored when we start
+    (``nohup``, a background job's SIGINT) stays ignored."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.machine: Machine | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handler)
+        except ValueError:  # not the main thread: leave the process's handlers alone
+            pass
+
+    def restore(self) -> None:
+        for signum, old in self._previous.items():
+            signal.signal(signum, old)  # type: ignore[arg-type]
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self.machine is None:
+            raise Terminated(signum)
+        self.machine.stop_at_next_block("signal", "")
+
+
+def _signal_status(signum: int) -> int:
+    name = signal.Signals(signum).name
+    _say("qemu-lite: interrupted" if signum == signal.SIGINT else f"qemu-lite: terminated by {name}")
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     try:
@@ -145,13 +200,29 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else STATUS["usage"]
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="qemu-lite: %(name)s: %(message)s")
+    signals = _Signals()
+    signals.install()
     try:
-        return _run(parser, args)
-    except KeyboardInterrupt:
-        print("qemu-lite: interrupted", file=sys.stderr)
-        return 130
+        status = _run(parser, args, signals)
+    except KeyboardInterrupt:  # SIGINT where our handler could not be installed
+        return _signal_status(signal.SIGINT)
+    except Terminated as exc:
+        return _signal_status(exc.signum)
     except Exception as exc:  # noqa: BLE001 - a bug: one line, never a traceback
         return _internal_error(exc, argv)
+    finally:
+        signals.restore()
+    if signals.signum is not None:  # the run ended at the signal; the machine is closed
+        return _signal_status(signals.signum)
+    return status
+
+
+def _say(line: str) -> None:
+    """One line on stderr, which a hung-up terminal (SIGHUP) may no longer take."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _internal_error(exc: Exception, argv: list[str] | None) -> int:
@@ -190,14 +261,14 @@ def _check_input(path: str | None, what: str, *, block_device: bool = False,
         raise _InputError(f"cannot open {what} '{path}': {problem}")
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, signals: _Signals) -> int:
     try:
-        return _boot(args)
+        return _boot(args, signals)
     except _InputError as exc:
         return _fail(str(exc))
 
 
-def _boot(args: argparse.Namespace) -> int:
+def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path
     from qemu_lite.pc import parse_drive
@@ -249,6 +320,7 @@ def _boot(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, InputFileError
             return _fail(str(exc))
         try:
+            signals.machine = machine
             result = machine.run(timeout=args.timeout)
         except TripleFault as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)

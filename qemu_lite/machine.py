@@ -6,6 +6,7 @@ import logging
 import math
 import operator
 import os
+import signal
 import threading
 import time
 import warnings
@@ -31,11 +32,12 @@ from mmu_core._core import (
     TLB_NATIVE,
 )
 from qemu_lite import pc
-from qemu_lite._vcpu_hooks import VcpuHooks
+from qemu_lite._vcpu_hooks import VcpuHooks, keep_gil_for_engine_calls, watch_signals
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
+from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
 from qemu_lite.unassigned import UnassignedMemory
@@ -56,6 +58,9 @@ FOUR_GIB = 1 << 32
 
 # parse_size's ceiling, far above any RAM size Machine accepts (it checks those itself).
 MAX_SIZE = 1 << 50
+
+# Signals whose Python handlers must run while the guest runs (see run()).
+RUN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 MMU_MODES = {"native": TLB_NATIVE, "identity": TLB_IDENTITY, "cached": 2, "naive": 3}
 
@@ -129,8 +134,10 @@ class RunResult:
     ``reason`` is one of ``"exit"`` (isa-debug-exit; ``exit_status`` set),
     ``"halted"`` (HLT with interrupts disabled), ``"timeout"``,
     ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
-    ``"reset"`` (the guest reset the machine and ``no_reboot`` was set) or
-    ``"triple-fault"``.
+    ``"reset"`` (the guest reset the machine and ``no_reboot`` was set),
+    ``"triple-fault"``, ``"no-boot"`` (the BIOS found nothing to boot) or
+    ``"no-boot-after-reset"`` (the same, after the guest had reset the machine:
+    a crashed kernel, say).
     """
 
     reason: str
@@ -173,6 +180,7 @@ class Machine:
         self.no_reboot = no_reboot
         bios_data = _bios_bytes(bios)
         self.uc, reset_ctx = new_engine()
+        keep_gil_for_engine_calls(self.uc)  # no GIL hand-off per register read (threads)
         self.core = mmu_core.Core(self.uc, self.memory_size, MMU_MODES[mmu])
         self.cpu = VCpu(self.uc, self.core, reset_ctx)
         self.hooks = VcpuHooks(self.uc)
@@ -189,11 +197,19 @@ class Machine:
         self.cpuid = CpuidModel(hide_tsc=deterministic)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         self._vcpu_thread: int | None = None
-        self._wake = threading.Event()
+        # A wake-up token: released by wake(), taken by the halted vCPU's sleep.  A
+        # plain Lock, not an Event: release() never blocks, so wake() is safe from a
+        # signal handler that interrupted the vCPU thread (an Event's own lock
+        # could be held by that very thread).
+        self._wake_token = threading.Lock()
+        self._wake_token.acquire()
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
+        self.guest_resets = 0  # resets since power-on (triple faults, reset requests)
         self._resettable: list[Device] = []
         self._mmio_callbacks: list[tuple[object, object]] = []
+        self._callback_error: BaseException | None = None
+        self._stop_requested: RunResult | None = None  # survives run()'s reset
         self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
         # Releases disks and backends of a Machine dropped without close(); it must hold
@@ -262,15 +278,30 @@ class Machine:
         """Map ``device`` at physical ``base``: guest loads and stores call its
         ``io_read(offset, size)`` / ``io_write(offset, size, value)``."""
 
+        # Exceptions (a device bug, KeyboardInterrupt from a signal handler) must
+        # not reach the binding's ctypes callback, which would drop them: keep
+        # the first, end the slice at the next block and raise it from run().
         def read(uc: object, offset: int, size: int, _user: object) -> int:
-            return device.io_read(offset, size)
+            try:
+                return device.io_read(offset, size)
+            except BaseException as exc:
+                self._callback_failed(exc)
+                return (1 << (8 * size)) - 1
 
         def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
-            device.io_write(offset, size, value)
+            try:
+                device.io_write(offset, size, value)
+            except BaseException as exc:
+                self._callback_failed(exc)
 
         self.unassigned.release(base, size)
         self.uc.mmio_map(base, size, read, None, write, None)
         self._mmio_callbacks.append((read, write))
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        if self._callback_error is None:
+            self._callback_error = exc
+        self.hooks.poke()
 
     def add_resettable(self, *devices: Device) -> None:
         """Devices whose ``reset()`` runs when the machine resets."""
@@ -306,7 +337,10 @@ class Machine:
 
     def wake(self) -> None:
         """Wake a halted vCPU and end a running slice (safe from any thread)."""
-        self._wake.set()
+        try:
+            self._wake_token.release()
+        except RuntimeError:  # a wake-up is already pending
+            pass
         self.hooks.poke()
 
     # -- memory and registers ------------------------------------------------------
@@ -375,9 +409,37 @@ class Machine:
         else:
             self.wake()
 
+    def stop_at_next_block(self, reason: str = "stopped", message: str = "") -> None:
+        """End :meth:`run` at the next translation block, from any thread or from a
+        signal handler: unlike :meth:`stop` on the vCPU thread, it never cuts the
+        current instruction short.  A request made while no run is in progress
+        ends the next run before its first instruction."""
+        if self._stop_requested is None:
+            self._stop_requested = RunResult(reason, None, message)
+        self.wake()
+
+    def _stop_result(self) -> RunResult | None:
+        """What ends the run now, if anything (stop(), or stop_at_next_block())."""
+        if self._stop_reason is not None:
+            return self._stop_reason
+        request = self._stop_requested
+        if request is not None:  # checked first: a signal handler may set it at any time
+            self._stop_requested = None
+        return request
+
     def exit(self, status: int) -> None:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""
         self.stop("exit", status, f"guest exit status {status}")
+
+    def firmware_event(self, event: int) -> None:
+        """Our BIOS reported ``event`` on its port (FW_EVENT_* in devices/debugport.py)."""
+        if event != FW_EVENT_NO_BOOT:
+            log.debug("unknown firmware event %#x", event)
+        elif self.guest_resets:
+            self.stop("no-boot-after-reset", None,
+                      "No bootable device after the guest reset the machine")
+        else:
+            self.stop("no-boot", None, "No bootable device")
 
     def reset(self) -> None:
         """A machine reset requested by the guest (i8042 0xFE, port 0x92, triple fault)."""
@@ -388,9 +450,17 @@ class Machine:
         self._pending_reset = True
 
     def run(self, timeout: float | None = None) -> RunResult:
-        """Run the guest until it exits, halts for good, or ``timeout`` seconds pass."""
+        """Run the guest until it exits, halts for good, or ``timeout`` seconds pass.
+
+        On the main thread, SIGINT (and SIGTERM or SIGHUP when a Python handler
+        is set for them) ends the current slice at the next translation block,
+        so the handler runs promptly whatever the guest does: KeyboardInterrupt
+        then leaves ``run`` and the machine can be closed, or run again."""
         self._stop_reason = None
         self._pending_reset = False
+        self.hooks.take_fired()  # a stop left by a run that an exception ended
+        if threading.current_thread() is threading.main_thread():
+            watch_signals(RUN_SIGNALS)
         wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         self._vcpu_thread = threading.get_ident()
         try:
@@ -407,8 +477,9 @@ class Machine:
         cpu, core = self.cpu, self.core
         while True:
             self._service()
-            if self._stop_reason is not None:
-                return self._stop_reason
+            stop = self._stop_result()
+            if stop is not None:
+                return stop
             if wall_deadline is not None and time.monotonic_ns() >= wall_deadline:
                 return RunResult("timeout", None, "time budget spent")
             if self._pending_reset:
@@ -446,8 +517,12 @@ class Machine:
                 callback_error = core.take_error()
                 if callback_error is not None:
                     raise callback_error
-            if self._stop_reason is not None:
-                return self._stop_reason
+            if self._callback_error is not None:
+                callback_error, self._callback_error = self._callback_error, None
+                raise callback_error
+            stop = self._stop_result()
+            if stop is not None:
+                return stop
             try:
                 if flags & STOP_FAULT:
                     cpu.deliver_mmu_fault(*core.take_fault())
@@ -488,6 +563,7 @@ class Machine:
         return False
 
     def _do_reset(self) -> None:
+        self.guest_resets += 1
         self.cpu.reset()
         for dev in self._resettable:
             dev.reset()
@@ -506,8 +582,9 @@ class Machine:
         return due
 
     def _wait_while_halted(self, wall_deadline: int | None) -> None:
-        """Sleep until a timer is due, input arrives or the time budget ends."""
-        while True:
+        """Sleep until a timer is due, input arrives, the run is stopped or the time
+        budget ends."""
+        while self._stop_reason is None and self._stop_requested is None:
             if self.irq_source.has_interrupt() or self._nmi_pending():
                 self.cpu.halted = False
                 return
@@ -520,8 +597,7 @@ class Machine:
             now = time.monotonic_ns()
             if due is not None and due <= now:
                 return
-            self._wake.wait(None if due is None else (due - now) / 1e9)
-            self._wake.clear()
+            self._wake_token.acquire(timeout=-1 if due is None else (due - now) / 1e9)
             self._service()
 
     def _describe_error(self, err: UcError) -> str:

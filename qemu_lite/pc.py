@@ -19,7 +19,7 @@ from qemu_lite.devices.backends import SerialBackend, StdioBackend, open_backend
 from qemu_lite.devices.base import IrqLine
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.bmdma import PiixIde
-from qemu_lite.devices.debugport import DebugCon, IsaDebugExit, PostCode
+from qemu_lite.devices.debugport import DebugCon, FirmwareEvents, IsaDebugExit, PostCode
 from qemu_lite.devices.fw_cfg import FwCfg
 from qemu_lite.devices.i8042 import I8042
 from qemu_lite.devices.i8254 import Pit8254
@@ -43,6 +43,7 @@ ISA_DEBUG_EXIT = 0xF4
 DEBUGCON = 0xE9
 POST = 0x80
 FW_CFG = 0x510
+FW_EVENT = 0x5F4  # qemu_lite's own: the BIOS reports "no bootable device" here
 FW_CFG_BOOT_DEVICE = 0x0C
 PCI_CONFIG = 0xCF8
 BMDMA_PORTS = 16
@@ -342,6 +343,7 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     post = PostCode()
     add(POST, 1, post)
     add(ISA_DEBUG_EXIT, 1, IsaDebugExit(machine.exit))
+    add(FW_EVENT, 4, FirmwareEvents(machine.firmware_event))
     return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
                  fw_cfg, debugcon, post, disks)
 

@@ -100,15 +100,15 @@ def test_bios_boots_mbr_and_serves_disk_services(assemble, tmp_path):
     assert result.reason == "exit" and result.exit_status == 1
 
 
-def test_disk_without_boot_signature_halts_with_a_message(tmp_path):
+def test_disk_without_boot_signature_ends_the_run_with_a_message(tmp_path):
     disk = tmp_path / "blank.img"
     disk.write_bytes(bytes(512 * 64))
     out = bytearray()
     with Machine(disk, memory="16M") as m:
         m.board.com1.add_output_listener(out.extend)
         result = m.run(timeout=30)
-    assert result.reason == "halted"
-    assert "guest halted with interrupts disabled" in result.message
+    assert result.reason == "no-boot"
+    assert result.message == "No bootable device"
     assert b"No bootable disk" in out
 
 

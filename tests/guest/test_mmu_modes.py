@@ -823,7 +823,7 @@ def test_reset_after_paging(assemble, tmp_path, mmu):
                                           protected_mode_guest(RESET_BODY), mmu)
     assert out.startswith("paged\nqemu_lite BIOS")
     assert "No bootable disk" in out
-    assert result.reason == "halted"
+    assert result.reason == "no-boot-after-reset"
     assert audit == []
     if mmu == "cached":
         assert stats["sp_live"] == 0
