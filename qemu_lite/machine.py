@@ -34,6 +34,7 @@ from qemu_lite import pc
 from qemu_lite._vcpu_hooks import VcpuHooks
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
+from qemu_lite.debughooks import DebugHooks
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.loaders.files import read_input_file
@@ -129,6 +130,7 @@ class RunResult:
     ``reason`` is one of ``"exit"`` (isa-debug-exit; ``exit_status`` set),
     ``"halted"`` (HLT with interrupts disabled), ``"timeout"``,
     ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
+    ``"breakpoint"`` / ``"step"`` (:meth:`Machine.add_breakpoint`, :meth:`Machine.step`),
     ``"reset"`` (the guest reset the machine and ``no_reboot`` was set) or
     ``"triple-fault"``.
     """
@@ -138,7 +140,7 @@ class RunResult:
     message: str = ""
 
 
-class Machine:
+class Machine(DebugHooks):
     """An x86 PC: CPU, RAM, BIOS, and the standard devices of QEMU's ``pc`` machine.
 
     >>> from qemu_lite import Machine
@@ -393,6 +395,7 @@ class Machine:
         self._pending_reset = False
         wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         self._vcpu_thread = threading.get_ident()
+        self._arm_breakpoint_skip()
         try:
             return self._run_loop(wall_deadline)
         finally:
