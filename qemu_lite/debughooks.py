@@ -53,6 +53,7 @@ class DebugHooks:
         def read_memory(self, address: int, size: int) -> bytes: ...
         def write_memory(self, address: int, data: bytes) -> None: ...
         def _check_range(self, address: int, size: int, *, write: bool) -> tuple[int, int]: ...
+        def _do_reset(self) -> None: ...
     _bp_skip: int | None = None
     _step_count = 0
     _stepping = False
@@ -110,6 +111,10 @@ class DebugHooks:
             pc = self.cpu.linear_pc()
             if pc in bps:
                 self._bp_skip = pc
+
+    def reset_now(self) -> None:
+        """Reset the machine at once, as the power-on reset does (for a stopped guest)."""
+        self._do_reset()
 
     # -- stepping --------------------------------------------------------------------
 

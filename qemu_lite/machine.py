@@ -526,6 +526,8 @@ class Machine(DebugHooks):
             self._wake.wait(None if due is None else (due - now) / 1e9)
             self._wake.clear()
             self._service()
+            if self._stop_reason is not None:
+                return  # stop() from another thread (or a poller) while halted
 
     def _describe_error(self, err: UcError) -> str:
         pc = self.cpu.linear_pc()

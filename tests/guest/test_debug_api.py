@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from guestlib import protected_mode_guest
 
@@ -140,3 +143,21 @@ def test_bad_addresses_are_clear_errors(machine):
         machine.add_breakpoint(-1)
     with pytest.raises(KeyError):
         machine.remove_breakpoint(0x1234)
+
+
+def test_stop_from_another_thread_ends_a_halted_guest(assemble, tmp_path):
+    # The GDB stub's Ctrl-C reaches a halted guest this way (the wake path).
+    kernel = tmp_path / "idle.bin"
+    kernel.write_bytes(assemble(protected_mode_guest("    sti\n.idle:\n    hlt\n    jmp .idle\n")))
+    with Machine(memory="32M", serial="none") as m:
+        multiboot.load(m, kernel)
+        timer = threading.Timer(0.3, m.stop)
+        timer.start()
+        started = time.monotonic()
+        result = m.run(timeout=30)
+        waited = time.monotonic() - started
+        timer.join()
+    assert result.reason == "stopped", result
+    # Ended by the stop, not by sitting out the budget (before the fix the halted
+    # loop went back to sleep and only the 30 s deadline ended the run).
+    assert waited < 20
