@@ -141,7 +141,7 @@ def _start(kernel: Path, *gdb_args: str) -> subprocess.Popen[str]:
     return proc
 
 
-def test_gdb_breaks_reads_and_steps_into_long_mode(kernel: Path):
+def test_gdb_breaks_reads_and_steps_into_long_mode(kernel: Path, tmp_path: Path):
     gdb = shutil.which("gdb")
     if gdb is None:
         pytest.skip("gdb not installed (apt-get install gdb)")
@@ -169,7 +169,8 @@ def test_gdb_breaks_reads_and_steps_into_long_mode(kernel: Path):
         "delete", "continue",
     ]
     cmd = [gdb, "-batch", "-nx", *sum((["-ex", c] for c in script), []), str(kernel)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)  # where a gdb core file would go
     out, err = proc.communicate(timeout=60)
     text = result.stdout
     assert "Remote 'g' packet reply is too long" not in result.stderr, result.stderr
