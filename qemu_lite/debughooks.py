@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from unicorn import UC_HOOK_CODE
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 from unicorn import x86_const as X
 
 from qemu_lite.canonical import is_canonical
@@ -29,6 +29,7 @@ from qemu_lite.x86 import EFER_LMA, MSR_EFER
 if TYPE_CHECKING:
     from unicorn import Uc
 
+    from qemu_lite._vcpu_hooks import VcpuHooks
     from qemu_lite.machine import Machine, RunResult
     from qemu_lite.vcpu import VCpu
 
@@ -43,9 +44,14 @@ class DebugHooks:
     """Breakpoints, stepping and virtual-address access for :class:`Machine`."""
 
     _breakpoints: dict[int, tuple[Any, BreakpointCallback | None]]
+    _watchpoints: dict[tuple[int, int, str], list[Any]]
+    last_watch: tuple[int, str] | None = None
     if TYPE_CHECKING:  # provided by Machine
         uc: Uc
         cpu: VCpu
+        hooks: VcpuHooks
+        _stop_reason: RunResult | None
+        mmu_mode: str
 
         def stop(self, reason: str = "stopped", exit_status: int | None = None,
                  message: str = "") -> None: ...
@@ -115,6 +121,60 @@ class DebugHooks:
     def reset_now(self) -> None:
         """Reset the machine at once, as the power-on reset does (for a stopped guest)."""
         self._do_reset()
+
+    # -- watchpoints -------------------------------------------------------------------
+
+    def add_watchpoint(self, vaddr: int, size: int, access: str = "write") -> None:
+        """End :meth:`run` (reason ``"watchpoint"``) after the guest reads or writes
+        (``access``: ``"write"``, ``"read"`` or ``"access"``) linear ``vaddr .. vaddr+size-1``.
+
+        The range must be mapped when the watchpoint is set (PageFault
+        otherwise) and is watched where it maps then.  The run stops at the next translation-block boundary after the access,
+        never inside the instruction (a stop there would re-run it, DESIGN fact
+        14), so the PC may be a few instructions past it; ``last_watch`` tells
+        ``(address, "read"|"write")``.  Cost while set: Unicorn calls memory
+        hooks on every load or store of the kind watched (the range is checked
+        in the hook), so guest memory accesses slow down; nothing once removed."""
+        types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
+                 "access": UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}
+        if access not in types:
+            raise ValueError(f"watchpoint access must be one of {', '.join(types)}, not {access!r}")
+        vaddr = _linear(vaddr)
+        if size < 1:
+            raise ValueError(f"watchpoint size must be at least 1, not {size}")
+        if not hasattr(self, "_watchpoints"):
+            self._watchpoints = {}
+        key = (vaddr, size, access)
+        if key in self._watchpoints:
+            return
+        # Under the shadow MMU (UC_TLB_VIRTUAL) Unicorn hands memory hooks the
+        # physical address, so the range is watched where it maps now.
+        if self.mmu_mode == "native":
+            pieces = [(vaddr, size)]
+        else:
+            pieces = self._virtual_pieces(vaddr, size)
+        handles, linear = [], vaddr
+        for start, n in pieces:
+            handles.append(self.uc.hook_add(types[access], self._on_watch, linear - start,
+                                            start, start + n - 1))
+            linear += n
+        self._watchpoints[key] = handles
+        _flush_translations(self.uc)
+
+    def remove_watchpoint(self, vaddr: int, size: int, access: str = "write") -> None:
+        """Remove a watchpoint set with the same arguments (KeyError if none)."""
+        for handle in getattr(self, "_watchpoints", {}).pop((_linear(vaddr), size, access)):
+            self.uc.hook_del(handle)
+        _flush_translations(self.uc)  # let translations drop the memory-hook calls
+
+    def _on_watch(self, uc: object, kind: int, address: int, size: int, value: int,
+                  to_linear: int) -> None:
+        address += to_linear
+        if self._stop_reason is None:
+            what = "write" if kind == UC_MEM_WRITE else "read"
+            self.last_watch = (address, what)
+            self._stop_reason = _run_result("watchpoint", f"{what} of {address:#x}")
+        self.hooks.poke()  # the block hook ends the slice at the next block
 
     # -- stepping --------------------------------------------------------------------
 
@@ -208,3 +268,9 @@ def _linear(vaddr: int) -> int:
 def _flush_translations(uc: Uc) -> None:
     """Drop every translation block, so code hooks added since reach translated code."""
     uc.ctl_flush_tb()  # type: ignore[attr-defined]  # in the 2.1.4 binding, not its stubs
+
+
+def _run_result(reason: str, message: str) -> RunResult:
+    from qemu_lite.machine import RunResult
+
+    return RunResult(reason, None, message)

@@ -13,7 +13,8 @@ Registers follow the layout of the target description served to GDB, chosen
 when GDB attaches: i386:x86-64 if the CPU is in long mode then, i386
 otherwise.  GDB cannot change a layout within a session, so the 'g' reply
 keeps its size across the guest's mode switches.  Memory is by guest linear
-address through the guest's page tables (``Machine.read_virtual``).
+address through the guest's page tables (``Machine.read_virtual``);
+watchpoints (Z2-Z4) are ``Machine.add_watchpoint``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from qemu_lite.machine import Machine, RunResult
 
 SIGINT, SIGTRAP = 2, 5
+_WATCH_KINDS = {"2": "write", "3": "read", "4": "access"}   # Z2/Z3/Z4
+_WATCH_STOP = {"2": "watch", "3": "rwatch", "4": "awatch"}
 
 
 class GdbSpecError(ValueError):
@@ -213,6 +216,7 @@ class GdbStub:
         self._conns: queue.Queue[Connection] = queue.Queue()
         self.conn: Connection | None = None
         self._long_mode = False
+        self._watches: dict[tuple[int, int, str], str] = {}  # (addr, len, access) -> Z type
         self._input = threading.Event()
         self._interrupted = False
         threading.Thread(target=self._accept, name="gdb-accept", daemon=True).start()
@@ -265,11 +269,11 @@ class GdbStub:
                     self._interrupted = False
                     self._continuing = False
                     continue
-                if result.reason in ("breakpoint", "step"):
+                if result.reason in ("breakpoint", "step", "watchpoint"):
                     running = False
                     self._continuing = False
                     if self.conn is not None:
-                        self.conn.send(f"T{SIGTRAP:02x}thread:01;")
+                        self.conn.send(f"T{SIGTRAP:02x}{self._watch_stop(result)}thread:01;")
                     continue
                 self._report_end(self._end_packet(result))
                 return result
@@ -319,9 +323,22 @@ class GdbStub:
             return "continue" if action == "detach" else "kill"
         return action
 
+    def _watch_stop(self, result: RunResult) -> str:
+        """The stop reply's ``watch:ADDR;`` part (rwatch/awatch) after a watchpoint."""
+        hit = self.machine.last_watch
+        if result.reason != "watchpoint" or hit is None:
+            return ""
+        for (addr, length, _), kind in self._watches.items():
+            if addr <= hit[0] < addr + length:
+                return f"{_WATCH_STOP[kind]}:{hit[0]:x};"
+        return ""
+
     def _detach(self) -> None:
         for addr in self.machine.breakpoints:
             self.machine.remove_breakpoint(addr)
+        for key in self._watches:
+            self.machine.remove_watchpoint(*key)
+        self._watches.clear()
         if self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -384,6 +401,16 @@ class GdbStub:
             if pkt.startswith("vCont;"):
                 action = pkt[6:7].lower()
                 return (None, "step") if action == "s" else (None, "continue")
+            if head in "Zz" and head and pkt[1:2] in "234":
+                _, addr, length = pkt.split(",")[:3]
+                key = (int(addr, 16), int(length, 16), _WATCH_KINDS[pkt[1]])
+                if head == "Z":
+                    m.add_watchpoint(*key)
+                    self._watches[key] = pkt[1]
+                elif key in self._watches:
+                    m.remove_watchpoint(*key)
+                    del self._watches[key]
+                return "OK", None
             if head in "Zz" and head and pkt[1:2] in "01":
                 vaddr = int(pkt.split(",")[1], 16)  # Z0,ADDR,KIND: hardware ones alike
                 if head == "Z":

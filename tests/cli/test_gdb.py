@@ -166,6 +166,8 @@ def test_gdb_breaks_reads_and_steps_into_long_mode(kernel: Path, tmp_path: Path)
         "stepi",
         "echo @in-long-mode\\n", "print/x $pc", "print/x $cs",
         "monitor info mmu",
+        "watch *(unsigned int *)&counter", "continue",
+        "echo @after-watch\\n", "print/x *(unsigned int *)&counter",
         "delete", "continue",
     ]
     cmd = [gdb, "-batch", "-nx", *sum((["-ex", c] for c in script), []), str(kernel)]
@@ -190,6 +192,9 @@ def test_gdb_breaks_reads_and_steps_into_long_mode(kernel: Path, tmp_path: Path)
     pc64, cs = after("@in-long-mode")[:2]
     assert int(pc64, 16) == sym["lm64"] and int(cs, 16) == 0x18
     assert "MMU mode cached" in text + result.stderr  # monitor output
+    assert re.search(r"Hardware watchpoint \d+: \*\(unsigned int \*\)&counter\s+"
+                     r"Old value = 4661\s+New value = 4662", text), text
+    assert int(after("@after-watch")[0], 16) == 0x1236
     assert "exited with code 0103" in text, text + result.stderr  # 0x43, in octal
     assert (proc.returncode, out) == (0x43, EXPECTED_OUTPUT)  # unchanged by debugging
 

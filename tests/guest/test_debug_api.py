@@ -161,3 +161,28 @@ def test_stop_from_another_thread_ends_a_halted_guest(assemble, tmp_path):
     # Ended by the stop, not by sitting out the budget (before the fix the halted
     # loop went back to sleep and only the 30 s deadline ended the run).
     assert waited < 20
+
+
+def test_write_watchpoint_stops_after_the_store_and_runs_it_once(machine):
+    machine.add_watchpoint(COUNTER, 4, "write")
+    seen = []
+    for _ in range(3):
+        result = machine.run(timeout=20)
+        assert result.reason == "watchpoint", result
+        assert machine.last_watch == (COUNTER, "write")
+        seen.append(int.from_bytes(machine.read_memory(COUNTER, 4), "little"))
+    assert seen == [1, 2, 3]  # each stop came after its store, and no store ran twice
+    machine.remove_watchpoint(COUNTER, 4, "write")
+    assert machine.run(timeout=20).exit_status == 0x43
+
+
+def test_read_watchpoint_sees_the_guest_load(machine):
+    machine.add_breakpoint(LOOP_TOP)
+    machine.run(timeout=20)  # the guest has mapped WINDOW now
+    machine.remove_breakpoint(LOOP_TOP)
+    machine.add_watchpoint(WINDOW + 16, 8, "read")  # the quadword the guest prints at the end
+    result = machine.run(timeout=20)
+    assert result.reason == "watchpoint" and machine.last_watch == (WINDOW + 16, "read")
+    assert machine.output == b""  # stopped before the print
+    with pytest.raises(ValueError, match="access must be"):
+        machine.add_watchpoint(COUNTER, 4, "exec")
