@@ -280,3 +280,73 @@ def test_bad_gdb_spec_is_a_one_line_error(kernel: Path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "qemu-lite: invalid --gdb 'bogus:1' (use tcp::PORT, tcp:HOST:PORT or unix:PATH)"]
+
+
+def _kallsyms(bzimage: str) -> dict[str, int]:
+    # Debian's /boot/System.map is a placeholder (the real one ships in the -dbg
+    # package); kallsyms-finder reads the same table out of the kernel image.
+    finder = shutil.which("kallsyms-finder") or str(Path(sys.executable).parent / "kallsyms-finder")
+    if not Path(finder).exists():
+        pytest.skip("kallsyms-finder (pip install vmlinux-to-elf) not installed")
+    out = subprocess.run([finder, bzimage], capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    syms = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and len(parts[0]) == 16:
+            syms[parts[2]] = int(parts[0], 16)
+    return syms
+
+
+def test_gdb_on_debian_kernel_breaks_at_entry_and_start_kernel(tmp_path: Path):
+    from qemu_lite import imagebuild
+    from qemu_lite.loaders.linux import KERNEL_LOAD
+
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb not installed (apt-get install gdb)")
+    try:
+        bzimage = imagebuild.find_kernel()
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
+    sym = _kallsyms(bzimage)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "qemu_lite", "-m", "256M", "--kernel", bzimage,
+                             "--append", "console=ttyS0 nokaslr", "--timeout", "120",
+                             "-S", "--gdb", f"tcp::{port}"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert proc.stderr is not None and "gdb stub listening" in proc.stderr.readline()
+    script = [
+        "set pagination off", "set confirm off",
+        f"target remote 127.0.0.1:{port}",
+        "echo @entry\\n", "print/x $pc", "print/x $cs", "print/x $efer",
+        "print/x *(unsigned int *)($rsi + 0x202)",           # boot_params: "HdrS"
+        f"break *{sym['start_kernel']:#x}", "continue",
+        "echo @start_kernel\\n", "print/x $pc", "print/x $cr3",
+        f"x/s {sym['linux_banner']:#x}",
+        "stepi", "echo @stepped\\n", "print/x $pc",
+        "kill",
+    ]
+    cmd = [gdb, "-batch", "-nx", *sum((["-ex", c] for c in script), [])]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        out, _ = proc.communicate()
+    text = result.stdout
+
+    def after(tag: str) -> list[int]:
+        return [int(v, 16) for v in re.findall(r"= (0x[0-9a-f]+)", text.split(tag, 1)[1])]
+
+    pc, cs, efer, hdrs = after("@entry")[:4]
+    assert pc == KERNEL_LOAD + 0x200 and cs == 0x10 and efer & 0x500 == 0x500
+    assert hdrs == int.from_bytes(b"HdrS", "little")
+    pc, cr3 = after("@start_kernel")[:2]
+    assert pc == sym["start_kernel"]  # the full 64-bit RIP, not truncated
+    assert cr3 != 0
+    assert "Linux version " in text  # linux_banner read through the kernel's page tables
+    # start_kernel opens with `call __fentry__` (ftrace patches it out later in boot)
+    assert after("@stepped")[0] == sym["__fentry__"]
+    assert proc.returncode == 0 and "Linux version" not in out  # killed before any printk
