@@ -32,7 +32,7 @@ from qemu_lite.engine import VersionAction
 from qemu_lite.loaders.files import file_problem
 
 if TYPE_CHECKING:
-    from qemu_lite.machine import Machine
+    from qemu_lite.machine import Machine, RunResult
     from qemu_lite.pc import Drive
 
 STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0,
@@ -139,6 +139,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_timeout, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
+    # GDB remote stub (qemu_lite/gdbstub.py), QEMU's options.
+    p.add_argument("--gdb", "-gdb", metavar="DEV",
+                   help="wait for a GDB connection on DEV: tcp::PORT, tcp:HOST:PORT or unix:PATH")
+    p.add_argument("-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234")
+    p.add_argument("-S", dest="gdb_stopped", action="store_true",
+                   help="do not start the CPU: wait for the debugger's continue")
     return p
 
 
@@ -269,6 +275,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, signals: _Si
 
 
 def _boot(args: argparse.Namespace, signals: _Signals) -> int:
+    from qemu_lite.gdbstub import GdbSpecError
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path
     from qemu_lite.pc import parse_drive
@@ -321,13 +328,15 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             return _fail(str(exc))
         try:
             signals.machine = machine
-            result = machine.run(timeout=args.timeout)
+            result = _run_machine(machine, args)
         except TripleFault as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)
             return STATUS["crash"]
         except GuestError as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)
             return STATUS["crash"]
+        except GdbSpecError as exc:  # --gdb: a bad spec, or the address is in use
+            return _fail(str(exc))
         finally:
             if args.mmu_stats:
                 _print_mmu_stats(machine)
@@ -379,6 +388,21 @@ def _check_files(args: argparse.Namespace, disk: str | None,
     except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
         raise _InputError(str(exc)) from None
     return bzimage, modules
+
+
+def _run_machine(machine: Machine, args: argparse.Namespace) -> RunResult:
+    """Run the guest, under the GDB stub if -s, -S or --gdb asked for it."""
+    from qemu_lite.gdbstub import GdbStub
+
+    spec = args.gdb or ("tcp::1234" if args.gdb_default or args.gdb_stopped else None)
+    if spec is None:
+        return machine.run(timeout=args.timeout)
+    stub = GdbStub(machine, spec)  # GdbSpecError: reported by the caller
+    print(f"qemu-lite: gdb stub listening on {spec}", file=sys.stderr, flush=True)
+    try:
+        return stub.serve(start_stopped=args.gdb_stopped, timeout=args.timeout)
+    finally:
+        stub.close()
 
 
 def _is_bzimage(path: str) -> bool:

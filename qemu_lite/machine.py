@@ -35,6 +35,7 @@ from qemu_lite import pc
 from qemu_lite._vcpu_hooks import VcpuHooks, keep_gil_for_engine_calls, watch_signals
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
+from qemu_lite.debughooks import DebugHooks
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
@@ -134,6 +135,7 @@ class RunResult:
     ``reason`` is one of ``"exit"`` (isa-debug-exit; ``exit_status`` set),
     ``"halted"`` (HLT with interrupts disabled), ``"timeout"``,
     ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
+    ``"breakpoint"`` / ``"step"`` (:meth:`Machine.add_breakpoint`, :meth:`Machine.step`),
     ``"reset"`` (the guest reset the machine and ``no_reboot`` was set),
     ``"triple-fault"``, ``"no-boot"`` (the BIOS found nothing to boot) or
     ``"no-boot-after-reset"`` (the same, after the guest had reset the machine:
@@ -145,7 +147,7 @@ class RunResult:
     message: str = ""
 
 
-class Machine:
+class Machine(DebugHooks):
     """An x86 PC: CPU, RAM, BIOS, and the standard devices of QEMU's ``pc`` machine.
 
     >>> from qemu_lite import Machine
@@ -463,6 +465,7 @@ class Machine:
             watch_signals(RUN_SIGNALS)
         wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         self._vcpu_thread = threading.get_ident()
+        self._arm_breakpoint_skip()
         try:
             return self._run_loop(wall_deadline)
         finally:
@@ -599,6 +602,8 @@ class Machine:
                 return
             self._wake_token.acquire(timeout=-1 if due is None else (due - now) / 1e9)
             self._service()
+            if self._stop_reason is not None:
+                return  # stop() from another thread (or a poller) while halted
 
     def _describe_error(self, err: UcError) -> str:
         pc = self.cpu.linear_pc()
