@@ -31,8 +31,8 @@ from mmu_core._core import (
     TLB_NATIVE,
 )
 from qemu_lite import pc
-from qemu_lite._vcpu_hooks import VcpuHooks
-from qemu_lite.clock import HostClock, VirtualClock
+from qemu_lite._vcpu_hooks import VcpuHooks, VirtualTsc
+from qemu_lite.clock import TSC_KHZ, HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
@@ -182,13 +182,17 @@ class Machine:
             self.clock = HostClock()
             self.clock.on_schedule = self._timer_armed_host
         self.rtc_base = rtc_base
-        self.cpuid = CpuidModel(hide_tsc=deterministic)
+        self.tsc = VirtualTsc(self.uc, self.hooks, TSC_KHZ,
+                              None if deterministic else self.clock.start_ns)
+        if deterministic:
+            self.core.set_io_clock(self.hooks, self.hooks.vclock_address(), VirtualClock.PORT_NS)
+        self.cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000, hide_rdrand=deterministic)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         self._vcpu_thread: int | None = None
         self._wake = threading.Event()
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
-        self._resettable: list[Device] = []
+        self._resettable: list[Device] = [self.tsc]
         self._mmio_callbacks: list[tuple[object, object]] = []
         self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
@@ -245,14 +249,19 @@ class Machine:
         run on the vCPU thread with ``offset`` relative to ``base``."""
         self.core.claim_ports(base, count, device)
 
-    def add_mmio(self, base: int, size: int, device: Device) -> None:
+    def add_mmio(self, base: int, size: int, device: Device,
+                 access_ns: int = VirtualClock.MMIO_NS) -> None:
         """Map ``device`` at physical ``base``: guest loads and stores call its
-        ``io_read(offset, size)`` / ``io_write(offset, size, value)``."""
+        ``io_read(offset, size)`` / ``io_write(offset, size, value)``; each
+        access costs ``access_ns`` of deterministic guest time."""
+        charge = self.hooks.charge if self.deterministic else (lambda ns: None)
 
         def read(uc: object, offset: int, size: int, _user: object) -> int:
+            charge(access_ns)
             return device.io_read(offset, size)
 
         def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
+            charge(access_ns)
             device.io_write(offset, size, value)
 
         self.uc.mmio_map(base, size, read, None, write, None)
