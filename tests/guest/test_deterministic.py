@@ -79,3 +79,75 @@ def test_two_deterministic_runs_print_the_same_bytes(assemble, tmp_path):
     samples = out1.split("\n")[0].split()
     assert len(set(samples)) > 1  # the counter moved: time really passed
     assert "rtc year: 00000000" in out1  # 2000-01-01 unless --rtc base= says otherwise
+
+
+# A guest that waits by polling devices, as firmware and early kernels do:
+# the RTC's seconds register until it changes, the PIT's channel 2 output
+# through the read-back status until a 50 ms one-shot ends, the i8042's
+# status until its self-test answers.  Deterministic time charges each port
+# access about 1 us, so the polls see time pass (they spun forever when only
+# translation blocks advanced guest time).
+POLLER = r"""
+    mov al, 0                 ; RTC seconds
+    out 0x70, al
+    in al, 0x71
+    mov bl, al
+    xor esi, esi
+.rtc:
+    inc esi
+    mov al, 0
+    out 0x70, al
+    in al, 0x71
+    cmp al, bl
+    je .rtc
+    PRINT "rtc edge after polls="
+    mov eax, esi
+    shr eax, 16               ; coarse: 65536 polls a unit
+    call puthex
+    mov al, 10
+    call putc
+    mov al, 1                 ; PIT channel 2 gate on, speaker off
+    out 0x61, al
+    mov al, 0xB0              ; channel 2, lobyte/hibyte, mode 0 (OUT rises at terminal count)
+    out 0x43, al
+    mov ax, 59659             ; 50 ms
+    out 0x42, al
+    mov al, ah
+    out 0x42, al
+    xor esi, esi
+.pit:
+    inc esi
+    mov al, 0xE8              ; read-back: latch status of channel 2
+    out 0x43, al
+    in al, 0x42
+    test al, 0x80             ; OUT
+    jz .pit
+    PRINT "pit one-shot done", 10
+    mov al, 0xAA              ; i8042 controller self-test
+    out 0x64, al
+.kbc:
+    in al, 0x64
+    test al, 1                ; output buffer full
+    jz .kbc
+    in al, 0x60
+    movzx eax, al
+    PRINT "i8042 self-test="
+    call puthex
+    mov al, 10
+    call putc
+    mov al, 0
+    call exit
+"""
+
+
+def test_polling_guest_sees_time_pass_under_deterministic(assemble, tmp_path):
+    source = protected_mode_guest(POLLER)
+    first, out1 = run_multiboot_guest(assemble, tmp_path, source, deterministic=True, timeout=60)
+    assert first.reason == "exit", (first, out1)
+    lines = out1.splitlines()
+    assert lines[0].startswith("rtc edge after polls=")
+    # the edge comes within one guest second: at ~2 us a poll, under 2**19 polls
+    assert int(lines[0].split("=")[1], 16) < 8
+    assert lines[1:] == ["pit one-shot done", "i8042 self-test=00000055"]
+    second, out2 = run_multiboot_guest(assemble, tmp_path, source, deterministic=True, timeout=60)
+    assert out2 == out1
