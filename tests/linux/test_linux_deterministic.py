@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from images import initramfs, kernel
+from images import grub_image, initramfs, kernel
 
 from qemu_lite import Machine
 from qemu_lite.clock import TSC_KHZ
@@ -35,12 +35,10 @@ def initrd(tmp_path_factory) -> Path:
     return initramfs(tmp_path_factory.mktemp("linux") / "initrd.cpio")
 
 
-def _boot_cli(tmp: Path, name: str, initrd: Path) -> tuple[bytes, dict[str, int], str]:
+def _boot_cli(tmp: Path, name: str, *args: str) -> tuple[bytes, dict[str, int], str]:
     serial = tmp / f"{name}.txt"
     proc = subprocess.run([sys.executable, "-m", "qemu_lite", "-m", "512M", "--timeout", "300",
-                           "--deterministic", "--mmu-stats", "--kernel", kernel(),
-                           "--initrd", str(initrd), "--append", APPEND,
-                           "--serial", f"file:{serial}"],
+                           "--deterministic", "--mmu-stats", "--serial", f"file:{serial}", *args],
                           capture_output=True, text=True, timeout=400, cwd=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = {}
@@ -52,9 +50,9 @@ def _boot_cli(tmp: Path, name: str, initrd: Path) -> tuple[bytes, dict[str, int]
     return serial.read_bytes(), stats, rest
 
 
-def test_deterministic_linux_boot_repeats_byte_for_byte_through_the_cli(initrd, tmp_path):
-    out1, stats1, err1 = _boot_cli(tmp_path, "first", initrd)
-    out2, stats2, err2 = _boot_cli(tmp_path, "second", initrd)
+def _check_repeats(tmp: Path, *args: str) -> str:
+    out1, stats1, err1 = _boot_cli(tmp, "first", *args)
+    out2, stats2, err2 = _boot_cli(tmp, "second", *args)
     text = out1.decode(errors="replace")
     assert "qemu_lite init: userspace reached" in text, text[-3000:]
     assert "reboot: System halted" in text or "reboot: Power down" in text
@@ -64,6 +62,17 @@ def test_deterministic_linux_boot_repeats_byte_for_byte_through_the_cli(initrd, 
     assert stats1.keys() == stats2.keys() and stats1["fills"] > 0
     same = {k: v for k, v in stats1.items() if k not in TLB_SIZE_DEPENDENT}
     assert same == {k: stats2[k] for k in same}
+    return text
+
+
+def test_deterministic_linux_boot_repeats_byte_for_byte_through_the_cli(initrd, tmp_path):
+    _check_repeats(tmp_path, "--kernel", kernel(), "--initrd", str(initrd), "--append", APPEND)
+
+
+def test_deterministic_grub_disk_boot_repeats_byte_for_byte(tmp_path):
+    image = grub_image(tmp_path / "grub")
+    text = _check_repeats(tmp_path, "--snapshot", str(image))
+    assert "Welcome to GRUB!" in text
 
 
 def test_real_time_linux_takes_the_advertised_tsc_rate(initrd):
