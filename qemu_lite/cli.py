@@ -125,7 +125,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="guest time follows guest progress, not the host clock: the same "
                         "image and input give the same output (the RTC starts at "
-                        "2000-01-01 unless --rtc base= is given; CPUID hides the TSC)")
+                        "2000-01-01 unless --rtc base= is given; CPUID hides RDRAND)")
     p.add_argument("--rtc", "-rtc", metavar="base=WHEN",
                    help="RTC start: base=utc (the host's time, default), or "
                         "base=YYYY-MM-DDTHH:MM:SS (UTC), as QEMU's -rtc base=")
