@@ -151,3 +151,39 @@ def test_polling_guest_sees_time_pass_under_deterministic(assemble, tmp_path):
     assert lines[1:] == ["pit one-shot done", "i8042 self-test=00000055"]
     second, out2 = run_multiboot_guest(assemble, tmp_path, source, deterministic=True, timeout=60)
     assert out2 == out1
+
+
+# Linux's decompressor, with neither RDRAND nor a TSC in CPUID, takes KASLR's
+# entropy from the PIT: read-back of channel 0's status and count, repeated
+# while the status says NULL COUNT.  A direct kernel boot skips the BIOS, so
+# channel 0 has had no count since reset; the loop spun forever when the
+# reset state said NULL COUNT (the hang once blamed on hiding RDRAND).
+PIT_ENTROPY = r"""
+    xor esi, esi
+.again:
+    inc esi
+    cmp esi, 100000
+    ja .stuck
+    mov al, 0xC2              ; read-back: latch status and count of channel 0
+    out 0x43, al
+    in al, 0x40
+    mov bl, al
+    in al, 0x40
+    in al, 0x40
+    test bl, 0x40             ; NULL COUNT
+    jnz .again
+    PRINT "pit entropy read", 10
+    mov al, 0
+    call exit
+.stuck:
+    PRINT "null count never cleared", 10
+    mov al, 1
+    call exit
+"""
+
+
+def test_pit_readback_after_reset_reports_no_null_count(assemble, tmp_path):
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(PIT_ENTROPY),
+                                      deterministic=True)
+    assert out == "pit entropy read\n"
+    assert result.exit_status == 1
