@@ -187,3 +187,77 @@ def test_pit_readback_after_reset_reports_no_null_count(assemble, tmp_path):
                                       deterministic=True)
     assert out == "pit entropy read\n"
     assert result.exit_status == 1
+
+
+# Reads COM1 by polling LSR with the receive interrupt enabled in IER (the
+# CPU never takes it: interrupts stay off), echoes each byte in brackets and
+# finally prints the TSC ticks from the first byte to the newline.
+SERIAL_READER = r"""
+    mov dx, 0x3FB
+    mov al, 0x03              ; 8 data bits, no parity, 1 stop bit
+    out dx, al
+    mov dx, 0x3FA
+    mov al, 0x07              ; FIFO on, both cleared
+    out dx, al
+    mov dx, 0x3F9
+    mov al, 0x01              ; IER.ERBFI
+    out dx, al
+    xor edi, edi
+.next:
+    mov dx, 0x3FD
+.poll:
+    in al, dx
+    test al, 1
+    jz .poll
+    test edi, edi
+    jnz .read
+    rdtsc
+    mov edi, eax
+.read:
+    mov dx, 0x3F8
+    in al, dx
+    mov bl, al
+    mov al, '['
+    call putc
+    mov al, bl
+    call putc
+    mov al, ']'
+    call putc
+    cmp bl, 10
+    jne .next
+    rdtsc
+    sub eax, edi
+    call puthex
+    mov al, 0
+    call exit
+"""
+
+
+def _run_with_serial_input(assemble, tmp_path, data: bytes) -> str:
+    from qemu_lite import Machine
+    from qemu_lite.loaders import multiboot
+    from qemu_lite.replay import replay_file
+
+    kernel = tmp_path / "reader.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(SERIAL_READER)))
+    feed = tmp_path / "input.txt"
+    feed.write_bytes(data)
+    out = bytearray()
+    with Machine(memory="32M", deterministic=True) as m:
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        replay = replay_file(m, str(feed))
+        result = m.run(timeout=60)
+    assert result.exit_status == 1, (result, bytes(out))
+    assert replay.done
+    return out.decode()
+
+
+def test_serial_input_file_is_replayed_at_the_same_guest_times(assemble, tmp_path):
+    first = _run_with_serial_input(assemble, tmp_path, b"ls -l\n")
+    second = _run_with_serial_input(assemble, tmp_path, b"ls -l\n")
+    assert first.startswith("[l][s][ ][-][l][\n]")
+    assert first == second  # the TSC span too: every byte came at the same guest time
+    ticks = int(first[-8:], 16)
+    # five character times at 9600 baud 8N1 (the reset divisor): about 5.2 ms
+    assert 5 * 1_000_000 < ticks / 2 < 6 * 1_000_000, ticks

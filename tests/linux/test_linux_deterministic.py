@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from images import grub_image, initramfs, kernel
+from images import INIT, grub_image, initramfs, kernel
 
-from qemu_lite import Machine
+from qemu_lite import Machine, imagebuild
 from qemu_lite.clock import TSC_KHZ
 from qemu_lite.loaders import linux
 
@@ -33,6 +33,20 @@ TLB_SIZE_DEPENDENT = {
 @pytest.fixture(scope="module")
 def initrd(tmp_path_factory) -> Path:
     return initramfs(tmp_path_factory.mktemp("linux") / "initrd.cpio")
+
+
+# /init reads a line from the console (fed by --serial-input) before powering off.
+READER_INIT = INIT.replace("busybox uname -s -r\n",
+                           'busybox uname -s -r\nread line\nbusybox echo "got: $line"\n')
+
+
+@pytest.fixture(scope="module")
+def reader_initrd(tmp_path_factory) -> Path:
+    try:
+        return imagebuild.write_initramfs(tmp_path_factory.mktemp("linux") / "reader.cpio",
+                                          READER_INIT)
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
 
 
 def _boot_cli(tmp: Path, name: str, *args: str) -> tuple[bytes, dict[str, int], str]:
@@ -65,8 +79,12 @@ def _check_repeats(tmp: Path, *args: str) -> str:
     return text
 
 
-def test_deterministic_linux_boot_repeats_byte_for_byte_through_the_cli(initrd, tmp_path):
-    _check_repeats(tmp_path, "--kernel", kernel(), "--initrd", str(initrd), "--append", APPEND)
+def test_deterministic_linux_boot_repeats_byte_for_byte_through_the_cli(reader_initrd, tmp_path):
+    feed = tmp_path / "input.txt"
+    feed.write_bytes(b"hello replay\n")
+    text = _check_repeats(tmp_path, "--kernel", kernel(), "--initrd", str(reader_initrd),
+                          "--append", APPEND, "--serial-input", str(feed))
+    assert "got: hello replay" in text
 
 
 def test_deterministic_grub_disk_boot_repeats_byte_for_byte(tmp_path):
