@@ -131,7 +131,12 @@ cdef class VirtualTsc:
         """The counter's value now (what RDTSC would return)."""
         return _tsc_count(self.st)
 
+    def write(self, uint64_t value):
+        """Set the counter to ``value`` and let it run on from there: what a WRMSR of
+        IA32_TSC does.  Unicorn 2.1.4 cannot hook WRMSR, so no guest reaches this yet."""
+        self.st.offset = 0
+        self.st.offset = value - _tsc_count(self.st)
+
     def reset(self):
         """Power-on: the counter restarts at 0."""
-        self.st.offset = 0
-        self.st.offset = <uint64_t>0 - _tsc_count(self.st)
+        self.write(0)
