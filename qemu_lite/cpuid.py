@@ -6,8 +6,8 @@ these changes: no x2APIC and no TSC-deadline timer (neither works without
 MSR hooks, DESIGN fact 11), no MONITOR/MWAIT, an invariant TSC whose rate
 leaf 0x16 advertises (``tsc_mhz``: ours runs at a fixed rate from guest time,
 qemu_lite/_tsc.pxi; Linux takes it from there rather than calibrating
-against the PIT, which host jitter can spoil), and, when asked, no RDRAND
-(``hide_rdrand``): Unicorn answers RDRAND from the host's random source and
+against the PIT, which host jitter can spoil), TSC_ADJUST, and, when asked,
+no RDRAND (``hide_rdrand``): Unicorn answers RDRAND from the host's random source and
 cannot hook it, so deterministic runs tell the guest it is absent.
 """
 
@@ -25,6 +25,7 @@ ECX_TSC_DEADLINE = 1 << 24
 ECX_RDRAND = 1 << 30
 EDX_TSC = 1 << 4
 # leaf 7 sub-leaf 0
+EBX_TSC_ADJUST = 1 << 1
 EBX_RDSEED = 1 << 18
 # leaf 0x80000007
 EDX_INVARIANT_TSC = 1 << 8
@@ -72,10 +73,16 @@ class CpuidModel:
             table[(0, 0)] = (max(ea, FREQ_LEAF), eb, ec, ed)
         a, b, c, d = table[(1, 0)]
         c &= ~(ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE)
+        ea, eb, ec, ed = table[(7, 0)]
+        # IA32_TSC_ADJUST reads 0 and writes are dropped (no WRMSR hook), and no
+        # guest write can change our TSC; with the invariant-TSC bit Linux then
+        # trusts it rather than checking it against jiffies, which lag when
+        # a loaded host delivers timer interrupts late (real time).
+        eb |= EBX_TSC_ADJUST
         if hide_rdrand:
             c &= ~ECX_RDRAND
-            ea, eb, ec, ed = table[(7, 0)]
-            table[(7, 0)] = (ea, eb & ~EBX_RDSEED, ec, ed)
+            eb &= ~EBX_RDSEED
+        table[(7, 0)] = (ea, eb, ec, ed)
         table[(1, 0)] = (a, b, c, d)
         if (0x80000007, 0) in table:
             ea, eb, ec, ed = table[(0x80000007, 0)]

@@ -82,6 +82,15 @@ CPUID_AND_RDTSCP = r"""
     call puthex
     mov al, ' '
     call putc
+    mov eax, 7
+    xor ecx, ecx
+    cpuid
+    mov eax, ebx
+    shr eax, 1                ; TSC_ADJUST
+    and eax, 1
+    call puthex
+    mov al, ' '
+    call putc
     mov eax, 0x80000007
     cpuid
     mov eax, edx
@@ -116,10 +125,10 @@ def test_cpuid_advertises_the_tsc_and_rdtscp_returns_tsc_aux(assemble, tmp_path,
     result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(CPUID_AND_RDTSCP),
                                       deterministic=deterministic)
     assert result.exit_status == 1, out
-    top, mhz, tsc, rdrand, invariant, aux, high = (int(x, 16) for x in out.split())
+    top, mhz, tsc, rdrand, adjust, invariant, aux, high = (int(x, 16) for x in out.split())
     assert top >= 0x16
     assert mhz == TSC_KHZ // 1000
-    assert tsc == 1 and invariant == 1
+    assert tsc == 1 and invariant == 1 and adjust == 1
     assert rdrand == (0 if deterministic else 1)  # Unicorn's RDRAND is the host's: hidden
     assert aux == 0x1234
     assert high == 0  # under 2**32 ticks: 2 s at 2 GHz, far more than this guest ran

@@ -103,6 +103,9 @@ def test_real_time_linux_takes_the_advertised_tsc_rate(initrd):
     text = out.decode(errors="replace")
     assert result.reason == "halted", text[-3000:]
     assert f"tsc: Detected {TSC_KHZ // 1000}.000 MHz processor" in text
-    assert "Switched to clocksource tsc" in text
-    assert "unstable" not in text and "clocksource watchdog" not in text.lower(), text
     assert tsc_reads > 1000  # the kernel's clock really runs on our RDTSC
+    # Invariant TSC + TSC_ADJUST in CPUID: Linux does not check the TSC against
+    # jiffies, which lag on a loaded host ('skew is too large' in 2 of 3 boots
+    # here before TSC_ADJUST was advertised).
+    assert "Switched to clocksource tsc\r" in text
+    assert "unstable" not in text and "watchdog check" not in text, text
