@@ -261,3 +261,37 @@ def test_serial_input_file_is_replayed_at_the_same_guest_times(assemble, tmp_pat
     ticks = int(first[-8:], 16)
     # five character times at 9600 baud 8N1 (the reset divisor): about 5.2 ms
     assert 5 * 1_000_000 < ticks / 2 < 6 * 1_000_000, ticks
+
+
+# 1000 loads from the local APIC's ID register, then 1000 from the IOAPIC's
+# index register, each timed with RDTSC (2 GHz): deterministic time charges
+# 100 ns per LAPIC access and 500 ns per IOAPIC access, plus the blocks.
+MMIO_COST = r"""
+%macro TIME_LOADS 1
+    rdtsc
+    mov ebx, eax
+    mov ecx, 1000
+%%l:
+    mov eax, [%1]
+    dec ecx
+    jnz %%l
+    rdtsc
+    sub eax, ebx
+    call puthex
+    mov al, ' '
+    call putc
+%endmacro
+    TIME_LOADS 0xFEE00020
+    TIME_LOADS 0xFEC00000
+    mov al, 0
+    call exit
+"""
+
+
+def test_mmio_accesses_cost_deterministic_time(assemble, tmp_path):
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(MMIO_COST),
+                                      deterministic=True)
+    assert result.exit_status == 1, out
+    lapic_ns, ioapic_ns = (int(x, 16) // 2 for x in out.split())
+    assert 100_000 <= lapic_ns < 120_000, lapic_ns   # 1000 x (100 ns + a block or so)
+    assert 500_000 <= ioapic_ns < 520_000, ioapic_ns
