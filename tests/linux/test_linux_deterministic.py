@@ -27,6 +27,9 @@ TLB_SIZE_DEPENDENT = {
     "fills", "fills_read", "fills_write", "fills_fetch", "guest_walks", "shadow_hits",
     "shadow_misses", "sp_found", "wp_traps", "alias_reads", "alias_writes",
     "shadow_hits_l1", "shadow_misses_l1", "shadow_hits_l2", "shadow_misses_l2",
+    # a flush when a frame gains a shadow page or code, if a writable/fast-store
+    # entry was filled since the last flush: which depends on refills too
+    "tlb_flushes_wp", "tlb_flushes_code",
 }
 
 
