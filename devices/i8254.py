@@ -93,7 +93,9 @@ class PitChannel:
         self.latched_count: int | None = None
         self.latched_msb_next = False
         self.latched_status: int | None = None
-        self.null_count = True
+        # No count waits to be loaded until one is written (a control word or a
+        # count sets it); Linux's KASLR entropy loop waits for it to clear.
+        self.null_count = False
         self.ce_period: int | None = None  # count loaded into the CE (0 decoded), None: none
         self.holding = False  # mode 0: first byte of a two-byte count written
         self.base = 0  # clocks counted before ``start``

@@ -193,6 +193,11 @@ class Uart16550(Device):
         self._update_irq()
 
     @property
+    def rx_room(self) -> int:
+        """Characters the receiver can take before it overruns (0 in loopback)."""
+        return 0 if self.mcr & MCR_LOOP else self._rx_capacity() - len(self._rx)
+
+    @property
     def divisor(self) -> int:
         return self.dlm << 8 | self.dll
 

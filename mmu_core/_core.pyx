@@ -155,6 +155,9 @@ cdef struct CoreState:
     # PIO data windows: port accesses served from a device's buffer in C
     PioWindow pio[4]
     uint64_t pio_fast_accesses
+    # Deterministic time: every port access adds port_ns to *io_clock
+    uint64_t *io_clock
+    uint64_t port_ns
     # The first CPU event of a slice, captured in the hook before anything
     # else in the slice can overwrite QEMU's copy.
     void *ev_ctx
@@ -188,6 +191,7 @@ cdef class Core:
     cdef object _cpuid_handler
     cdef readonly int tlb_mode
     cdef list _pio_buffers
+    cdef object _io_clock_owner
     cdef void *_ctx
     cdef size_t _ctx_size
 
@@ -625,6 +629,13 @@ cdef class Core:
         self._pio_buffers[index] = None
         return w.pos
 
+    def set_io_clock(self, owner, uintptr_t address, uint64_t port_ns):
+        """Charge ``port_ns`` to the uint64 counter at ``address`` (owned by ``owner``,
+        kept alive here) for every port access: the deterministic clock's I/O cost."""
+        self._io_clock_owner = owner
+        self.st.port_ns = port_ns
+        self.st.io_clock = <uint64_t *>address
+
     @property
     def pio_fast_accesses(self):
         """Port accesses served by a PIO window without Python."""
@@ -725,6 +736,8 @@ cdef uint32_t _hook_in(uc_engine *uc, uint32_t port, int size, void *user_data) 
     cdef uint32_t mask = _size_mask(size)
     cdef uint32_t value = 0
     cdef PioWindow *w = _pio_window(st, port & 0xFFFF, size, False)
+    if st.io_clock != NULL:
+        st.io_clock[0] += st.port_ns
     if w != NULL:
         memcpy(&value, w.buf + w.pos, size)
         w.pos += size
@@ -754,6 +767,8 @@ cdef void _hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value,
     cdef uint16_t slot = st.port_slot[port & 0xFFFF]
     value &= _size_mask(size)
     cdef PioWindow *w = _pio_window(st, port & 0xFFFF, size, True)
+    if st.io_clock != NULL:
+        st.io_clock[0] += st.port_ns
     if w != NULL:
         memcpy(w.buf + w.pos, &value, size)
         w.pos += size

@@ -16,8 +16,10 @@ first block that starts with IF set, before that block runs.  QEMU
 translates the instruction in an STI / MOV SS shadow as a block of its own;
 when the run loop finds itself stopped inside a shadow it asks the hook to
 let that one block run (``skip_once_at``).
-Otherwise the hook only counts blocks, the progress measure of the
-deterministic clock.
+Otherwise the hook counts blocks and advances the virtual clock
+(``vclock_ns``, the deterministic guest time: ``ns_per_block`` a block, plus
+what the port and MMIO hooks charge per access and the idle time skipped).
+The virtual TSC (_tsc.pxi) reads the same counter.
 
 Host signals: Python runs its signal handlers only between bytecodes, never
 while ``emu_start`` is inside C, so a guest spinning with no timer armed
@@ -133,7 +135,9 @@ def signals_delivered():
 
 cdef struct HookState:
     uint64_t blocks
-    uint64_t stop_at_block   # deterministic deadline in blocks (0 = none)
+    uint64_t vclock_ns       # deterministic guest time (see clock.VirtualClock)
+    uint64_t ns_per_block
+    uint64_t stop_at_block   # deterministic deadline, in vclock_ns (0 = none)
     bint waiting             # an interrupt waits for EFLAGS.IF
     uint64_t skip_pc         # let one block starting here run (the STI shadow)
     bint skip_armed
@@ -188,14 +192,38 @@ cdef class VcpuHooks:
         """Translation blocks executed so far."""
         return self.st.blocks
 
-    def set_block_deadline(self, uint64_t blocks):
-        """Stop the engine once ``blocks`` blocks have run (0: no deadline)."""
-        self.st.stop_at_block = blocks
+    property vclock_ns:
+        """The virtual clock: deterministic guest nanoseconds (only ever moves forward)."""
+        def __get__(self):
+            return self.st.vclock_ns
+        def __set__(self, uint64_t value):
+            if value > self.st.vclock_ns:
+                self.st.vclock_ns = value
 
-    def advance_block_deadline(self, uint64_t blocks):
-        """Bring the block deadline forward to ``blocks`` if that is sooner."""
-        if self.st.stop_at_block == 0 or blocks < self.st.stop_at_block:
-            self.st.stop_at_block = blocks
+    property ns_per_block:
+        """Virtual nanoseconds a translation block costs."""
+        def __get__(self):
+            return self.st.ns_per_block
+        def __set__(self, uint64_t value):
+            self.st.ns_per_block = value
+
+    def charge(self, uint64_t ns):
+        """Advance the virtual clock by ``ns`` (an MMIO access's cost)."""
+        self.st.vclock_ns += ns
+
+    def vclock_address(self):
+        """Address of the virtual clock counter, for the port hooks to charge accesses."""
+        return <uintptr_t>&self.st.vclock_ns
+
+    def set_block_deadline(self, uint64_t vclock_ns):
+        """Stop the engine at the first block once the virtual clock reaches ``vclock_ns``
+        (0: no deadline)."""
+        self.st.stop_at_block = vclock_ns
+
+    def advance_block_deadline(self, uint64_t vclock_ns):
+        """Bring the virtual-clock deadline forward to ``vclock_ns`` if that is sooner."""
+        if self.st.stop_at_block == 0 or vclock_ns < self.st.stop_at_block:
+            self.st.stop_at_block = vclock_ns
 
     def set_deadline(self, uint64_t host_ns):
         """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
@@ -238,13 +266,14 @@ cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user
     cdef uint64_t eflags = 0
     cdef timespec ts
     st.blocks += 1
+    st.vclock_ns += st.ns_per_block
     if st.poke or st.signals != _signals_seen:
         st.poke = 0
         st.signals = _signals_seen
         st.fired = 4
         uc_emu_stop(uc)
         return
-    if st.stop_at_block and st.blocks >= st.stop_at_block:
+    if st.stop_at_block and st.vclock_ns >= st.stop_at_block:
         st.fired = 2
         uc_emu_stop(uc)
         return
@@ -432,3 +461,6 @@ def keep_gil_for_engine_calls(uc):
     uc.mem_read = calls.mem_read
     uc.mem_write = calls.mem_write
     return calls
+
+
+include "_tsc.pxi"

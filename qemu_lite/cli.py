@@ -132,7 +132,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="guest time follows guest progress, not the host clock: the same "
                         "image and input give the same output (the RTC starts at "
-                        "2000-01-01 unless --rtc base= is given; CPUID hides the TSC)")
+                        "2000-01-01 unless --rtc base= is given; CPUID hides RDRAND)")
+    p.add_argument("--serial-input", metavar="FILE",
+                   help="COM1 input from FILE, a character at a time at the UART's rate "
+                        "while the guest has its receive interrupt enabled (repeatable "
+                        "under --deterministic)")
     p.add_argument("--rtc", "-rtc", metavar="base=WHEN",
                    help="RTC start: base=utc (the host's time, default), or "
                         "base=YYYY-MM-DDTHH:MM:SS (UTC), as QEMU's -rtc base=")
@@ -316,6 +320,14 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
                           rtc_base=rtc_base)
     except (BlockImageError, ValueError, OSError) as exc:
         return _fail(str(exc))
+    if args.serial_input is not None:
+        from qemu_lite.replay import replay_file
+
+        try:
+            replay_file(machine, args.serial_input)
+        except OSError as exc:
+            machine.close()
+            return _fail(f"cannot read serial input '{args.serial_input}': {exc.strerror}")
     with machine:
         if args.mmu_pages is not None:
             machine.core.set_max_shadow_pages(args.mmu_pages)
@@ -364,6 +376,9 @@ def _check_files(args: argparse.Namespace, disk: str | None,
         _check_input(path, what, block_device=block)
         if path is not None:
             inputs.append((what, path))
+    _check_input(args.serial_input, "serial input", allow_empty=True)
+    if args.serial_input is not None:
+        inputs.append(("serial input", args.serial_input))
     bzimage = args.kernel is not None and _is_bzimage(args.kernel)
     modules: list[tuple[str, str]] = []
     if bzimage:

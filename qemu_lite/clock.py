@@ -15,6 +15,11 @@ class HostClock(Clock):
         super().__init__()
         self._t0 = time.monotonic_ns()
 
+    @property
+    def start_ns(self) -> int:
+        """The host ``time.monotonic_ns()`` at guest time 0."""
+        return self._t0
+
     def now(self) -> int:
         return time.monotonic_ns() - self._t0
 
@@ -26,34 +31,48 @@ class HostClock(Clock):
 class VirtualClock(Clock):
     """Deterministic guest time, derived from guest progress.
 
-    Guest time advances by ``NS_PER_BLOCK`` for every translation block the
-    vCPU executes (counted by the C block hook, so it costs one increment a
-    block) and jumps straight to the next timer deadline while the guest is
-    halted.  The same guest with the same input therefore sees the same
-    times, interrupts at the same instructions, and produces the same output.
+    Guest time is the C virtual clock of the block hook (``vclock_ns``): it
+    advances by ``NS_PER_BLOCK`` for every translation block the vCPU executes,
+    by ``PORT_NS`` for every port access and by a device's MMIO cost for every
+    MMIO access (charged in C by the hooks, so a guest that polls a device
+    sees time pass at about a real bus's rate), and jumps straight to the next
+    timer deadline while the guest is halted.  The same guest with the same
+    input therefore sees the same times, interrupts at the same instructions,
+    and produces the same output.
     """
 
     NS_PER_BLOCK = 10
+    PORT_NS = 1000          # an ISA bus I/O cycle is about 1 us
+    MMIO_NS = 500           # an uncached MMIO access to a chipset device (IOAPIC)
+    LAPIC_MMIO_NS = 100     # the local APIC sits on the core: cheaper
 
-    def __init__(self, blocks: BlockCounter) -> None:
+    def __init__(self, progress: VirtualProgress) -> None:
         super().__init__()
-        self._blocks = blocks
-        self._skipped = 0
+        self._progress = progress
+        progress.ns_per_block = self.NS_PER_BLOCK
 
     def now(self) -> int:
-        return self._skipped + self._blocks.blocks * self.NS_PER_BLOCK
+        return int(self._progress.vclock_ns)
 
     def block_deadline(self, guest_ns: int) -> int:
-        """The block count at which guest time reaches ``guest_ns``."""
-        return max(1, -(-(guest_ns - self._skipped) // self.NS_PER_BLOCK))
+        """The virtual-clock value at which the block hook stops for ``guest_ns``
+        (the hook's deadline is in guest nanoseconds; 0 would mean none)."""
+        return max(1, guest_ns)
 
     def skip_to(self, guest_ns: int) -> None:
         """Idle until ``guest_ns``: the halted guest loses no host time."""
-        now = self.now()
-        if guest_ns > now:
-            self._skipped += guest_ns - now
+        if guest_ns > self.now():
+            self._progress.vclock_ns = guest_ns
 
 
-class BlockCounter(Protocol):
-    @property
-    def blocks(self) -> int: ...
+class VirtualProgress(Protocol):
+    """The C counter behind :class:`VirtualClock` (``_vcpu_hooks.VcpuHooks``)."""
+
+    vclock_ns: int
+    ns_per_block: int
+
+
+# The virtual TSC's frequency in both clock modes (qemu_lite/_tsc.pxi), which
+# CPUID leaf 0x16 advertises: Linux prints "tsc: Detected 2000.000 MHz
+# processor" without calibrating against the PIT.
+TSC_KHZ = 2_000_000

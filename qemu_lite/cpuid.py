@@ -5,8 +5,12 @@ instruction natively; the hook then answers every guest CPUID from it with
 these changes: no x2APIC and no TSC-deadline timer (neither works without
 MSR hooks, DESIGN fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
 components whose features are offered (x87 and SSE: the model has no AVX),
-OSXSAVE mirroring CR4.OSXSAVE at each CPUID, and, when asked, no TSC at all
-(``hide_tsc``) for deterministic runs of guests that honour CPUID.
+OSXSAVE mirroring CR4.OSXSAVE at each CPUID, an invariant TSC whose rate
+leaf 0x16 advertises (``tsc_mhz``: ours runs at a fixed rate from guest time,
+qemu_lite/_tsc.pxi; Linux takes it from there rather than calibrating
+against the PIT, which host jitter can spoil), TSC_ADJUST, and, when asked,
+no RDRAND (``hide_rdrand``): Unicorn answers RDRAND from the host's random source and
+cannot hook it, so deterministic runs tell the guest it is absent.
 
 Not offered, because the engine cannot do them: SMAP (the Haswell model drops
 CR4.SMAP on write and makes STAC/CLAC #UD, although the shadow MMU's walker
@@ -32,10 +36,15 @@ CR4_OSXSAVE = 1 << 18
 # with the 64-byte XSAVE header is the whole image when nothing else is on.
 XSTATE_X87_SSE = 0x3
 XSAVE_LEGACY_AND_HEADER = 512 + 64
+ECX_RDRAND = 1 << 30
 EDX_TSC = 1 << 4
-# leaf 0x80000001 / 0x80000007
-EDX_RDTSCP = 1 << 27
+# leaf 7 sub-leaf 0
+EBX_TSC_ADJUST = 1 << 1
+EBX_RDSEED = 1 << 18
+# leaf 0x80000007
 EDX_INVARIANT_TSC = 1 << 8
+
+FREQ_LEAF = 0x16
 
 SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 3, 0xD: 4}  # leaves with sub-leaves, and how many we read
 
@@ -68,18 +77,31 @@ def native_table() -> dict[tuple[int, int], Regs]:
 class CpuidModel:
     """Answers CPUID from the shaped table; unknown leaves read as zeros."""
 
-    def __init__(self, hide_tsc: bool = False) -> None:
+    def __init__(self, tsc_mhz: int | None = None, hide_rdrand: bool = False) -> None:
         table = dict(native_table())
+        if tsc_mhz is not None:
+            # leaf 0x16: base and maximum frequency (MHz), bus frequency 100 MHz;
+            # the leaves between the model's last one and 0x16 read as zeros
+            table[(FREQ_LEAF, 0)] = (tsc_mhz, tsc_mhz, 100, 0)
+            ea, eb, ec, ed = table[(0, 0)]
+            table[(0, 0)] = (max(ea, FREQ_LEAF), eb, ec, ed)
         a, b, c, d = table[(1, 0)]
         c &= ~(ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE)
-        if hide_tsc:
-            d &= ~EDX_TSC
-            for key, mask in (((0x80000001, 0), EDX_RDTSCP), ((0x80000007, 0), EDX_INVARIANT_TSC)):
-                if key in table:
-                    ea, eb, ec, ed = table[key]
-                    table[key] = (ea, eb, ec, ed & ~mask)
+        ea, eb, ec, ed = table[(7, 0)]
+        # IA32_TSC_ADJUST reads 0 and writes are dropped (no WRMSR hook), and no
+        # guest write can change our TSC; with the invariant-TSC bit Linux then
+        # trusts it rather than checking it against jiffies, which lag when
+        # a loaded host delivers timer interrupts late (real time).
+        eb |= EBX_TSC_ADJUST
+        if hide_rdrand:
+            c &= ~ECX_RDRAND
+            eb &= ~EBX_RDSEED
+        table[(7, 0)] = (ea, eb, ec, ed)
         table[(1, 0)] = (a, b, c, d)
         _xsave_components_advertised(table)
+        if (0x80000007, 0) in table:
+            ea, eb, ec, ed = table[(0x80000007, 0)]
+            table[(0x80000007, 0)] = (ea, eb, ec, ed | EDX_INVARIANT_TSC)
         self.table = table
         self.max_basic = table[(0, 0)][0]
         self.max_extended = table[(0x80000000, 0)][0]

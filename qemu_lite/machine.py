@@ -32,8 +32,8 @@ from mmu_core._core import (
     TLB_NATIVE,
 )
 from qemu_lite import pc
-from qemu_lite._vcpu_hooks import VcpuHooks, keep_gil_for_engine_calls, watch_signals
-from qemu_lite.clock import HostClock, VirtualClock
+from qemu_lite._vcpu_hooks import VcpuHooks, VirtualTsc, keep_gil_for_engine_calls, watch_signals
+from qemu_lite.clock import TSC_KHZ, HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.debughooks import DebugHooks
 from qemu_lite.devices.base import Device
@@ -196,7 +196,11 @@ class Machine(DebugHooks):
             self.clock = HostClock()
             self.clock.on_schedule = self._timer_armed_host
         self.rtc_base = rtc_base
-        self.cpuid = CpuidModel(hide_tsc=deterministic)
+        self.tsc = VirtualTsc(self.uc, self.hooks, TSC_KHZ,
+                              None if deterministic else self.clock.start_ns)
+        if deterministic:
+            self.core.set_io_clock(self.hooks, self.hooks.vclock_address(), VirtualClock.PORT_NS)
+        self.cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000, hide_rdrand=deterministic)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         self._vcpu_thread: int | None = None
         # A wake-up token: released by wake(), taken by the halted vCPU's sleep.  A
@@ -208,7 +212,7 @@ class Machine(DebugHooks):
         self._stop_reason: RunResult | None = None
         self._pending_reset = False
         self.guest_resets = 0  # resets since power-on (triple faults, reset requests)
-        self._resettable: list[Device] = []
+        self._resettable: list[Device] = [self.tsc]
         self._mmio_callbacks: list[tuple[object, object]] = []
         self._callback_error: BaseException | None = None
         self._stop_requested: RunResult | None = None  # survives run()'s reset
@@ -276,14 +280,18 @@ class Machine(DebugHooks):
         run on the vCPU thread with ``offset`` relative to ``base``."""
         self.core.claim_ports(base, count, device)
 
-    def add_mmio(self, base: int, size: int, device: Device) -> None:
+    def add_mmio(self, base: int, size: int, device: Device,
+                 access_ns: int = VirtualClock.MMIO_NS) -> None:
         """Map ``device`` at physical ``base``: guest loads and stores call its
-        ``io_read(offset, size)`` / ``io_write(offset, size, value)``."""
+        ``io_read(offset, size)`` / ``io_write(offset, size, value)``; each
+        access costs ``access_ns`` of deterministic guest time."""
+        charge = self.hooks.charge if self.deterministic else (lambda ns: None)
 
         # Exceptions (a device bug, KeyboardInterrupt from a signal handler) must
         # not reach the binding's ctypes callback, which would drop them: keep
         # the first, end the slice at the next block and raise it from run().
         def read(uc: object, offset: int, size: int, _user: object) -> int:
+            charge(access_ns)
             try:
                 return device.io_read(offset, size)
             except BaseException as exc:
@@ -291,6 +299,7 @@ class Machine(DebugHooks):
                 return (1 << (8 * size)) - 1
 
         def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
+            charge(access_ns)
             try:
                 device.io_write(offset, size, value)
             except BaseException as exc:

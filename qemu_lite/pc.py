@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from qemu_lite.clock import VirtualClock
 from qemu_lite.devices.backends import SerialBackend, StdioBackend, open_backend
 from qemu_lite.devices.base import IrqLine
 from qemu_lite.devices.block import BlockImage
@@ -253,7 +254,7 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(PIC_MASTER, 2, pic.master)
     add(PIC_SLAVE, 2, pic.slave)
     add(ELCR, 2, pic.elcr)
-    machine.add_mmio(LAPIC_BASE, 0x1000, lapic)
+    machine.add_mmio(LAPIC_BASE, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
     machine.add_mmio(IOAPIC_BASE, 0x1000, ioapic)
     machine.irq_source = lapic
     machine.add_resettable(pic, lapic, ioapic)
