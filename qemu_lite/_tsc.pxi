@@ -12,9 +12,9 @@
 # RTC follow, so Linux calibrates the TSC against the PIT exactly), the block
 # hook's virtual clock under --deterministic.  Every call is C only.
 
-from mmu_core.includes.unicorn cimport uc_reg_write_t, ql_uc_x86_msr
+from mmu_core.includes.unicorn cimport ql_uc_x86_msr
 
-cdef uc_reg_write_t uc_reg_write = <uc_reg_write_t>_fn("uc_reg_write")
+# uc_reg_write: resolved once in _vcpu_hooks.pyx, which includes this file.
 cdef int REG_RAX = _x86.UC_X86_REG_RAX
 cdef int REG_RCX = _x86.UC_X86_REG_RCX
 cdef int REG_RDX = _x86.UC_X86_REG_RDX

@@ -40,7 +40,7 @@ from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.types cimport sigset_t
 
-from mmu_core.includes.unicorn cimport uc_engine, uc_hook, uc_hook_add_t, uc_hook_del_t, uc_emu_stop_t, uc_reg_read_t
+from mmu_core.includes.unicorn cimport uc_engine, uc_hook, uc_hook_add_t, uc_hook_del_t, uc_emu_stop_t, uc_reg_read_t, uc_reg_write_t
 
 from unicorn import x86_const as _x86
 from unicorn.unicorn_py3 import unicorn as _ucbinding
@@ -297,11 +297,10 @@ cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user
 
 # -- engine calls that keep the GIL --------------------------------------------------
 
-ctypedef int (*uc_reg_write_fn)(uc_engine *uc, int regid, const void *value) noexcept nogil
 ctypedef int (*uc_mem_read_fn)(uc_engine *uc, uint64_t address, void *bytes, size_t size) noexcept nogil
 ctypedef int (*uc_mem_write_fn)(uc_engine *uc, uint64_t address, const void *bytes, size_t size) noexcept nogil
 
-cdef uc_reg_write_fn uc_reg_write = <uc_reg_write_fn>_fn("uc_reg_write")
+cdef uc_reg_write_t uc_reg_write = <uc_reg_write_t>_fn("uc_reg_write")
 cdef uc_mem_read_fn uc_mem_read = <uc_mem_read_fn>_fn("uc_mem_read")
 cdef uc_mem_write_fn uc_mem_write = <uc_mem_write_fn>_fn("uc_mem_write")
 
