@@ -72,6 +72,7 @@ post_entry:
         out PIC1_DATA, al
         POST_CODE 0x06
 
+        call option_rom_scan            ; the video BIOS (optrom.inc)
         call ata_detect
         POST_CODE 0x07
 
@@ -789,6 +790,7 @@ int18_handler:
 %include "serial.inc"
 %include "irq.inc"
 %include "video.inc"
+%include "optrom.inc"
 %include "ata.inc"
 %include "disk.inc"
 %include "system.inc"

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from unicorn import UcError
 from unicorn import unicorn_const as UCC
@@ -37,9 +37,14 @@ from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.loaders.files import read_input_file
+from qemu_lite.devices.vga import Vga
+from qemu_lite.display import screen
 from qemu_lite.pc import Drive
 from qemu_lite.unassigned import UnassignedMemory
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +169,14 @@ class Machine:
         no_reboot: bool = False,
         deterministic: bool = False,
         rtc_base: float | None = None,
+        vga: str = "std",
+        vga_bios: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
                          rtc_base=rtc_base)
+        if vga not in ("std", "none"):
+            raise ValueError(f"unknown VGA {vga!r} (choose std or none)")
         self.memory_size = parse_size(memory)
         self.mmu_mode = mmu
         self.no_reboot = no_reboot
@@ -211,7 +220,7 @@ class Machine:
         all_drives += drives or []
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
-                                  snapshot=snapshot, boot=boot)
+                                  snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
@@ -362,6 +371,38 @@ class Machine:
 
     def set_reg(self, name: str, value: int) -> None:
         self.cpu.set_reg(name, value)
+
+    # -- screen and keyboard (qemu_lite/display) -------------------------------------
+
+    def _vga(self) -> Vga:
+        if self.board.vga is None:
+            raise RuntimeError("this machine has no display (vga='none')")
+        return self.board.vga
+
+    def screen_text(self) -> list[str]:
+        """The VGA text screen as lines (code page 437); an error in a graphics mode."""
+        lines = self._vga().screen_text()
+        if lines is None:
+            raise RuntimeError("the VGA is in a graphics mode: no text to read")
+        return lines
+
+    def screenshot(self) -> PILImage:
+        """What the monitor shows, as a Pillow RGB image (QEMU's screendump geometry)."""
+        return screen.frame_to_image(self._vga().render())
+
+    def screendump(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`screenshot` to ``path`` as PNG."""
+        screen.write_png(self._vga().render(), path)
+
+    def send_keys(self, text: str) -> None:
+        """Type ASCII ``text`` on the PS/2 keyboard (the vCPU thread, or before a run)."""
+        self.board.kbc.type_text(text)
+        self.wake()
+
+    def send_key(self, combo: str) -> None:
+        """Press and release a combination, QEMU ``sendkey`` style: "ctrl-alt-delete"."""
+        self.board.kbc.key_input(screen.combo_to_set2(combo))
+        self.wake()
 
     # -- running -------------------------------------------------------------------
 

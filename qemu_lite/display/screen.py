@@ -1,0 +1,48 @@
+"""The screen as programs use it: frames as Pillow images and PNG files, keys by name."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from qemu_lite.devices.i8042 import SET2_KEYS, break_code, make_code
+from qemu_lite.devices.vga import Frame
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+KEY_ALIASES = {"ctrl": "lctrl", "alt": "lalt", "shift": "lshift", "del": "delete",
+               "return": "enter", "ret": "enter", "escape": "esc", "pgup": "pageup",
+               "pgdn": "pagedown", "ins": "insert", "spc": "space", "minus": "-",
+               "equal": "=", "comma": ",", "dot": ".", "slash": "/"}
+
+
+def combo_to_set2(combo: str) -> bytes:
+    """Set 2 scan codes for a QEMU ``sendkey`` style combination ("ctrl-alt-delete", "a").
+
+    Keys are pressed left to right and released in reverse order."""
+    names = combo.lower().split("-") if combo != "-" else ["-"]
+    keys = []
+    for name in names:
+        key = KEY_ALIASES.get(name, name)
+        if key not in SET2_KEYS:
+            raise ValueError(f"unknown key {name!r} in {combo!r}")
+        keys.append(key)
+    out = b"".join(make_code(k) for k in keys)
+    return out + b"".join(break_code(k) for k in reversed(keys))
+
+
+def pillow() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise RuntimeError("screenshots need Pillow: pip install 'qemu-lite[display]'") from None
+    return Image
+
+
+def frame_to_image(frame: Frame) -> Image:
+    return pillow().frombytes("RGB", (frame.width, frame.height), frame.rgb)
+
+
+def write_png(frame: Frame, path: str | os.PathLike[str]) -> None:
+    frame_to_image(frame).save(path, format="PNG")
