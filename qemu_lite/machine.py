@@ -37,6 +37,7 @@ from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.loaders.files import read_input_file
+from qemu_lite.devices.i8042 import text_to_set2
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display import screen
 from qemu_lite.pc import Drive
@@ -224,6 +225,8 @@ class Machine:
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
+        self.host_keys = screen.HostKeys(self.board.kbc, self.wake)
+        self.add_poller(self.host_keys.pump)
         self.unassigned.fill_gaps()
 
     def _timer_armed_host(self, guest_ns: int) -> None:
@@ -395,14 +398,12 @@ class Machine:
         screen.write_png(self._vga().render(), path)
 
     def send_keys(self, text: str) -> None:
-        """Type ASCII ``text`` on the PS/2 keyboard (the vCPU thread, or before a run)."""
-        self.board.kbc.type_text(text)
-        self.wake()
+        """Type ASCII ``text`` on the PS/2 keyboard (from any thread)."""
+        self.host_keys.put(text_to_set2(text))
 
     def send_key(self, combo: str) -> None:
         """Press and release a combination, QEMU ``sendkey`` style: "ctrl-alt-delete"."""
-        self.board.kbc.key_input(screen.combo_to_set2(combo))
-        self.wake()
+        self.host_keys.put(screen.combo_to_set2(combo))
 
     # -- running -------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from qemu_lite.devices.i8042 import SET2_KEYS, break_code, make_code
+from qemu_lite.devices.i8042 import I8042, SET2_KEYS, break_code, make_code
 from qemu_lite.devices.vga import Frame
 
 if TYPE_CHECKING:
@@ -30,6 +32,27 @@ def combo_to_set2(combo: str) -> bytes:
         keys.append(key)
     out = b"".join(make_code(k) for k in keys)
     return out + b"".join(break_code(k) for k in reversed(keys))
+
+
+class HostKeys:
+    """Scan codes from other threads (API, VNC), handed to the i8042 on the vCPU thread."""
+
+    def __init__(self, kbc: I8042, wake: Callable[[], None]) -> None:
+        self._kbc = kbc
+        self._wake = wake
+        self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def put(self, set2: bytes) -> None:
+        self._queue.put(set2)
+        self._wake()
+
+    def pump(self) -> None:
+        while True:
+            try:
+                codes = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._kbc.key_input(codes)
 
 
 def pillow() -> Any:
