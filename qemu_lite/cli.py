@@ -134,7 +134,57 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_timeout, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
+    _add_display_options(p)
     return p
+
+
+def _add_display_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("display")
+    g.add_argument("--vga", "-vga", default="std", choices=["std", "none"],
+                   help="std: QEMU's std-vga with SeaVGABIOS (default); none: no display, "
+                        "INT 10h output on COM1 only")
+    g.add_argument("--display", "-display", default=None, metavar="TYPE",
+                   help="none (default) or vnc=[HOST]:N")
+    g.add_argument("--vnc", "-vnc", metavar="[HOST]:N",
+                   help="serve the screen over VNC on HOST (default 127.0.0.1), port 5900+N")
+    g.add_argument("--nographic", "-nographic", action="store_true",
+                   help="no display (the serial console stays on stdio)")
+    g.add_argument("--screendump-on-exit", metavar="FILE.png",
+                   help="write the screen as PNG when the run ends")
+
+
+def _display_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(VNC display or None, an error message or None) from the display options."""
+    vnc = args.vnc
+    display = args.display
+    if args.nographic and (display not in (None, "none") or vnc):
+        return None, "-nographic cannot be combined with a display"
+    if display is not None and display != "none":
+        kind, _, rest = display.partition("=")
+        if kind != "vnc" or not rest:
+            return None, f"unknown display {display!r} (choose none or vnc=:N)"
+        if vnc and vnc != rest:
+            return None, "give the VNC display once (-vnc or -display vnc=)"
+        vnc = rest
+    if args.vga == "none" and (vnc or args.screendump_on_exit):
+        return None, "-vga none has no screen to show or dump"
+    if vnc:
+        from qemu_lite.display.vnc import parse_vnc_display
+
+        try:
+            parse_vnc_display(vnc)
+        except ValueError as exc:
+            return None, str(exc)
+    dump = args.screendump_on_exit
+    if dump:
+        folder = os.path.dirname(os.path.abspath(dump))
+        if not os.path.isdir(folder):
+            return None, f"--screendump-on-exit: no directory {folder!r}"
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            return None, "--screendump-on-exit needs Pillow (pip install pillow)"
+    return vnc, None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +271,9 @@ def _boot(args: argparse.Namespace) -> int:
             and args.hdb is None):
         disk = bundled_firmware_path("default.img")
         snapshot = True  # the bundled image is package data: never write it
+    vnc, display_error = _display_settings(args)
+    if display_error:
+        raise _InputError(display_error)
     rtc_base = None
     if args.rtc is not None:
         try:
@@ -235,7 +288,7 @@ def _boot(args: argparse.Namespace) -> int:
                           memory=args.memory, serial=args.serial, serial2=args.serial2,
                           bios=args.bios, mmu=args.mmu, snapshot=snapshot,
                           no_reboot=args.no_reboot, deterministic=args.deterministic,
-                          rtc_base=rtc_base)
+                          rtc_base=rtc_base, vga=args.vga, vnc=vnc)
     except (BlockImageError, ValueError, OSError) as exc:
         return _fail(str(exc))
     with machine:
@@ -259,6 +312,11 @@ def _boot(args: argparse.Namespace) -> int:
         finally:
             if args.mmu_stats:
                 _print_mmu_stats(machine)
+            if args.screendump_on_exit:
+                try:
+                    machine.screendump(args.screendump_on_exit)
+                except OSError as exc:
+                    print(f"qemu-lite: --screendump-on-exit: {exc}", file=sys.stderr)
     if result.reason == "exit":
         assert result.exit_status is not None
         return result.exit_status
@@ -296,7 +354,8 @@ def _check_files(args: argparse.Namespace, disk: str | None,
             modules.append((path, item))
             inputs.append(("module", path))
     outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
-                                                 ("serial2", serial_output_path(args.serial2)))
+                                                 ("serial2", serial_output_path(args.serial2)),
+                                                 ("screendump", args.screendump_on_exit))
                if path is not None]
     try:
         check_outputs(outputs, inputs)

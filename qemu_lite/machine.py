@@ -39,7 +39,7 @@ from qemu_lite.devices.block import BlockImage
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.devices.i8042 import text_to_set2
 from qemu_lite.devices.vga import Vga
-from qemu_lite.display import screen
+from qemu_lite.display import open_vnc, screen
 from qemu_lite.pc import Drive
 from qemu_lite.unassigned import UnassignedMemory
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
@@ -172,6 +172,7 @@ class Machine:
         rtc_base: float | None = None,
         vga: str = "std",
         vga_bios: str | os.PathLike[str] | None = None,
+        vnc: str | None = None,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -225,8 +226,13 @@ class Machine:
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
-        self.host_keys = screen.HostKeys(self.board.kbc, self.wake)
-        self.add_poller(self.host_keys.pump)
+        self.host_input = screen.HostInput(self.board.kbc, self.wake)
+        self.add_poller(self.host_input.pump)
+        try:
+            self.vnc = open_vnc(self, vnc) if vnc is not None else None
+        except ValueError:
+            self.close()
+            raise
         self.unassigned.fill_gaps()
 
     def _timer_armed_host(self, guest_ns: int) -> None:
@@ -399,11 +405,11 @@ class Machine:
 
     def send_keys(self, text: str) -> None:
         """Type ASCII ``text`` on the PS/2 keyboard (from any thread)."""
-        self.host_keys.put(text_to_set2(text))
+        self.host_input.keys(text_to_set2(text))
 
     def send_key(self, combo: str) -> None:
         """Press and release a combination, QEMU ``sendkey`` style: "ctrl-alt-delete"."""
-        self.host_keys.put(screen.combo_to_set2(combo))
+        self.host_input.keys(screen.combo_to_set2(combo))
 
     # -- running -------------------------------------------------------------------
 

@@ -1,0 +1,34 @@
+"""Displays of a machine's VGA: the screen API helpers, the VNC server, the board wiring."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from qemu_lite.devices.vga import Frame
+
+if TYPE_CHECKING:
+    from qemu_lite.devices.vga import Vga
+    from qemu_lite.display.vnc import VncServer
+    from qemu_lite.machine import Machine
+
+BLINK_HZ = 2  # text blink and cursor phases a second, close to a VGA's ~1.9 Hz
+
+
+def live_frame(vga: Vga) -> Frame:
+    """The screen now, blinking included (for displays; screenshots are taken blink-on)."""
+    return vga.render(blink_on=int(time.monotonic() * BLINK_HZ) % 2 == 0)
+
+
+def open_vnc(machine: Machine, spec: str) -> VncServer:
+    """Serve ``machine``'s VGA on QEMU's ``-vnc`` display ``spec`` (":N" or "HOST:N")."""
+    from qemu_lite.display.vnc import VncServer, parse_vnc_display
+
+    vga = machine.board.vga
+    if vga is None:
+        raise ValueError("-vnc needs a VGA (not -vga none)")
+    host, port = parse_vnc_display(spec)
+    server = VncServer(lambda: live_frame(vga), host=host, port=port,
+                       on_key=machine.host_input.keys, on_pointer=machine.host_input.mouse)
+    machine.add_closer(server.close)
+    return server

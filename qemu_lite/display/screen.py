@@ -34,25 +34,30 @@ def combo_to_set2(combo: str) -> bytes:
     return out + b"".join(break_code(k) for k in reversed(keys))
 
 
-class HostKeys:
-    """Scan codes from other threads (API, VNC), handed to the i8042 on the vCPU thread."""
+class HostInput:
+    """Keys and mouse motion from other threads (API, VNC), given to the i8042 on the vCPU
+    thread (a machine poller), so no other thread touches a device while the guest runs."""
 
     def __init__(self, kbc: I8042, wake: Callable[[], None]) -> None:
         self._kbc = kbc
         self._wake = wake
-        self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
 
-    def put(self, set2: bytes) -> None:
-        self._queue.put(set2)
+    def keys(self, set2: bytes) -> None:
+        self._queue.put(lambda: self._kbc.key_input(set2))
+        self._wake()
+
+    def mouse(self, dx: int, dy: int, buttons: int) -> None:
+        self._queue.put(lambda: self._kbc.mouse_input(dx, dy, buttons))
         self._wake()
 
     def pump(self) -> None:
         while True:
             try:
-                codes = self._queue.get_nowait()
+                action = self._queue.get_nowait()
             except queue.Empty:
                 return
-            self._kbc.key_input(codes)
+            action()
 
 
 def pillow() -> Any:
