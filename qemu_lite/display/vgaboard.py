@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from unicorn import UcError
 from unicorn import unicorn_const as UCC
 
+from mmu_core._core import STOP_FAULT
 from qemu_lite.devices.pci import PciBus
 from qemu_lite.devices.vga import (
     TEXT_BASE,
@@ -82,19 +83,40 @@ class _RomLoader:
 
 
 class _LfbMapping:
-    """Keeps the framebuffer mapped at BAR0 (RAM-speed stores; unmapped while disabled)."""
+    """Keeps the framebuffer mapped at BAR0 (RAM-speed stores; unmapped while disabled).
+
+    A BAR write arrives in a port callback, in the middle of a slice, where
+    changing Unicorn's memory map corrupted the guest (a spurious #PF at the old
+    base during Linux's BAR sizing).  So the callback only records the wish and
+    ends the slice; the machine's poller applies it between slices."""
 
     def __init__(self, machine: Machine, vga: Vga) -> None:
         self._machine = machine
         self._size = vga.vram_size
         self._buffer = (ctypes.c_char * vga.vram_size).from_buffer(vga.vram)
         self._mapped: int | None = None
+        self._wanted: int | None = None
+        machine.add_poller(self.apply)
 
     def __call__(self, old: int | None, new: int | None) -> None:
+        self._wanted = new
+        self._machine.wake()
+
+    def apply(self) -> None:
+        new = self._wanted
+        if new == self._mapped:
+            return
         uc = self._machine.uc
         if self._mapped is not None:
             uc.mem_unmap(self._mapped, self._size)
             self._mapped = None
+            # Unmapping invalidates translated code in the range by looking the address
+            # up as a *virtual* fetch through our TLB fill, which records a guest #PF
+            # that no guest instruction caused: drop it (this runs between slices, after
+            # the run loop took the previous slice's stop).
+            flags, _ = self._machine.core.take_stop()
+            if flags & STOP_FAULT:
+                self._machine.core.take_fault()
         if new is not None and new >= self._machine.memory_size:
             try:
                 uc.mem_map_ptr(new, self._size, UCC.UC_PROT_ALL, ctypes.addressof(self._buffer))
@@ -103,7 +125,7 @@ class _LfbMapping:
                 # Overlaps the BIOS, an APIC or the top of 4 GiB (a BAR being sized):
                 # a real bus would decode garbage there; this one decodes nothing.
                 log.debug("VGA framebuffer not mapped at %#x (overlap)", new)
-        self._machine.core.flush_mmu()
+        # Unicorn flushes its TLB on map changes; the shadow MMU caches no memory types.
 
 
 def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] | None) -> Vga:
@@ -119,8 +141,10 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     machine.uc.mem_unmap(WINDOW_BASE, WINDOW_SIZE)
     machine.add_mmio(WINDOW_BASE, WINDOW_SIZE, vga.window)
     function = VgaPci(vga.vram_size)
-    function.on_bar_change = _LfbMapping(machine, vga)
+    lfb = _LfbMapping(machine, vga)
+    function.on_bar_change = lfb
     function.reset()  # map BAR0 now that someone listens
+    lfb.apply()
     pci.add(VGA_PCI_DEVICE, 0, function)
     machine.add_resettable(vga)
     path = vga_bios if vga_bios is not None else find_vga_bios()

@@ -255,3 +255,4 @@ def test_vbe_linear_framebuffer_pattern(assemble, tmp_path) -> None:
     assert image.tobytes() == expected_vbe()
     reference = qemu_screendump(disk, tmp_path)
     assert reference.size == image.size and reference.tobytes() == image.tobytes()
+
