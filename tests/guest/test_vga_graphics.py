@@ -1,4 +1,4 @@
-"""Graphics modes drawn by real guests: mode 13h through the window, VBE through the LFB.
+"""Graphics modes drawn by real guests: modes 12h and 13h through the window, VBE through the LFB.
 
 Each guest draws a known pattern, writes 'D' to debugcon and halts; the
 screenshot must match the image the pattern defines pixel for pixel, and the
@@ -85,6 +85,76 @@ org 0x7C00
 times 510 - ($ - $$) db 0
     dw 0xAA55
 """
+
+# Mode 12h: 16 bands of 30 lines in colours 0-15 written through set/reset (write
+# mode 0, all planes), then a 32x32 checker at (300, 200) through INT 10h AH=0Ch.
+MODE12_MBR = r"""
+bits 16
+org 0x7C00
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    mov ax, 0x0012
+    int 0x10
+    ; 16 bands of 30 lines, colour = band, through set/reset (write mode 0)
+    mov dx, 0x3CE
+    mov ax, 0x0F01              ; GR01 enable set/reset: all planes
+    out dx, ax
+    mov ax, 0xFF08              ; GR08 bit mask: every bit
+    out dx, ax
+    mov dx, 0x3C4
+    mov ax, 0x0F02              ; SR02 map mask: all planes
+    out dx, ax
+    mov ax, 0xA000
+    mov es, ax
+    xor di, di
+    xor bx, bx                  ; band
+.band:
+    mov dx, 0x3CE
+    mov al, 0x00                ; GR00 set/reset = band colour
+    mov ah, bl
+    out dx, ax
+    mov cx, 30 * 80
+    rep stosb                   ; the data byte is ignored: set/reset supplies it
+    inc bx
+    cmp bx, 16
+    jb .band
+    mov ax, 0x0001              ; GR01 back to 0
+    out dx, ax
+    ; a 32x32 checker through the BIOS: pixel (300 + x, 200 + y) = (x ^ y) & 15
+    xor si, si                  ; y
+.y:
+    xor di, di                  ; x
+.x:
+    mov ax, di
+    xor ax, si
+    and al, 15
+    mov ah, 0x0C
+    xor bh, bh
+    lea cx, [di + 300]
+    lea dx, [si + 200]
+    int 0x10
+    inc di
+    cmp di, 32
+    jb .x
+    inc si
+    cmp si, 32
+    jb .y
+    mov al, 'D'
+    out 0xE9, al
+    cli
+    hlt
+    jmp $
+times 510 - ($ - $$) db 0
+    dw 0xAA55
+"""
+
+# The 16 colours of the VGA BIOS's default palette (6-bit DAC values 00h/15h/2Ah/3Fh).
+EGA = [(0, 0, 0), (0, 0, 0xA8), (0, 0xA8, 0), (0, 0xA8, 0xA8), (0xA8, 0, 0), (0xA8, 0, 0xA8),
+       (0xA8, 0x57, 0), (0xA8, 0xA8, 0xA8), (0x57, 0x57, 0x57), (0x57, 0x57, 0xFF),
+       (0x57, 0xFF, 0x57), (0x57, 0xFF, 0xFF), (0xFF, 0x57, 0x57), (0xFF, 0x57, 0xFF),
+       (0xFF, 0xFF, 0x57), (0xFF, 0xFF, 0xFF)]
 
 # VBE: finds 640x480x32 with a linear framebuffer in the mode list (4F00h/4F01h),
 # sets it (4F02h, bit 14), enters 32-bit protected mode and stores
@@ -196,6 +266,17 @@ def expected_mode13() -> bytes:
     return bytes(out)
 
 
+def expected_mode12() -> bytes:
+    out = bytearray()
+    for y in range(480):
+        row = [EGA[y // 30]] * 640
+        if 200 <= y < 232:
+            for x in range(32):
+                row[300 + x] = EGA[(x ^ (y - 200)) & 15]
+        out += b"".join(bytes(c) for c in row)
+    return bytes(out)
+
+
 def expected_vbe() -> bytes:
     return b"".join(bytes((x & 0xFF, y & 0xFF, (x + y) & 0xFF))
                     for y in range(480) for x in range(640))
@@ -245,6 +326,14 @@ def test_mode13h_pattern(assemble, tmp_path) -> None:
     disk, image = run_guest(assemble, tmp_path, MODE13_MBR)
     assert image.size == (640, 400)
     assert image.tobytes() == expected_mode13()
+    reference = qemu_screendump(disk, tmp_path)
+    assert reference.size == image.size and reference.tobytes() == image.tobytes()
+
+
+def test_mode12h_planar_pattern(assemble, tmp_path) -> None:
+    disk, image = run_guest(assemble, tmp_path, MODE12_MBR)
+    assert image.size == (640, 480)
+    assert image.tobytes() == expected_mode12()
     reference = qemu_screendump(disk, tmp_path)
     assert reference.size == image.size and reference.tobytes() == image.tobytes()
 
