@@ -140,6 +140,11 @@ TEXT_SIZE = 0x8000
 # QEMU's EGA default palette is irrelevant here: the BIOS programs the DAC.
 
 
+# Byte b -> a 64-bit integer whose eight bytes are b's bits, most significant first.
+_PLANE_SPREAD = tuple(sum(((b >> (7 - i)) & 1) << (8 * (7 - i)) for i in range(8))
+                      for b in range(256))
+
+
 def dac_to_8bit(v: int) -> int:
     """A 6-bit DAC value widened to 8 bits the way QEMU's VGA does (low bit replicated)."""
     v &= 0x3F
@@ -435,49 +440,51 @@ class Vga:
             repeat *= 2
         return width, height, repeat
 
+    @staticmethod
+    def _indexed_to_rgb(indices: bytes, palette: list[bytes]) -> bytes:
+        """Colour indices -> RGB bytes, one channel at a time through ``bytes.translate``."""
+        out = bytearray(len(indices) * 3)
+        for channel in range(3):
+            table = bytes(palette[i][channel] if i < len(palette) else 0 for i in range(256))
+            out[channel::3] = indices.translate(table)
+        return bytes(out)
+
     def _render_256(self) -> Frame:
         width, height, repeat = self._graphics_geometry()
-        palette = self._dac_palette()
         start = self.start_address() * 4
         stride = self.cr[CR_OFFSET] * 8
-        out = bytearray()
-        line = b""
-        for y in range(height):
-            if y % repeat == 0:
-                at = start + (y // repeat) * stride
-                src = self.vram[at:at + width // 2]
-                px = bytearray()
-                for v in src:
-                    px += palette[v] * 2  # each pixel is two dots wide (8D2)
-                px += bytes(width * 3 - len(px))
-                line = bytes(px)
-            out += line
-        return Frame(width, height, bytes(out))
+        lines = []
+        for y in range(0, height, repeat):
+            at = start + (y // repeat) * stride
+            src = bytes(self.vram[at:at + width // 2]).ljust(width // 2, b"\0")
+            doubled = bytearray(width)  # each pixel is two dots wide (8D2)
+            doubled[0::2] = src
+            doubled[1::2] = src
+            lines.extend([bytes(doubled)] * min(repeat, height - y))
+        return Frame(width, height, self._indexed_to_rgb(b"".join(lines), self._dac_palette()))
 
     def _render_planar(self) -> Frame:
         width, height, repeat = self._graphics_geometry()
-        palette = self._attribute_palette()
         plane_enable = self.ar[AR_PLANE_ENABLE] & 0x0F
         start = self.start_address() * 4
         stride = self.cr[CR_OFFSET] * 8
-        colour_of = [palette[i] for i in range(16)]
-        out = bytearray()
-        line = b""
-        for y in range(height):
-            if y % repeat == 0:
-                at = start + (y // repeat) * stride
-                px = bytearray()
-                for byte_x in range(width // 8):
-                    p = bytes(self.vram[at + byte_x * 4:at + byte_x * 4 + 4])
-                    if len(p) < 4:
-                        p = bytes(4)
-                    for bit in range(7, -1, -1):
-                        v = ((p[0] >> bit) & 1 | ((p[1] >> bit) & 1) << 1
-                             | ((p[2] >> bit) & 1) << 2 | ((p[3] >> bit) & 1) << 3) & plane_enable
-                        px += colour_of[v]
-                line = bytes(px)
-            out += line
-        return Frame(width, height, bytes(out))
+        spread = _PLANE_SPREAD
+        lines = []
+        for y in range(0, height, repeat):
+            at = start + (y // repeat) * stride
+            src = bytes(self.vram[at:at + width // 2]).ljust(width // 2, b"\0")
+            # Eight pixels a byte per plane: spread each plane byte to eight 0/1 bytes
+            # (as one 64-bit integer) and weigh the planes 1, 2, 4, 8.
+            line = bytearray()
+            for i in range(0, len(src), 4):
+                v = spread[src[i]] | spread[src[i + 1]] << 1 | spread[src[i + 2]] << 2 \
+                    | spread[src[i + 3]] << 3
+                line += v.to_bytes(8, "big")
+            lines.extend([bytes(line)] * min(repeat, height - y))
+        indices = b"".join(lines)
+        if plane_enable != 0x0F:
+            indices = indices.translate(bytes(i & plane_enable for i in range(256)))
+        return Frame(width, height, self._indexed_to_rgb(indices, self._attribute_palette()))
 
     def _render_vbe(self) -> Frame:
         width = self.vbe[VBE_DISPI_INDEX_XRES]
@@ -487,11 +494,9 @@ class Vga:
         start = self.vbe_start
         out = bytearray()
         if bpp == 8:
-            palette = self._dac_palette()
-            for y in range(height):
-                at = start + y * stride
-                for v in self.vram[at:at + width]:
-                    out += palette[v]
+            rows = b"".join(bytes(self.vram[start + y * stride:start + y * stride + width])
+                            for y in range(height))
+            out = bytearray(self._indexed_to_rgb(rows, self._dac_palette()))
         elif bpp == 32 or bpp == 24:
             step = bpp // 8
             for y in range(height):
