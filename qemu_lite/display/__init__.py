@@ -15,9 +15,18 @@ if TYPE_CHECKING:
 BLINK_HZ = 2  # text blink and cursor phases a second, close to a VGA's ~1.9 Hz
 
 
+def _blink_on() -> bool:
+    return int(time.monotonic() * BLINK_HZ) % 2 == 0
+
+
 def live_frame(vga: Vga) -> Frame:
     """The screen now, blinking included (for displays; screenshots are taken blink-on)."""
-    return vga.render(blink_on=int(time.monotonic() * BLINK_HZ) % 2 == 0)
+    return vga.render(blink_on=_blink_on())
+
+
+def live_fingerprint(vga: Vga) -> bytes:
+    """What :func:`live_frame` depends on: the VGA's state and the blink phase."""
+    return vga.fingerprint() + bytes([_blink_on()])
 
 
 def open_vnc(machine: Machine, spec: str) -> VncServer:
@@ -29,6 +38,7 @@ def open_vnc(machine: Machine, spec: str) -> VncServer:
         raise ValueError("-vnc needs a VGA (not -vga none)")
     host, port = parse_vnc_display(spec)
     server = VncServer(lambda: live_frame(vga), host=host, port=port,
-                       on_key=machine.host_input.keys, on_pointer=machine.host_input.mouse)
+                       on_key=machine.host_input.keys, on_pointer=machine.host_input.mouse,
+                       fingerprint=lambda: live_fingerprint(vga))
     machine.add_closer(server.close)
     return server
