@@ -25,6 +25,8 @@ pytestmark = pytest.mark.linux
 
 APPEND = "console=ttyS0 panic=-1"
 MARKER = "qemu-lite-bench: userspace reached"
+ROUNDS = 3  # the boot is timer-driven and the host is shared: compare minima
+
 INIT = f"""\
 busybox echo "{MARKER}"
 busybox poweroff -f
@@ -73,5 +75,6 @@ def test_linux_boot_display(benchmark, kernel_and_initrd, setup: str) -> None:
         assert result.reason == "halted", result
         assert MARKER in out.decode(errors="replace")
 
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update(workload="linux_boot", setup=setup, wall_s=round(walls[-1], 3))
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(workload="linux_boot", setup=setup,
+                                wall_s=[round(w, 3) for w in walls], min_wall_s=round(min(walls), 3))

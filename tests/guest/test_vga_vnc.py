@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from test_vga import KEYS_MBR, boot_sector_disk  # tests/guest is on sys.path (pytest)
+from test_vga_text import KEYS_MBR, boot_sector_disk  # tests/guest is on sys.path (pytest)
 
 from qemu_lite import Machine
 from qemu_lite.display.vgaboard import find_vga_bios
