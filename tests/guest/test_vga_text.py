@@ -211,3 +211,62 @@ def test_send_key_rejects_unknown_names() -> None:
     with Machine(memory="16M") as m:
         with pytest.raises(ValueError, match="unknown key 'hyper'"):
             m.send_key("ctrl-hyper")
+
+
+# Reads keys with INT 16h AH=00h (our BIOS: PS/2 keyboard through IRQ1) and echoes
+# them with INT 10h until Enter; exits with the last key's scan code.
+BIOS_KEYS_MBR = r"""
+bits 16
+org 0x7C00
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    sti
+    mov si, prompt
+.msg:
+    lodsb
+    test al, al
+    jz .key
+    mov ah, 0x0E
+    int 0x10
+    jmp .msg
+.key:
+    xor ah, ah
+    int 0x16
+    cmp al, 0x0D
+    je .done
+    mov bl, ah
+    mov ah, 0x0E
+    int 0x10
+    jmp .key
+.done:
+    mov al, bl
+    out 0xF4, al
+prompt: db "type> ", 0
+times 510 - ($ - $$) db 0
+    dw 0xAA55
+"""
+
+
+def test_bios_int16_reads_the_ps2_keyboard(assemble, tmp_path) -> None:
+    disk = boot_sector_disk(tmp_path, assemble(BIOS_KEYS_MBR))
+    with Machine(disk, memory="16M") as m:
+        def typist() -> None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if any("type>" in line for line in m.screen_text()):
+                    m.send_keys("Hi, VGA!")
+                    m.send_key("ctrl-c")
+                    m.send_key("down")
+                    m.send_keys("\n")
+                    return
+                time.sleep(0.02)
+
+        t = threading.Thread(target=typist)
+        t.start()
+        result = m.run(timeout=30)
+        t.join()
+        lines = [line.rstrip() for line in m.screen_text()]
+    assert any(line.startswith("type> Hi, VGA!") for line in lines), lines
+    assert result.exit_status == (0x50 << 1) | 1  # the down arrow's scan code, ASCII 0
