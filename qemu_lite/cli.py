@@ -144,7 +144,8 @@ def _add_display_options(p: argparse.ArgumentParser) -> None:
                    help="std: QEMU's std-vga with SeaVGABIOS (default); none: no display, "
                         "INT 10h output on COM1 only")
     g.add_argument("--display", "-display", default=None, metavar="TYPE",
-                   help="none (default) or vnc=[HOST]:N")
+                   help="none (default), curses (text modes in the terminal; the serial "
+                        "console then defaults to none) or vnc=[HOST]:N")
     g.add_argument("--vnc", "-vnc", metavar="[HOST]:N",
                    help="serve the screen over VNC on HOST (default 127.0.0.1), port 5900+N")
     g.add_argument("--nographic", "-nographic", action="store_true",
@@ -159,6 +160,16 @@ def _display_settings(args: argparse.Namespace) -> tuple[str | None, str | None]
     display = args.display
     if args.nographic and (display not in (None, "none") or vnc):
         return None, "-nographic cannot be combined with a display"
+    if display == "curses":
+        if args.vga == "none":
+            return None, "-display curses needs a VGA (not -vga none)"
+        if not sys.stdout.isatty():
+            return None, "-display curses needs a terminal on stdout"
+        if args.serial == "stdio" and not args.serial_given:
+            args.serial = "none"  # as QEMU: the terminal belongs to the display
+        elif args.serial == "stdio":
+            return None, "-display curses and --serial stdio both want the terminal"
+        display = None
     if display is not None and display != "none":
         kind, _, rest = display.partition("=")
         if kind != "vnc" or not rest:
@@ -193,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else STATUS["usage"]
+    args.serial_given = any(a in ("--serial", "-serial") or a.startswith(("--serial=", "-serial="))
+                            for a in (sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="qemu-lite: %(name)s: %(message)s")
     try:
@@ -292,6 +305,12 @@ def _boot(args: argparse.Namespace) -> int:
     except (BlockImageError, ValueError, OSError) as exc:
         return _fail(str(exc))
     with machine:
+        if args.display == "curses" and machine.board.vga is not None:
+            from qemu_lite.display.curses import CursesDisplay
+
+            screen = CursesDisplay(machine.board.vga)
+            screen.start()
+            machine.add_closer(screen.close)
         if args.mmu_pages is not None:
             machine.core.set_max_shadow_pages(args.mmu_pages)
         try:

@@ -28,6 +28,7 @@ def test_screendump_on_exit_writes_the_final_screen(tmp_path, capsys) -> None:
     (["-nographic", "-display", "vnc=:1"], "-nographic cannot be combined"),
     (["-vnc", ":1", "-display", "vnc=:2"], "give the VNC display once"),
     (["--screendump-on-exit", "/no/such/dir/x.png"], "no directory"),
+    (["-display", "curses"], "-display curses needs a terminal on stdout"),
 ])
 def test_bad_display_options_are_one_line_usage_errors(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
