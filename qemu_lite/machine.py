@@ -258,8 +258,21 @@ class Machine:
         self.core.map_rom(low, data[size - isa:])
         self.core.map_rom(high, data)
         self._rom_windows = ((low, ONE_MIB), (high, FOUR_GIB))
-        self._writable = ((0, low), (ONE_MIB, self.memory_size))
-        self._readable = tuple(_merge([*self._writable, *self.rom_ranges]))
+        self._writable: tuple[tuple[int, int], ...] = ((0, low), (ONE_MIB, self.memory_size))
+        self._readable: tuple[tuple[int, int], ...] = tuple(
+            _merge([*self._writable, *self.rom_ranges]))
+
+    def remove_from_memory_ranges(self, start: int, end: int) -> None:
+        """``start .. end-1`` is a device window now (the VGA's 0xA0000): the memory API
+        refuses it, as it refuses other MMIO."""
+
+        def cut(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+            out = []
+            for s, e in ranges:
+                out += [(s, min(e, start)), (max(s, end), e)]
+            return tuple((s, e) for s, e in out if s < e)
+
+        self._writable, self._readable = cut(self._writable), cut(self._readable)
 
     @property
     def rom_writes_ignored(self) -> int:

@@ -140,6 +140,7 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     machine.add_device(VBE_DISPI_INDEX_PORT, 2, vga.dispi_ports)
     machine.uc.mem_unmap(WINDOW_BASE, WINDOW_SIZE)
     machine.add_mmio(WINDOW_BASE, WINDOW_SIZE, vga.window)
+    machine.remove_from_memory_ranges(WINDOW_BASE, WINDOW_BASE + WINDOW_SIZE)
     function = VgaPci(vga.vram_size)
     lfb = _LfbMapping(machine, vga)
     function.on_bar_change = lfb

@@ -207,6 +207,17 @@ def test_send_keys_reach_the_guest_through_the_i8042(assemble, tmp_path) -> None
     assert result.exit_status == (9 << 1) | 1
 
 
+def test_memory_api_refuses_the_vga_window_but_reads_text_ram() -> None:
+    with Machine(memory="16M") as m:
+        with pytest.raises(ValueError, match="not guest RAM or ROM"):
+            m.read_memory(0xA0000, 2)
+        with pytest.raises(ValueError, match="not guest RAM"):
+            m.write_memory(0xB7FFF, b"xy")
+        m.write_memory(0xB8000, b"A\x07")
+        assert m.screen_text()[0].startswith("A")
+        assert (0xB8000, 0xF0000) in m.memory_ranges(write=True)
+
+
 def test_send_key_rejects_unknown_names() -> None:
     with Machine(memory="16M") as m:
         with pytest.raises(ValueError, match="unknown key 'hyper'"):
