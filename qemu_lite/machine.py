@@ -36,10 +36,10 @@ from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
-from qemu_lite.loaders.files import read_input_file
 from qemu_lite.devices.i8042 import text_to_set2
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display import open_vnc, screen
+from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
 from qemu_lite.unassigned import UnassignedMemory
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine

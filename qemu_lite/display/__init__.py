@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from qemu_lite.devices.vga import Frame
@@ -37,8 +38,22 @@ def open_vnc(machine: Machine, spec: str) -> VncServer:
     if vga is None:
         raise ValueError("-vnc needs a VGA (not -vga none)")
     host, port = parse_vnc_display(spec)
-    server = VncServer(lambda: live_frame(vga), host=host, port=port,
-                       on_key=machine.host_input.keys, on_pointer=machine.host_input.mouse,
-                       fingerprint=lambda: live_fingerprint(vga))
+    # The server's threads are GC roots: they reach the machine only weakly, so that a
+    # machine dropped without close() is still collected (and its finaliser closes them).
+    keys, mouse = weakref.WeakMethod(machine.host_input.keys), \
+        weakref.WeakMethod(machine.host_input.mouse)
+
+    def on_key(codes: bytes) -> None:
+        send = keys()
+        if send is not None:
+            send(codes)
+
+    def on_pointer(dx: int, dy: int, buttons: int) -> None:
+        send = mouse()
+        if send is not None:
+            send(dx, dy, buttons)
+
+    server = VncServer(lambda: live_frame(vga), host=host, port=port, on_key=on_key,
+                       on_pointer=on_pointer, fingerprint=lambda: live_fingerprint(vga))
     machine.add_closer(server.close)
     return server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,16 @@ class HostInput:
 
     def __init__(self, kbc: I8042, wake: Callable[[], None]) -> None:
         self._kbc = kbc
-        self._wake = wake
+        # Weakly: a VNC server (a machine closer) holds this object, and the machine's
+        # finaliser must not keep the machine alive through it.
+        self._wake_ref = weakref.WeakMethod(wake) if hasattr(wake, "__self__") else None
+        self._wake_fn = None if self._wake_ref is not None else wake
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def _wake(self) -> None:
+        wake = self._wake_ref() if self._wake_ref is not None else self._wake_fn
+        if wake is not None:
+            wake()
 
     def keys(self, set2: bytes) -> None:
         self._queue.put(lambda: self._kbc.key_input(set2))

@@ -76,3 +76,18 @@ def test_vnc_client_captures_the_screen_and_types(assemble, tmp_path) -> None:
     expected = seen["expected"]
     assert got.size == (720, 400)
     assert got.tobytes() == expected.tobytes()  # type: ignore[attr-defined]
+
+
+def test_a_dropped_machine_closes_its_vnc_server() -> None:
+    import gc
+    import warnings
+
+    display = free_display()
+    m = Machine(memory="16M", vnc=f":{display}")
+    del m
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", VNC_BASE_PORT + display))  # free again: the finaliser ran
