@@ -48,3 +48,11 @@ def test_vnc_port_in_use_is_a_clean_error(capsys) -> None:
         status = main(["--serial", "none", "-vnc", f":{port - 5900}", "--timeout", "1"])
     assert status == 2
     assert "cannot listen for VNC" in capsys.readouterr().err
+
+
+def test_screendump_onto_an_input_is_refused(tmp_path, capsys) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\x55" * 512 * 4)
+    assert main([str(disk), "--screendump-on-exit", str(disk)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert disk.read_bytes() == b"\x55" * 512 * 4
