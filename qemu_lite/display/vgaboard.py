@@ -98,6 +98,10 @@ class _LfbMapping:
         self._wanted: int | None = None
         machine.add_poller(self.apply)
 
+    def _machine_built(self) -> bool:
+        # fill_gaps runs once at the end of Machine.__init__; before that, leave gaps alone.
+        return hasattr(self._machine, "host_input")
+
     def __call__(self, old: int | None, new: int | None) -> None:
         self._wanted = new
         self._machine.wake()
@@ -110,14 +114,10 @@ class _LfbMapping:
         if self._mapped is not None:
             uc.mem_unmap(self._mapped, self._size)
             self._mapped = None
-            # Unmapping invalidates translated code in the range by looking the address
-            # up as a *virtual* fetch through our TLB fill, which records a guest #PF
-            # that no guest instruction caused: drop it (this runs between slices, after
-            # the run loop took the previous slice's stop).
-            flags, _ = self._machine.core.take_stop()
-            if flags & STOP_FAULT:
-                self._machine.core.take_fault()
+        unassigned = getattr(self._machine, "unassigned", None)
         if new is not None and new >= self._machine.memory_size:
+            if unassigned is not None:
+                unassigned.release(new, self._size)  # the gap filler gives the BAR room
             try:
                 uc.mem_map_ptr(new, self._size, UCC.UC_PROT_ALL, ctypes.addressof(self._buffer))
                 self._mapped = new
@@ -125,6 +125,15 @@ class _LfbMapping:
                 # Overlaps the BIOS, an APIC or the top of 4 GiB (a BAR being sized):
                 # a real bus would decode garbage there; this one decodes nothing.
                 log.debug("VGA framebuffer not mapped at %#x (overlap)", new)
+        if unassigned is not None and self._machine_built():
+            unassigned.fill_gaps()  # where the framebuffer was: unassigned again
+        # Every unmap above (ours, and the gap filler's release) invalidates translated
+        # code in the range by looking the address up as a *virtual* fetch through our TLB
+        # fill, which records a guest #PF that no guest instruction caused: drop it (this
+        # runs between slices, after the run loop took the previous slice's stop).
+        flags, _ = self._machine.core.take_stop()
+        if flags & STOP_FAULT:
+            self._machine.core.take_fault()
         # Unicorn flushes its TLB on map changes; the shadow MMU caches no memory types.
 
 
