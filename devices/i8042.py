@@ -524,6 +524,9 @@ class I8042:
         value = self.obuf
         if self.obuf_full:
             self.obuf_full = False
+            # OBF drops with the read, so IRQ1/12 fall before the next byte raises them:
+            # an edge-triggered 8259 or IOAPIC input sees every byte.
+            self._update_irq()
             self._service()  # the next byte, if any, moves in at once
         return value
 

@@ -70,8 +70,10 @@ post_entry:
         ; INT 08h exists now: unmask IRQ0 (and keep the cascade, IRQ2, open).
         mov al, 0xFA
         out PIC1_DATA, al
+        call kbd_init                   ; PS/2 keyboard: translation on, IRQ1 unmasked
         POST_CODE 0x06
 
+        call option_rom_scan            ; the video BIOS (optrom.inc)
         call ata_detect
         POST_CODE 0x07
 
@@ -792,6 +794,7 @@ int18_handler:
 %include "serial.inc"
 %include "irq.inc"
 %include "video.inc"
+%include "optrom.inc"
 %include "ata.inc"
 %include "disk.inc"
 %include "system.inc"

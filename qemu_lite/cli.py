@@ -149,6 +149,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234")
     p.add_argument("-S", dest="gdb_stopped", action="store_true",
                    help="do not start the CPU: wait for the debugger's continue")
+    _add_display_options(p)
     return p
 
 
@@ -202,12 +203,74 @@ def _signal_status(signum: int) -> int:
     return 128 + signum
 
 
+def _add_display_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("display")
+    g.add_argument("--vga", "-vga", default="std", choices=["std", "none"],
+                   help="std: QEMU's std-vga with SeaVGABIOS (default); none: no display, "
+                        "INT 10h output on COM1 only")
+    g.add_argument("--display", "-display", default=None, metavar="TYPE",
+                   help="none (default), curses (text modes in the terminal; the serial "
+                        "console then defaults to none) or vnc=[HOST]:N")
+    g.add_argument("--vnc", "-vnc", metavar="[HOST]:N",
+                   help="serve the screen over VNC on HOST (default 127.0.0.1), port 5900+N")
+    g.add_argument("--nographic", "-nographic", action="store_true",
+                   help="no display (the serial console stays on stdio)")
+    g.add_argument("--screendump-on-exit", metavar="FILE.png",
+                   help="write the screen as PNG when the run ends")
+
+
+def _display_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(VNC display or None, an error message or None) from the display options."""
+    vnc = args.vnc
+    display = args.display
+    if args.nographic and (display not in (None, "none") or vnc):
+        return None, "-nographic cannot be combined with a display"
+    if display == "curses":
+        if args.vga == "none":
+            return None, "-display curses needs a VGA (not -vga none)"
+        if not sys.stdout.isatty():
+            return None, "-display curses needs a terminal on stdout"
+        if args.serial == "stdio" and not args.serial_given:
+            args.serial = "none"  # as QEMU: the terminal belongs to the display
+        elif args.serial == "stdio":
+            return None, "-display curses and --serial stdio both want the terminal"
+        display = None
+    if display is not None and display != "none":
+        kind, _, rest = display.partition("=")
+        if kind != "vnc" or not rest:
+            return None, f"unknown display {display!r} (choose none or vnc=:N)"
+        if vnc and vnc != rest:
+            return None, "give the VNC display once (-vnc or -display vnc=)"
+        vnc = rest
+    if args.vga == "none" and (vnc or args.screendump_on_exit):
+        return None, "-vga none has no screen to show or dump"
+    if vnc:
+        from qemu_lite.display.vnc import parse_vnc_display
+
+        try:
+            parse_vnc_display(vnc)
+        except ValueError as exc:
+            return None, str(exc)
+    dump = args.screendump_on_exit
+    if dump:
+        folder = os.path.dirname(os.path.abspath(dump))
+        if not os.path.isdir(folder):
+            return None, f"--screendump-on-exit: no directory {folder!r}"
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            return None, "--screendump-on-exit needs Pillow (pip install pillow)"
+    return vnc, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else STATUS["usage"]
+    args.serial_given = any(a in ("--serial", "-serial") or a.startswith(("--serial=", "-serial="))
+                            for a in (sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="qemu-lite: %(name)s: %(message)s")
     signals = _Signals()
@@ -303,6 +366,9 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             and args.hdb is None):
         disk = bundled_firmware_path("default.img")
         snapshot = True  # the bundled image is package data: never write it
+    vnc, display_error = _display_settings(args)
+    if display_error:
+        raise _InputError(display_error)
     rtc_base = None
     if args.rtc is not None:
         try:
@@ -317,7 +383,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
                           memory=args.memory, serial=args.serial, serial2=args.serial2,
                           bios=args.bios, mmu=args.mmu, snapshot=snapshot,
                           no_reboot=args.no_reboot, deterministic=args.deterministic,
-                          rtc_base=rtc_base)
+                          rtc_base=rtc_base, vga=args.vga, vnc=vnc)
     except (BlockImageError, ValueError, OSError) as exc:
         return _fail(str(exc))
     if args.serial_input is not None:
@@ -329,6 +395,12 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             machine.close()
             return _fail(f"cannot read serial input '{args.serial_input}': {exc.strerror}")
     with machine:
+        if args.display == "curses" and machine.board.vga is not None:
+            from qemu_lite.display.curses import CursesDisplay
+
+            screen = CursesDisplay(machine.board.vga)
+            screen.start()
+            machine.add_closer(screen.close)
         if args.mmu_pages is not None:
             machine.core.set_max_shadow_pages(args.mmu_pages)
         try:
@@ -352,6 +424,11 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         finally:
             if args.mmu_stats:
                 _print_mmu_stats(machine)
+            if args.screendump_on_exit:
+                try:
+                    machine.screendump(args.screendump_on_exit)
+                except OSError as exc:
+                    print(f"qemu-lite: --screendump-on-exit: {exc}", file=sys.stderr)
     if result.reason == "exit":
         assert result.exit_status is not None
         return result.exit_status
@@ -392,7 +469,8 @@ def _check_files(args: argparse.Namespace, disk: str | None,
             modules.append((path, item))
             inputs.append(("module", path))
     outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
-                                                 ("serial2", serial_output_path(args.serial2)))
+                                                 ("serial2", serial_output_path(args.serial2)),
+                                                 ("screendump", args.screendump_on_exit))
                if path is not None]
     try:
         check_outputs(outputs, inputs)

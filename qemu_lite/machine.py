@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from unicorn import UcError
 from unicorn import unicorn_const as UCC
@@ -39,10 +39,16 @@ from qemu_lite.debughooks import DebugHooks
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
+from qemu_lite.devices.i8042 import text_to_set2
+from qemu_lite.devices.vga import Vga
+from qemu_lite.display import open_vnc, screen
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
 from qemu_lite.unassigned import UnassignedMemory
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +179,15 @@ class Machine(DebugHooks):
         no_reboot: bool = False,
         deterministic: bool = False,
         rtc_base: float | None = None,
+        vga: str = "std",
+        vga_bios: str | os.PathLike[str] | None = None,
+        vnc: str | None = None,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
                          rtc_base=rtc_base)
+        if vga not in ("std", "none"):
+            raise ValueError(f"unknown VGA {vga!r} (choose std or none)")
         self.memory_size = parse_size(memory)
         self.mmu_mode = mmu
         self.no_reboot = no_reboot
@@ -233,9 +244,16 @@ class Machine(DebugHooks):
         all_drives += drives or []
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
-                                  snapshot=snapshot, boot=boot)
+                                  snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
+            raise
+        self.host_input = screen.HostInput(self.board.kbc, self.wake)
+        self.add_poller(self.host_input.pump)
+        try:
+            self.vnc = open_vnc(self, vnc) if vnc is not None else None
+        except ValueError:
+            self.close()
             raise
         self.unassigned.fill_gaps()
 
@@ -262,8 +280,21 @@ class Machine(DebugHooks):
         self.core.map_rom(low, data[size - isa:])
         self.core.map_rom(high, data)
         self._rom_windows = ((low, ONE_MIB), (high, FOUR_GIB))
-        self._writable = ((0, low), (ONE_MIB, self.memory_size))
-        self._readable = tuple(_merge([*self._writable, *self.rom_ranges]))
+        self._writable: tuple[tuple[int, int], ...] = ((0, low), (ONE_MIB, self.memory_size))
+        self._readable: tuple[tuple[int, int], ...] = tuple(
+            _merge([*self._writable, *self.rom_ranges]))
+
+    def remove_from_memory_ranges(self, start: int, end: int) -> None:
+        """``start .. end-1`` is a device window now (the VGA's 0xA0000): the memory API
+        refuses it, as it refuses other MMIO."""
+
+        def cut(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+            out = []
+            for s, e in ranges:
+                out += [(s, min(e, start)), (max(s, end), e)]
+            return tuple((s, e) for s, e in out if s < e)
+
+        self._writable, self._readable = cut(self._writable), cut(self._readable)
 
     @property
     def rom_writes_ignored(self) -> int:
@@ -407,6 +438,36 @@ class Machine(DebugHooks):
 
     def set_reg(self, name: str, value: int) -> None:
         self.cpu.set_reg(name, value)
+
+    # -- screen and keyboard (qemu_lite/display) -------------------------------------
+
+    def _vga(self) -> Vga:
+        if self.board.vga is None:
+            raise RuntimeError("this machine has no display (vga='none')")
+        return self.board.vga
+
+    def screen_text(self) -> list[str]:
+        """The VGA text screen as lines (code page 437); an error in a graphics mode."""
+        lines = self._vga().screen_text()
+        if lines is None:
+            raise RuntimeError("the VGA is in a graphics mode: no text to read")
+        return lines
+
+    def screenshot(self) -> PILImage:
+        """What the monitor shows, as a Pillow RGB image (QEMU's screendump geometry)."""
+        return screen.frame_to_image(self._vga().render())
+
+    def screendump(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`screenshot` to ``path`` as PNG."""
+        screen.write_png(self._vga().render(), path)
+
+    def send_keys(self, text: str) -> None:
+        """Type ASCII ``text`` on the PS/2 keyboard (from any thread)."""
+        self.host_input.keys(text_to_set2(text))
+
+    def send_key(self, combo: str) -> None:
+        """Press and release a combination, QEMU ``sendkey`` style: "ctrl-alt-delete"."""
+        self.host_input.keys(screen.combo_to_set2(combo))
 
     # -- running -------------------------------------------------------------------
 

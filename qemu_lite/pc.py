@@ -32,6 +32,8 @@ from qemu_lite.devices.mc146818 import Rtc
 from qemu_lite.devices.pci import I440fxHostBridge, PciBus, PciConfigPorts, Piix3IsaBridge
 from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
+from qemu_lite.devices.vga import Vga
+from qemu_lite.display.vgaboard import attach_vga
 from qemu_lite.piofast import PioWindowedBlock
 
 if TYPE_CHECKING:
@@ -236,10 +238,12 @@ class Board:
     debugcon: DebugCon
     post: PostCode
     disks: list[BlockImage] = field(default_factory=list)
+    vga: Vga | None = None
 
 
 def build(machine: Machine, *, drives: list[Drive], serial: str | None,
-          serial2: str | None = None, snapshot: bool = False, boot: str = "c") -> Board:
+          serial2: str | None = None, snapshot: bool = False, boot: str = "c",
+          vga: str = "std", vga_bios: str | os.PathLike[str] | None = None) -> Board:
     add = machine.add_device
     clock = machine.clock
 
@@ -333,6 +337,7 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
 
     piix_ide.on_bar_change = move_bmdma
     pci.add(1, 1, piix_ide)
+    display = attach_vga(machine, pci, vga_bios) if vga == "std" else None
     add(PCI_CONFIG, 8, PciConfigPorts(pci, on_reset=machine.reset))
     machine.add_resettable(pci)
 
@@ -346,7 +351,7 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(ISA_DEBUG_EXIT, 1, IsaDebugExit(machine.exit))
     add(FW_EVENT, 4, FirmwareEvents(machine.firmware_event))
     return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
-                 fw_cfg, debugcon, post, disks)
+                 fw_cfg, debugcon, post, disks, display)
 
 
 def _open_serial(machine: Machine, spec: str | None, label: str) -> SerialBackend | None:
