@@ -16,8 +16,10 @@ def _version(value: str | None) -> subprocess.CompletedProcess[str]:
     env.pop("QEMU_LITE_ENGINE", None)
     if value is not None:
         env["QEMU_LITE_ENGINE"] = value
+    # cwd "/": from the checkout, ``-m qemu_lite`` would import the source tree
+    # (which has neither devices/ nor the built engine) instead of the install.
     return subprocess.run([sys.executable, "-m", "qemu_lite", "--version"], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd="/")
 
 
 def test_stock_on_request():
