@@ -48,7 +48,7 @@ def test_128k_image_runs_from_its_low_window_at_0xe0000(assemble, mmu):
 @pytest.mark.parametrize("size", [0x10000, 0x40000, 1 << 20, 16 << 20])
 def test_image_maps_at_the_top_of_4g_with_its_last_128k_below_1m(size):
     image = bytes((i >> 16) & 0xFF for i in range(size))  # each 64 KiB holds its index
-    with Machine(memory="16M", bios=image, vga="none")  # no VGA hole at 0xA0000 as m:
+    with Machine(memory="16M", bios=image, vga="none") as m:  # no VGA hole at 0xA0000
         top = 1 << 32
         assert m.read_memory(top - size, 1)[0] == 0
         assert m.read_memory(top - 1, 1)[0] == (size - 1) >> 16
