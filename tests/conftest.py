@@ -17,6 +17,7 @@ PATCHES = {
     "d": "code-page dirty tracking",
     "e": "TLB resized by flush count",
     "f": "RDMSR/WRMSR hooks",
+    "g": "translation blocks bounded by TCG temps",
 }
 
 

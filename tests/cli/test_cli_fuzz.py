@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qemu_lite import cli
+from qemu_lite.engine import is_patched
 from qemu_lite.machine import bundled_firmware_path
 
 
@@ -352,10 +353,11 @@ def test_random_boot_sectors_never_crash_the_cli(disk, as_cdrom):
             assert_usage_error(status, err, argv)
 
 
-@pytest.mark.xfail(strict=True, reason="Unicorn 2.1.4 segfaults translating this block: its "
-                   "QEMU 5 translator leaks a tcg_const_i32 temp per INTO, and ~500 in one TB "
-                   "overrun TCG_MAX_TEMPS (crash in tcg_emit_op from disas_insn); an engine "
-                   "bug for the patched-engine work (issue 10), found by this fuzz test")
+@pytest.mark.xfail(not is_patched("g"), strict=True,
+                   reason="stock Unicorn 2.1.4 segfaults translating this block: its QEMU 5 "
+                   "translator leaks a tcg_const_i32 temp per INTO, and ~500 in one TB overrun "
+                   "TCG_MAX_TEMPS (crash in tcg_emit_op from disas_insn); engine patch g bounds "
+                   "a block by its temps")
 def test_a_boot_sector_of_into_instructions_does_not_crash_the_host(tmp_path):
     disk = tmp_path / "into.img"
     disk.write_bytes(b"\xCE" * 510 + b"\x55\xAA")  # 510 x INTO, then the boot signature
