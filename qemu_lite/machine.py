@@ -36,6 +36,7 @@ from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
+from qemu_lite.devices.netbackends import Nic
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
 from qemu_lite.unassigned import UnassignedMemory
@@ -164,6 +165,8 @@ class Machine:
         no_reboot: bool = False,
         deterministic: bool = False,
         rtc_base: float | None = None,
+        nics: list[Nic] | None = None,
+        net_dump: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -211,7 +214,7 @@ class Machine:
         all_drives += drives or []
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
-                                  snapshot=snapshot, boot=boot)
+                                  snapshot=snapshot, boot=boot, nics=nics, net_dump=net_dump)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
