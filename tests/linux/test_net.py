@@ -24,7 +24,7 @@ import pytest
 from images import kernel
 
 from qemu_lite import Machine, imagebuild
-from qemu_lite.devices.netbackends import Nic, parse_netdev, parse_nic
+from qemu_lite.devices.netbackends import Nic, parse_nic
 from qemu_lite.devices.slirp import SlirpMissing, library
 from qemu_lite.initramfs import S_IFDIR, S_IFLNK, S_IFREG, cpio_newc
 from qemu_lite.loaders import linux
@@ -42,7 +42,7 @@ esac
 """
 
 NET_UP = """\
-busybox mkdir -p /proc /sys /tmp /www
+busybox mkdir -p /proc /sys /tmp /www /dev
 busybox mount -t proc proc /proc
 busybox mount -t sysfs sys /sys
 for m in $(busybox cat /modules.order); do busybox insmod /$m || echo "insmod $m failed"; done
@@ -75,7 +75,8 @@ def _module_files(version: str) -> list[tuple[str, bytes]]:
     return out
 
 
-def net_initramfs(path: Path, script: str) -> Path:
+def net_initramfs(path: Path, script: str,
+                  extra: list[tuple[str, int, bytes]] | None = None) -> Path:
     vmlinuz = kernel()
     version = os.path.basename(vmlinuz).removeprefix("vmlinuz-")
     try:
@@ -90,6 +91,7 @@ def net_initramfs(path: Path, script: str) -> Path:
                 "\n".join(os.path.basename(n) for n, _ in modules).encode()),
                ("init", S_IFREG | 0o755, ("#!/bin/busybox sh\n" + NET_UP + script).encode())]
     entries += [(os.path.basename(n), S_IFREG | 0o644, data) for n, data in modules]
+    entries += extra or []
     path.write_bytes(cpio_newc(entries))
     return path
 
@@ -217,10 +219,11 @@ busybox poweroff -f
         assert f"DHCP-Message (53), length 1: {kind}" in proc.stdout, proc.stdout[-3000:]
 
 
-def _boot_cli(initrd: Path, *net: str) -> subprocess.Popen[str]:
+def _boot_cli(initrd: Path, *net: str, stdout=subprocess.PIPE) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "qemu_lite", "-m", "256M", "--timeout", "600",
                              "--kernel", kernel(), "--initrd", str(initrd), "--append", APPEND,
-                             *net], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             *net], stdout=stdout, stderr=subprocess.STDOUT
+                            if stdout is not subprocess.PIPE else subprocess.PIPE, text=True,
                             cwd=tempfile.gettempdir())
 
 
@@ -235,30 +238,69 @@ def _wait_listening(port: int, seconds: float = 30) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
-def _ping_script(me: str, peer: str) -> str:
-    return f"""\
-busybox ifconfig eth0 {me} netmask 255.255.255.0 up
+WAIT_FOR_PEER = """\
 i=0
 until busybox ping -c 1 -W 1 {peer} >/dev/null; do i=$((i+1)); [ $i -gt 90 ] && break; done
-busybox ping -c 3 -W 2 {peer}
-busybox sleep 5
+"""
+
+# A serves a file and pings B; B pings A and fetches the file, once A has pinged.
+MACHINE_A = """\
+busybox ifconfig eth0 10.9.0.1 netmask 255.255.255.0 up
+busybox httpd -p 80 -h /www
+""" + WAIT_FOR_PEER.format(peer="10.9.0.2") + """\
+busybox ping -c 3 -W 5 10.9.0.2
+echo pinged > /www/pinged
+i=0; while [ $i -lt 300 ]; do busybox sleep 1; i=$((i+1)); done
+busybox poweroff -f
+"""
+MACHINE_B = """\
+busybox ifconfig eth0 10.9.0.2 netmask 255.255.255.0 up
+""" + WAIT_FOR_PEER.format(peer="10.9.0.1") + """\
+busybox ping -c 3 -W 5 10.9.0.1
+busybox wget -q -O /tmp/file http://10.9.0.1/file && echo "wget: ok"
+busybox sha256sum /tmp/file
+i=0
+until busybox wget -q -O /dev/null http://10.9.0.1/pinged; do
+    i=$((i+1)); [ $i -gt 120 ] && break; busybox sleep 1
+done
 busybox poweroff -f
 """
 
 
-def test_two_machines_on_a_socket_netdev_ping_each_other(tmp_path):
+def _boot_qemu(initrd: Path, *net: str) -> subprocess.Popen[str]:
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-system-x86_64 not installed: apt-get install qemu-system-x86")
+    return subprocess.Popen([qemu, "-machine", "pc", "-accel", "tcg", "-m", "256M", "-nographic",
+                             "-no-reboot", "-kernel", kernel(), "-initrd", str(initrd),
+                             "-append", APPEND, *net], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            cwd=tempfile.gettempdir())
+
+
+@pytest.mark.parametrize("peer", ["qemu_lite", "qemu"])
+def test_two_machines_on_a_socket_netdev_ping_each_other_and_move_a_file(tmp_path, peer):
+    """qemu_lite A listens; B, another qemu_lite or a real QEMU, connects."""
+    boot_b = _boot_cli if peer == "qemu_lite" else _boot_qemu
     port = free_port()
-    a = _boot_cli(net_initramfs(tmp_path / "a", _ping_script("10.9.0.1", "10.9.0.2")),
-                  "-netdev", f"socket,id=n0,listen=127.0.0.1:{port}",
-                  "-device", "e1000,netdev=n0,mac=52:54:00:00:00:01")
+    payload = os.urandom(256 << 10)
+    www = [("www", S_IFDIR | 0o755, b""), ("www/file", S_IFREG | 0o644, payload)]
+    a_log = tmp_path / "a.log"
+    with open(a_log, "w") as a_out:
+        a = _boot_cli(net_initramfs(tmp_path / "a", MACHINE_A, www),
+                      "-netdev", f"socket,id=n0,listen=127.0.0.1:{port}",
+                      "-device", "e1000,netdev=n0,mac=52:54:00:00:00:01", stdout=a_out)
     try:
         _wait_listening(port)
-        b = _boot_cli(net_initramfs(tmp_path / "b", _ping_script("10.9.0.2", "10.9.0.1")),
+        b = boot_b(net_initramfs(tmp_path / "b", MACHINE_B),
                       "-netdev", f"socket,id=n0,connect=127.0.0.1:{port}",
                       "-device", "e1000,netdev=n0,mac=52:54:00:00:00:02")
         out_b, err_b = b.communicate(timeout=900)
-        out_a, err_a = a.communicate(timeout=900)
     finally:
-        a.kill()
-    for out, err in ((out_a, err_a), (out_b, err_b)):
-        assert "3 packets transmitted, 3 packets received" in out, out[-3000:] + err[-2000:]
+        a.kill()  # A waits in a sleep loop once it has pinged; B only ends after that
+        a.wait()
+    out_a = a_log.read_text(errors="replace")
+    assert "3 packets transmitted, 3 packets received" in out_a, out_a[-3000:]
+    assert "3 packets transmitted, 3 packets received" in out_b, out_b[-3000:] + err_b[-2000:]
+    assert "wget: ok" in out_b, out_b[-3000:]
+    assert f"{hashlib.sha256(payload).hexdigest()}  /tmp/file" in out_b, out_b[-3000:]
