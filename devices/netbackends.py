@@ -223,6 +223,7 @@ class NetBackend:
         self.dump: PcapWriter | None = None
         self.stats = NetStats()
         self._tx: deque[bytes] = deque()
+        self._tx_full = False  # the NIC was refused: wake it once the queue drains
         self._rx: deque[bytes] = deque()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -231,6 +232,7 @@ class NetBackend:
 
     def send(self, frame: bytes) -> bool:
         if len(self._tx) >= TX_QUEUE_LIMIT:
+            self._tx_full = True
             return False
         if self.dump is not None:
             self.dump.write(frame)
@@ -261,6 +263,17 @@ class NetBackend:
 
     def _kick(self) -> None:
         """Wake the poller thread: frames are waiting in the transmit queue."""
+
+    def _take_tx(self) -> bytes | None:
+        """Poller thread: the next frame from the guest; wakes a NIC the full queue held back."""
+        try:
+            return self._tx.popleft()
+        except IndexError:
+            if self._tx_full:
+                self._tx_full = False
+                if self.notify is not None:
+                    self.notify()
+            return None
 
     def _start(self, run: Callable[[], None]) -> None:
         self._thread = threading.Thread(target=run, name=f"qemu-lite-{self.name}", daemon=True)
@@ -298,8 +311,8 @@ class UserBackend(NetBackend):
         slirp = self.slirp
         try:
             while not self._closed.is_set():
-                while self._tx:
-                    slirp.input(self._tx.popleft())
+                while (frame := self._take_tx()) is not None:
+                    slirp.input(frame)
                 slirp.poll_once(1000)
         finally:
             slirp.close()
@@ -355,8 +368,7 @@ class SocketBackend(NetBackend):
         try:
             while not self._closed.is_set():
                 peer = self._peer
-                while self._tx and len(outbuf) < (1 << 20):
-                    frame = self._tx.popleft()
+                while len(outbuf) < (1 << 20) and (frame := self._take_tx()) is not None:
                     outbuf += struct.pack(">I", len(frame)) + frame
                 rlist: list[int | socket.socket] = [self._wake.read_fd]
                 wlist: list[socket.socket] = []

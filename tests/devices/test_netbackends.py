@@ -6,6 +6,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
@@ -154,3 +155,30 @@ def test_connect_refused_is_a_clear_error():
     server.close()
     with pytest.raises(OSError, match="cannot connect"):
         nb.open_netdev(nb.parse_netdev(f"socket,id=n0,connect=127.0.0.1:{port}"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nic", "user,hostfwd=tcp::99999-:80"], "hostfwd"),
+    (["--netdev", "user,id=n0"], "not used by any -device"),
+    (["--device", "e1000,netdev=n9"], "no -netdev with id=n9"),
+    (["--nic", "user", "--device", "e1000,netdev=n0", "--netdev", "user,id=n0"], "only one NIC"),
+    (["--nic", "user", "--kernel", "/nonexistent/vmlinuz"], "cannot open kernel"),
+])
+def test_cli_network_errors_are_one_line_and_open_no_dump(tmp_path, args, message):
+    dump = tmp_path / "out.pcap"
+    proc = subprocess.run([sys.executable, "-m", "qemu_lite", *args, "--net-dump", str(dump),
+                           "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not dump.exists()  # outputs open only after every input was accepted
+
+
+def test_a_refused_sender_is_woken_when_the_queue_drains():
+    backend = nb.NetBackend()
+    woken = []
+    backend.notify = lambda: woken.append(1)
+    while backend.send(bytes(60)):
+        pass
+    while backend._take_tx() is not None:
+        pass
+    assert woken == [1]

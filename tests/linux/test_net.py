@@ -158,7 +158,7 @@ def run_guest(initrd: Path, nic: Nic, *, net_dump: Path | None = None, timeout: 
 
 def test_dhcp_then_wget_from_host_and_serve_back_through_hostfwd(tmp_path):
     need_slirp()
-    payload = os.urandom(1 << 20)
+    payload = os.urandom(10 << 20)
     digest = hashlib.sha256(payload).hexdigest()
     server = FileServer(payload)
     hostfwd = free_port()
