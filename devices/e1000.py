@@ -280,6 +280,7 @@ EEPROM_INIT_CONTROL2 = 0x0F
 EEPROM_PCI_SUBSYSTEM = 0x0B  # subsystem ID, 0x0C subsystem vendor, 0x0D device ID, 0x0E vendor
 
 STATE_VERSION = 1
+STROBE_REGISTERS = frozenset({ICR, ICS, IMS, IMC})  # a write's ones act, its zeros do nothing
 
 
 class NetPort(Protocol):
@@ -517,7 +518,8 @@ class E1000(PciFunction):
         if size < 4:
             shift = 8 * (offset & 3)
             mask = ((1 << (8 * size)) - 1) << shift
-            old = self.regs.get(aligned, 0)
+            # Set/clear strobes take only the written lanes; other registers keep the rest.
+            old = 0 if aligned in STROBE_REGISTERS else self.regs.get(aligned, 0)
             value = (old & ~mask) | ((value << shift) & mask)
         self.write_register(aligned, value & 0xFFFFFFFF)
 

@@ -207,6 +207,15 @@ def test_icr_ims_semantics_and_read_to_clear():
     assert nic.io_read(ICR, 4) == ICR_RXT0  # the cause stayed latched while masked
 
 
+def test_narrow_write_to_icr_clears_only_its_lane():
+    nic, _, sink, _ = make()
+    nic.io_write(ICS, 4, ICR_LSC | (1 << 9))
+    nic.io_write(ICR, 1, ICR_LSC)  # write one to clear, byte 0 only
+    assert nic.regs[ICR] == 1 << 9
+    nic.io_write(IMS + 1, 1, 0x02)  # byte 1: enables bit 9 and nothing else
+    assert nic.io_read(IMS, 4) == 1 << 9 and irq(sink)
+
+
 def test_itr_throttles_assertions():
     nic, _, sink, clock = make()
     nic.io_write(ITR, 4, 1000)  # 256 us between interrupts
