@@ -22,7 +22,7 @@ def test_curses_display_shows_the_bios_and_guest_text() -> None:
     env = dict(os.environ, TERM="xterm", LINES="25", COLUMNS="80")
     proc = subprocess.Popen([sys.executable, "-m", "qemu_lite", "-display", "curses",
                              "--timeout", "60"], stdin=slave, stdout=slave, stderr=slave,
-                            env=env, close_fds=True)
+                            env=env, close_fds=True, cwd="/")  # the install, not the checkout
     os.close(slave)
     seen = bytearray()
     deadline = time.monotonic() + 90
