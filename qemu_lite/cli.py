@@ -28,10 +28,12 @@ import traceback
 from typing import TYPE_CHECKING, NoReturn
 
 from qemu_lite.devices.block import BlockImageError
+from qemu_lite.devices.slirp import SlirpMissing
 from qemu_lite.engine import VersionAction
 from qemu_lite.loaders.files import file_problem
 
 if TYPE_CHECKING:
+    from qemu_lite.devices.netbackends import Nic
     from qemu_lite.machine import Machine, RunResult
     from qemu_lite.pc import Drive
 
@@ -140,6 +142,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtc", "-rtc", metavar="base=WHEN",
                    help="RTC start: base=utc (the host's time, default), or "
                         "base=YYYY-MM-DDTHH:MM:SS (UTC), as QEMU's -rtc base=")
+    p.add_argument("--netdev", "-netdev", action="append", default=[], metavar="SPEC",
+                   help="network back end: user,id=ID[,hostfwd=tcp::HOSTPORT-:GUESTPORT] "
+                        "(libslirp, 10.0.2.0/24) or socket,id=ID,listen=[HOST]:PORT|"
+                        "connect=[HOST]:PORT (QEMU's stream framing)")
+    p.add_argument("--device", "-device", action="append", default=[], metavar="SPEC",
+                   help="e1000,netdev=ID[,mac=52:54:00:12:34:56]: the NIC, cabled to a -netdev")
+    p.add_argument("--nic", "-nic", metavar="SPEC",
+                   help="short form: user[,hostfwd=...][,mac=...][,model=e1000] or socket,...")
+    p.add_argument("--net-dump", metavar="FILE",
+                   help="write the NIC's traffic, both directions, to FILE (pcap)")
     p.add_argument("--timeout", type=_timeout, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
@@ -369,6 +381,10 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     vnc, display_error = _display_settings(args)
     if display_error:
         raise _InputError(display_error)
+    try:
+        nics = _parse_network(args)
+    except ValueError as exc:
+        raise _InputError(str(exc)) from None
     rtc_base = None
     if args.rtc is not None:
         try:
@@ -383,8 +399,9 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
                           memory=args.memory, serial=args.serial, serial2=args.serial2,
                           bios=args.bios, mmu=args.mmu, snapshot=snapshot,
                           no_reboot=args.no_reboot, deterministic=args.deterministic,
-                          rtc_base=rtc_base, vga=args.vga, vnc=vnc)
-    except (BlockImageError, ValueError, OSError) as exc:
+                          rtc_base=rtc_base, vga=args.vga, vnc=vnc, nics=nics,
+                          net_dump=args.net_dump)
+    except (BlockImageError, ValueError, OSError, SlirpMissing) as exc:
         return _fail(str(exc))
     if args.serial_input is not None:
         from qemu_lite.replay import replay_file
@@ -470,7 +487,8 @@ def _check_files(args: argparse.Namespace, disk: str | None,
             inputs.append(("module", path))
     outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
                                                  ("serial2", serial_output_path(args.serial2)),
-                                                 ("screendump", args.screendump_on_exit))
+                                                 ("screendump", args.screendump_on_exit),
+                                                 ("net-dump", args.net_dump))
                if path is not None]
     try:
         check_outputs(outputs, inputs)
@@ -496,6 +514,30 @@ def _run_machine(machine: Machine, args: argparse.Namespace) -> RunResult:
         return stub.serve(start_stopped=args.gdb_stopped, timeout=args.timeout)
     finally:
         stub.close()
+
+
+def _parse_network(args: argparse.Namespace) -> list[Nic]:
+    """-netdev/-device/-nic -> the machine's NICs (ValueError with a one-line message)."""
+    from qemu_lite.devices.netbackends import parse_netdev, parse_nic, parse_nic_device
+
+    netdevs = {}
+    for spec in args.netdev:
+        netdev = parse_netdev(spec)
+        if netdev.id in netdevs:
+            raise ValueError(f"-netdev: id {netdev.id!r} is used twice")
+        netdevs[netdev.id] = netdev
+    nics = [parse_nic_device(spec, netdevs) for spec in args.device]
+    if args.nic:
+        nics.append(parse_nic(args.nic))
+    if len(nics) > 1:
+        raise ValueError("only one NIC is emulated (one -device e1000 or one -nic)")
+    cabled = {nic.netdev.id for nic in nics}
+    for ident in netdevs:
+        if ident not in cabled:
+            raise ValueError(f"-netdev {ident} is not used by any -device")
+    if args.net_dump and not nics:
+        raise ValueError("--net-dump needs a NIC (-nic, or -netdev with -device e1000)")
+    return nics
 
 
 def _is_bzimage(path: str) -> bool:

@@ -40,6 +40,7 @@ from qemu_lite.devices.base import Device
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
 from qemu_lite.devices.i8042 import text_to_set2
+from qemu_lite.devices.netbackends import Nic
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display import open_vnc, screen
 from qemu_lite.loaders.files import read_input_file
@@ -182,6 +183,8 @@ class Machine(DebugHooks):
         vga: str = "std",
         vga_bios: str | os.PathLike[str] | None = None,
         vnc: str | None = None,
+        nics: list[Nic] | None = None,
+        net_dump: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -244,7 +247,8 @@ class Machine(DebugHooks):
         all_drives += drives or []
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
-                                  snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios)
+                                  snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios,
+                                  nics=nics, net_dump=net_dump)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise

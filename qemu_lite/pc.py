@@ -8,6 +8,7 @@ virtual wire).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import weakref
@@ -15,12 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from unicorn import UcError
+
+from mmu_core._core import STOP_REQUEST
 from qemu_lite.clock import VirtualClock
 from qemu_lite.devices.backends import SerialBackend, StdioBackend, open_backend
-from qemu_lite.devices.base import IrqLine
+from qemu_lite.devices.base import Device, IrqLine
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.bmdma import PiixIde
 from qemu_lite.devices.debugport import DebugCon, FirmwareEvents, IsaDebugExit, PostCode
+from qemu_lite.devices.e1000 import E1000
+from qemu_lite.devices.e1000 import MMIO_SIZE as E1000_MMIO_SIZE
 from qemu_lite.devices.fw_cfg import FwCfg
 from qemu_lite.devices.i8042 import I8042
 from qemu_lite.devices.i8254 import Pit8254
@@ -29,6 +35,7 @@ from qemu_lite.devices.ide import CdRom, IdeChannel, IdeMedium
 from qemu_lite.devices.ioapic import IoApic, route_to_lapic
 from qemu_lite.devices.lapic import LocalApic
 from qemu_lite.devices.mc146818 import Rtc
+from qemu_lite.devices.netbackends import NetBackend, Nic, PcapWriter, open_netdev
 from qemu_lite.devices.pci import I440fxHostBridge, PciBus, PciConfigPorts, Piix3IsaBridge
 from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
@@ -38,6 +45,8 @@ from qemu_lite.piofast import PioWindowedBlock
 
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
+
+log = logging.getLogger(__name__)
 
 COM1, COM2 = 0x3F8, 0x2F8
 IDE0_CMD, IDE0_CTL = 0x1F0, 0x3F6
@@ -59,6 +68,10 @@ LAPIC_BASE = 0xFEE00000
 IOAPIC_BASE = 0xFEC00000
 
 IRQ_PIT, IRQ_KBD, IRQ_COM2, IRQ_COM1, IRQ_RTC, IRQ_MOUSE, IRQ_IDE0, IRQ_IDE1 = 0, 1, 3, 4, 8, 12, 14, 15
+# The NIC, where SeaBIOS leaves QEMU's e1000: PCI 00:03.0, its BARs programmed, INTA# on IRQ 11.
+NIC_PCI_SLOT = 3
+NIC_MMIO, NIC_IO, IRQ_NIC = 0xFEBC0000, 0xC080, 11
+DEFAULT_MAC = bytes.fromhex("525400123456")
 
 
 class IsaIrqs:
@@ -239,11 +252,13 @@ class Board:
     post: PostCode
     disks: list[BlockImage] = field(default_factory=list)
     vga: Vga | None = None
+    nic: E1000 | None = None
 
 
 def build(machine: Machine, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
-          vga: str = "std", vga_bios: str | os.PathLike[str] | None = None) -> Board:
+          vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
+          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None) -> Board:
     add = machine.add_device
     clock = machine.clock
 
@@ -350,8 +365,73 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(POST, 1, post)
     add(ISA_DEBUG_EXIT, 1, IsaDebugExit(machine.exit))
     add(FW_EVENT, 4, FirmwareEvents(machine.firmware_event))
+    nic = _add_nic(machine, pci, irqs, nics or [], net_dump)
     return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
-                 fw_cfg, debugcon, post, disks, display)
+                 fw_cfg, debugcon, post, disks, display, nic)
+
+
+def _add_nic(machine: Machine, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
+             net_dump: str | os.PathLike[str] | None) -> E1000 | None:
+    """The e1000 at 00:03.0 and its back end; the pcap file opens last, once all else worked."""
+    if len(nics) > 1:
+        raise ValueError("only one NIC is emulated")
+    if not nics:
+        if net_dump is not None:
+            raise ValueError("--net-dump needs a NIC (-nic or -netdev with -device e1000)")
+        return None
+    backend: NetBackend = open_netdev(nics[0].netdev)
+    machine.add_closer(backend.close)
+    nic = E1000(GuestPhysicalMemory(machine), irqs.line(IRQ_NIC), machine.clock,
+                mac=nics[0].mac or DEFAULT_MAC, port=backend, mmio_base=NIC_MMIO,
+                io_base=NIC_IO, irq_line_number=IRQ_NIC)
+
+    mmio_windows: dict[int, _BarWindow] = {}
+    unmapped: list[int] = []
+
+    def map_pending() -> None:
+        # Outside the slice: Unicorn must not change its memory map from inside a hook
+        # (an unmap or map there made the shadow MMU fault on the region's address).
+        while unmapped:
+            base = unmapped.pop()
+            if base not in mmio_windows:
+                window = _BarWindow(nic, base)
+                try:
+                    machine.add_mmio(base, E1000_MMIO_SIZE, window)
+                except UcError as exc:  # it overlaps something (the BIOS ROM, the APIC)
+                    log.warning("e1000: cannot map its registers at %#x: %s", base, exc)
+                    continue
+                mmio_windows[base] = window
+
+    def move_bar(kind: str, old: int | None, new: int | None) -> None:
+        if kind == "mmio":
+            # Windows stay mapped and answer only while the BAR decodes at their base.
+            if new is not None and new not in mmio_windows:
+                unmapped.append(new)
+                machine.core.request_stop(STOP_REQUEST)
+        else:
+            if old is not None:
+                machine.core.release_ports(old, 8)
+            if new is not None:
+                machine.add_device(new, 8, nic.io_ports)
+
+    nic.on_bar_change = move_bar
+    move_bar("io", None, nic.io_base)
+    if nic.mmio_base is not None:
+        unmapped.append(nic.mmio_base)
+    map_pending()
+    machine.add_poller(map_pending)
+    pci.add(NIC_PCI_SLOT, 0, nic)
+    backend.notify = _weak_wake(machine)
+    machine.add_poller(nic.poll)
+    if net_dump is not None:
+        try:
+            dump = PcapWriter(net_dump)
+        except OSError as exc:
+            backend.close()
+            raise OSError(f"--net-dump: cannot open {net_dump}: {exc.strerror}") from None
+        backend.dump = dump
+        machine.add_closer(dump.close)
+    return nic
 
 
 def _open_serial(machine: Machine, spec: str | None, label: str) -> SerialBackend | None:
@@ -388,6 +468,25 @@ def _keyboard_from_terminal(machine: Machine, kbc: I8042) -> None:
 
     machine.add_poller(pump)
     machine.add_closer(terminal.close)
+
+
+class _BarWindow(Device):
+    """A memory BAR's registers at one address, live only while the BAR decodes there."""
+
+    name = "bar-window"
+
+    def __init__(self, function: E1000, base: int) -> None:
+        self.function = function
+        self.base = base
+
+    def io_read(self, offset: int, size: int) -> int:
+        if self.function.mmio_base != self.base:
+            return (1 << (8 * size)) - 1
+        return self.function.io_read(offset, size)
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        if self.function.mmio_base == self.base:
+            self.function.io_write(offset, size, value)
 
 
 class _InterruptRequest:

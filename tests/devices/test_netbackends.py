@@ -1,0 +1,184 @@
+"""Network back ends alone: libslirp's DHCP, QEMU's socket framing, the pcap dump, parsing."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from qemu_lite.devices import netbackends as nb
+from qemu_lite.devices.e1000 import checksum16
+from qemu_lite.devices.slirp import SlirpMissing
+
+MAC = bytes.fromhex("525400123456")
+
+
+def wait_for(backend: nb.NetBackend, seconds: float = 5.0) -> bytes:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        frame = backend.receive()
+        if frame is not None:
+            return frame
+        time.sleep(0.01)
+    raise AssertionError("no frame arrived")
+
+
+def dhcp_discover(xid: int = 0x1234ABCD) -> bytes:
+    bootp = struct.pack("!BBBBIHH4s4s4s4s16s64s128sI", 1, 1, 6, 0, xid, 0, 0x8000, bytes(4),
+                        bytes(4), bytes(4), bytes(4), MAC + bytes(10), b"", b"", 0x63825363)
+    bootp += bytes([53, 1, 1, 255])
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(bootp), 0) + bootp
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                               bytes(4), b"\xff" * 4))
+    ip[10:12] = (~checksum16(bytes(ip)) & 0xFFFF).to_bytes(2, "big")
+    return b"\xff" * 6 + MAC + b"\x08\x00" + bytes(ip) + udp
+
+
+def user_backend() -> nb.NetBackend:
+    try:
+        return nb.open_netdev(nb.parse_netdev("user,id=n0"))
+    except SlirpMissing as exc:
+        pytest.skip(str(exc))
+
+
+def test_user_backend_answers_dhcp_discover_with_10_0_2_15(tmp_path):
+    backend = user_backend()
+    woken = []
+    backend.notify = lambda: woken.append(1)
+    backend.dump = nb.PcapWriter(tmp_path / "dhcp.pcap")
+    try:
+        assert backend.send(dhcp_discover())
+        offer = wait_for(backend)
+    finally:
+        backend.close()
+        backend.dump.close()
+    assert offer[0:6] in (MAC, b"\xff" * 6) and offer[12:14] == b"\x08\x00"
+    ip_header_len = (offer[14] & 0xF) * 4
+    bootp = offer[14 + ip_header_len + 8:]
+    assert bootp[0] == 2 and bootp[4:8] == (0x1234ABCD).to_bytes(4, "big")
+    assert socket.inet_ntoa(bootp[16:20]) == "10.0.2.15"  # yiaddr
+    assert woken
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump:
+        out = subprocess.run([tcpdump, "-n", "-r", str(tmp_path / "dhcp.pcap")],
+                             capture_output=True, text=True).stdout
+        assert "BOOTP/DHCP, Request" in out and "BOOTP/DHCP, Reply" in out
+
+
+def test_socket_backends_exchange_frames_in_stream_framing():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    a = nb.open_netdev(nb.parse_netdev(f"socket,id=a,listen=127.0.0.1:{port}"))
+    b = nb.open_netdev(nb.parse_netdev(f"socket,id=b,connect=127.0.0.1:{port}"))
+    try:
+        frame = b"\xff" * 6 + MAC + b"\x88\xb5" + bytes(range(200))
+        assert b.send(frame)
+        assert wait_for(a) == frame
+        deadline = time.monotonic() + 5
+        while not a.send(frame[::-1]) or a._peer is None:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+        assert wait_for(b) == frame[::-1]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_socket_framing_is_qemus(tmp_path):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    b = nb.open_netdev(nb.parse_netdev(f"socket,id=b,connect=:{port}"))
+    conn, _ = server.accept()
+    try:
+        b.send(b"frame-one-" + bytes(50))
+        header = conn.recv(4)
+        assert int.from_bytes(header, "big") == 60
+        conn.sendall(struct.pack(">I", 20) + b"x" * 20 + struct.pack(">I", 3))
+        conn.sendall(b"abc")
+        assert wait_for(b) == b"x" * 20 and wait_for(b) == b"abc"
+    finally:
+        b.close()
+        conn.close()
+        server.close()
+
+
+def test_transmit_queue_is_bounded():
+    backend = nb.NetBackend()
+    accepted = sum(backend.send(bytes(60)) for _ in range(nb.TX_QUEUE_LIMIT + 10))
+    assert accepted == nb.TX_QUEUE_LIMIT
+
+
+def test_receive_queue_is_bounded():
+    backend = nb.NetBackend()
+    for _ in range(nb.RX_QUEUE_LIMIT + 5):
+        backend._deliver(bytes(60))
+    assert backend.stats.dropped_rx == 5
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("tap,id=n0", "unsupported type"),
+    ("user", "needs id"),
+    ("user,id=n0,hostfwd=tcp::80", "hostfwd"),
+    ("user,id=n0,hostfwd=tcp::99999-:80", "hostfwd"),
+    ("user,id=n0,bogus=1", "unknown option"),
+    ("socket,id=n0", "exactly one"),
+    ("socket,id=n0,listen=:1,connect=:2", "exactly one"),
+    ("socket,id=n0,listen=nope", "HOST"),
+])
+def test_bad_netdev_specs_are_one_line_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        nb.parse_netdev(spec)
+
+
+def test_parse_forms():
+    netdev = nb.parse_netdev("user,id=n0,hostfwd=tcp::5555-:80,hostfwd=udp:127.0.0.1:53-:53")
+    assert netdev.hostfwd == (("tcp", "", 5555, "", 80), ("udp", "127.0.0.1", 53, "", 53))
+    nic = nb.parse_nic_device("e1000,netdev=n0,mac=52:54:00:00:00:01", {"n0": netdev})
+    assert nic.netdev is netdev and nic.mac == bytes.fromhex("525400000001")
+    with pytest.raises(ValueError, match="no -netdev"):
+        nb.parse_nic_device("e1000,netdev=n1", {"n0": netdev})
+    with pytest.raises(ValueError, match="only e1000"):
+        nb.parse_nic_device("rtl8139,netdev=n0", {"n0": netdev})
+    short = nb.parse_nic("user,hostfwd=tcp::2222-:22,model=e1000")
+    assert short.netdev.kind == "user" and short.netdev.hostfwd[0][2] == 2222
+
+
+def test_connect_refused_is_a_clear_error():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.close()
+    with pytest.raises(OSError, match="cannot connect"):
+        nb.open_netdev(nb.parse_netdev(f"socket,id=n0,connect=127.0.0.1:{port}"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nic", "user,hostfwd=tcp::99999-:80"], "hostfwd"),
+    (["--netdev", "user,id=n0"], "not used by any -device"),
+    (["--device", "e1000,netdev=n9"], "no -netdev with id=n9"),
+    (["--nic", "user", "--device", "e1000,netdev=n0", "--netdev", "user,id=n0"], "only one NIC"),
+    (["--nic", "user", "--kernel", "/nonexistent/vmlinuz"], "cannot open kernel"),
+])
+def test_cli_network_errors_are_one_line_and_open_no_dump(tmp_path, args, message):
+    dump = tmp_path / "out.pcap"
+    proc = subprocess.run([sys.executable, "-m", "qemu_lite", *args, "--net-dump", str(dump),
+                           "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not dump.exists()  # outputs open only after every input was accepted
+
+
+def test_a_refused_sender_is_woken_when_the_queue_drains():
+    backend = nb.NetBackend()
+    woken = []
+    backend.notify = lambda: woken.append(1)
+    while backend.send(bytes(60)):
+        pass
+    while backend._take_tx() is not None:
+        pass
+    assert woken == [1]
