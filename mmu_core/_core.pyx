@@ -169,6 +169,13 @@ cdef struct CoreState:
     uint32_t ev_is_int
     uint64_t ev_next_eip
     uint64_t ev_cr2
+    # Dirty-page log for snapshots (docs/SNAPSHOTS.md): while ``dirty_log`` is on, a
+    # frame not yet in the log is mapped without WRITE, and the first store to it
+    # (its write fill), an alias store, a walker A/D update or a host write adds it.
+    bint dirty_log
+    uint8_t *dirty           # one byte per RAM frame
+    uint32_t *dirty_list     # the frames logged, in order
+    uint64_t dirty_count
     Mmu mmu
 
 
@@ -224,6 +231,10 @@ cdef class Core:
         if p == MAP_FAILED:
             raise MemoryError(f"cannot allocate {ram_size} bytes of guest RAM")
         st.ram = <uint8_t *>p
+        st.dirty = <uint8_t *>calloc(ram_size >> 12, 1)
+        st.dirty_list = <uint32_t *>calloc(ram_size >> 12, sizeof(uint32_t))
+        if st.dirty == NULL or st.dirty_list == NULL:
+            raise MemoryError("cannot allocate the dirty-page log")
         # Conventional memory and the adapter area up to the BIOS window.
         _check(uc_mem_map_ptr(st.uc, 0, 0xF0000, 7, st.ram))
         _check(uc_mem_map_ptr(st.uc, 0x100000, ram_size - 0x100000, 7, st.ram + 0x100000))
@@ -262,6 +273,8 @@ cdef class Core:
             uc_context_free(self.st.ev_ctx)
             self.st.ev_ctx = NULL
         mmu_free(&self.st.mmu)
+        free(self.st.dirty)
+        free(self.st.dirty_list)
         if self.st.ram != NULL:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
@@ -438,6 +451,45 @@ cdef class Core:
         memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)
         self.st.mmu.fault_pending = False
         flush_unicorn_tlb(self.st)  # UC_CTL_TLB_FLUSH works in every TLB mode
+
+    def flush_shadow(self):
+        """Drop every shadow page and flush Unicorn's TLB, keeping what is known of
+        code frames (their translations survive in the engine)."""
+        zap_all(&self.st.mmu)
+        self.st.mmu.fault_pending = False
+        flush_unicorn_tlb(self.st)
+
+    # -- dirty-page log (snapshots) -------------------------------------------------
+
+    def dirty_log_start(self):
+        """Log the frames written from now on (clears the log; flushes Unicorn's TLB so
+        no entry made before keeps WRITE).  ``mmu="native"`` has no fill to log from."""
+        if self.tlb_mode == TLB_NATIVE_C:
+            raise RuntimeError("the dirty-page log needs a TLB fill (not mmu='native')")
+        self.dirty_log_take()
+        self.st.dirty_log = True
+        flush_unicorn_tlb(self.st)
+
+    def dirty_log_stop(self):
+        self.dirty_log_take()
+        self.st.dirty_log = False
+
+    @property
+    def dirty_logging(self):
+        return bool(self.st.dirty_log)
+
+    def dirty_log_take(self):
+        """The frames logged since the last take, as a list of frame numbers; the log is
+        emptied and Unicorn's TLB flushed, so those frames are write-logged again."""
+        cdef CoreState *st = self.st
+        cdef uint64_t i
+        out = [st.dirty_list[i] for i in range(st.dirty_count)]
+        for i in range(st.dirty_count):
+            st.dirty[st.dirty_list[i]] = 0
+        if st.dirty_count:
+            flush_unicorn_tlb(st)
+        st.dirty_count = 0
+        return out
 
     def set_max_shadow_pages(self, int n):
         """Bound the shadow page count; least recently used pages are recycled."""
@@ -859,6 +911,7 @@ cdef bint _hook_tlb_fill_identity(uc_engine *uc, uint64_t vaddr, int access,
     result.paddr = vaddr
     result.perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
     rom_fill(st, vaddr, access == UC_MEM_WRITE, result)
+    dirty_filter(st, vaddr, access == UC_MEM_WRITE, result)
     return True
 
 
@@ -925,6 +978,28 @@ cdef int _access_kind(access) except -1:
     if access in ("fetch", 2, UC_MEM_FETCH):
         return ACC_FETCH
     raise ValueError(f"unknown access kind {access!r}")
+
+
+cdef inline void mark_dirty(CoreState *st, uint64_t gfn) noexcept nogil:
+    if st.dirty_log and gfn < (st.ram_size >> 12) and not st.dirty[gfn]:
+        st.dirty[gfn] = 1
+        st.dirty_list[st.dirty_count] = <uint32_t>gfn
+        st.dirty_count += 1
+
+
+cdef inline void dirty_filter(CoreState *st, uint64_t gpa, bint write,
+                              ql_uc_tlb_entry *res) noexcept nogil:
+    """Under the dirty log, a RAM frame gets WRITE only from a write fill, which logs it."""
+    cdef uint64_t gfn
+    if not st.dirty_log or gpa >= st.ram_size or (res.paddr >> 12) != (gpa >> 12):
+        return  # off, not RAM, or sent elsewhere (the page-table alias logs its own stores)
+    gfn = gpa >> 12
+    if st.dirty[gfn]:
+        return
+    if write and res.perms & UC_PROT_WRITE:
+        mark_dirty(st, gfn)
+    else:
+        res.perms &= ~UC_PROT_WRITE
 
 
 include "mmu_walker.pxi"

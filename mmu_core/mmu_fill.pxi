@@ -166,6 +166,7 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
             perms |= UC_PROT_EXEC
         res.perms = perms
         rom_fill(st, gpa, access == ACC_WRITE and w, res)
+        dirty_filter(st, gpa, access == ACC_WRITE and w, res)  # RAM the PAM opened
         return
     tracked = mmu.sp_count[gfn] != 0
     if access == ACC_FETCH:
@@ -202,6 +203,7 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
         elif perms & UC_PROT_WRITE:
             mmu.fgen[gfn] = mmu.tlb_gen
     res.perms = perms
+    dirty_filter(st, gpa, access == ACC_WRITE, res)
 
 
 cdef inline void _rights(CoreState *st, MmuMode *m, bint user, bint u_ok, bint w_ok, bint nx,

@@ -122,6 +122,7 @@ cdef void track_phys_write(CoreState *st, uint64_t gpa, uint64_t n, bint from_gu
         chunk = ((gfn + 1) << 12) - gpa
         if chunk > end - gpa:
             chunk = end - gpa
+        mark_dirty(st, gfn)
         if mmu.sp_count[gfn]:
             pte_write(st, gfn, gpa & 0xFFF, chunk, from_guest)
         gpa += chunk

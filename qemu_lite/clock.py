@@ -27,6 +27,11 @@ class HostClock(Clock):
         """The host ``time.monotonic_ns()`` at which guest time reaches ``guest_ns``."""
         return self._t0 + guest_ns
 
+    def _set_now(self, ns: int) -> None:
+        # Guest time goes on from the saved value: the host time between save and load
+        # did not pass for the guest.
+        self._t0 = time.monotonic_ns() - ns
+
 
 class VirtualClock(Clock):
     """Deterministic guest time, derived from guest progress.
@@ -58,6 +63,9 @@ class VirtualClock(Clock):
         """The virtual-clock value at which the block hook stops for ``guest_ns``
         (the hook's deadline is in guest nanoseconds; 0 would mean none)."""
         return max(1, guest_ns)
+
+    def _set_now(self, ns: int) -> None:
+        self._progress.vclock_ns = ns
 
     def skip_to(self, guest_ns: int) -> None:
         """Idle until ``guest_ns``: the halted guest loses no host time."""

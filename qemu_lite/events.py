@@ -59,8 +59,12 @@ class DeliveryFault(Exception):
         self.return_ip = return_ip  # set when the fault belongs to a task switched to
 
 
-class TripleFault(Exception):
-    pass
+class GuestError(RuntimeError):
+    """The guest did something the machine cannot continue from."""
+
+
+class TripleFault(GuestError):
+    """A fault while delivering a double fault: a real PC resets."""
 
 
 class UnsupportedEvent(Exception):
@@ -407,5 +411,5 @@ def _name(vector: int) -> str:
     return _NAMES.get(vector, f"vector {vector}")
 
 
-__all__ = ["Event", "EventDelivery", "DeliveryFault", "TripleFault", "UnsupportedEvent",
-           "combine", "segment_hflags"]
+__all__ = ["Event", "EventDelivery", "DeliveryFault", "GuestError", "TripleFault",
+           "UnsupportedEvent", "combine", "segment_hflags"]

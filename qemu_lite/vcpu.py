@@ -39,9 +39,10 @@ from qemu_lite.events import (
     DeliveryFault,
     Event,
     EventDelivery,
+    GuestError,
+    TripleFault,
     UnsupportedEvent,
 )
-from qemu_lite.events import TripleFault as _TripleFault
 from qemu_lite.paging import RamView
 from qemu_lite.x86 import (
     CR0_PE,
@@ -66,14 +67,6 @@ from qemu_lite.x86 import (
 # emu_start's "until", ignored since exits are enabled (see new_engine).
 NEVER = 0xFFFF_FFFF_FFFF_FFF0
 
-
-
-class GuestError(RuntimeError):
-    """The guest did something the machine cannot continue from."""
-
-
-class TripleFault(GuestError):
-    """A fault while delivering a double fault: a real PC resets."""
 
 
 def new_engine() -> tuple[Uc, object]:
@@ -271,7 +264,7 @@ class VCpu:
     def _deliver(self, ev: Event) -> None:
         try:
             self.events.deliver(ev)
-        except _TripleFault as tf:
+        except TripleFault as tf:
             raise TripleFault(f"{tf} at pc {self.linear_pc():#x}") from None
         except UnsupportedEvent as exc:
             raise GuestError(f"{exc} (vector {ev.vector} at pc {self.linear_pc():#x})") from None
