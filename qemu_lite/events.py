@@ -1,6 +1,6 @@
 """Event delivery: exceptions and interrupts through the IVT or IDT, as an x86 CPU does.
 
-Unicorn stops at every event without delivering it (DESIGN fact 2); the
+Unicorn stops at every event without delivering it (ENGINE_FACTS.md fact 2); the
 vCPU calls :meth:`EventDelivery.deliver` between slices.  Real mode uses the
 IVT; protected mode uses 8-byte interrupt and trap gates with a stack switch
 through the TSS on a privilege change; long mode uses 16-byte gates, IST

@@ -23,7 +23,7 @@ from qemu_lite._vcpu_hooks import VcpuHooks, VirtualTsc, keep_gil_for_engine_cal
 from qemu_lite.clock import TSC_KHZ, HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.debughooks import DebugHooks
-from qemu_lite.devices.base import Device
+from qemu_lite.devices.base import Device, Timer
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
 from qemu_lite.devices.i8042 import text_to_set2
@@ -32,7 +32,7 @@ from qemu_lite.devices.vga import Vga
 from qemu_lite.display import open_vnc, screen
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
-from qemu_lite.platform import Slot
+from qemu_lite.platform import Slot, Stateful
 from qemu_lite.runloop import InterruptSource, RunLoop, RunResult
 from qemu_lite.snapshot import Snapshot
 from qemu_lite.unassigned import UnassignedMemory
@@ -171,7 +171,6 @@ class Machine(DebugHooks):
         self.cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000, hide_rdrand=deterministic)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         self._resettable: list[Any] = [self.tsc]
-        self._mmio_callbacks: list[tuple[object, object]] = []
         self._pollers: list[Callable[[], None]] = []
         self.runloop = RunLoop(self.cpu, self.core, self.hooks, self.clock,
                                pollers=self._pollers, reset_devices=self._reset_devices)
@@ -279,32 +278,18 @@ class Machine(DebugHooks):
         """Map ``device`` at physical ``base``: guest loads and stores call its
         ``io_read(offset, size)`` / ``io_write(offset, size, value)``; each
         access costs ``access_ns`` of deterministic guest time."""
-        charge = self.hooks.charge if self.deterministic else (lambda ns: None)
-
-        # Exceptions (a device bug, KeyboardInterrupt from a signal handler) must
-        # not reach the binding's ctypes callback, which would drop them: keep
-        # the first, end the slice at the next block and raise it from run().
-        def read(uc: object, offset: int, size: int, _user: object) -> int:
-            charge(access_ns)
-            try:
-                return device.io_read(offset, size)
-            except BaseException as exc:
-                self._callback_failed(exc)
-                return (1 << (8 * size)) - 1
-
-        def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
-            charge(access_ns)
-            try:
-                device.io_write(offset, size, value)
-            except BaseException as exc:
-                self._callback_failed(exc)
-
+        # Through Core, as ports are: C callbacks, the deterministic charge in C, and the
+        # first exception (a device bug, KeyboardInterrupt) re-raised from run().
         self.unassigned.release(base, size)
-        self.uc.mmio_map(base, size, read, None, write, None)
-        self._mmio_callbacks.append((read, write))
+        self.core.map_mmio(base, size, device, access_ns if self.deterministic else 0)
 
-    def _callback_failed(self, exc: BaseException) -> None:
-        self.runloop.callback_failed(exc)
+    def add_state(self, name: str, owner: Stateful) -> None:
+        """Reset, save and restore ``owner`` with the board's devices (a slot of its own,
+        without ports): for state the embedder adds, such as ``--serial-input``'s."""
+        if any(slot.name == name for slot in self.board.slots):
+            raise ValueError(f"a slot named {name!r} exists")
+        self.board.slots.append(Slot(name, owner))
+        self._resettable.append(owner)
 
     def add_resettable(self, *devices: Device) -> None:
         """Devices whose ``reset()`` runs when the machine resets."""
@@ -479,8 +464,12 @@ class Machine(DebugHooks):
         """A machine reset requested by the guest (i8042 0xFE, port 0x92, triple fault)."""
         self.runloop.request_reset()
 
-    def run(self, timeout: float | None = None) -> RunResult:
+    def run(self, timeout: float | None = None, *, guest_ns: int | None = None) -> RunResult:
         """Run the guest until it exits, halts for good, or ``timeout`` seconds pass.
+
+        ``guest_ns`` also ends the run (reason ``"guest-time"``) once the guest's clock
+        (:attr:`clock`) reaches it: under ``deterministic`` that is the same instruction
+        on every run, a place to save state or take a snapshot.
 
         On the main thread, SIGINT (and SIGTERM or SIGHUP when a Python handler
         is set for them) ends the current slice at the next translation block,
@@ -492,9 +481,14 @@ class Machine(DebugHooks):
             watch_signals(RUN_SIGNALS)
         wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         self._arm_breakpoint_skip()
+        # Not made through clock.timer(): a run's own deadline is no part of saved state.
+        until = Timer(self.clock, lambda: self.stop("guest-time", None, "guest time reached"))
+        if guest_ns is not None:
+            until.arm(guest_ns)
         try:
             return loop.run(wall_deadline)
         finally:
+            until.cancel()
             loop.end()
 
     def _do_reset(self) -> None:

@@ -1,6 +1,6 @@
 """The board: which device sits at which port and IRQ, as on QEMU's ``pc`` machine.
 
-One explicit table of the platform (DESIGN "The platform").  ISA interrupt
+One explicit table of the platform (docs/ARCHITECTURE.md, "The board").  ISA interrupt
 lines reach both the 8259 pair and the IOAPIC; the local APIC is what the
 vCPU asks for interrupts (it passes the 8259's INTR through as ExtINT /
 virtual wire).

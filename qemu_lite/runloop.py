@@ -45,7 +45,8 @@ class RunResult:
 
     ``reason`` is one of ``"exit"`` (isa-debug-exit; ``exit_status`` set),
     ``"halted"`` (HLT with interrupts disabled), ``"timeout"``,
-    ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
+    ``"instructions"`` (budget spent), ``"guest-time"`` (``run(guest_ns=)``),
+    ``"stopped"`` (:meth:`Machine.stop`),
     ``"breakpoint"`` / ``"step"`` (:meth:`Machine.add_breakpoint`, :meth:`Machine.step`),
     ``"reset"`` (the guest reset the machine and ``no_reboot`` was set),
     ``"triple-fault"``, ``"no-boot"`` (the BIOS found nothing to boot) or
@@ -99,7 +100,6 @@ class RunLoop:
         self.stop_reason: RunResult | None = None
         self.stop_requested: RunResult | None = None  # survives run()'s reset
         self.pending_reset = False
-        self.callback_error: BaseException | None = None
 
     # -- stopping and waking (any thread unless noted) --------------------------------
 
@@ -131,12 +131,6 @@ class RunLoop:
             return
         self.core.request_stop(STOP_REQUEST)
         self.pending_reset = True
-
-    def callback_failed(self, exc: BaseException) -> None:
-        """A Python callback outside Core's capture failed: raise it from run()."""
-        if self.callback_error is None:
-            self.callback_error = exc
-        self.hooks.poke()
 
     def do_reset(self) -> None:
         self.guest_resets += 1
@@ -213,9 +207,6 @@ class RunLoop:
                 callback_error = core.take_error()
                 if callback_error is not None:
                     raise callback_error
-            if self.callback_error is not None:
-                callback_error, self.callback_error = self.callback_error, None
-                raise callback_error
             stop = self._stop_result()
             if stop is not None:
                 return stop

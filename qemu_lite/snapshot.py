@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 FORMAT = "qemu_lite machine state"
 VERSION = 1
 PAGE = 4096
-_CHUNK = 1 << 20
+_CHUNK = 64 << 10  # RAM is saved in chunks of this size; all-zero chunks are left out
 _tokens = itertools.count(1)
 
 
@@ -176,17 +176,25 @@ def restore(m: Machine, token: Snapshot) -> None:
 # -- state files -----------------------------------------------------------------------
 
 def save_file(m: Machine, path: str | os.PathLike[str]) -> None:
-    """Write the machine's state to ``path`` (a zip: state.json and the deflated RAM)."""
+    """Write the machine's state to ``path``: a zip of ``state.json`` and ``ram.bin``,
+    the RAM's non-zero 64 KiB chunks deflated (``state.json`` lists which)."""
     state = capture(m, hash_disks=True)
     state["disk_names"] = [d.name for d in m.board.disks]
+    ram = m.core.ram
+    present = bytearray((len(ram) + _CHUNK - 1) // _CHUNK)
+    zero = bytes(_CHUNK)
+    for i in range(len(present)):
+        chunk = bytes(ram[i * _CHUNK:(i + 1) * _CHUNK])  # bytes: a memcmp, not a byte loop
+        present[i] = chunk != zero[:len(chunk)]
+    state["ram"] = {"size": len(ram), "chunk": _CHUNK, "present": bytes(present)}
     tmp = f"{os.fspath(path)}.tmp"
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             z.writestr("state.json", json.dumps(state, default=_encode, separators=(",", ":")))
-            ram = m.core.ram
             with z.open("ram.bin", "w", force_zip64=True) as out:
-                for start in range(0, len(ram), _CHUNK):
-                    out.write(ram[start:start + _CHUNK])
+                for i, here in enumerate(present):
+                    if here:
+                        out.write(ram[i * _CHUNK:(i + 1) * _CHUNK])
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -203,22 +211,27 @@ def load_file(m: Machine, path: str | os.PathLike[str]) -> None:
                 raise StateError("state.json is not a machine state")
             check_state(state, "machine state", (VERSION,))
             _check_config(state["config"], config(m))
-            info = z.getinfo("ram.bin")
-            if info.file_size != m.memory_size:
-                raise StateError(f"saved RAM is {info.file_size} bytes, this machine has "
-                                 f"{m.memory_size}")
+            layout = state["ram"]
+            present = layout["present"]
+            if (layout["size"] != m.memory_size or layout["chunk"] != _CHUNK
+                    or len(present) != (m.memory_size + _CHUNK - 1) // _CHUNK):
+                raise StateError("saved RAM does not fit this machine")
             _check_stopped(m)
             ram = m.core.ram
-            with z.open(info) as src:
-                pos = 0
-                while pos < len(ram):
-                    chunk = src.read(min(_CHUNK, len(ram) - pos))
-                    if not chunk:
+            zero = bytes(_CHUNK)
+            with z.open("ram.bin") as src:
+                for i, here in enumerate(present):
+                    start, end = i * _CHUNK, min((i + 1) * _CHUNK, len(ram))
+                    if not here:
+                        ram[start:end] = zero[:end - start]
+                        continue
+                    chunk = src.read(end - start)
+                    if len(chunk) != end - start:
                         raise StateError("saved RAM is truncated")
-                    ram[pos:pos + len(chunk)] = chunk
-                    pos += len(chunk)
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StateError(f"{os.fspath(path)}: not a qemu_lite state file ({exc})") from None
+                    ram[start:end] = chunk
+    except (zipfile.BadZipFile, KeyError, TypeError, json.JSONDecodeError,
+            UnicodeDecodeError) as exc:
+        raise StateError(f"{os.fspath(path)}: not a qemu_lite state file ({exc!r})") from None
     _flush_translations(m)
     m._snapshot_base = None
     if m.core.dirty_logging:

@@ -1,7 +1,7 @@
 """The virtual CPU: reset, run slices, and event delivery.
 
 Unicorn never delivers an exception or interrupt through the guest's tables
-(DESIGN fact 2): every event stops ``emu_start`` (mmu_core's C hook) and the
+(ENGINE_FACTS.md fact 2): every event stops ``emu_start`` (mmu_core's C hook) and the
 vCPU delivers it here, between slices, as an x86 CPU would.
 """
 
@@ -74,7 +74,7 @@ def new_engine() -> tuple[Uc, object]:
 
     A UC_MODE_64 engine starts in long mode and cannot load real-mode segment
     caches through its API, so the reset state is made by a UC_MODE_16 engine
-    and transplanted (DESIGN fact 5).
+    and transplanted (ENGINE_FACTS.md fact 5).
     """
     uc16 = Uc(UC_ARCH_X86, UC_MODE_16)
     uc16.reg_write(X.UC_X86_REG_CS, 0xF000)
@@ -283,7 +283,7 @@ class VCpu:
                         rsp_mask: int, rflags: int) -> None:
         """Load the state an event delivery computed, in one context round trip.
 
-        Clears QEMU's nested-exception memory (DESIGN fact 2) and the
+        Clears QEMU's nested-exception memory (ENGINE_FACTS.md fact 2) and the
         interrupt shadow, as real delivery does."""
         old_rsp = self.reg("rsp")
         self.segments.commit(segs, rflags)
@@ -291,7 +291,7 @@ class VCpu:
         self.uc.reg_write(X.UC_X86_REG_RFLAGS, rflags)
         self.uc.reg_write(X.UC_X86_REG_RIP, rip)
 
-    # -- SYSCALL / SYSENTER (their effect is ours to do: DESIGN fact 3) -------------------
+    # -- SYSCALL / SYSENTER (their effect is ours to do: ENGINE_FACTS.md fact 3) -------------------
 
     def do_syscall(self) -> None:
         uc = self.uc
