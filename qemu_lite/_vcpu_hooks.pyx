@@ -199,6 +199,10 @@ cdef class VcpuHooks:
             if value > self.st.vclock_ns:
                 self.st.vclock_ns = value
 
+    def restore_vclock(self, uint64_t value):
+        """Set the virtual clock to ``value``, backwards too: loading a saved state."""
+        self.st.vclock_ns = value
+
     property ns_per_block:
         """Virtual nanoseconds a translation block costs."""
         def __get__(self):

@@ -65,7 +65,7 @@ class VirtualClock(Clock):
         return max(1, guest_ns)
 
     def _set_now(self, ns: int) -> None:
-        self._progress.vclock_ns = ns
+        self._progress.restore_vclock(ns)  # the setter only moves forward
 
     def skip_to(self, guest_ns: int) -> None:
         """Idle until ``guest_ns``: the halted guest loses no host time."""
@@ -78,6 +78,8 @@ class VirtualProgress(Protocol):
 
     vclock_ns: int
     ns_per_block: int
+
+    def restore_vclock(self, value: int) -> None: ...
 
 
 # The virtual TSC's frequency in both clock modes (qemu_lite/_tsc.pxi), which

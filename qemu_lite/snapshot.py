@@ -87,6 +87,12 @@ def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool) -> None
     m.core.a20_enabled = bool(cpu["a20"])
     m.runloop.guest_resets = int(cpu["guest_resets"])
     m.runloop.pending_reset = False
+    # Power-on first, so that what a device does not save (its wires' levels, caches)
+    # is what a freshly built machine has: loading into a used machine and into a new
+    # one must give the same machine.
+    for slot in board.slots:
+        if slot.device is not None:
+            slot.device.reset()
     for slot in board.slots:
         if slot.device is not None:
             slot.device.load_state(state["devices"][slot.name])

@@ -149,12 +149,14 @@ def test_snapshot_restored_a_thousand_times_gives_back_its_memory(assemble, tmp_
         assert rounds > 0
         pages = m.read_memory(0x200000, (PAGES + 1) * 4096)
         token = m.snapshot()
+        taken_at, eip = m.clock.now(), m.reg("eip")
         for i in range(1000):
             m.run(timeout=60, guest_ns=m.clock.now() + 20_000 + 10 * i)
             now = int.from_bytes(m.read_memory(0x200000, 4), "little")
             assert now > rounds  # the guest ran and wrote its pages
             m.restore(token)
             assert m.read_memory(0x200000, (PAGES + 1) * 4096) == pages, i
+            assert (m.clock.now(), m.reg("eip")) == (taken_at, eip)  # guest time goes back too
         # The restored guest still runs on from the snapshot's registers.
         m.run(timeout=60, guest_ns=m.clock.now() + 50_000)
         assert int.from_bytes(m.read_memory(0x200000, 4), "little") > rounds
