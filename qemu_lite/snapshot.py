@@ -129,11 +129,11 @@ class Snapshot:
     snapshot taken (or restored) last copies back only the frames the guest or
     the host wrote since; another token costs a full copy of RAM once."""
 
-    def __init__(self, ram: bytearray, state: bytes, disks: list[tuple[int, bytes | None]]):
+    def __init__(self, ram: bytearray, state: bytes, disk_writes: list[int]):
         self.id = next(_tokens)
         self.ram = ram
         self.state = state  # pickle of capture(): loaded fresh at each restore
-        self.disks = disks  # (writes to the backing, its bytes if in memory)
+        self.disk_writes = disk_writes  # each disk's writes to its backing, then
 
     @property
     def size(self) -> int:
@@ -142,8 +142,9 @@ class Snapshot:
 
 def take(m: Machine) -> Snapshot:
     state = capture(m, hash_disks=False)
-    disks: list[tuple[int, bytes | None]] = [(d.writes_to_backing, None) for d in m.board.disks]
-    token = Snapshot(bytearray(m.core.ram), pickle.dumps(state, pickle.HIGHEST_PROTOCOL), disks)
+    disk_writes = [d.writes_to_backing for d in m.board.disks]
+    token = Snapshot(bytearray(m.core.ram), pickle.dumps(state, pickle.HIGHEST_PROTOCOL),
+                     disk_writes)
     if m.mmu_mode != "native":
         m.core.dirty_log_start()
     m._snapshot_base = token
@@ -155,7 +156,7 @@ def restore(m: Machine, token: Snapshot) -> None:
         raise TypeError(f"restore() takes a token from snapshot(), not {type(token).__name__}")
     if len(token.ram) != m.memory_size:
         raise ValueError("this snapshot belongs to a machine with another RAM size")
-    for disk, (writes, _) in zip(m.board.disks, token.disks, strict=True):
+    for disk, writes in zip(m.board.disks, token.disk_writes, strict=True):
         if disk.writes_to_backing != writes:
             raise StateError(f"disk {disk.name!r} was written since the snapshot (not through "
                              "a --snapshot overlay): its file cannot be rolled back")
