@@ -144,7 +144,8 @@ class RunResult:
     ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
     ``"breakpoint"`` / ``"step"`` (:meth:`Machine.add_breakpoint`, :meth:`Machine.step`),
     ``"reset"`` (the guest reset the machine and ``no_reboot`` was set),
-    ``"triple-fault"``, ``"no-boot"`` (the BIOS found nothing to boot) or
+    ``"triple-fault"``, ``"powered-off"`` (ACPI S5: Linux's ``poweroff``),
+    ``"no-boot"`` (the BIOS found nothing to boot) or
     ``"no-boot-after-reset"`` (the same, after the guest had reset the machine:
     a crashed kernel, say).
     """
@@ -185,6 +186,7 @@ class Machine(DebugHooks):
         vnc: str | None = None,
         nics: list[Nic] | None = None,
         net_dump: str | os.PathLike[str] | None = None,
+        acpi: bool = True,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -230,6 +232,7 @@ class Machine(DebugHooks):
         self._mmio_callbacks: list[tuple[object, object]] = []
         self._callback_error: BaseException | None = None
         self._stop_requested: RunResult | None = None  # survives run()'s reset
+        self._power_button_presses = 0  # powerdown() requests the vCPU thread has not seen
         self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
         # Releases disks and backends of a Machine dropped without close(); it must hold
@@ -248,12 +251,14 @@ class Machine(DebugHooks):
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
                                   snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios,
-                                  nics=nics, net_dump=net_dump)
+                                  nics=nics, net_dump=net_dump, acpi=acpi)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
         self.host_input = screen.HostInput(self.board.kbc, self.wake)
         self.add_poller(self.host_input.pump)
+        if self.board.acpi_pm is not None:
+            self.add_poller(self._press_power_button)
         try:
             self.vnc = open_vnc(self, vnc) if vnc is not None else None
         except ValueError:
@@ -506,6 +511,27 @@ class Machine(DebugHooks):
     def exit(self, status: int) -> None:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""
         self.stop("exit", status, f"guest exit status {status}")
+
+    def power_off(self) -> None:
+        """The guest entered ACPI S5 (soft off): the run ends, reason ``"powered-off"``."""
+        self.stop("powered-off", None, "guest powered the machine off (ACPI S5)")
+
+    def powerdown(self) -> None:
+        """Press the ACPI power button (QMP's ``system_powerdown``), from any thread.
+
+        The guest sees PWRBTN_STS and an SCI at the vCPU's next stop; what it does
+        then is its own affair (Linux reports a power-button key press).  A machine
+        built with ``acpi=False`` has no power button: RuntimeError."""
+        if self.board.acpi_pm is None:
+            raise RuntimeError("this machine has no ACPI power button (acpi=False)")
+        self._power_button_presses += 1
+        self.wake()
+
+    def _press_power_button(self) -> None:
+        if self._power_button_presses:
+            self._power_button_presses = 0
+            assert self.board.acpi_pm is not None
+            self.board.acpi_pm.press_power_button()
 
     def firmware_event(self, event: int) -> None:
         """Our BIOS reported ``event`` on its port (FW_EVENT_* in devices/debugport.py)."""

@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING
 from unicorn import UcError
 
 from mmu_core._core import STOP_REQUEST
+from qemu_lite.acpi import tables as acpi_tables
+from qemu_lite.acpi.platform import Platform
 from qemu_lite.clock import VirtualClock
+from qemu_lite.devices.acpi_pm import PM_BASE, PM_SIZE, AcpiPm
 from qemu_lite.devices.backends import SerialBackend, StdioBackend, open_backend
 from qemu_lite.devices.base import Device, IrqLine
 from qemu_lite.devices.block import BlockImage
@@ -57,6 +60,7 @@ POST = 0x80
 FW_CFG = 0x510
 FW_EVENT = 0x5F4  # qemu_lite's own: the BIOS reports "no bootable device" here
 FW_CFG_BOOT_DEVICE = 0x0C
+FW_CFG_TABLES_FILE = "etc/qemu-lite/tables"  # firmware/bios/tables.inc copies it
 PCI_CONFIG = 0xCF8
 BMDMA_PORTS = 16
 PIC_MASTER, PIC_SLAVE, ELCR = 0x20, 0xA0, 0x4D0
@@ -68,6 +72,9 @@ LAPIC_BASE = 0xFEE00000
 IOAPIC_BASE = 0xFEC00000
 
 IRQ_PIT, IRQ_KBD, IRQ_COM2, IRQ_COM1, IRQ_RTC, IRQ_MOUSE, IRQ_IDE0, IRQ_IDE1 = 0, 1, 3, 4, 8, 12, 14, 15
+IRQ_SCI = 9  # the ACPI SCI, as on QEMU's pc (FADT SCI_INT)
+# RAM below 4 GiB: all of it under 3.5 GiB, else 3 GiB (our BIOS splits it so).
+LOWMEM_LIMIT, LOWMEM_SPLIT = 0xE0000000, 0xC0000000
 # The NIC, where SeaBIOS leaves QEMU's e1000: PCI 00:03.0, its BARs programmed, INTA# on IRQ 11.
 NIC_PCI_SLOT = 3
 NIC_MMIO, NIC_IO, IRQ_NIC = 0xFEBC0000, 0xC080, 11
@@ -253,12 +260,16 @@ class Board:
     disks: list[BlockImage] = field(default_factory=list)
     vga: Vga | None = None
     nic: E1000 | None = None
+    acpi_pm: AcpiPm | None = None
+    # ACPI and MP tables as (physical address, bytes), for loaders that skip the BIOS.
+    firmware_tables: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 def build(machine: Machine, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
-          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None) -> Board:
+          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None,
+          acpi: bool = True) -> Board:
     add = machine.add_device
     clock = machine.clock
 
@@ -366,8 +377,25 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     add(ISA_DEBUG_EXIT, 1, IsaDebugExit(machine.exit))
     add(FW_EVENT, 4, FirmwareEvents(machine.firmware_event))
     nic = _add_nic(machine, pci, irqs, nics or [], net_dump)
-    return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
-                 fw_cfg, debugcon, post, disks, display, nic)
+    board = Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
+                  fw_cfg, debugcon, post, disks, display, nic)
+    if acpi:
+        _add_acpi(machine, board, irqs)
+    return board
+
+
+def _add_acpi(machine: Machine, board: Board, irqs: IsaIrqs) -> None:
+    """The PM block (SCI on IRQ 9) and the ACPI and MP tables, handed to the BIOS in fw_cfg."""
+    pm = AcpiPm(machine.clock, irqs.line(IRQ_SCI), on_power_off=machine.power_off)
+    machine.add_device(PM_BASE, PM_SIZE, pm)
+    machine.add_resettable(pm)
+    ram = machine.memory_size
+    platform = Platform(cpus=1, ram_below_4g=ram if ram < LOWMEM_LIMIT else LOWMEM_SPLIT,
+                        com2=board.com2 is not None)
+    placements = acpi_tables.build(platform)
+    board.fw_cfg.add_file(FW_CFG_TABLES_FILE, acpi_tables.fw_cfg_blob(placements))
+    board.acpi_pm = pm
+    board.firmware_tables = placements
 
 
 def _add_nic(machine: Machine, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
