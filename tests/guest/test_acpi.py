@@ -8,6 +8,8 @@ SCI (IRQ 9 through the 8259), then writes SLP_TYP(S5) | SLP_EN to PM1a_CNT.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 from qemu_lite import Machine
@@ -456,3 +458,13 @@ def test_machine_without_acpi_has_no_tables_and_no_power_button(assemble, tmp_pa
             assert "no ACPI power button" in str(exc)
         else:
             raise AssertionError("powerdown() without ACPI did not refuse")
+
+
+def test_cli_no_acpi_leaves_the_tables_out(assemble, tmp_path):
+    disk = tmp_path / "acpi.img"
+    disk.write_bytes(assemble(GUEST).ljust(512 * 64, b"\0"))
+    proc = subprocess.run([sys.executable, "-m", "qemu_lite", "--no-acpi", "-vga", "none",
+                           "--timeout", "60", "--snapshot", str(disk)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert "no RSDP" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0x21, proc.stderr
