@@ -238,9 +238,11 @@ def _wait_listening(port: int, seconds: float = 30) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
+# Each machine waits for the other to boot; under load one boot can take minutes longer than
+# the other, so the bound is generous (the loop ends as soon as the peer answers).
 WAIT_FOR_PEER = """\
 i=0
-until busybox ping -c 1 -W 1 {peer} >/dev/null; do i=$((i+1)); [ $i -gt 90 ] && break; done
+until busybox ping -c 1 -W 1 {peer} >/dev/null; do i=$((i+1)); [ $i -gt 600 ] && break; done
 """
 
 # A serves a file and pings B; B pings A and fetches the file, once A has pinged.
