@@ -232,7 +232,10 @@ class Machine(DebugHooks):
         self._mmio_callbacks: list[tuple[object, object]] = []
         self._callback_error: BaseException | None = None
         self._stop_requested: RunResult | None = None  # survives run()'s reset
-        self._power_button_presses = 0  # powerdown() requests the vCPU thread has not seen
+        # powerdown() counts requests (any thread); the vCPU thread presses the button
+        # once per request it has not served yet.  Two counters: no lock, nothing lost.
+        self._power_button_requests = 0
+        self._power_button_served = 0
         self.irq_source: InterruptSource = NoInterrupts()
         self._closers: list[Callable[[], None]] = []
         # Releases disks and backends of a Machine dropped without close(); it must hold
@@ -524,12 +527,13 @@ class Machine(DebugHooks):
         built with ``acpi=False`` has no power button: RuntimeError."""
         if self.board.acpi_pm is None:
             raise RuntimeError("this machine has no ACPI power button (acpi=False)")
-        self._power_button_presses += 1
+        self._power_button_requests += 1
         self.wake()
 
     def _press_power_button(self) -> None:
-        if self._power_button_presses:
-            self._power_button_presses = 0
+        requests = self._power_button_requests
+        if requests != self._power_button_served:
+            self._power_button_served = requests
             assert self.board.acpi_pm is not None
             self.board.acpi_pm.press_power_button()
 
