@@ -290,7 +290,7 @@ def run_guest(assemble, tmp_path, source: str):
         m.board.debugcon.output = debug.extend
         result = m.run(timeout=60)
         image = m.screenshot()
-    assert result.reason == "powered-off", result
+    assert result.reason == "halted", result
     assert debug.endswith(b"D"), debug[-40:]
     return disk, image
 
