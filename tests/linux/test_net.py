@@ -256,7 +256,7 @@ busybox poweroff -f
     assert "3 packets transmitted, 3 packets received" in text, text[-3000:]
     assert "wget: ok" in text, text[-3000:]
     assert f"{hashlib.sha256(payload).hexdigest()}  /tmp/file" in text, text[-3000:]
-    assert result.reason == "halted", (result, text[-2000:])
+    assert result.reason == "powered-off", (result, text[-2000:])
 
 
 def _boot_cli(initrd: Path, *net: str, stdout=subprocess.PIPE) -> subprocess.Popen[str]:
