@@ -45,7 +45,7 @@ extensions = [
 ]
 
 setup(
-    packages=["qemu_lite", "qemu_lite.loaders", "qemu_lite.display", "qemu_lite.devices", "mmu_core", "qemu_lite.firmware"],
+    packages=["qemu_lite", "qemu_lite.acpi", "qemu_lite.loaders", "qemu_lite.display", "qemu_lite.devices", "mmu_core", "qemu_lite.firmware"],
     package_dir={"qemu_lite.devices": "devices", "qemu_lite.firmware": "firmware"},
     package_data={"qemu_lite.firmware": ["*.bin", "*.img"], "mmu_core": ["*.pxd", "*.pyx"]},
     ext_modules=cythonize(extensions, language_level=3),

@@ -9,7 +9,8 @@ no bootable device, 12 the BIOS found no bootable device after the guest had
 reset the machine (a kernel that crashed, say), 14 an internal error of
 qemu-lite (a bug: one line on stderr names a file holding the traceback, to
 attach to a report on the project's issue tracker); 128 + N signal N ended
-the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed.
+the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed;
+16 the guest powered the machine off through ACPI (S5: Linux's poweroff).
 
 Every input (options, disks, kernel, initrd, BIOS) is checked before any
 output file is created, and an output that is also an input is refused.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from qemu_lite.pc import Drive
 
 STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0,
-          "no-boot": 10, "no-boot-after-reset": 12, "internal": 14}
+          "no-boot": 10, "no-boot-after-reset": 12, "internal": 14, "powered-off": 16}
 
 MIN_MMU_PAGES = 16  # what the shadow MMU needs for one 4-level walk and its roots
 MAX_MMU_PAGES = 1 << 20  # 4 GiB of shadow page tables
@@ -92,7 +93,8 @@ def make_parser() -> argparse.ArgumentParser:
                "0 guest halted, 2 usage error, 4 timeout, 6 guest crashed, "
                "8 reset under --no-reboot, 10 no bootable device, 12 no bootable device "
                "after the guest reset (a crashed kernel), 14 internal error (a bug in "
-               "qemu-lite: please report it); 128 + N ended by signal N.",
+               "qemu-lite: please report it), 16 guest powered off (ACPI); "
+               "128 + N ended by signal N.",
     )
     p.add_argument("--version", action=VersionAction)
     p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
@@ -122,6 +124,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="keep disk writes in memory; the image file is not modified")
     p.add_argument("--no-reboot", "-no-reboot", action="store_true",
                    help="exit instead of rebooting when the guest resets or triple-faults")
+    p.add_argument("--no-acpi", "-no-acpi", action="store_true",
+                   help="no ACPI tables, PM block or MP table (the machine before ACPI)")
     p.add_argument("--mmu", default="cached", choices=["cached", "naive", "native", "identity"],
                    help="guest MMU: cached shadow page tables (default), naive (shadow pages "
                         "dropped at every CR3 load), native (Unicorn's own MMU), identity "
@@ -404,7 +408,8 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
                           memory=args.memory, serial=args.serial, serial2=args.serial2,
                           bios=args.bios, mmu=args.mmu, snapshot=snapshot,
-                          no_reboot=args.no_reboot, deterministic=args.deterministic,
+                          no_reboot=args.no_reboot, acpi=not args.no_acpi,
+                          deterministic=args.deterministic,
                           rtc_base=rtc_base, vga=args.vga, vnc=vnc, nics=nics,
                           net_dump=args.net_dump)
     except (BlockImageError, ValueError, OSError, SlirpMissing) as exc:

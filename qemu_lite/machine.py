@@ -140,6 +140,7 @@ class Machine(DebugHooks):
         vnc: str | None = None,
         nics: list[Nic] | None = None,
         net_dump: str | os.PathLike[str] | None = None,
+        acpi: bool = True,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -175,6 +176,10 @@ class Machine(DebugHooks):
         self.runloop = RunLoop(self.cpu, self.core, self.hooks, self.clock,
                                pollers=self._pollers, reset_devices=self._reset_devices)
         self.runloop.no_reboot = no_reboot
+        # powerdown() counts requests (any thread); the vCPU thread presses the button
+        # once per request it has not served yet.  Two counters: no lock, nothing lost.
+        self._power_button_requests = 0
+        self._power_button_served = 0
         self._closers: list[Callable[[], None]] = []
         # Releases disks and backends of a Machine dropped without close(); it must hold
         # nothing that refers to the Machine, or the Machine would never be collected.
@@ -191,7 +196,7 @@ class Machine(DebugHooks):
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
                                   snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios,
-                                  nics=nics, net_dump=net_dump)
+                                  nics=nics, net_dump=net_dump, acpi=acpi)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
@@ -200,6 +205,8 @@ class Machine(DebugHooks):
         self.irq_source = self.board.lapic
         self.host_input = screen.HostInput(self.board.kbc, self.wake)
         self.add_poller(self.host_input.pump)
+        if self.board.acpi_pm is not None:
+            self.add_poller(self._press_power_button)
         try:
             self.vnc = open_vnc(self, vnc) if vnc is not None else None
         except ValueError:
@@ -449,6 +456,28 @@ class Machine(DebugHooks):
     def exit(self, status: int) -> None:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""
         self.stop("exit", status, f"guest exit status {status}")
+
+    def power_off(self) -> None:
+        """The guest entered ACPI S5 (soft off): the run ends, reason ``"powered-off"``."""
+        self.stop("powered-off", None, "guest powered the machine off (ACPI S5)")
+
+    def powerdown(self) -> None:
+        """Press the ACPI power button (QMP's ``system_powerdown``), from any thread.
+
+        The guest sees PWRBTN_STS and an SCI at the vCPU's next stop; what it does
+        then is its own affair (Linux reports a power-button key press).  A machine
+        built with ``acpi=False`` has no power button: RuntimeError."""
+        if self.board.acpi_pm is None:
+            raise RuntimeError("this machine has no ACPI power button (acpi=False)")
+        self._power_button_requests += 1
+        self.wake()
+
+    def _press_power_button(self) -> None:
+        requests = self._power_button_requests
+        if requests != self._power_button_served:
+            self._power_button_served = requests
+            assert self.board.acpi_pm is not None
+            self.board.acpi_pm.press_power_button()
 
     def firmware_event(self, event: int) -> None:
         """Our BIOS reported ``event`` on its port (FW_EVENT_* in devices/debugport.py)."""

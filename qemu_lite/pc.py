@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from unicorn import UcError
 
 from mmu_core._core import STOP_REQUEST
+from qemu_lite.acpi import tables as acpi_tables
+from qemu_lite.acpi.platform import Platform as AcpiPlatform
 from qemu_lite.clock import VirtualClock
+from qemu_lite.devices.acpi_pm import PM_BASE, PM_SIZE, AcpiPm
 from qemu_lite.devices.backends import SerialBackend, StdioBackend, open_backend
 from qemu_lite.devices.base import Device, IrqLine
 from qemu_lite.devices.block import BlockImage
@@ -54,6 +57,7 @@ POST = 0x80
 FW_CFG = 0x510
 FW_EVENT = 0x5F4  # qemu_lite's own: the BIOS reports "no bootable device" here
 FW_CFG_BOOT_DEVICE = 0x0C
+FW_CFG_TABLES_FILE = "etc/qemu-lite/tables"  # firmware/bios/tables.inc copies it
 PCI_CONFIG = 0xCF8
 BMDMA_PORTS = 16
 PIC_MASTER, PIC_SLAVE, ELCR = 0x20, 0xA0, 0x4D0
@@ -65,6 +69,9 @@ LAPIC_BASE = 0xFEE00000
 IOAPIC_BASE = 0xFEC00000
 
 IRQ_PIT, IRQ_KBD, IRQ_COM2, IRQ_COM1, IRQ_RTC, IRQ_MOUSE, IRQ_IDE0, IRQ_IDE1 = 0, 1, 3, 4, 8, 12, 14, 15
+IRQ_SCI = 9  # the ACPI SCI, as on QEMU's pc (FADT SCI_INT)
+# RAM below 4 GiB: all of it under 3.5 GiB, else 3 GiB (our BIOS splits it so).
+LOWMEM_LIMIT, LOWMEM_SPLIT = 0xE0000000, 0xC0000000
 # The NIC, where SeaBIOS leaves QEMU's e1000: PCI 00:03.0, its BARs programmed, INTA# on IRQ 11.
 NIC_PCI_SLOT = 3
 NIC_MMIO, NIC_IO, IRQ_NIC = 0xFEBC0000, 0xC080, 11
@@ -252,6 +259,9 @@ class Board:
     disks: list[BlockImage] = field(default_factory=list)
     vga: Vga | None = None
     nic: E1000 | None = None
+    acpi_pm: AcpiPm | None = None
+    # ACPI and MP tables as (physical address, bytes), for loaders that skip the BIOS.
+    firmware_tables: list[tuple[int, bytes]] = field(default_factory=list)
 
     def slot(self, name: str) -> Slot:
         for slot in self.slots:
@@ -267,7 +277,8 @@ def _ports(*ranges: tuple[int, int, Device]) -> list[PortRange]:
 def build(platform: Platform, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
-          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None) -> Board:
+          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None,
+          acpi: bool = True) -> Board:
     """The devices of QEMU's ``pc`` machine, as a table the machine walks.
 
     Ports and ranges in the table are claimed by the machine; only what moves at run
@@ -393,8 +404,24 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         # Its ports and registers follow its BARs (claimed by _add_nic); its state is the
         # PCI function's, saved with the bus.
         slots.append(Slot("nic", None, irqs=(IRQ_NIC,), poll=nic.poll))
-    return Board(slots, pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci,
-                 piix_ide, fw_cfg, debugcon, post, port92, disks, display, nic)
+    board = Board(slots, pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci,
+                  piix_ide, fw_cfg, debugcon, post, port92, disks, display, nic)
+    if acpi:
+        _add_acpi(platform, board, irqs)
+    return board
+
+
+def _add_acpi(platform: Platform, board: Board, irqs: IsaIrqs) -> None:
+    """The PM block (SCI on IRQ 9) and the ACPI and MP tables, handed to the BIOS in fw_cfg."""
+    pm = AcpiPm(platform.clock, irqs.line(IRQ_SCI), on_power_off=platform.power_off)
+    board.slots.append(Slot("acpi-pm", pm, _ports((PM_BASE, PM_SIZE, pm)), (IRQ_SCI,)))
+    ram = platform.memory_size
+    tables = AcpiPlatform(cpus=1, ram_below_4g=ram if ram < LOWMEM_LIMIT else LOWMEM_SPLIT,
+                          com2=board.com2 is not None)
+    placements = acpi_tables.build(tables)
+    board.fw_cfg.add_file(FW_CFG_TABLES_FILE, acpi_tables.fw_cfg_blob(placements))
+    board.acpi_pm = pm
+    board.firmware_tables = placements
 
 
 def _add_nic(platform: Platform, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],

@@ -113,4 +113,7 @@ class Platform(HostMemory, Protocol):
     def exit(self, status: int) -> None:
         """isa-debug-exit."""
 
+    def power_off(self) -> None:
+        """The guest entered ACPI S5."""
+
     def firmware_event(self, event: int) -> None: ...

@@ -49,7 +49,8 @@ class RunResult:
     ``"stopped"`` (:meth:`Machine.stop`),
     ``"breakpoint"`` / ``"step"`` (:meth:`Machine.add_breakpoint`, :meth:`Machine.step`),
     ``"reset"`` (the guest reset the machine and ``no_reboot`` was set),
-    ``"triple-fault"``, ``"no-boot"`` (the BIOS found nothing to boot) or
+    ``"triple-fault"``, ``"powered-off"`` (ACPI S5: Linux's ``poweroff``),
+    ``"no-boot"`` (the BIOS found nothing to boot) or
     ``"no-boot-after-reset"`` (the same, after the guest had reset the machine:
     a crashed kernel, say).
     """
