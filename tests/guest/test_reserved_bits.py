@@ -11,9 +11,9 @@ with LME=1 and PAE=0 ("XXX: generate an exception").  Engine patch h
 each case must at least not take effect where 2.1.4 refuses it, and the SDM
 tests skip with the reason.
 
-QEMU's TCG (7.2, checked with ``qemu-system-x86_64 -kernel`` on the same
-guest) has the stock behaviour for all but CR4.VMXE/SMXE/UMIP/LA57/PCIDE/bit
-15/bit 31, which it drops without #GP; only KVM, like hardware, answers #GP.
+The SDM, not QEMU's TCG, is the reference here: 2.1.4's helpers are QEMU
+5.0's TCG helpers, gaps included (a comparison run under the installed
+qemu-system-x86_64 was tried and did not get past the first case).
 """
 
 from __future__ import annotations
