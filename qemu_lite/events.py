@@ -30,7 +30,7 @@ from unicorn import x86_const as X
 
 from qemu_lite.canonical import is_canonical
 from qemu_lite.cpustate import CS, DS, ES, FS, GS, HF_CPL_MASK, HF_LMA, SS, Segment, segment_hflags
-from qemu_lite.paging import READ, WRITE, PageFault, PagingState, translate
+from qemu_lite.paging import READ, WRITE, PagingState
 from qemu_lite.taskswitch import UnsupportedTask, switch_through_gate
 from qemu_lite.x86 import EFER_LMA, EFLAGS_IF, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM
 
@@ -120,13 +120,13 @@ class EventDelivery:
             # A 48-bit walk would reach the address's canonical alias instead.
             raise DeliveryFault(GP, 0)
         pieces = []
+        walk = self.cpu.core.walk  # the fills' C walker: no Python per paging level
         while size > 0:
             chunk = min(size, 4096 - (linear & 0xFFF))
-            try:
-                t = translate(self.cpu.walk_memory, st, linear, access, user)
-            except PageFault as pf:
-                raise DeliveryFault(PF, pf.error_code, pf.address) from None
-            pieces.append((t.paddr, chunk))
+            paddr = walk(st.cr0, st.cr3, st.cr4, st.efer, st.eflags, linear, access, user)
+            if paddr < 0:
+                raise DeliveryFault(PF, -1 - paddr, linear)
+            pieces.append((paddr, chunk))
             linear += chunk
             size -= chunk
         return pieces

@@ -18,6 +18,7 @@ PATCHES = {
     "e": "TLB resized by flush count",
     "f": "RDMSR/WRMSR hooks",
     "g": "translation blocks bounded by TCG temps",
+    "h": "#GP for reserved CR/EFER bits and unknown MSRs",
 }
 
 
