@@ -343,11 +343,13 @@ class _FuzzNet:
     def __init__(self) -> None:
         self.incoming: list[bytes] = []
         self.sent = 0
+        self.last_sent = b""
 
     def send(self, frame: bytes) -> bool:
         if not isinstance(frame, (bytes, bytearray)) or len(frame) > 65536 + 64:
             raise ValueError(f"the NIC sent a {len(frame)}-byte frame")
         self.sent += 1
+        self.last_sent = bytes(frame)
         return True
 
     def receive(self) -> bytes | None:
