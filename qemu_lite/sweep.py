@@ -27,7 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# The checkout's benchmarks/: beside the package in an editable install, else the
+# current directory's (run from the checkout), else give --benchmarks.
+DEFAULT_BENCHMARKS = next((p for p in (Path(__file__).resolve().parent.parent / "benchmarks",
+                                       Path.cwd() / "benchmarks") if p.is_dir()),
+                          Path("benchmarks"))
 BOUNDS = ("default", "small")
 
 
