@@ -115,12 +115,9 @@ class Clock:
     only through :meth:`advance`.
     """
 
-    COMPACT_MIN = 256  # heap entries before stale ones are swept out
-
     def __init__(self) -> None:
         self._now = 0
         self._heap: list[tuple[int, int, int, Timer]] = []
-        self._compact_at = self.COMPACT_MIN
         self._order = itertools.count()
         self.on_schedule: Callable[[int], None] | None = None
 
@@ -133,18 +130,8 @@ class Clock:
     def _schedule(self, timer: Timer) -> None:
         assert timer.deadline is not None
         heapq.heappush(self._heap, (timer.deadline, next(self._order), timer._seq, timer))
-        if len(self._heap) > self._compact_at:
-            self._compact()
         if self.on_schedule is not None:
             self.on_schedule(timer.deadline)
-
-    def _compact(self) -> None:
-        """Drop the entries of re-armed and cancelled timers.  They are otherwise popped
-        only when their deadline comes, so a guest re-arming a far timer in a loop (the
-        LAPIC's initial count, a PIT reload) grew the heap without bound."""
-        self._heap = [e for e in self._heap if e[3]._seq == e[2] and e[3].deadline == e[0]]
-        heapq.heapify(self._heap)
-        self._compact_at = max(self.COMPACT_MIN, 2 * len(self._heap))
 
     def next_deadline(self) -> int | None:
         heap = self._heap

@@ -118,6 +118,7 @@ class Target:
         self.events: list[HostEvent] = []
         self.stateful: list[Any] = []  # objects with save_state/load_state, in order
         self.roots: list[Any] = []  # what the footprint walk starts from
+        self.shared: list[Any] = []  # the board's, not the device's: not walked
         self.build()
 
     def build(self) -> None:
@@ -259,10 +260,11 @@ def _slot_names(cls: type) -> tuple[str, ...]:
     return names
 
 
-def footprint(roots: list[Any]) -> int:
+def footprint(roots: list[Any], exclude: list[Any] | None = None) -> int:
     """Elements and bytes held by containers reachable from ``roots`` through the
-    attributes of qemu_lite's device objects (harness fakes and callables not followed)."""
-    seen: set[int] = set()
+    attributes of qemu_lite's device objects (harness fakes, callables and ``exclude``
+    not followed)."""
+    seen: set[int] = {id(x) for x in exclude or ()}
     total = 0
     stack = list(roots)
     scalars = (int, float, bool, type(None))
@@ -314,7 +316,7 @@ def execute(target_cls: type[Target], data: bytes) -> Result:
     target = target_cls()
     baseline = _baselines.get(target_cls)
     if baseline is None:
-        baseline = _baselines[target_cls] = footprint(target.roots)
+        baseline = _baselines[target_cls] = footprint(target.roots, target.shared)
     limit = baseline + target.allowance
     result = Result()
     history: list[Op] = []
@@ -341,14 +343,14 @@ def execute(target_cls: type[Target], data: bytes) -> Result:
             history.append(op)
         result.ops += 1
         if op.kind == "burst":
-            size = footprint(target.roots)
+            size = footprint(target.roots, target.shared)
             if size > limit:
                 raise Finding(f"footprint {size} after a burst of "
                               f"{last_access.describe(target) if last_access else '-'}: "
                               f"more than {limit} (fresh device {baseline})")
     # Growth past the allowance takes many operations (or a burst, checked above); a
     # single huge allocation is libFuzzer's -rss_limit_mb / -malloc_limit_mb to catch.
-    result.footprint = footprint(target.roots) if result.ops >= FOOTPRINT_MIN_OPS else 0
+    result.footprint = footprint(target.roots, target.shared) if result.ops >= FOOTPRINT_MIN_OPS else 0
     if result.footprint > limit:
         raise Finding(f"footprint {result.footprint} after {result.ops} ops: more than "
                       f"{limit} (fresh device {baseline})")
