@@ -4,7 +4,7 @@
   one dword of each of 8,192 pages, 100 times.  Peers: the shadow MMU
   (``cached``), Unicorn's own MMU (``native``), and a raw Unicorn engine whose
   ``UC_HOOK_TLB_FILL`` hook is a pure-Python identity map (``python_hook``):
-  what mmu_core's C fill saves over doing it in Python (DESIGN fact 1).
+  what mmu_core's C fill saves over doing it in Python (ENGINE_FACTS.md fact 1).
 - Port I/O round trip (``test_port_io``): ``IN AL, DX`` to a Python device vs
   to an unclaimed port.
 - PIO sector read (``test_pio_sector_read``): ATA READ SECTORS with

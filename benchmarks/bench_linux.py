@@ -11,7 +11,7 @@ are not reproducible to the unit: those rows run once and say
 ``deterministic: False``.  The ``--deterministic`` rows beside them run twice
 and assert the same serial output (timestamps included) and the same MMU
 counters, except those that follow Unicorn's TLB refills, which it resizes by
-wall-clock windows (DESIGN fact 18): the row lists which of those differed.
+wall-clock windows (ENGINE_FACTS.md fact 18): the row lists which of those differed.
 
     pytest benchmarks/bench_linux.py --benchmark-only      # only this group
     pytest benchmarks/ --benchmark-only -m "not linux"     # everything else

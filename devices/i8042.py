@@ -235,6 +235,7 @@ class PS2Keyboard(_PS2Device):
         """Power-on: scanning enabled, scan code set 2, LEDs off, empty buffers."""
         self.replies.clear()
         self.data.clear()
+        self.last = KBD_REPLY_ACK
         self._set_defaults()
         self.scanning = True
         self.leds = 0
@@ -329,6 +330,7 @@ class PS2Mouse(_PS2Device):
         """Power-on: stream mode, reporting off, 100 samples/s, 4 counts/mm, 1:1."""
         self.replies.clear()
         self.data.clear()
+        self.last = KBD_REPLY_ACK
         self._set_defaults()
         self.buttons = 0
         self._expect = 0

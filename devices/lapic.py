@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .base import Clock, Device
+from .base import Clock, Device, check_state
+
+STATE_VERSION = 2  # 1 carried no version field
 
 # Register offsets in the 4 KiB page (SDM table 10-1).
 APIC_ID = 0x020
@@ -642,6 +644,7 @@ class LocalApic(Device):
 
     def save_state(self) -> dict[str, Any]:
         return {
+            "version": STATE_VERSION,
             "id": self._id,
             "tpr": self._tpr,
             "ldr": self._ldr,
@@ -667,6 +670,7 @@ class LocalApic(Device):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, "lapic", (STATE_VERSION,))
         self._id = state["id"]
         self._tpr = state["tpr"]
         self._ldr = state["ldr"]

@@ -2,7 +2,7 @@
 """A C block hook for the vCPU: interrupt windows, timer deadlines, guest progress.
 
 The vCPU thread itself decides when a slice ends: another thread never calls
-``uc_emu_stop`` (DESIGN fact 14 saw corruption under frequent cross-thread
+``uc_emu_stop`` (ENGINE_FACTS.md fact 14 saw corruption under frequent cross-thread
 stops).  Every 64 blocks the hook reads the host's monotonic clock and stops
 the slice once the next timer deadline has passed; other threads only set
 ``poke`` (a plain store), which the hook sees at the next block.
@@ -50,8 +50,7 @@ cdef enum:
     EFLAGS_IF = 1 << 9
 
 
-cdef uintptr_t _fn(name) except 0:
-    return <uintptr_t>ctypes.cast(getattr(_ucbinding.uclib, name), ctypes.c_void_p).value
+include "../mmu_core/includes/uclib.pxi"
 
 
 cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")
@@ -199,6 +198,10 @@ cdef class VcpuHooks:
         def __set__(self, uint64_t value):
             if value > self.st.vclock_ns:
                 self.st.vclock_ns = value
+
+    def restore_vclock(self, uint64_t value):
+        """Set the virtual clock to ``value``, backwards too: loading a saved state."""
+        self.st.vclock_ns = value
 
     property ns_per_block:
         """Virtual nanoseconds a translation block costs."""

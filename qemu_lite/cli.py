@@ -152,6 +152,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="short form: user[,hostfwd=...][,mac=...][,model=e1000] or socket,...")
     p.add_argument("--net-dump", metavar="FILE",
                    help="write the NIC's traffic, both directions, to FILE (pcap)")
+    p.add_argument("--restore", "-loadvm", metavar="FILE",
+                   help="start from a state saved by --save-on-exit (or Machine.save_state); "
+                        "give the options the machine was built with")
+    p.add_argument("--save-on-exit", metavar="FILE",
+                   help="save the machine's state to FILE when the run ends by SIGINT, SIGTERM, "
+                        "SIGHUP or --timeout (resume it with --restore)")
     p.add_argument("--timeout", type=_timeout, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
@@ -421,15 +427,20 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         if args.mmu_pages is not None:
             machine.core.set_max_shadow_pages(args.mmu_pages)
         try:
-            if bzimage:
+            if args.restore is not None:
+                machine.restore_state(args.restore)  # RAM and CPU: no kernel to load
+            elif bzimage:
                 linux.load(machine, args.kernel, args.append, args.initrd)
             elif args.kernel:
                 multiboot.load(machine, args.kernel, args.append, modules)
-        except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, InputFileError
-            return _fail(str(exc))
+        except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, StateError...
+            what = f"--restore {args.restore}: " if args.restore is not None else ""
+            return _fail(f"{what}{exc}")
         try:
             signals.machine = machine
             result = _run_machine(machine, args)
+            if args.save_on_exit and result.reason in ("signal", "timeout"):
+                _save_on_exit(machine, args.save_on_exit)
         except TripleFault as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)
             return STATUS["crash"]
@@ -470,6 +481,9 @@ def _check_files(args: argparse.Namespace, disk: str | None,
         _check_input(path, what, block_device=block)
         if path is not None:
             inputs.append((what, path))
+    _check_input(args.restore, "saved state")
+    if args.restore is not None:
+        inputs.append(("saved state", args.restore))
     _check_input(args.serial_input, "serial input", allow_empty=True)
     if args.serial_input is not None:
         inputs.append(("serial input", args.serial_input))
@@ -488,7 +502,8 @@ def _check_files(args: argparse.Namespace, disk: str | None,
     outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
                                                  ("serial2", serial_output_path(args.serial2)),
                                                  ("screendump", args.screendump_on_exit),
-                                                 ("net-dump", args.net_dump))
+                                                 ("net-dump", args.net_dump),
+                                                 ("save-on-exit", args.save_on_exit))
                if path is not None]
     try:
         check_outputs(outputs, inputs)
@@ -499,6 +514,15 @@ def _check_files(args: argparse.Namespace, disk: str | None,
     except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
         raise _InputError(str(exc)) from None
     return bzimage, modules
+
+
+def _save_on_exit(machine: Machine, path: str) -> None:
+    try:
+        machine.save_state(path)
+    except OSError as exc:
+        _say(f"qemu-lite: --save-on-exit: cannot write {path}: {exc.strerror}")
+        return
+    _say(f"qemu-lite: state saved to {path} (resume with --restore {path})")
 
 
 def _run_machine(machine: Machine, args: argparse.Namespace) -> RunResult:

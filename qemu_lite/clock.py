@@ -27,6 +27,11 @@ class HostClock(Clock):
         """The host ``time.monotonic_ns()`` at which guest time reaches ``guest_ns``."""
         return self._t0 + guest_ns
 
+    def _set_now(self, ns: int) -> None:
+        # Guest time goes on from the saved value: the host time between save and load
+        # did not pass for the guest.
+        self._t0 = time.monotonic_ns() - ns
+
 
 class VirtualClock(Clock):
     """Deterministic guest time, derived from guest progress.
@@ -59,6 +64,9 @@ class VirtualClock(Clock):
         (the hook's deadline is in guest nanoseconds; 0 would mean none)."""
         return max(1, guest_ns)
 
+    def _set_now(self, ns: int) -> None:
+        self._progress.restore_vclock(ns)  # the setter only moves forward
+
     def skip_to(self, guest_ns: int) -> None:
         """Idle until ``guest_ns``: the halted guest loses no host time."""
         if guest_ns > self.now():
@@ -70,6 +78,8 @@ class VirtualProgress(Protocol):
 
     vclock_ns: int
     ns_per_block: int
+
+    def restore_vclock(self, value: int) -> None: ...
 
 
 # The virtual TSC's frequency in both clock modes (qemu_lite/_tsc.pxi), which

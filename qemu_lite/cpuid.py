@@ -3,7 +3,7 @@
 The table is read once per process from a scratch engine running the CPUID
 instruction natively; the hook then answers every guest CPUID from it with
 these changes: no x2APIC and no TSC-deadline timer (neither works without
-MSR hooks, DESIGN fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
+MSR hooks, ENGINE_FACTS.md fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
 components whose features are offered (x87 and SSE: the model has no AVX),
 OSXSAVE mirroring CR4.OSXSAVE at each CPUID, an invariant TSC whose rate
 leaf 0x16 advertises (``tsc_mhz``: ours runs at a fixed rate from guest time,

@@ -1,6 +1,6 @@
 """Event delivery: exceptions and interrupts through the IVT or IDT, as an x86 CPU does.
 
-Unicorn stops at every event without delivering it (DESIGN fact 2); the
+Unicorn stops at every event without delivering it (ENGINE_FACTS.md fact 2); the
 vCPU calls :meth:`EventDelivery.deliver` between slices.  Real mode uses the
 IVT; protected mode uses 8-byte interrupt and trap gates with a stack switch
 through the TSS on a privilege change; long mode uses 16-byte gates, IST
@@ -59,8 +59,12 @@ class DeliveryFault(Exception):
         self.return_ip = return_ip  # set when the fault belongs to a task switched to
 
 
-class TripleFault(Exception):
-    pass
+class GuestError(RuntimeError):
+    """The guest did something the machine cannot continue from."""
+
+
+class TripleFault(GuestError):
+    """A fault while delivering a double fault: a real PC resets."""
 
 
 class UnsupportedEvent(Exception):
@@ -407,5 +411,5 @@ def _name(vector: int) -> str:
     return _NAMES.get(vector, f"vector {vector}")
 
 
-__all__ = ["Event", "EventDelivery", "DeliveryFault", "TripleFault", "UnsupportedEvent",
-           "combine", "segment_hflags"]
+__all__ = ["Event", "EventDelivery", "DeliveryFault", "GuestError", "TripleFault",
+           "UnsupportedEvent", "combine", "segment_hflags"]

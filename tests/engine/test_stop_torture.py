@@ -3,13 +3,13 @@ millisecond must not change what a guest computes.
 
 Stock Unicorn 2.1.4 checks for exits after every load and store, and an exit
 taken between the load and the store of a read-modify-write instruction runs
-the instruction again on resume (DESIGN facts 14, 20): its Linux decompressor
+the instruction again on resume (ENGINE_FACTS.md facts 14, 20): its Linux decompressor
 reported corrupt XZ data in 3 of 3 such runs.  Patch a stops only at block
 starts.  Both guests here are stopped from a Python thread through the
 binding's ``emu_stop``; the run loop resumes after each stop.
 
 The run loop recognises HLT by the byte before EIP being 0xF4, which a stop
-can imitate (DESIGN fact 20); that is the run loop's, not the engine's, so the
+can imitate (ENGINE_FACTS.md fact 20); that is the run loop's, not the engine's, so the
 kicked runs do not count a slice that a kick ended as a HLT.
 """
 

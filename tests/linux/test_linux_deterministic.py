@@ -21,7 +21,7 @@ from qemu_lite.loaders import linux
 APPEND = "console=ttyS0 panic=-1"
 
 # mmu_stats counters that depend on how often Unicorn refills its TLB, which it
-# resizes by wall-clock windows (DESIGN fact 18): they may differ between two
+# resizes by wall-clock windows (ENGINE_FACTS.md fact 18): they may differ between two
 # identical guest executions on the stock engine.  Everything else must match.
 TLB_SIZE_DEPENDENT = {
     "fills", "fills_read", "fills_write", "fills_fetch", "guest_walks", "shadow_hits",
