@@ -899,9 +899,8 @@ class VbeDispiPorts:
         pass
 
     def io_read(self, offset: int, size: int) -> int:
-        if offset == 0:
-            return self.vga.vbe_index
-        return self.vga.vbe_read()
+        value = self.vga.vbe_index if offset == 0 else self.vga.vbe_read()
+        return value & ((1 << (8 * size)) - 1)  # a byte read gets the low byte, as QEMU's
 
     def io_write(self, offset: int, size: int, value: int) -> None:
         if offset == 0:
