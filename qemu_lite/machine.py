@@ -534,7 +534,7 @@ class Machine(DebugHooks):
         then leaves ``run`` and the machine can be closed, or run again."""
         self._stop_reason = None
         self._pending_reset = False
-        self.hooks.take_fired()  # a stop left by a run that an exception ended
+        self.hooks.end_slice()  # a stop left by a run that an exception ended
         if threading.current_thread() is threading.main_thread():
             watch_signals(RUN_SIGNALS)
         wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
@@ -586,10 +586,12 @@ class Machine(DebugHooks):
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue
-            self.hooks.set_deadline(self._next_due(wall_deadline) or 0)
-            err = cpu.run_slice()
+            self.hooks.begin_slice(self._next_due(wall_deadline) or 0)
+            try:
+                err = cpu.run_slice()
+            finally:
+                stopped_by_block_hook = self.hooks.end_slice() != 0
             flags, intno = core.take_stop()
-            stopped_by_block_hook = self.hooks.take_fired() != 0
             if flags & STOP_ERROR:
                 callback_error = core.take_error()
                 if callback_error is not None:
@@ -613,7 +615,7 @@ class Machine(DebugHooks):
                     cpu.do_sysenter()
                 elif err is not None:
                     raise GuestError(self._describe_error(err))
-                elif not flags and not stopped_by_block_hook and cpu.stopped_on_hlt():
+                elif not flags and not stopped_by_block_hook and self._stopped_on_hlt():
                     # Only HLT ends a slice without a stop flag or the block hook.
                     if not cpu.reg("rflags") & EFLAGS_IF and not self._nmi_pending():
                         return RunResult("halted", None, "guest halted with interrupts "
@@ -622,6 +624,10 @@ class Machine(DebugHooks):
             except TripleFault as exc:
                 if self._triple_fault(exc):
                     return self._stop_reason  # type: ignore[return-value]
+
+    def _stopped_on_hlt(self) -> bool:
+        halted = self.hooks.stopped_on_hlt()
+        return self.cpu.stopped_on_hlt() if halted is None else halted
 
     def _nmi_pending(self) -> bool:
         return bool(getattr(self.irq_source, "nmi_pending", False))
