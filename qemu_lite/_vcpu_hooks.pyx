@@ -28,8 +28,8 @@ loop lets run with ``skip_once_at``), and polls ``poke`` and the signal counter.
 Either way the vCPU leaves at a block boundary, never inside an instruction.
 Other threads never call ``uc_emu_stop``: besides the mid-instruction exits of
 stock 2.1.4 (DESIGN fact 14), it sets ``stop_request``, which Unicorn's helpers
-read between the hooks of one instruction (its IN/OUT, CPUID and SYSCALL hook
-loops), so a stop from another thread can skip our port or CPUID hook.
+read between the hooks of one instruction (its CPUID, RDTSC and SYSCALL hook
+loops), so a stop from another thread can skip our CPUID or RDTSC hook.
 
 Host signals: Python runs its signal handlers only between bytecodes, never
 while ``emu_start`` is inside C, so a guest spinning with no timer armed
