@@ -51,6 +51,8 @@ from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from qemu_lite.msr import MsrModel
+
 log = logging.getLogger(__name__)
 
 # 2000-01-01T00:00:00Z: the RTC's time in deterministic runs unless rtc_base is given.
@@ -210,6 +212,7 @@ class Machine(DebugHooks):
             self.clock = HostClock()
             self.clock.on_schedule = self._timer_armed_host
         self.rtc_base = rtc_base
+        self.msrs: MsrModel | None = None  # the platform's MSRs (pc.py, on patch f)
         self.tsc = VirtualTsc(self.uc, self.hooks, TSC_KHZ,
                               None if deterministic else self.clock.start_ns)
         if deterministic:

@@ -41,6 +41,7 @@ from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display.vgaboard import attach_vga
+from qemu_lite.msr import ApicWindow, MsrModel
 from qemu_lite.piofast import PioWindowedBlock
 
 if TYPE_CHECKING:
@@ -255,6 +256,29 @@ class Board:
     nic: E1000 | None = None
 
 
+def _platform_msrs(machine: Machine, lapic: LocalApic) -> None:
+    """IA32_APIC_BASE, the TSC MSRs and MISC_ENABLE (qemu_lite/msr.py), on patch f."""
+
+    def move(old: int, new: int) -> bool:
+        machine.uc.mem_unmap(old, 0x1000)
+        machine.unassigned.fill_gaps()  # the old page: unassigned again
+        try:
+            machine.add_mmio(new, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
+        except UcError as exc:  # over RAM or ROM: the page stays where it was
+            log.warning("guest moved the local APIC to %#x, which is not free (%s); "
+                        "it stays at %#x", new, exc, old)
+            machine.add_mmio(old, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
+            return False
+        return True
+
+    msrs = MsrModel(machine.tsc, ApicWindow(move, lapic.set_hardware_enabled),
+                    machine._callback_failed, machine.wake)
+    if msrs.install(machine.uc):
+        machine.msrs = msrs
+        machine.add_poller(msrs.apply_pending)
+        machine.add_resettable(msrs)
+
+
 def build(machine: Machine, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
@@ -277,6 +301,7 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     machine.add_mmio(IOAPIC_BASE, 0x1000, ioapic)
     machine.irq_source = lapic
     machine.add_resettable(pic, lapic, ioapic)
+    _platform_msrs(machine, lapic)
 
     pit = Pit8254(clock, irqs.line(IRQ_PIT))
     add(PIT, 4, pit.ports)
