@@ -38,7 +38,7 @@ cdef struct TscState:
 cdef inline uint64_t _tsc_guest_ns(TscState *t) noexcept nogil:
     cdef timespec ts
     if t.virtual:
-        return t.clock.vclock_ns
+        return t.clock.vclock[0]
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec - t.host_t0_ns
 

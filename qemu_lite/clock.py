@@ -36,9 +36,10 @@ class HostClock(Clock):
 class VirtualClock(Clock):
     """Deterministic guest time, derived from guest progress.
 
-    Guest time is the C virtual clock of the block hook (``vclock_ns``): it
-    advances by ``NS_PER_BLOCK`` for every translation block the vCPU executes,
-    by ``PORT_NS`` for every port access and by a device's MMIO cost for every
+    Guest time is the C virtual clock of ``_vcpu_hooks`` (``vclock_ns``): it
+    advances by ``NS_PER_INSN`` for every instruction the vCPU executes (the
+    patched engine counts them at each block start, as QEMU's icount does; the
+    stock engine's block hook adds ``NS_PER_BLOCK`` a block instead), by ``PORT_NS`` for every port access and by a device's MMIO cost for every
     MMIO access (charged in C by the hooks, so a guest that polls a device
     sees time pass at about a real bus's rate), and jumps straight to the next
     timer deadline while the guest is halted.  The same guest with the same
@@ -47,6 +48,7 @@ class VirtualClock(Clock):
     """
 
     NS_PER_BLOCK = 10
+    NS_PER_INSN = 2
     PORT_NS = 1000          # an ISA bus I/O cycle is about 1 us
     MMIO_NS = 500           # an uncached MMIO access to a chipset device (IOAPIC)
     LAPIC_MMIO_NS = 100     # the local APIC sits on the core: cheaper
@@ -55,6 +57,7 @@ class VirtualClock(Clock):
         super().__init__()
         self._progress = progress
         progress.ns_per_block = self.NS_PER_BLOCK
+        progress.ns_per_insn = self.NS_PER_INSN
 
     def now(self) -> int:
         return int(self._progress.vclock_ns)
@@ -78,6 +81,7 @@ class VirtualProgress(Protocol):
 
     vclock_ns: int
     ns_per_block: int
+    ns_per_insn: int
 
     def restore_vclock(self, value: int) -> None: ...
 

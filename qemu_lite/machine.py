@@ -15,6 +15,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from unicorn import UcError
+
 import mmu_core
 from mmu_core._core import TLB_IDENTITY, TLB_NATIVE
 from qemu_lite import pc
@@ -40,6 +42,8 @@ from qemu_lite.vcpu import VCpu, new_engine
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
+
+    from qemu_lite.msr import MsrModel
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +169,7 @@ class Machine(DebugHooks):
             self.clock = HostClock()
             self.clock.on_schedule = self._timer_armed_host
         self.rtc_base = rtc_base
+        self.msrs: MsrModel | None = None  # the platform's MSRs (pc.py, on patch f)
         self.tsc = VirtualTsc(self.uc, self.hooks, TSC_KHZ,
                               None if deterministic else self.clock.start_ns)
         if deterministic:
@@ -201,6 +206,7 @@ class Machine(DebugHooks):
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
         self._claim(self.board.slots)
+        self._install_platform_msrs()
         self._snapshot_base: Snapshot | None = None  # what the dirty log is against
         self.irq_source = self.board.lapic
         self.host_input = screen.HostInput(self.board.kbc, self.wake)
@@ -213,6 +219,31 @@ class Machine(DebugHooks):
             self.close()
             raise
         self.unassigned.fill_gaps()
+
+    def _install_platform_msrs(self) -> None:
+        """IA32_APIC_BASE, the TSC MSRs and MISC_ENABLE (qemu_lite/msr.py), on patch f."""
+        from qemu_lite.msr import ApicWindow, MsrModel
+
+        lapic = self.board.lapic
+
+        def move(old: int, new: int) -> bool:
+            self.uc.mem_unmap(old, 0x1000)
+            self.unassigned.fill_gaps()  # the old page: unassigned again
+            try:
+                self.add_mmio(new, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
+            except UcError as exc:  # over RAM or ROM: the page stays where it was
+                log.warning("guest moved the local APIC to %#x, which is not free (%s); "
+                            "it stays at %#x", new, exc, old)
+                self.add_mmio(old, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
+                return False
+            return True
+
+        msrs = MsrModel(self.tsc, ApicWindow(move, lapic.set_hardware_enabled),
+                        self.runloop.callback_failed, self.wake)
+        if msrs.install(self.uc):
+            self.msrs = msrs
+            self.add_poller(msrs.apply_pending)
+            self.add_resettable(msrs)
 
     def _claim(self, slots: list[Slot]) -> None:
         """Give every slot of the board its ports, MMIO ranges and poller."""

@@ -101,6 +101,7 @@ class RunLoop:
         self.stop_reason: RunResult | None = None
         self.stop_requested: RunResult | None = None  # survives run()'s reset
         self.pending_reset = False
+        self.callback_error: BaseException | None = None
 
     # -- stopping and waking (any thread unless noted) --------------------------------
 
@@ -153,7 +154,7 @@ class RunLoop:
         """Start a run on this thread: clear what a previous run left."""
         self.stop_reason = None
         self.pending_reset = False
-        self.hooks.take_fired()
+        self.hooks.end_slice()  # a stop left by a run that an exception ended
         self.vcpu_thread = threading.get_ident()
 
     def end(self) -> None:
@@ -200,14 +201,19 @@ class RunLoop:
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue
-            hooks.set_deadline(self._next_due(wall_deadline) or 0)
-            err = cpu.run_slice()
+            hooks.begin_slice(self._next_due(wall_deadline) or 0)
+            try:
+                err = cpu.run_slice()
+            finally:
+                stopped_by_block_hook = hooks.end_slice() != 0
             flags, intno = core.take_stop()
-            stopped_by_block_hook = hooks.take_fired() != 0
             if flags & STOP_ERROR:
                 callback_error = core.take_error()
                 if callback_error is not None:
                     raise callback_error
+            if self.callback_error is not None:
+                callback_error, self.callback_error = self.callback_error, None
+                raise callback_error
             stop = self._stop_result()
             if stop is not None:
                 return stop
@@ -224,7 +230,7 @@ class RunLoop:
                     cpu.do_sysenter()
                 elif err is not None:
                     raise GuestError(self._describe_error(err))
-                elif not flags and not stopped_by_block_hook and cpu.stopped_on_hlt():
+                elif not flags and not stopped_by_block_hook and self._stopped_on_hlt():
                     # Only HLT ends a slice without a stop flag or the block hook.
                     if not cpu.reg("rflags") & EFLAGS_IF and not self.nmi_pending():
                         return RunResult("halted", None, "guest halted with interrupts "
@@ -233,6 +239,17 @@ class RunLoop:
             except TripleFault as exc:
                 if self._triple_fault(exc):
                     return self.stop_reason  # type: ignore[return-value]
+
+    def callback_failed(self, exc: BaseException) -> None:
+        """A Python hook the engine called directly (the MSR hooks) raised: the run
+        re-raises it once the slice ends."""
+        if self.callback_error is None:
+            self.callback_error = exc
+        self.hooks.poke()
+
+    def _stopped_on_hlt(self) -> bool:
+        halted = self.hooks.stopped_on_hlt()  # None: the stock engine cannot say
+        return self.cpu.stopped_on_hlt() if halted is None else halted
 
     def nmi_pending(self) -> bool:
         return bool(getattr(self.irq_source, "nmi_pending", False))

@@ -13,6 +13,7 @@ from qemu_lite import engine as _engine
 
 PATCHES = {
     "a": "exit checks only at block starts",
+    "b": "deadlines, interrupt windows and stop requests as engine exits",
     "c": "no state restore on successful TLB fills",
     "d": "code-page dirty tracking",
     "e": "TLB resized by flush count",
