@@ -41,6 +41,7 @@ from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display.vgaboard import attach_vga
+from qemu_lite.optionroms import OptionRoms, read_option_roms
 from qemu_lite.piofast import PioWindowedBlock
 
 if TYPE_CHECKING:
@@ -258,7 +259,8 @@ class Board:
 def build(machine: Machine, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
-          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None) -> Board:
+          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None,
+          option_roms: list[str | os.PathLike[str]] | None = None) -> Board:
     add = machine.add_device
     clock = machine.clock
 
@@ -295,13 +297,15 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     # so a bad disk or a serial file naming a disk cannot truncate anything.
     drives = assign_indexes(drives)
     check_drive_files(drives)
+    roms = read_option_roms(option_roms or [])
     if serial == "stdio" and serial2 == "stdio":
         raise ValueError("stdio can serve one serial port only (--serial and --serial2)")
     outputs = [(label, path) for label, path in (("serial", serial_output_path(serial)),
                                                  ("serial2", serial_output_path(serial2)))
                if path is not None]
     check_outputs(outputs, [("disk image", _drive_name(d)) for d in drives
-                            if not isinstance(d.file, BlockImage)])
+                            if not isinstance(d.file, BlockImage)]
+                  + [("option ROM", path) for path, _ in roms])
     media: list[IdeMedium | None] = [None, None, None, None]
     disks: list[BlockImage] = []
     for drive in drives:
@@ -359,6 +363,8 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
     fw_cfg = FwCfg(machine.memory_size)
     fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot), 2)
     add(FW_CFG, 2, fw_cfg)
+    if roms:
+        machine.add_resettable(OptionRoms(machine, fw_cfg, roms))  # after the video BIOS
     debugcon = DebugCon()
     add(DEBUGCON, 1, debugcon)
     post = PostCode()
