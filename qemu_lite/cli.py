@@ -120,6 +120,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--initrd", "-initrd", metavar="FILES",
                    help="Linux: the initrd; Multiboot: comma-separated modules ('file arg,file2')")
     p.add_argument("--bios", "-bios", metavar="FILE", help="BIOS image, a multiple of 64 KiB up to 16 MiB (default: ours)")
+    p.add_argument("--option-rom", "-option-rom", dest="option_rom", action="append",
+                   default=[], metavar="FILE",
+                   help="option ROM run by the BIOS from 0xC0000-0xDFFFF (repeatable)")
     p.add_argument("--snapshot", "-snapshot", action="store_true",
                    help="keep disk writes in memory; the image file is not modified")
     p.add_argument("--no-reboot", "-no-reboot", action="store_true",
@@ -411,7 +414,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
                           no_reboot=args.no_reboot, acpi=not args.no_acpi,
                           deterministic=args.deterministic,
                           rtc_base=rtc_base, vga=args.vga, vnc=vnc, nics=nics,
-                          net_dump=args.net_dump)
+                          net_dump=args.net_dump, option_roms=args.option_rom)
     except (BlockImageError, ValueError, OSError, SlirpMissing) as exc:
         return _fail(str(exc))
     if args.serial_input is not None:

@@ -145,6 +145,7 @@ class Machine(DebugHooks):
         nics: list[Nic] | None = None,
         net_dump: str | os.PathLike[str] | None = None,
         acpi: bool = True,
+        option_roms: list[str | os.PathLike[str]] | None = None,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -201,7 +202,8 @@ class Machine(DebugHooks):
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
                                   snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios,
-                                  nics=nics, net_dump=net_dump, acpi=acpi)
+                                  nics=nics, net_dump=net_dump, acpi=acpi,
+                                  option_roms=option_roms)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise

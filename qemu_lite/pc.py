@@ -43,6 +43,7 @@ from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display.vgaboard import attach_vga
+from qemu_lite.optionroms import OptionRoms, read_option_roms
 from qemu_lite.piofast import PioChannel, PioWindowedBlock
 from qemu_lite.platform import HostMemory, MmioRange, Platform, PortRange, Slot
 
@@ -278,7 +279,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
           nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None,
-          acpi: bool = True) -> Board:
+          acpi: bool = True,
+          option_roms: list[str | os.PathLike[str]] | None = None) -> Board:
     """The devices of QEMU's ``pc`` machine, as a table the machine walks.
 
     Ports and ranges in the table are claimed by the machine; only what moves at run
@@ -304,13 +306,15 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     # so a bad disk or a serial file naming a disk cannot truncate anything.
     drives = assign_indexes(drives)
     check_drive_files(drives)
+    roms = read_option_roms(option_roms or [])
     if serial == "stdio" and serial2 == "stdio":
         raise ValueError("stdio can serve one serial port only (--serial and --serial2)")
     outputs = [(label, path) for label, path in (("serial", serial_output_path(serial)),
                                                  ("serial2", serial_output_path(serial2)))
                if path is not None]
     check_outputs(outputs, [("disk image", _drive_name(d)) for d in drives
-                            if not isinstance(d.file, BlockImage)])
+                            if not isinstance(d.file, BlockImage)]
+                  + [("option ROM", path) for path, _ in roms])
     media: list[IdeMedium | None] = [None, None, None, None]
     disks: list[BlockImage] = []
     for drive in drives:
@@ -400,6 +404,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     ]
     if display is not None:
         slots.append(Slot("vga", display))
+    if roms:  # after the video BIOS, whose size says where the first one goes
+        slots.append(Slot("option-roms", OptionRoms(platform, fw_cfg, roms)))
     if nic is not None:
         # Its ports and registers follow its BARs (claimed by _add_nic); its state is the
         # PCI function's, saved with the bus.
