@@ -494,6 +494,20 @@ class Machine(DebugHooks):
             self._stop_requested = RunResult(reason, None, message)
         self.wake()
 
+    @property
+    def stop_pending(self) -> bool:
+        """A :meth:`stop_at_next_block` request (a signal, say) waits for the next run."""
+        return self._stop_requested is not None
+
+    def powerdown_request(self) -> None:
+        """Press the power button: ask the guest to shut down (QMP ``system_powerdown``).
+
+        The guest learns of it through ACPI, which this machine does not emulate
+        yet, so this raises NotImplementedError; an ACPI model implements it (a
+        power-button event), and the guest's own shutdown then ends the run."""
+        raise NotImplementedError("system_powerdown needs ACPI, which this machine does "
+                                  "not emulate yet")
+
     def _stop_result(self) -> RunResult | None:
         """What ends the run now, if anything (stop(), or stop_at_next_block())."""
         if self._stop_reason is not None:
