@@ -135,7 +135,7 @@ def memory_dump(machine: Machine, fmt: str, address: int, physical: bool) -> str
     if count * size > _MAX_DUMP:
         raise ValueError(f"at most {_MAX_DUMP} bytes per dump")
     line_size = 8 if size == 1 else 16
-    width = 16 if machine.uc.msr_read(MSR_EFER) & EFER_LMA or physical else 8
+    width = 16  # as QEMU's x86_64 monitor, in every mode
     read: Callable[[int, int], bytes] = machine.read_memory if physical else machine.read_virtual
     out: list[str] = []
     total = count * size

@@ -65,17 +65,17 @@ def parse_spec(spec: str) -> QmpSpec:
     server, wait = False, True  # QEMU's default for a server is to wait for the client
     for opt in options:
         key, _, value = opt.partition("=")
+        if key not in ("server", "wait", "nowait"):
+            raise QmpSpecError(f"invalid --qmp option {opt!r} in {spec!r} (server, wait=on|off)")
         flag = {"on": True, "yes": True, "": True, "off": False, "no": False}.get(value)
-        if flag is None:
+        if flag is None or key == "nowait" and value:
             raise QmpSpecError(usage)
         if key == "server":
             server = flag
         elif key == "wait":
             wait = flag
-        elif key == "nowait" and not value:
-            wait = False
         else:
-            raise QmpSpecError(f"invalid --qmp option {opt!r} in {spec!r} (server, wait=on|off)")
+            wait = False  # nowait
     if not server:
         raise QmpSpecError(f"--qmp {spec!r}: qemu-lite's monitor only listens; add ',server'")
     if kind == "unix" and target:
