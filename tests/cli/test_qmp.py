@@ -22,7 +22,8 @@ import pytest
 qmp = pytest.importorskip("qemu.qmp", reason="qemu.qmp (pip install qemu.qmp) drives the QMP "
                           "tests; it is in the test extra")
 
-# Prints on COM1, puts a 'Q' in the text screen's corner, loads EBX, then counts at 0x7E00.
+# Prints on COM1, puts a 'Q' in the text screen's corner, loads EBX, then counts at 0x7E00;
+# with RESET_ONCE defined it first resets the machine once, through the i8042.
 MBR = r"""
 bits 16
 org 0x7C00
@@ -31,6 +32,16 @@ org 0x7C00
     mov ds, ax
     mov ss, ax
     mov sp, 0x7C00
+%ifdef RESET_ONCE
+    cmp dword [0x7E04], "RSET"      ; RAM survives a reset: the second boot goes on
+    je .again
+    mov dword [0x7E04], "RSET"
+    mov al, 0xFE                    ; the i8042's reset line
+    out 0x64, al
+    hlt
+.again:
+    mov dword [0x7E04], 0
+%endif
     mov si, msg
 .print:
     lodsb
@@ -329,6 +340,27 @@ def test_guest_exit_and_signal_send_shutdown(tmp_path: Path) -> None:
         event = asyncio.run(until_signal())
         assert event["data"] == {"guest": False, "reason": "host-signal"}
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def test_guest_reset_sends_reset(assemble, tmp_path: Path) -> None:
+    disk, sock, serial = tmp_path / "reset.img", tmp_path / "qmp.sock", tmp_path / "com1.txt"
+    disk.write_bytes(assemble("%define RESET_ONCE\n" + MBR).ljust(64 << 10, b"\0"))
+    with qemu_lite(str(disk), "-S", "--qmp", f"unix:{sock},server,wait=off",
+                   "--serial", f"file:{serial}") as proc:
+
+        async def session() -> dict[str, Any]:
+            client = qmp.QMPClient("test")
+            await client.connect(str(sock))
+            await client.execute("cont")
+            event = await _event(client, "RESET")
+            _wait_for(lambda: "mbr: up" in serial.read_text())
+            await client.execute("quit")
+            await _hang_up(client)
+            return event
+
+        assert asyncio.run(session())["data"] == {"guest": True, "reason": "guest-reset"}
+        assert serial.read_text().count("qemu_lite BIOS") == 2  # it booted twice
+        assert proc.wait(timeout=30) == 0
 
 
 @pytest.mark.parametrize("args, message", [
