@@ -135,6 +135,7 @@ cdef struct CoreState:
     uint64_t unclaimed_port_reads
     uint64_t unclaimed_port_writes
     bint log_unclaimed
+    bint trace_ports        # call Core.port_tracer after every port access
     int stop_flags
     # Stop requests from Python (any thread) land here, never in stop_flags:
     # the hooks update stop_flags without the GIL, so a read-modify-write from
@@ -187,6 +188,7 @@ cdef class Core:
     cdef int _nhooks
     cdef list _port_handlers
     cdef public object unclaimed_port_log
+    cdef public object port_tracer
     cdef object _error
     cdef object _cpuid_handler
     cdef readonly int tlb_mode
@@ -218,6 +220,7 @@ cdef class Core:
         self._port_handlers = [None]
         self._pio_buffers = [None, None, None, None]
         self.unclaimed_port_log = None
+        self.port_tracer = None
         self.tlb_mode = tlb_mode
         cdef void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
@@ -667,6 +670,13 @@ cdef class Core:
         self.unclaimed_port_log = callback
         self.st.log_unclaimed = callback is not None
 
+    def set_port_tracer(self, callback):
+        """``callback(port, size, value, is_write)`` after every guest port access, the
+        value read or written (None: off).  Off costs one test per access in C; on,
+        a Python call per access, with the GIL."""
+        self.port_tracer = callback
+        self.st.trace_ports = callback is not None
+
     # -- stops ----------------------------------------------------------------
 
     def request_stop(self, int flag=C_STOP_REQUEST):
@@ -732,6 +742,21 @@ cdef inline PioWindow *_pio_window(CoreState *st, uint32_t port, int size, bint 
 
 cdef uint32_t _hook_in(uc_engine *uc, uint32_t port, int size, void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
+    cdef uint32_t value = _port_in(st, port, size)
+    if st.trace_ports:
+        with gil:
+            _trace_port(<Core>st.owner, port, size, value, False)
+    return value
+
+
+cdef void _trace_port(Core core, uint32_t port, int size, uint32_t value, bint write) noexcept:
+    try:
+        core.port_tracer(port & 0xFFFF, size, value, write)
+    except BaseException as exc:
+        core._record_error(exc)
+
+
+cdef inline uint32_t _port_in(CoreState *st, uint32_t port, int size) noexcept nogil:
     cdef uint16_t slot = st.port_slot[port & 0xFFFF]
     cdef uint32_t mask = _size_mask(size)
     cdef uint32_t value = 0
@@ -764,6 +789,13 @@ cdef uint32_t _py_port_read(Core core, int slot, uint32_t offset, int size) noex
 cdef void _hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value,
                     void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
+    _port_out(st, port, size, value)
+    if st.trace_ports:
+        with gil:
+            _trace_port(<Core>st.owner, port, size, value & _size_mask(size), True)
+
+
+cdef inline void _port_out(CoreState *st, uint32_t port, int size, uint32_t value) noexcept nogil:
     cdef uint16_t slot = st.port_slot[port & 0xFFFF]
     value &= _size_mask(size)
     cdef PioWindow *w = _pio_window(st, port & 0xFFFF, size, True)

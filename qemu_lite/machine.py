@@ -45,6 +45,7 @@ from qemu_lite.devices.vga import Vga
 from qemu_lite.display import open_vnc, screen
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
+from qemu_lite.tracehooks import TraceHooks
 from qemu_lite.unassigned import UnassignedMemory
 from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
 
@@ -154,7 +155,7 @@ class RunResult:
     message: str = ""
 
 
-class Machine(DebugHooks):
+class Machine(DebugHooks, TraceHooks):
     """An x86 PC: CPU, RAM, BIOS, and the standard devices of QEMU's ``pc`` machine.
 
     >>> from qemu_lite import Machine
@@ -328,7 +329,10 @@ class Machine(DebugHooks):
         def read(uc: object, offset: int, size: int, _user: object) -> int:
             charge(access_ns)
             try:
-                return device.io_read(offset, size)
+                value = device.io_read(offset, size)
+                if self.mmio_tracer is not None:
+                    self.mmio_tracer(base + offset, size, value, False)
+                return value
             except BaseException as exc:
                 self._callback_failed(exc)
                 return (1 << (8 * size)) - 1
@@ -337,6 +341,8 @@ class Machine(DebugHooks):
             charge(access_ns)
             try:
                 device.io_write(offset, size, value)
+                if self.mmio_tracer is not None:
+                    self.mmio_tracer(base + offset, size, value, True)
             except BaseException as exc:
                 self._callback_failed(exc)
 
