@@ -301,6 +301,7 @@ class QmpServer(hmp.RunControl):
         self._clients: list[_Client] = []
         self._clients_lock = threading.Lock()
         self._connected = threading.Event()
+        self._pending = False   # submit() queued something since the last poll
         self._pausing = False
         self._host_reset = False
         self._end: RunResult | None = None
@@ -367,13 +368,15 @@ class QmpServer(hmp.RunControl):
     def submit(self, client: _Client, item: bytes | QmpError | None) -> None:
         """From a reader thread: a JSON text, a stream error, or None (closed)."""
         self._queue.put((client, item))
+        self._pending = True  # after the put: the poller may clear it, then drain
         self.machine.wake()
 
     def _poll(self) -> None:
-        # A machine poller: runs at every stop of the vCPU while the guest runs.
-        if self._queue.empty():
-            return
-        self._drain()
+        # A machine poller: runs at every stop of the vCPU while the guest runs, so
+        # it tests a plain attribute (Queue.empty() takes a lock: ~2 us a stop).
+        if self._pending:
+            self._pending = False
+            self._drain()
 
     def _drain(self) -> None:
         while True:

@@ -280,6 +280,12 @@ def test_protocol_by_hand_and_wait_on(disk: Path, tmp_path: Path) -> None:
         hmp["arguments"]["command-line"] = "xp /1xb 0x40000000"  # beyond the 64 MiB of RAM
         raw.send(hmp)
         assert "Cannot access memory" in raw.recv()["return"]
+        hmp["arguments"]["command-line"] = "info mmu"
+        raw.send(hmp)
+        assert raw.recv()["return"].startswith("MMU mode cached\n")
+        hmp["arguments"]["command-line"] = "x /2xq 0"
+        raw.send(hmp)
+        assert raw.recv()["return"].startswith("x: invalid format")
         hmp["arguments"]["command-line"] = "frobnicate"
         raw.send(hmp)
         assert raw.recv()["return"] == "unknown command: 'frobnicate'\n"
