@@ -175,6 +175,10 @@ def test_run_control_registers_memory_reset_and_quit(disk: Path, tmp_path: Path)
             pixels = shot.read_bytes()
             assert pixels.startswith(header) and len(pixels) == len(header) + 720 * 400 * 3
             corner = pixels[len(header):len(header) + 3]  # the 'Q' cell: blue background
+            png = tmp_path / "s.png"
+            await client.execute("screendump", {"filename": str(png), "format": "png"})
+            assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+            assert await client.execute("x-qemu-lite-mmu-audit") == {"problems": []}
             assert corner == b"\x00\x00\xa8", corner  # DAC 6-bit 0x2A
 
             with pytest.raises(qmp.ExecuteError) as err:
