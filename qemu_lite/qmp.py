@@ -466,13 +466,14 @@ class QmpServer(hmp.RunControl):
         self._vcpu_native_id = threading.get_native_id()
         deadline = None if timeout is None else time.monotonic() + timeout
         self.run_state = "prelaunch" if start_stopped else "running"
-        if self.spec.wait:
-            self._connected.wait(timeout)
         result: RunResult | None = None
         try:
             while result is None:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if self.spec.wait and not self._connected.is_set() and \
+                        not self.machine.stop_pending and (remaining is None or remaining > 0):
+                    self._connected.wait(PAUSE_POLL_S)  # wait=on: no guest before a client
+                elif remaining is not None and remaining <= 0:
                     result = RunResult("timeout", None, "time budget spent")
                 elif self._end is not None:
                     result = self._end
@@ -484,9 +485,15 @@ class QmpServer(hmp.RunControl):
                         self._pausing = False  # stop: wait for cont (or quit) above
                     elif self._end is None:
                         result = run
-        except BaseException:
+        except BaseException as exc:
+            from qemu_lite.vcpu import GuestError
+
             self.run_state = "internal-error"
-            self.emit("SHUTDOWN", {"guest": True, "reason": "guest-panic"})
+            if isinstance(exc, GuestError):  # a triple fault, or code the CPU cannot run
+                self.emit("SHUTDOWN", {"guest": True, "reason": "guest-panic"})
+            else:
+                self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal" if isinstance(
+                    exc, KeyboardInterrupt) else "host-error"})
             raise
         self.run_state = "shutdown"
         if self._end is not None and result is self._end:

@@ -397,3 +397,11 @@ def test_address_in_use_is_a_usage_error() -> None:
                               text=True, timeout=60, cwd=tempfile.gettempdir())
     assert proc.returncode == 2
     assert "cannot listen" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_signal_while_waiting_for_a_client(disk: Path, tmp_path: Path) -> None:
+    with qemu_lite(str(disk), "--qmp", f"unix:{tmp_path / 'qmp.sock'},server,wait=on",
+                   "--serial", "none") as proc:
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
