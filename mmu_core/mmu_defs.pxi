@@ -196,6 +196,8 @@ cdef struct MmuStats:
     uint64_t phys_writes_notified
     uint64_t rsvd_faults
     uint64_t noncanonical_faults
+    uint64_t ctx_drops          # parked address spaces invalidated by a table change
+    uint64_t ctx_taints         # the current TLB lost its right to be parked
 
 cdef struct Mmu:
     int mode                  # TLB_* of the Core
@@ -227,4 +229,10 @@ cdef struct Mmu:
     uint64_t fault_addr
     uint32_t fault_error
     bint fault_noncanonical   # a 64-bit access to a non-canonical address: #GP/#SS, not #PF
+    # Address-space TLB contexts (engine patch i; mmu_ctx.pxi).
+    uc_engine *uc
+    bint ctx_on
+    int ctx_max
+    uint64_t cur_tag          # tag the current Unicorn TLB may be parked under (0: none)
+    bint ctx_quiet            # inside zap_sp/zap_all: invalidated already
     MmuStats stats
