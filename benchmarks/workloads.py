@@ -50,7 +50,15 @@ WORKLOADS = [
     Workload("mode_switch", "mode_switch", {}, "32-bit -> PAE -> long mode -> back, "
              "2,000 times, one mapping in every format"),
     Workload("stores", "stores", {}, "store loop over 16 MiB of 4 KiB pages (DESIGN fact 12)"),
+    Workload("shared_kernel", "shared_kernel", {}, "16 processes sharing a global kernel "
+             "half (CR4.PGE), user halves switched"),
+    Workload("pti", "pti", {}, "8 processes with two roots each (page-table isolation): "
+             "two CR3 loads per kernel entry"),
 ]
+
+# The context-switch workloads: the ones where ``cached`` must beat ``native``.
+CONTEXT_SWITCH = ("cr3_switch", "big_ws", "paging32", "pae", "mode_switch", "shared_kernel",
+                  "pti")
 
 # Counters that must not change between two runs of a timer-free guest.
 DETERMINISTIC_KEYS = (
