@@ -174,6 +174,10 @@ def summarize(stats: dict[str, Any], mmu: str, wall_s: float) -> dict[str, Any]:
         "cr3_loads": stats.get("cr3_loads") if shadowed else None,
         "mode_changes": stats.get("mode_changes") if shadowed else None,
         "sp_created": stats.get("sp_created") if shadowed else None,
+        "ctx_restored": stats.get("ctx_restored") if shadowed else None,
+        "ctx_fills_avoided": stats.get("ctx_fills_avoided") if shadowed else None,
+        "ctx_evicted": stats.get("ctx_evicted") if shadowed else None,
+        "ctx_dropped": stats.get("ctx_dropped") if shadowed else None,
     }
     return info
 

@@ -60,6 +60,7 @@ cdef uint64_t _ctx_tag_cb(void *opaque, uint64_t *current) noexcept nogil:
     if not st.mmu.ctx_on:
         current[0] = 0
         return 0
+    st.mmu.stats.cr3_loads += 1
     read_mode(st, &m)
     tag = ctx_tag(st, &m)
     current[0] = st.mmu.cur_tag

@@ -160,7 +160,8 @@ cdef void switch_mode(CoreState *st, MmuMode *m) noexcept nogil:
             elif not cr3_load:
                 ctx_taint(mmu)   # EFER.NXE/LMA alone: QEMU kept the old entries
         if cr3_load:
-            mmu.stats.cr3_loads += 1
+            if not mmu.ctx_on:
+                mmu.stats.cr3_loads += 1   # with contexts, _ctx_tag_cb sees every one
             if mmu.mode == TLB_NAIVE_C and mmu.n_sp:
                 zap_all(mmu)
                 mmu.stats.naive_zap_all += 1

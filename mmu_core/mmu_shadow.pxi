@@ -106,7 +106,11 @@ cdef void set_spte(Mmu *mmu, uint32_t spi, uint32_t idx, uint64_t spte) noexcept
     if old & SPTE_P:
         # A leaf that keeps its frame keeps its rmap entry.
         if (old & SPTE_LEAF) and (spte & SPTE_LEAF) and (old & SPTE_ADDR) == (spte & SPTE_ADDR):
-            ctx_invalidate_sp(mmu, spi)
+            # Rights only added (W, D, NX cleared; U is a restriction under SMAP/SMEP):
+            # an entry made from the old spte is merely narrower, and a miss refills it.
+            if (old & ~spte) & (SPTE_W | SPTE_D) or (old ^ spte) & SPTE_U or \
+                    (spte & ~old) & SPTE_NX:
+                ctx_invalidate_sp(mmu, spi)
             sp.spt[idx] = spte
             return
         drop_spte(mmu, spi, idx)

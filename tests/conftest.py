@@ -18,6 +18,7 @@ PATCHES = {
     "e": "TLB resized by flush count",
     "f": "RDMSR/WRMSR hooks",
     "g": "translation blocks bounded by TCG temps",
+    "i": "address-space TLB contexts and the CPU state read in place",
 }
 
 
