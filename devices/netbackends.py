@@ -18,6 +18,8 @@ nothing.  Back ends (QEMU's names and options)::
                                                        the host as 10.0.2.2
     socket,id=ID,listen=[HOST]:PORT                    QEMU's stream framing: a 4-byte
     socket,id=ID,connect=[HOST]:PORT                   big-endian length before each frame
+    tap,id=ID[,ifname=NAME][,script=PATH|no]           a Linux tap interface (/dev/net/tun):
+        [,downscript=PATH|no]                          frames to and from the host's kernel
 
 :class:`PcapWriter` records both directions in libpcap format (link type
 Ethernet) for ``--net-dump FILE``.
@@ -41,6 +43,10 @@ from .slirp import WakePipe
 TX_QUEUE_LIMIT = 256  # frames from the guest waiting for the poller thread
 RX_QUEUE_LIMIT = 512  # frames for the guest waiting for the NIC
 MAX_FRAME = 65535 + 14  # QEMU's stream framing carries at most this much per frame
+IFNAMSIZ = 16  # Linux's interface-name buffer, the terminating NUL included
+TUNSETIFF = 0x400454CA  # _IOW('T', 202, int), linux/if_tun.h
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000  # frames without the 4-byte packet-information header
 PCAP_MAGIC = 0xA1B2C3D4
 PCAP_LINKTYPE_ETHERNET = 1
 PCAP_SNAPLEN = 65535
@@ -48,13 +54,16 @@ PCAP_SNAPLEN = 65535
 
 @dataclass(frozen=True)
 class Netdev:
-    """A parsed ``-netdev``: ``kind`` is "user" or "socket"."""
+    """A parsed ``-netdev``: ``kind`` is "user", "socket" or "tap"."""
 
     kind: str
     id: str
     hostfwd: tuple[tuple[str, str, int, str, int], ...] = ()  # proto, haddr, hport, gaddr, gport
     listen: tuple[str, int] | None = None
     connect: tuple[str, int] | None = None
+    ifname: str = ""  # tap: the interface to create or attach to ("" lets the kernel name it)
+    script: str = ""  # tap: run with the interface name once it exists ("" for none)
+    downscript: str = ""  # tap: run with the interface name when the machine closes
 
 
 @dataclass(frozen=True)
@@ -112,15 +121,17 @@ def _parse_hostfwd(text: str) -> tuple[str, str, int, str, int]:
 def parse_netdev(spec: str) -> Netdev:
     """QEMU's ``-netdev user,id=n0,...`` / ``-netdev socket,id=n0,listen=:PORT``."""
     kind, opts = _options(spec, "-netdev")
-    if kind not in ("user", "socket"):
-        raise ValueError(f"-netdev: unsupported type {kind!r} (user or socket)")
+    if kind not in ("user", "socket", "tap"):
+        raise ValueError(f"-netdev: unsupported type {kind!r} (user, socket or tap)")
     return _netdev(kind, opts, "-netdev", need_id=True)
 
 
 def _netdev(kind: str, opts: list[tuple[str, str]], what: str, *, need_id: bool,
             default_id: str = "") -> Netdev:
-    allowed = {"id", "hostfwd"} if kind == "user" else {"id", "listen", "connect"}
+    allowed = {"user": {"id", "hostfwd"}, "socket": {"id", "listen", "connect"},
+               "tap": {"id", "ifname", "script", "downscript"}}[kind]
     ident = default_id
+    tap: dict[str, str] = {}
     hostfwd: list[tuple[str, str, int, str, int]] = []
     listen = connect = None
     for key, value in opts:
@@ -134,11 +145,25 @@ def _netdev(kind: str, opts: list[tuple[str, str]], what: str, *, need_id: bool,
             listen = _host_port(value, f"{what} listen")
         elif key == "connect":
             connect = _host_port(value, f"{what} connect")
+        else:
+            tap[key] = _tap_option(key, value, what)
     if need_id and not ident:
         raise ValueError(f"{what} {kind} needs id=NAME")
     if kind == "socket" and (listen is None) == (connect is None):
         raise ValueError(f"{what} socket needs exactly one of listen=[HOST]:PORT, connect=[HOST]:PORT")
-    return Netdev(kind, ident, tuple(hostfwd), listen, connect)
+    return Netdev(kind, ident, tuple(hostfwd), listen, connect, **tap)
+
+
+def _tap_option(key: str, value: str, what: str) -> str:
+    if key == "ifname":
+        if not 0 < len(value.encode()) < IFNAMSIZ or "/" in value or value.strip() != value:
+            raise ValueError(f"{what} tap: bad interface name {value!r}")
+        return value
+    if value == "no":  # script=no / downscript=no: QEMU's way of saying "none"
+        return ""
+    if not value:
+        raise ValueError(f"{what} tap: {key}= needs a path or 'no'")
+    return value
 
 
 def parse_nic_device(spec: str, netdevs: dict[str, Netdev]) -> Nic:
@@ -161,12 +186,12 @@ def parse_nic_device(spec: str, netdevs: dict[str, Netdev]) -> Nic:
 
 
 def parse_nic(spec: str) -> Nic:
-    """The short ``-nic user[,hostfwd=...][,mac=...][,model=e1000]`` (also ``-nic socket,...``)."""
+    """The short ``-nic user[,hostfwd=...][,mac=...][,model=e1000]`` (also socket and tap)."""
     from .e1000 import parse_mac
 
     kind, opts = _options(spec, "-nic")
-    if kind not in ("user", "socket"):
-        raise ValueError(f"-nic: unsupported type {kind!r} (user or socket)")
+    if kind not in ("user", "socket", "tap"):
+        raise ValueError(f"-nic: unsupported type {kind!r} (user, socket or tap)")
     mac = None
     rest = []
     for key, value in opts:
@@ -443,8 +468,115 @@ class SocketBackend(NetBackend):
         self._wake.close()
 
 
+class TapBackend(NetBackend):
+    """``-netdev tap``: a Linux tap interface, one Ethernet frame per read() and write().
+
+    Creating an interface needs CAP_NET_ADMIN; attaching to a persistent one
+    (``ip tuntap add NAME mode tap user ME``) does not.  ``script=PATH`` runs
+    ``PATH IFNAME`` once the interface exists (to bring it up, address it or
+    bridge it) and ``downscript=PATH`` at close, as QEMU does; unlike QEMU the
+    default is no script (QEMU's is /etc/qemu-ifup)."""
+
+    name = "net-tap"
+
+    def __init__(self, netdev: Netdev) -> None:
+        import fcntl
+
+        super().__init__()
+        self._downscript = netdev.downscript
+        self._wake = WakePipe()
+        try:
+            self._fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            self._wake.close()
+            raise OSError(f"-netdev tap: cannot open /dev/net/tun: {exc.strerror}") from None
+        try:
+            request = struct.pack("16sH", netdev.ifname.encode(), IFF_TAP | IFF_NO_PI)
+            reply = fcntl.ioctl(self._fd, TUNSETIFF, request)
+        except OSError as exc:
+            self._close_fds()
+            hint = " (creating one needs CAP_NET_ADMIN)" if exc.errno == 1 else ""
+            raise OSError(f"-netdev tap: cannot attach {netdev.ifname or 'a new tap'}: "
+                          f"{exc.strerror}{hint}") from None
+        self.ifname = reply[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+        if netdev.script:
+            try:
+                _run_script(netdev.script, self.ifname)
+            except OSError:
+                self._close_fds()
+                raise
+        self._start(self._run)
+
+    def _kick(self) -> None:
+        self._wake.kick()
+
+    def _run(self) -> None:
+        pending: bytes | None = None
+        try:
+            while not self._closed.is_set():
+                if pending is None:
+                    pending = self._take_tx()
+                wlist = [self._fd] if pending is not None else []
+                readable, writable, _ = select.select([self._fd, self._wake.read_fd], wlist, [])
+                if self._wake.read_fd in readable:
+                    self._wake.drain()
+                if pending is not None and self._fd in writable:
+                    try:
+                        os.write(self._fd, pending)
+                        pending = None
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        pending = None  # the kernel refused this frame (too big, link down)
+                if self._fd in readable:
+                    self._read_frames()
+        finally:
+            self._close_fds()
+
+    def _read_frames(self) -> None:
+        for _ in range(64):  # then look at the transmit side again
+            try:
+                frame = os.read(self._fd, MAX_FRAME)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not frame:
+                return
+            self._deliver(frame)
+
+    def _close_fds(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+        self._wake.close()
+
+    def close(self) -> None:
+        super().close()
+        if self._downscript and hasattr(self, "ifname"):
+            try:
+                _run_script(self._downscript, self.ifname)
+            except OSError:
+                pass  # the machine is going away; the script's failure is its own message
+            self._downscript = ""
+
+
+def _run_script(path: str, ifname: str) -> None:
+    import subprocess
+
+    try:
+        done = subprocess.run([path, ifname], check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OSError(f"-netdev tap: network script {path}: {exc}") from None
+    if done.returncode != 0:
+        raise OSError(f"-netdev tap: network script {path} {ifname} failed "
+                      f"(exit status {done.returncode})")
+
+
 def open_netdev(netdev: Netdev) -> NetBackend:
     """Start the back end of a parsed ``-netdev``; OSError or SlirpMissing on failure."""
     if netdev.kind == "user":
         return UserBackend(netdev)
+    if netdev.kind == "tap":
+        return TapBackend(netdev)
     return SocketBackend(netdev)

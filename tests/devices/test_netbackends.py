@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import struct
@@ -122,7 +123,11 @@ def test_receive_queue_is_bounded():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("tap,id=n0", "unsupported type"),
+    ("vde,id=n0", "unsupported type"),
+    ("tap,id=n0,bogus=1", "unknown option"),
+    ("tap,id=n0,ifname=" + "x" * 16, "bad interface name"),
+    ("tap,id=n0,ifname=a/b", "bad interface name"),
+    ("tap,id=n0,script=", "needs a path"),
     ("user", "needs id"),
     ("user,id=n0,hostfwd=tcp::80", "hostfwd"),
     ("user,id=n0,hostfwd=tcp::99999-:80", "hostfwd"),
@@ -182,3 +187,56 @@ def test_a_refused_sender_is_woken_when_the_queue_drains():
     while backend._take_tx() is not None:
         pass
     assert woken == [1]
+
+
+def _tap_or_skip() -> nb.NetBackend:
+    if shutil.which("ip") is None:
+        pytest.skip("the ip command is missing: apt-get install iproute2")
+    try:
+        return nb.open_netdev(nb.parse_netdev("tap,id=t0"))
+    except OSError as exc:
+        pytest.skip(f"no tap interfaces on this host: {exc}")
+
+
+def _arp_request(src_mac: bytes, src_ip: bytes, dst_ip: bytes) -> bytes:
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, src_mac, src_ip, bytes(6), dst_ip)
+    return b"\xff" * 6 + src_mac + b"\x08\x06" + arp
+
+
+def test_tap_backend_carries_frames_to_the_host_kernel_and_back():
+    """An ARP request for the host's address on the tap gets the host kernel's reply."""
+    import random
+
+    backend = _tap_or_skip()
+    ifname = backend.ifname  # type: ignore[attr-defined]
+    third = random.randrange(256)
+    host_ip, guest_ip = bytes([10, 214, third, 1]), bytes([10, 214, third, 2])
+    try:
+        subprocess.run(["ip", "addr", "add", f"{socket.inet_ntoa(host_ip)}/24", "dev", ifname],
+                       check=True)
+        subprocess.run(["ip", "link", "set", ifname, "up"], check=True)
+        deadline = time.monotonic() + 10
+        reply = None
+        while reply is None and time.monotonic() < deadline:
+            backend.send(_arp_request(MAC, guest_ip, host_ip))
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                frame = backend.receive()
+                if frame is not None and frame[12:14] == b"\x08\x06" and frame[20:22] == b"\0\2":
+                    reply = frame
+                    break
+                time.sleep(0.01)
+    finally:
+        backend.close()
+    assert reply is not None, "the host kernel never answered ARP on the tap"
+    assert reply[0:6] == MAC and reply[28:32] == host_ip and reply[38:42] == guest_ip
+    assert not os.path.exists(f"/sys/class/net/{ifname}"), "closing the back end left the tap"
+
+
+def test_tap_script_failure_is_a_one_line_error(tmp_path):
+    _tap_or_skip().close()
+    script = tmp_path / "fail"
+    script.write_text("#!/bin/sh\nexit 3\n")
+    script.chmod(0o755)
+    with pytest.raises(OSError, match="failed \\(exit status 3\\)"):
+        nb.open_netdev(nb.parse_netdev(f"tap,id=t0,script={script}"))

@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import lzma
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,8 @@ from images import kernel
 
 from qemu_lite import Machine, imagebuild
 from qemu_lite.devices.netbackends import Nic, parse_nic
+from qemu_lite.devices.netbackends import open_netdev as nb_open_netdev
+from qemu_lite.devices.netbackends import parse_netdev as nb_parse_netdev
 from qemu_lite.devices.slirp import SlirpMissing, library
 from qemu_lite.initramfs import S_IFDIR, S_IFLNK, S_IFREG, cpio_newc
 from qemu_lite.loaders import linux
@@ -112,7 +115,7 @@ def free_port() -> int:
 class FileServer:
     """An HTTP server on 127.0.0.1 (the guest's 10.0.2.2): /file, and /done once released."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, host: str = "127.0.0.1") -> None:
         self.payload = payload
         self.release = threading.Event()
         outer = self
@@ -134,7 +137,7 @@ class FileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -219,6 +222,43 @@ busybox poweroff -f
         assert f"DHCP-Message (53), length 1: {kind}" in proc.stdout, proc.stdout[-3000:]
 
 
+def need_tap() -> None:
+    """Skip unless this host lets the test create a tap interface and address it."""
+    if shutil.which("ip") is None:
+        pytest.skip("the ip command is missing: apt-get install iproute2")
+    try:
+        backend = nb_open_netdev(nb_parse_netdev("tap,id=probe"))
+    except OSError as exc:
+        pytest.skip(f"no tap interfaces on this host: {exc}")
+    backend.close()
+
+
+def test_tap_backend_guest_pings_the_host_and_fetches_a_file_over_its_tcp(tmp_path):
+    """The host's own kernel answers ARP, ICMP and TCP on the tap's far side."""
+    need_tap()
+    prefix = f"10.213.{random.randrange(256)}"  # random: two suites on one host must not clash
+    up = tmp_path / "ifup"
+    up.write_text(f"#!/bin/sh\nip addr add {prefix}.1/24 dev \"$1\" && ip link set \"$1\" up\n")
+    up.chmod(0o755)
+    payload = os.urandom(1 << 20)
+    server = FileServer(payload, host="0.0.0.0")
+    initrd = net_initramfs(tmp_path / "initrd", f"""\
+busybox ifconfig eth0 {prefix}.2 netmask 255.255.255.0 up
+busybox ping -c 3 -W 5 {prefix}.1
+busybox wget -q -O /tmp/file http://{prefix}.1:{server.port}/file && echo "wget: ok"
+busybox sha256sum /tmp/file
+busybox poweroff -f
+""")
+    try:
+        text, result = run_guest(initrd, parse_nic(f"tap,script={up},downscript=no"), timeout=1200)
+    finally:
+        server.close()
+    assert "3 packets transmitted, 3 packets received" in text, text[-3000:]
+    assert "wget: ok" in text, text[-3000:]
+    assert f"{hashlib.sha256(payload).hexdigest()}  /tmp/file" in text, text[-3000:]
+    assert result.reason == "halted", (result, text[-2000:])
+
+
 def _boot_cli(initrd: Path, *net: str, stdout=subprocess.PIPE) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "qemu_lite", "-m", "256M", "--timeout", "600",
                              "--kernel", kernel(), "--initrd", str(initrd), "--append", APPEND,
@@ -238,9 +278,11 @@ def _wait_listening(port: int, seconds: float = 30) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
+# Each machine waits for the other to boot; under load one boot can take minutes longer than
+# the other, so the bound is generous (the loop ends as soon as the peer answers).
 WAIT_FOR_PEER = """\
 i=0
-until busybox ping -c 1 -W 1 {peer} >/dev/null; do i=$((i+1)); [ $i -gt 90 ] && break; done
+until busybox ping -c 1 -W 1 {peer} >/dev/null; do i=$((i+1)); [ $i -gt 600 ] && break; done
 """
 
 # A serves a file and pings B; B pings A and fetches the file, once A has pinged.
