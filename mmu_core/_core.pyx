@@ -356,6 +356,17 @@ cdef class Core:
         st.mmu.ctx_max = n
         st.mmu.ctx_on = n > 0
 
+    def set_pte_prefetch(self, int n):
+        """Shadow up to ``n`` neighbouring leaf gptes at each shadow miss (KVM's
+        PTE_PREFETCH_NUM; a power of two up to 64, 0 or 1 turns it off)."""
+        if n < 0 or n > 64 or n & (n - 1):
+            raise ValueError("PTE prefetch: 0 or a power of two up to 64")
+        self.st.mmu.prefetch = n if n > 1 else 0
+
+    @property
+    def pte_prefetch(self):
+        return self.st.mmu.prefetch
+
     @property
     def tlb_contexts(self):
         """The bound on parked address-space TLBs (0: every CR3 load flushes)."""
@@ -577,6 +588,8 @@ cdef class Core:
             "tlb_flushes_wp": s.tlb_flushes_wp, "tlb_flushes_code": s.tlb_flushes_code,
             "code_frames": s.code_frames, "implicit_supervisor": s.implicit_supervisor,
             "phys_writes_notified": s.phys_writes_notified,
+            "pte_prefetch": mmu.prefetch, "pte_prefetched": s.pte_prefetched,
+            "pte_prefetch_used": s.pte_prefetch_used,
         }
         d.update(self._ctx_stats())
         for i in range(1, 5):

@@ -38,6 +38,7 @@ cdef extern from *:
     #define QL_SPTE_D       0x40ULL     /* leaf: gpte dirty */
     #define QL_SPTE_LEAF    0x100ULL    /* maps a page (else points to a child sp) */
     #define QL_SPTE_HW_W    0x200ULL    /* 4 KiB leaf: may be written in RAM directly */
+    #define QL_SPTE_PREFETCH 0x400ULL   /* 4 KiB leaf made by prefetch, not used yet */
     #define QL_SPTE_NX      0x8000000000000000ULL
     #define QL_SPTE_ADDR    0xFFFFFFFFFF000ULL
     #define QL_ALIAS_BASE   0x10000000000ULL        /* 1 << 40: the page-table write alias */
@@ -71,6 +72,7 @@ cdef extern from *:
     uint64_t SPTE_D "QL_SPTE_D"
     uint64_t SPTE_LEAF "QL_SPTE_LEAF"
     uint64_t SPTE_HW_W "QL_SPTE_HW_W"
+    uint64_t SPTE_PREFETCH "QL_SPTE_PREFETCH"
     uint64_t SPTE_NX "QL_SPTE_NX"
     uint64_t SPTE_ADDR "QL_SPTE_ADDR"
     uint64_t ALIAS_BASE "QL_ALIAS_BASE"
@@ -197,6 +199,8 @@ cdef struct MmuStats:
     uint64_t rsvd_faults
     uint64_t noncanonical_faults
     uint64_t ctx_drops          # parked address spaces invalidated by a table change
+    uint64_t pte_prefetched     # leaf sptes made from neighbouring gptes at a shadow miss
+    uint64_t pte_prefetch_used  # ... that a later fill hit
     uint64_t ctx_taints         # the current TLB lost its right to be parked
 
 cdef struct Mmu:
@@ -235,4 +239,5 @@ cdef struct Mmu:
     int ctx_max
     uint64_t cur_tag          # tag the current Unicorn TLB may be parked under (0: none)
     bint ctx_quiet            # inside zap_sp/zap_all: invalidated already
+    int prefetch              # leaf gptes read around a shadow miss (aligned group; 0: off)
     MmuStats stats

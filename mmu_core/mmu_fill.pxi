@@ -319,7 +319,37 @@ cdef bint install(CoreState *st, MmuMode *m, uint64_t gva, Walker *w) noexcept n
     size = 1ULL << (12 + 9 * (level - 1))
     base = (w.page_base + (gva & (w.page_size - 1))) & ~(size - 1)
     set_spte(mmu, spi, idx, leaf_spte(mmu, m, w.gpte[level], level, base))
+    if level == 1 and mmu.prefetch > 1:
+        prefetch_leaves(st, m, spi, idx)
     return True
+
+
+cdef void prefetch_leaves(CoreState *st, MmuMode *m, uint32_t spi, int idx) noexcept nogil:
+    """KVM's pte prefetch: shadow the present, accessed gptes of the aligned group of
+    ``mmu.prefetch`` entries around ``idx`` of leaf table ``spi``, so that touching
+    them later is a shadow hit instead of a guest walk.  Guest memory is not written
+    (no A/D bits are set); entries a walk would refuse (not present, not accessed,
+    reserved bits) are left for the walk."""
+    cdef Mmu *mmu = &st.mmu
+    cdef ShadowPage *sp = mmu.sps[spi]
+    cdef bint wide = m.levels != 2
+    cdef uint64_t frame = sp.gfn << 12
+    cdef uint64_t gpte, base
+    cdef int i, lo = idx & ~(mmu.prefetch - 1)
+    for i in range(lo, lo + mmu.prefetch):
+        if i == idx or sp.spt[i] & SPTE_P:
+            continue
+        if wide:
+            gpte = _load_gpte(st, frame + <uint64_t>i * 8, True)
+        else:
+            gpte = _load_gpte(st, frame + <uint64_t>(role_quadrant(sp.role) * 512 + i) * 4, False)
+        if (gpte & (PT_PRESENT | PT_ACCESSED)) != (PT_PRESENT | PT_ACCESSED):
+            continue
+        if wide and gpte & _rsvd_mask(1, False, m.nxe, m.levels == 4):
+            continue
+        base = gpte & (PHYS_MASK & ~0xFFFULL if wide else 0xFFFFF000ULL)
+        set_spte(mmu, spi, i, leaf_spte(mmu, m, gpte, 1, base) | SPTE_PREFETCH)
+        mmu.stats.pte_prefetched += 1
 
 
 # -- implicit supervisor accesses at CPL 3 -----------------------------------------------
@@ -462,6 +492,9 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
                 ok = x
             if ok:
                 mmu.stats.shadow_hits[level] += 1
+                if spte & SPTE_PREFETCH:
+                    mmu.stats.pte_prefetch_used += 1
+                    sp.spt[(gva >> (12 + 9 * (level - 1))) & 511] = spte & ~SPTE_PREFETCH
                 size = 1ULL << (12 + 9 * (level - 1))
                 gpa = ((spte & SPTE_ADDR) + (gva & (size - 1))) & ~0xFFFULL
                 emit(st, gpa, access, r, wr, x, res)

@@ -145,6 +145,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"cached MMU on the patched engine: keep the TLBs of up to N address "
                         f"spaces across CR3 loads (0-{MAX_MMU_CONTEXTS}, default 32; 0: flush "
                         "at every CR3 load; least recently used are evicted)")
+    p.add_argument("--mmu-prefetch", type=int, choices=[0, 2, 4, 8, 16, 32, 64], metavar="N",
+                   help="at a shadow miss also shadow the N-entry aligned group of leaf page "
+                        "table entries around it (KVM's pte prefetch; 0, the default, is off)")
     p.add_argument("--mmu-stats", action="store_true",
                    help="print the shadow MMU's statistics to stderr at exit")
     p.add_argument("--deterministic", action="store_true",
@@ -438,6 +441,8 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             machine.core.set_max_shadow_pages(args.mmu_pages)
         if args.mmu_contexts is not None:
             machine.core.set_tlb_contexts(args.mmu_contexts)
+        if args.mmu_prefetch:
+            machine.core.set_pte_prefetch(args.mmu_prefetch)
         try:
             if bzimage:
                 linux.load(machine, args.kernel, args.append, args.initrd)

@@ -1,5 +1,6 @@
-"""``--mmu-contexts`` and ``--mmu-stats``: the bundled guest's three processes switch
-address spaces 600 times, which the statistics printed at exit must show."""
+"""``--mmu-contexts``, ``--mmu-prefetch`` and ``--mmu-stats``: the bundled guest's three
+processes switch address spaces 600 times, which the statistics printed at exit must
+show."""
 
 from __future__ import annotations
 
@@ -39,3 +40,15 @@ def test_mmu_stats_show_parked_and_restored_contexts(capsys, contexts):
     else:
         assert int(s["ctx_switches"]) == 0
     assert int(s["shadow_hits_l1"]) > 0
+
+
+def test_pte_prefetch_keeps_the_default_guest_correct(capsys):
+    status, err = run(capsys, "--mmu-prefetch", "8", "--mmu-stats", "--serial", "none",
+                      "--timeout", "60")
+    assert status == 1, err   # the guest checked its checksums and faults itself
+    assert int(stats(err)["pte_prefetch"]) == 8
+
+
+def test_bad_prefetch_count_is_a_usage_error(capsys):
+    status, err = run(capsys, "--mmu-prefetch", "3", "--serial", "none")
+    assert status == 2 and len(err.strip().splitlines()) == 1, err

@@ -16,8 +16,9 @@ after a CR3 load:
    stores to it must reach B's shadow (the write tracking sees them).
 7. Every space in turn, four rounds: with a bound of one parked context, evictions.
 
-It runs under cached with contexts, cached without them, and native; all must
-print the same line, which is also checked against the expected values.
+It runs under cached with contexts (and with PTE prefetch), cached without them,
+and native; all must print the same line, which is also checked against the
+expected values.
 """
 
 from __future__ import annotations
@@ -162,16 +163,20 @@ EXPECTED = ["00001111", "00003333", "00002222", None, "00001111", "00002222", "0
             "00002222", "PF", "00005555", "00003333", "00004444"] + \
     ["00005555", "00003333", "00004444"] * 4
 
-CONFIGS = [("cached", 32), ("cached", 1), ("cached", 0), ("native", None)]
+CONFIGS = [("cached", 32, 0), ("cached", 1, 0), ("cached", 0, 0), ("cached", 32, 8),
+           ("native", None, 0)]
 
 
-def run(assemble, tmp_path: Path, mmu: str, contexts: int | None) -> tuple[list[str], dict]:
+def run(assemble, tmp_path: Path, mmu: str, contexts: int | None,
+        prefetch: int = 0) -> tuple[list[str], dict]:
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(protected_mode_guest(BODY)))
     out = bytearray()
     with Machine(serial="none", memory="32M", mmu=mmu) as m:
         if contexts is not None:
             m.core.set_tlb_contexts(contexts)
+        if prefetch:
+            m.core.set_pte_prefetch(prefetch)
         m.board.com1.add_output_listener(out.extend)
         multiboot.load(m, kernel)
         result = m.run(timeout=20)
@@ -182,10 +187,11 @@ def run(assemble, tmp_path: Path, mmu: str, contexts: int | None) -> tuple[list[
     return out.decode().split(), stats
 
 
-@pytest.mark.parametrize(("mmu", "contexts"), CONFIGS,
-                         ids=[f"{m}-{c}" for m, c in CONFIGS])
-def test_guest_sees_every_table_change_after_a_cr3_load(assemble, tmp_path, mmu, contexts):
-    words, stats = run(assemble, tmp_path, mmu, contexts)
+@pytest.mark.parametrize(("mmu", "contexts", "prefetch"), CONFIGS,
+                         ids=[f"{m}-{c}-prefetch{p}" for m, c, p in CONFIGS])
+def test_guest_sees_every_table_change_after_a_cr3_load(assemble, tmp_path, mmu, contexts,
+                                                        prefetch):
+    words, stats = run(assemble, tmp_path, mmu, contexts, prefetch)
     assert len(words) == len(EXPECTED), words
     for got, want in zip(words, EXPECTED, strict=True):
         if want is not None:
