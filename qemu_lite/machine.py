@@ -557,9 +557,18 @@ class Machine(DebugHooks):
         self.runloop.do_reset()
 
     def _reset_devices(self) -> None:
-        """Every device to its power-on state, and the A20 gate open (as at power-on)."""
+        """Every device to its power-on state, and the A20 gate open (as at power-on).
+
+        RESET reaches every chip at once on a PC, so nothing a device does while it
+        resets (an IDE channel raising its line, say) may be left latched in an
+        interrupt controller: the controllers reset last."""
         self.core.a20_enabled = True
+        board = self.board
+        controllers = [board.pic, board.ioapic, board.lapic]
         for dev in self._resettable:
+            if not any(dev is c for c in controllers):
+                dev.reset()
+        for dev in controllers:
             dev.reset()
 
     @property

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qemu_lite import Machine
@@ -64,6 +64,8 @@ def test_the_board_reads_as_one_table():
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=300))
+# Found by CI: a device raising its IRQ line while it reset was left latched in the 8259.
+@example([(126, 0), (392, 24)])
 def test_reset_returns_every_device_to_its_power_on_state(writes):
     with Machine(**OPTIONS) as fresh:
         power_on = _device_states(fresh)
