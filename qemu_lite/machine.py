@@ -245,7 +245,7 @@ class Machine(DebugHooks):
         if msrs.install(self.uc):
             self.msrs = msrs
             self.add_poller(msrs.apply_pending)
-            self.add_resettable(msrs)
+            self.add_state("msrs", msrs)
 
     def _claim(self, slots: list[Slot]) -> None:
         """Give every slot of the board its ports, MMIO ranges and poller."""

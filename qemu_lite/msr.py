@@ -22,18 +22,23 @@ hypervisor owns:
 Unknown MSRs are left to the engine (patch h decides about #GP for them).  On
 an engine without patch f nothing here runs: a guest then sees Unicorn's own
 values (docs/ENGINE_FACTS.md fact 11).
+
+The model is a slot of the machine ("msrs"): reset with it, and its registers
+are part of a saved state (the TSC's count is saved by the machine itself; the
+engine's own MSRs, EFER included, are in the engine's CPU context).
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
 
 from qemu_lite import engine
+from qemu_lite.devices.base import StateError, check_state
 
 if TYPE_CHECKING:
     from qemu_lite._vcpu_hooks import VirtualTsc
@@ -54,6 +59,7 @@ MISC_PEBS_UNAVAILABLE = 1 << 12
 MISC_ENABLE_RESET = MISC_FAST_STRINGS | MISC_BTS_UNAVAILABLE | MISC_PEBS_UNAVAILABLE
 
 HOOK_PASS, HOOK_HANDLED = 0, 1
+STATE_VERSION = 1
 
 _INSN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -83,15 +89,57 @@ class MsrModel:
 
     def reset(self) -> None:
         """Power-on values (the TSC itself is reset by the VirtualTsc); a moved APIC
-        page goes back (resets run between slices)."""
+        page goes back and a globally disabled APIC is enabled again (resets run
+        between slices)."""
+        was_enabled = bool(getattr(self, "apic_base", APIC_BASE_ENABLE) & APIC_BASE_ENABLE)
         self.apic_base = APIC_BASE_DEFAULT | APIC_BASE_BSP | APIC_BASE_ENABLE
         self.tsc_adjust = 0
         self.misc_enable = MISC_ENABLE_RESET
+        if not was_enabled:
+            self._apic.enable(True)
+        self._place_apic(APIC_BASE_DEFAULT)
+
+    def _place_apic(self, base: int) -> None:
+        """Between slices: map the APIC's page at ``base`` now (it stays where it was
+        when that page is not free)."""
         self._pending_base = None
         mapped = getattr(self, "_mapped_base", APIC_BASE_DEFAULT)
-        if mapped != APIC_BASE_DEFAULT and self._apic.move(mapped, APIC_BASE_DEFAULT):
-            mapped = APIC_BASE_DEFAULT
+        if mapped != base and self._apic.move(mapped, base):
+            mapped = base
         self._mapped_base = mapped
+
+    # -- saved state -----------------------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """The registers, and where the APIC's page is mapped (a move the guest asked
+        for is applied before anything saves, at the slice boundary)."""
+        return {"version": STATE_VERSION, "apic_base": self.apic_base,
+                "tsc_adjust": self.tsc_adjust, "misc_enable": self.misc_enable,
+                "mapped_base": self._mapped_base if self._pending_base is None
+                else self._pending_base}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Load :meth:`save_state`'s dict between runs (the TSC count is the machine's)."""
+        check_state(state, "msrs", (STATE_VERSION,))
+        values = {}
+        for key in ("apic_base", "tsc_adjust", "misc_enable", "mapped_base"):
+            value = state.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+                raise StateError(f"msrs: saved {key} {value!r} is not a 64-bit register value")
+            values[key] = value
+        if values["mapped_base"] & ~APIC_BASE_ADDR:
+            raise StateError(f"msrs: saved APIC page {values['mapped_base']:#x} is not a "
+                             "page address")
+        was_enabled = bool(self.apic_base & APIC_BASE_ENABLE)
+        self.apic_base = values["apic_base"] | APIC_BASE_BSP
+        self.tsc_adjust = values["tsc_adjust"]
+        self.misc_enable = values["misc_enable"]
+        enabled = bool(self.apic_base & APIC_BASE_ENABLE)
+        if enabled != was_enabled:
+            # Loaded after the LAPIC's own state: disabling resets it, which is what a
+            # globally disabled APIC holds anyway (it drops writes and messages).
+            self._apic.enable(enabled)
+        self._place_apic(values["mapped_base"])
 
     # -- the registers ---------------------------------------------------------------
 
