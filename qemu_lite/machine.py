@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from unicorn import UcError
 
 import mmu_core
-from mmu_core._core import TLB_IDENTITY, TLB_NATIVE
+from mmu_core._core import STOP_REQUEST, TLB_IDENTITY, TLB_NATIVE
 from qemu_lite import pc
 from qemu_lite import snapshot as machine_state
 from qemu_lite._vcpu_hooks import VcpuHooks, VirtualTsc, keep_gil_for_engine_calls, watch_signals
@@ -34,7 +34,8 @@ from qemu_lite.devices.vga import Vga
 from qemu_lite.display import open_vnc, screen
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
-from qemu_lite.platform import Slot, Stateful
+from qemu_lite.pcibars import BarClaims
+from qemu_lite.platform import Slot, Stateful, reset_order
 from qemu_lite.runloop import InterruptSource, RunLoop, RunResult
 from qemu_lite.snapshot import Snapshot
 from qemu_lite.unassigned import UnassignedMemory
@@ -177,6 +178,7 @@ class Machine(DebugHooks):
             self.core.set_io_clock(self.hooks, self.hooks.vclock_address(), VirtualClock.PORT_NS)
         self.cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000, hide_rdrand=deterministic)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
+        # Reset with the machine besides the board's slots (which Machine walks itself).
         self._resettable: list[Any] = [self.tsc]
         self._pollers: list[Callable[[], None]] = []
         self.runloop = RunLoop(self.cpu, self.core, self.hooks, self.clock,
@@ -207,6 +209,8 @@ class Machine(DebugHooks):
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
+        self.pci_bars = BarClaims(self, lambda: self.core.request_stop(STOP_REQUEST))
+        self.add_poller(self.pci_bars.apply_pending)
         self._claim(self.board.slots)
         self._install_platform_msrs()
         self._snapshot_base: Snapshot | None = None  # what the dirty log is against
@@ -248,16 +252,16 @@ class Machine(DebugHooks):
             self.add_state("msrs", msrs)
 
     def _claim(self, slots: list[Slot]) -> None:
-        """Give every slot of the board its ports, MMIO ranges and poller."""
+        """Give every slot of the board its ports, MMIO ranges, PCI BARs and poller."""
         for slot in slots:
             for ports in slot.ports:
                 self.add_device(ports.base, ports.count, ports.handler)
             for mmio in slot.mmio:
                 self.add_mmio(mmio.base, mmio.size, mmio.handler, mmio.access_ns)
+            for bar in slot.bars:
+                self.pci_bars.add(bar)
             if slot.poll is not None:
                 self.add_poller(slot.poll)
-            if slot.device is not None:
-                self._resettable.append(slot.device)
 
     def _timer_armed_host(self, guest_ns: int) -> None:
         # A timer armed by a device during a slice must end that slice in time.
@@ -329,10 +333,10 @@ class Machine(DebugHooks):
         if any(slot.name == name for slot in self.board.slots):
             raise ValueError(f"a slot named {name!r} exists")
         self.board.slots.append(Slot(name, owner))
-        self._resettable.append(owner)
 
     def add_resettable(self, *devices: Device) -> None:
-        """Devices whose ``reset()`` runs when the machine resets."""
+        """Objects outside the board's slots whose ``reset()`` runs when the machine
+        resets (before the slots'): the video BIOS's copy into RAM, say."""
         self._resettable.extend(devices)
 
     def set_a20(self, enabled: bool) -> None:
@@ -557,19 +561,15 @@ class Machine(DebugHooks):
         self.runloop.do_reset()
 
     def _reset_devices(self) -> None:
-        """Every device to its power-on state, and the A20 gate open (as at power-on).
-
-        RESET reaches every chip at once on a PC, so nothing a device does while it
-        resets (an IDE channel raising its line, say) may be left latched in an
-        interrupt controller: the controllers reset last."""
+        """Every device to its power-on state, and the A20 gate open (as at power-on):
+        the slots in the board's reset order (``Slot.resets_last``: the interrupt
+        controllers), then the PCI BARs claimed where the reset left them."""
         self.core.a20_enabled = True
-        board = self.board
-        controllers = [board.pic, board.ioapic, board.lapic]
         for dev in self._resettable:
-            if not any(dev is c for c in controllers):
-                dev.reset()
-        for dev in controllers:
             dev.reset()
+        for owner in reset_order(self.board.slots):
+            owner.reset()
+        self.pci_bars.sync()
 
     @property
     def no_reboot(self) -> bool:

@@ -15,9 +15,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from unicorn import UcError
-
-from mmu_core._core import STOP_REQUEST
 from qemu_lite.acpi import tables as acpi_tables
 from qemu_lite.acpi.platform import Platform as AcpiPlatform
 from qemu_lite.clock import VirtualClock
@@ -45,7 +42,7 @@ from qemu_lite.devices.vga import Vga
 from qemu_lite.display.vgaboard import attach_vga
 from qemu_lite.optionroms import OptionRoms, read_option_roms
 from qemu_lite.piofast import PioChannel, PioWindowedBlock
-from qemu_lite.platform import HostMemory, MmioRange, Platform, PortRange, Slot
+from qemu_lite.platform import HostMemory, MmioRange, PciBar, Platform, PortRange, Slot
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +280,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
           option_roms: list[str | os.PathLike[str]] | None = None) -> Board:
     """The devices of QEMU's ``pc`` machine, as a table the machine walks.
 
-    Ports and ranges in the table are claimed by the machine; only what moves at run
-    time (PCI BARs) is claimed here, through ``platform``."""
+    Ports, ranges and PCI BARs in the table are claimed by the machine (BARs wherever
+    the guest programs them)."""
     clock = platform.clock
 
     # A rising INTR from the 8259 pair, or anything the local APIC accepts, ends the
@@ -356,14 +353,6 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     pci.add(0, 0, host)
     pci.add(1, 0, Piix3IsaBridge())
     piix_ide = PiixIde(GuestPhysicalMemory(platform), ide0, ide1)
-
-    def move_bmdma(old: int | None, new: int | None) -> None:
-        if old is not None:
-            platform.core.release_ports(old, BMDMA_PORTS)
-        if new is not None:
-            platform.add_device(new, BMDMA_PORTS, piix_ide.bmdma_ports)
-
-    piix_ide.on_bar_change = move_bmdma
     pci.add(1, 1, piix_ide)
     display = attach_vga(platform, pci, vga_bios) if vga == "std" else None
 
@@ -376,10 +365,13 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
 
     lapic_ns, chipset_ns = VirtualClock.LAPIC_MMIO_NS, VirtualClock.MMIO_NS
     slots = [
+        # The interrupt controllers reset last (Slot.resets_last).
         Slot("pic", pic, _ports((PIC_MASTER, 2, pic.master), (PIC_SLAVE, 2, pic.slave),
-                                (ELCR, 2, pic.elcr))),
-        Slot("lapic", lapic, mmio=[MmioRange(LAPIC_BASE, 0x1000, lapic, lapic_ns)]),
-        Slot("ioapic", ioapic, mmio=[MmioRange(IOAPIC_BASE, 0x1000, ioapic, chipset_ns)]),
+                                (ELCR, 2, pic.elcr)), resets_last=True),
+        Slot("lapic", lapic, mmio=[MmioRange(LAPIC_BASE, 0x1000, lapic, lapic_ns)],
+             resets_last=True),
+        Slot("ioapic", ioapic, mmio=[MmioRange(IOAPIC_BASE, 0x1000, ioapic, chipset_ns)],
+             resets_last=True),
         Slot("pit", pit, _ports((PIT, 4, pit.ports), (PORT61, 1, pit.port61)), (IRQ_PIT,)),
         Slot("rtc", rtc, _ports((RTC, 2, rtc)), (IRQ_RTC,)),
         Slot("kbc", kbc, _ports((I8042_DATA, 1, kbc.data_port), (I8042_CMD, 1, kbc.command_port)),
@@ -394,8 +386,10 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         Slot("ide1", ide_state[1], ide_ports[1], (IRQ_IDE1,)),
         Slot("pci-config", pci_config, _ports((PCI_CONFIG, 8, pci_config))),
         # The bus resets and saves every function on it: host bridge, PIIX3, PIIX IDE
-        # (BMDMA; its ports follow its BAR), the VGA's and the NIC's PCI functions.
+        # (BMDMA), the VGA's and the NIC's PCI functions.
         Slot("pci", pci),
+        Slot("bmdma", None, bars=[PciBar("io", BMDMA_PORTS, piix_ide.bmdma_ports, piix_ide,
+                                         lambda: piix_ide.bmdma_base)]),
         Slot("fw_cfg", fw_cfg, _ports((FW_CFG, 2, fw_cfg))),
         Slot("debugcon", debugcon, _ports((DEBUGCON, 1, debugcon))),
         Slot("post", post, _ports((POST, 1, post))),
@@ -407,9 +401,10 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     if roms:  # after the video BIOS, whose size says where the first one goes
         slots.append(Slot("option-roms", OptionRoms(platform, fw_cfg, roms)))
     if nic is not None:
-        # Its ports and registers follow its BARs (claimed by _add_nic); its state is the
-        # PCI function's, saved with the bus.
-        slots.append(Slot("nic", None, irqs=(IRQ_NIC,), poll=nic.poll))
+        # Its state is the PCI function's, saved with the bus.
+        slots.append(Slot("nic", None, irqs=(IRQ_NIC,), poll=nic.poll, bars=[
+            PciBar("mmio", E1000_MMIO_SIZE, nic, nic, lambda: nic.mmio_base),
+            PciBar("io", 8, nic.io_ports, nic, lambda: nic.io_base)]))
     board = Board(slots, pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci,
                   piix_ide, fw_cfg, debugcon, post, port92, disks, display, nic)
     if acpi:
@@ -444,42 +439,6 @@ def _add_nic(platform: Platform, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
     nic = E1000(GuestPhysicalMemory(platform), irqs.line(IRQ_NIC), platform.clock,
                 mac=nics[0].mac or DEFAULT_MAC, port=backend, mmio_base=NIC_MMIO,
                 io_base=NIC_IO, irq_line_number=IRQ_NIC)
-
-    mmio_windows: dict[int, _BarWindow] = {}
-    unmapped: list[int] = []
-
-    def map_pending() -> None:
-        # Outside the slice: Unicorn must not change its memory map from inside a hook
-        # (an unmap or map there made the shadow MMU fault on the region's address).
-        while unmapped:
-            base = unmapped.pop()
-            if base not in mmio_windows:
-                window = _BarWindow(nic, base)
-                try:
-                    platform.add_mmio(base, E1000_MMIO_SIZE, window)
-                except UcError as exc:  # it overlaps something (the BIOS ROM, the APIC)
-                    log.warning("e1000: cannot map its registers at %#x: %s", base, exc)
-                    continue
-                mmio_windows[base] = window
-
-    def move_bar(kind: str, old: int | None, new: int | None) -> None:
-        if kind == "mmio":
-            # Windows stay mapped and answer only while the BAR decodes at their base.
-            if new is not None and new not in mmio_windows:
-                unmapped.append(new)
-                platform.core.request_stop(STOP_REQUEST)
-        else:
-            if old is not None:
-                platform.core.release_ports(old, 8)
-            if new is not None:
-                platform.add_device(new, 8, nic.io_ports)
-
-    nic.on_bar_change = move_bar
-    move_bar("io", None, nic.io_base)
-    if nic.mmio_base is not None:
-        unmapped.append(nic.mmio_base)
-    map_pending()
-    platform.add_poller(map_pending)
     pci.add(NIC_PCI_SLOT, 0, nic)
     backend.notify = _weak_wake(platform)
     if net_dump is not None:
@@ -527,25 +486,6 @@ def _keyboard_from_terminal(machine: Platform, kbc: I8042) -> Callable[[], None]
 
     machine.add_closer(terminal.close)
     return pump
-
-
-class _BarWindow(Device):
-    """A memory BAR's registers at one address, live only while the BAR decodes there."""
-
-    name = "bar-window"
-
-    def __init__(self, function: E1000, base: int) -> None:
-        self.function = function
-        self.base = base
-
-    def io_read(self, offset: int, size: int) -> int:
-        if self.function.mmio_base != self.base:
-            return (1 << (8 * size)) - 1
-        return self.function.io_read(offset, size)
-
-    def io_write(self, offset: int, size: int, value: int) -> None:
-        if self.function.mmio_base == self.base:
-            self.function.io_write(offset, size, value)
 
 
 class _InterruptRequest:

@@ -42,13 +42,37 @@ class MmioRange:
     access_ns: int  # deterministic guest time per access
 
 
+class BarOwner(Protocol):
+    """A PCI function with BARs: it calls ``on_bar_change(...)`` (any arguments) whenever
+    what it decodes may have changed (a BAR or the command register written, reset)."""
+
+    on_bar_change: Any
+
+
+@dataclass(frozen=True)
+class PciBar:
+    """A PCI BAR: ``handler`` answers ``size`` ports (``space`` "io") or bytes ("mmio")
+    at the base ``function`` decodes now (``decoded()``; None while it decodes none)."""
+
+    space: str
+    size: int
+    handler: Device
+    function: BarOwner
+    decoded: Callable[[], int | None]
+
+
 @dataclass
 class Slot:
     """One row of the board: ``device`` owns the state behind its ports and ranges.
 
     ``irqs`` names the ISA lines it drives (documentation, and checked for
-    clashes); ``poll`` runs at every stop of the vCPU (host input).  ``device``
-    None: the ports hold no state (isa-debug-exit, POST)."""
+    clashes); ``poll`` runs at every stop of the vCPU (host input); ``bars``
+    are claimed wherever the guest programs them.  ``device`` None: the ports
+    hold no state (isa-debug-exit, POST), or their state is saved elsewhere
+    (a PCI function's, with the bus).  ``resets_last``: an interrupt
+    controller; RESET reaches every chip at once on a PC, so what a device does
+    while it resets (an IDE channel raising its line) must not stay latched in
+    one: the machine resets these slots after all others."""
 
     name: str
     device: Stateful | None
@@ -56,6 +80,14 @@ class Slot:
     irqs: tuple[int, ...] = ()
     mmio: list[MmioRange] = field(default_factory=list)
     poll: Callable[[], None] | None = None
+    bars: list[PciBar] = field(default_factory=list)
+    resets_last: bool = False
+
+
+def reset_order(slots: list[Slot]) -> list[Stateful]:
+    """The slots' state owners in the order a machine reset resets them."""
+    ordered = [s for s in slots if not s.resets_last] + [s for s in slots if s.resets_last]
+    return [s.device for s in ordered if s.device is not None]
 
 
 class HostMemory(Protocol):

@@ -26,6 +26,7 @@ import zipfile
 from typing import TYPE_CHECKING, Any
 
 from qemu_lite.devices.base import StateError, check_state
+from qemu_lite.platform import reset_order
 
 if TYPE_CHECKING:
     from qemu_lite.machine import Machine
@@ -90,12 +91,12 @@ def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool) -> None
     # Power-on first, so that what a device does not save (its wires' levels, caches)
     # is what a freshly built machine has: loading into a used machine and into a new
     # one must give the same machine.
-    for slot in board.slots:
-        if slot.device is not None:
-            slot.device.reset()
+    for owner in reset_order(board.slots):
+        owner.reset()
     for slot in board.slots:
         if slot.device is not None:
             slot.device.load_state(state["devices"][slot.name])
+    m.pci_bars.sync()  # where the loaded functions decode their BARs
     for name, saved in state["backends"].items():
         uart = board.com1 if name == "com1" else board.com2
         if uart is not None and uart.backend is not None:
