@@ -55,7 +55,7 @@ cdef enum:
     C_STOP_INTERRUPT = 1   # the guest raised an exception or executed INT n
     C_STOP_REQUEST = 2     # a device or the embedding program asked to stop
     C_STOP_ERROR = 4       # a Python callback raised; see Core.take_error()
-    C_STOP_KICK = 8        # the clock wants the run loop (timer due, input ready)
+    C_STOP_KICK = 8        # the vCPU hooks' exits: a deadline, an interrupt window, a poke
     C_STOP_SYSCALL = 16    # SYSCALL or SYSENTER executed (the vCPU does its effect)
     C_STOP_FAULT = 32      # the TLB fill refused an access (guest page fault)
     C_STOP_INVALID = 64    # invalid opcode: deliver #UD at the current RIP
@@ -781,6 +781,11 @@ cdef class Core:
         """Stop ``emu_start`` at the next instruction boundary (safe from any thread)."""
         self.st.requested_flags |= flag  # under the GIL: Python callers do not race
         uc_emu_stop(self.st.uc)
+
+    def stop_word_address(self):
+        """Address of the flags the hooks set, for VcpuHooks to report its own exits
+        (STOP_KICK) from the vCPU thread: one word says why a slice ended."""
+        return <uintptr_t>&self.st.stop_flags
 
     def take_stop(self):
         """Return and clear ``(stop_flags, intno)``."""

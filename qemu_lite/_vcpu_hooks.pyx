@@ -362,7 +362,9 @@ cdef struct HookState:
     bint waiting             # an interrupt waits for EFLAGS.IF
     uint64_t skip_pc         # let one block starting here run (the STI shadow)
     bint skip_armed
-    int fired                # 1: window opened, 2: block deadline, 3: time deadline, 4: poked
+    int *stop_word           # where our stops are reported (the Core's stop flags)
+    int own_stop_word        #   until report_stops_to() points it there
+    int kick_bit             # the bit they set in it (the Core's STOP_KICK)
     uint64_t deadline_ns     # host CLOCK_MONOTONIC deadline (0 = none)
     int poke                 # set by other threads: stop at the next block
     unsigned long signals    # _signals_seen when this hook last looked
@@ -382,6 +384,7 @@ cdef class VcpuHooks:
     cdef int slot
     cdef uint32_t insn_ns
     cdef object _uc_obj
+    cdef object _stop_owner
 
     def __cinit__(self):
         self.st = <HookState *>calloc(1, sizeof(HookState))
@@ -397,6 +400,8 @@ cdef class VcpuHooks:
         self.uc = <uc_engine *><uintptr_t>uc._uch.value
         self.st.signals = _signals_seen
         self.st.vclock = &self.st.own_vclock
+        self.st.stop_word = &self.st.own_stop_word
+        self.st.kick_bit = 1
         self.engine = ENGINE_EXITS and not block_hook
         if self.engine:
             self.clock = ql_clock_of(self.uc, 0)
@@ -514,31 +519,31 @@ cdef class VcpuHooks:
         with nogil:
             ql_alarm_running(self.alarm, 1, host_ns)
 
-    def end_slice(self):
-        """The slice ended: why our exits stopped it (FIRED_* below, 0 if none did,
-        HLT included); clears it."""
-        cdef int f, bits
-        if not self.engine:
-            f = self.st.fired
-            self.st.fired = 0
-            return f
-        with nogil:
-            ql_alarm_running(self.alarm, 0, 0)
-            ql_slot_give(self.slot)
-        self.slot = -1
-        self.st.signals = _signals_seen
-        bits = ql_take_exit(self.uc)
-        if ql_halted(self.uc):
-            return 0  # HLT ended it; the run loop looks at every source again anyway
-        if bits & EXIT_WINDOW:
-            return FIRED_WINDOW
-        if bits & EXIT_CLOCK:
-            return FIRED_BLOCKS
-        if bits & EXIT_TIME:
-            return FIRED_TIME
-        if bits:
-            return FIRED_POKE
-        return 0
+    def report_stops_to(self, core, int kick_bit):
+        """Report our exits (a deadline, an interrupt window, a poke or a signal) as
+        ``kick_bit`` in ``core``'s stop flags, so that ``core.take_stop()`` is the one
+        place the run loop learns why a slice ended."""
+        self._stop_owner = core  # the word lives in the Core's state: keep it alive
+        self.st.stop_word = <int *><uintptr_t>core.stop_word_address()
+        self.st.kick_bit = kick_bit
+
+    def end_slice(self, bint report=True):
+        """The slice ended: if our exits ended it (not HLT), report it in the stop word;
+        ``report`` False drops such a stop instead (one left by a run an exception
+        ended)."""
+        cdef int bits
+        if self.engine:
+            with nogil:
+                ql_alarm_running(self.alarm, 0, 0)
+                ql_slot_give(self.slot)
+            self.slot = -1
+            self.st.signals = _signals_seen
+            bits = ql_take_exit(self.uc)
+            # HLT ended it: not ours (the run loop looks at every source again anyway).
+            if bits and report and not ql_halted(self.uc):
+                self.st.stop_word[0] |= self.st.kick_bit
+        if not report:
+            self.st.stop_word[0] &= ~self.st.kick_bit
 
     def advance_deadline(self, uint64_t host_ns):
         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
@@ -580,12 +585,6 @@ cdef bint _engine_alive(uc_obj) noexcept:
         return False
 
 
-FIRED_WINDOW = 1
-FIRED_BLOCKS = 2
-FIRED_TIME = 3
-FIRED_POKE = 4
-
-
 cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
     cdef HookState *st = <HookState *>user_data
     cdef uint64_t eflags = 0
@@ -595,17 +594,17 @@ cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user
     if st.poke or st.signals != _signals_seen:
         st.poke = 0
         st.signals = _signals_seen
-        st.fired = 4
+        st.stop_word[0] |= st.kick_bit
         uc_emu_stop(uc)
         return
     if st.stop_at_block and st.vclock[0] >= st.stop_at_block:
-        st.fired = 2
+        st.stop_word[0] |= st.kick_bit
         uc_emu_stop(uc)
         return
     if st.deadline_ns and (st.blocks & 63) == 0:
         clock_gettime(CLOCK_MONOTONIC, &ts)
         if <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec >= st.deadline_ns:
-            st.fired = 3
+            st.stop_word[0] |= st.kick_bit
             uc_emu_stop(uc)
             return
     if st.waiting:
@@ -615,7 +614,7 @@ cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user
                 return
         uc_reg_read(uc, REG_EFLAGS, &eflags)
         if eflags & EFLAGS_IF:
-            st.fired = 1
+            st.stop_word[0] |= st.kick_bit
             st.waiting = False
             uc_emu_stop(uc)
 

@@ -27,6 +27,7 @@ from mmu_core._core import (
     STOP_FAULT,
     STOP_INTERRUPT,
     STOP_INVALID,
+    STOP_KICK,
     STOP_REQUEST,
     STOP_SYSCALL,
     STOP_SYSENTER,
@@ -85,6 +86,7 @@ class RunLoop:
         self.cpu = cpu
         self.core = core
         self.hooks = hooks
+        hooks.report_stops_to(core, STOP_KICK)  # one stop channel: core.take_stop()
         self.clock = clock
         self.irq_source: InterruptSource = NoInterrupts()
         self.no_reboot = False
@@ -154,7 +156,7 @@ class RunLoop:
         """Start a run on this thread: clear what a previous run left."""
         self.stop_reason = None
         self.pending_reset = False
-        self.hooks.end_slice()  # a stop left by a run that an exception ended
+        self.hooks.end_slice(report=False)  # a stop left by a run an exception ended
         self.vcpu_thread = threading.get_ident()
 
     def end(self) -> None:
@@ -205,8 +207,8 @@ class RunLoop:
             try:
                 err = cpu.run_slice()
             finally:
-                stopped_by_block_hook = hooks.end_slice() != 0
-            flags, intno = core.take_stop()
+                hooks.end_slice()
+            flags, intno = core.take_stop()  # why it ended: one word (STOP_KICK: our exits)
             if flags & STOP_ERROR:
                 callback_error = core.take_error()
                 if callback_error is not None:
@@ -230,8 +232,8 @@ class RunLoop:
                     cpu.do_sysenter()
                 elif err is not None:
                     raise GuestError(self._describe_error(err))
-                elif not flags and not stopped_by_block_hook and self._stopped_on_hlt():
-                    # Only HLT ends a slice without a stop flag or the block hook.
+                elif not flags and self._stopped_on_hlt():
+                    # Only HLT ends a slice without a stop flag.
                     if not cpu.reg("rflags") & EFLAGS_IF and not self.nmi_pending():
                         return RunResult("halted", None, "guest halted with interrupts "
                                          f"disabled at {cpu.linear_pc() - 1:#x}")
