@@ -97,6 +97,17 @@ exit:                       ; al -> isa-debug-exit
     dd 0, 0
 %endmacro
 
+%macro IDT_GP32 1           ; an IDT (idt, idtr) whose only gate is #GP -> %1
+align 8
+idt:
+    times 13 dq 0
+    GATE32 %1, 0x08, 0x8E
+idt_end:
+idtr:
+    dw idt_end - idt - 1
+    dd idt
+%endmacro
+
 ; A GDT with kernel/user segments; the TSS descriptor (0x28) is filled by SET_TSS
 ; (32-bit) or SET_TSS64.
 align 8

@@ -37,14 +37,7 @@ gp_handler:
     add esp, 4                ; drop the error code
     iret
 
-align 8
-idt:
-    times 13 dq 0
-    GATE32 gp_handler, 0x08, 0x8E
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
+    IDT_GP32 gp_handler
 """
     result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
     assert out == "GP error=00001234 eip-ok=1 cs=00000008\nresumed at after\n"

@@ -38,14 +38,7 @@ gp_handler:
 
 align 4
 resume: dd 0
-align 8
-idt:
-    times 13 dq 0
-    GATE32 gp_handler, 0x08, 0x8E
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
+    IDT_GP32 gp_handler
 """
 
 BODY = r"""
