@@ -8,7 +8,6 @@ virtual wire).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import weakref
@@ -43,8 +42,6 @@ from qemu_lite.display.vgaboard import attach_vga
 from qemu_lite.optionroms import OptionRoms, read_option_roms
 from qemu_lite.piofast import PioChannel, PioWindowedBlock
 from qemu_lite.platform import HostMemory, MmioRange, PciBar, Platform, PortRange, Slot
-
-log = logging.getLogger(__name__)
 
 COM1, COM2 = 0x3F8, 0x2F8
 IDE0_CMD, IDE0_CTL = 0x1F0, 0x3F6
