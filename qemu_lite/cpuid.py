@@ -133,7 +133,7 @@ class CpuidModel:
             if uc.reg_read(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
                 c |= ECX_OSXSAVE
             regs = (a, (b & 0x00FFFFFF) | self.apic_id << 24, c, d)
-        elif leaf == TOPOLOGY_LEAF:
+        elif leaf == TOPOLOGY_LEAF and regs[1]:  # a model that has the leaf (EBX != 0)
             a, b, c, _d = regs
             regs = (a, b, c, self.apic_id)  # EDX: the x2APIC ID
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
