@@ -73,7 +73,7 @@ class VcpuStats:
 
     ``slices``: turns on the engine's ``emu_start``; ``exits``: slices that ended
     for the vCPU's own reason (an exception, INT n, a #PF from the shadow MMU,
-    SYSCALL/SYSENTER, HLT), by kind; ``ipis_sent`` / ``ipis_received``: interrupt
+    SYSCALL/SYSENTER, a device's stop request) and halts, by kind; ``ipis_sent`` / ``ipis_received``: interrupt
     messages through the ICR; ``switches_in``: times it was given the engine,
     each a full flush of Unicorn's TLB (the only invalidation one vCPU causes in
     another's view: page-table and code stores reach the shared caches directly);
@@ -309,6 +309,9 @@ class VcpuSet:
     def schedule(self) -> None:
         """Pick the vCPU that runs next and put it on the engine."""
         cur = self.vcpus[self.current]
+        if self._m.cpu.halted and not cur.halted:
+            exits = self.bus.stats[self.current].exits
+            exits["hlt"] = exits.get("hlt", 0) + 1
         cur.halted = self._m.cpu.halted
         if not cur.halted:
             cur.done = False

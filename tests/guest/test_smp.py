@@ -168,6 +168,7 @@ def test_aps_started_by_init_sipi_count_exactly(assemble, tmp_path, cpus):
         assert ap["ipis_sent"] == 1  # its vector 0x40 + APIC ID
         assert ap["ipis_received"] == 3  # INIT and both STARTUPs reached it
         assert ap["switches_in"] >= 1
+        assert ap["exits"].get("hlt", 0) >= 1  # parked with HLT
 
 
 def test_smp_machine_refuses_snapshots_it_cannot_take():
