@@ -86,7 +86,7 @@ def test_debian_initramfs_mounts_ext4_root_on_ide_and_root_logs_in(root_disk, de
         fd = os.open(pts, os.O_RDWR | os.O_NOCTTY)
         typist = Typist(fd, script, time.monotonic() + 600)
         try:
-            linux.load(m, kernel(), "root=LABEL=qlroot rw console=ttyS0 panic=-1 nohz=off highres=off",
+            linux.load(m, kernel(), "root=LABEL=qlroot rw console=ttyS0 panic=-1",
                        debian_initrd)
             typist.thread.start()
             result = m.run(timeout=600)
