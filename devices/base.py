@@ -122,13 +122,22 @@ class Timer:
 
     def arm(self, deadline_ns: int) -> None:
         """Fire ``callback`` once the clock reaches ``deadline_ns`` (guest ns)."""
-        self.deadline = int(deadline_ns)
+        deadline = int(deadline_ns)
+        if deadline == self.deadline:
+            return  # already queued for exactly that
+        was_armed = self.deadline is not None
+        self.deadline = deadline
         self._seq += 1
+        if was_armed:
+            self._clock._dropped()
         self._clock._schedule(self)
 
     def cancel(self) -> None:
+        was_armed = self.deadline is not None
         self.deadline = None
         self._seq += 1
+        if was_armed:
+            self._clock._dropped()
 
     @property
     def armed(self) -> bool:
@@ -144,9 +153,15 @@ class Clock:
     only through :meth:`advance`.
     """
 
+    # The heap keeps an entry per arm; re-arming or cancelling a timer leaves its old
+    # entry stale until it comes to the top.  Once stale entries outnumber the live
+    # ones (and there are more than this many), they are swept out in place.
+    SWEEP_MIN = 64
+
     def __init__(self) -> None:
         self._now = 0
         self._heap: list[tuple[int, int, int, Timer]] = []
+        self._stale = 0  # entries in _heap of re-armed or cancelled timers
         self._order = itertools.count()
         self.on_schedule: Callable[[int], None] | None = None
         self._timers: list[Timer] = []  # every timer made, in order: their saved identity
@@ -169,7 +184,7 @@ class Clock:
         makes the same timers in the same order)."""
         armed = {id(t): i for i, t in enumerate(self._timers)}
         live = sorted((order, deadline, armed[id(t)]) for deadline, order, seq, t in self._heap
-                      if t._seq == seq and t.deadline == deadline and id(t) in armed)
+                      if _live((deadline, order, seq, t)) and id(t) in armed)
         return {"version": self.CLOCK_STATE_VERSION, "now": self.now(),
                 "timers": len(self._timers), "armed": [[i, d] for _, d, i in live]}
 
@@ -182,6 +197,7 @@ class Clock:
         for timer in self._timers:
             timer.cancel()
         self._heap.clear()
+        self._stale = 0
         for index, deadline in state["armed"]:
             if not 0 <= index < len(self._timers):
                 raise StateError(f"clock: saved timer {index} does not exist")
@@ -196,13 +212,22 @@ class Clock:
         if self.on_schedule is not None:
             self.on_schedule(timer.deadline)
 
+    def _dropped(self) -> None:
+        """An armed timer was re-armed or cancelled: its entry is stale now."""
+        self._stale += 1
+        if self._stale > self.SWEEP_MIN and 2 * self._stale > len(self._heap):
+            # In place: run_due may be iterating this very list (a callback re-arms).
+            self._heap[:] = [entry for entry in self._heap if _live(entry)]
+            heapq.heapify(self._heap)
+            self._stale = 0
+
     def next_deadline(self) -> int | None:
         heap = self._heap
         while heap:
-            deadline, _, seq, timer = heap[0]
-            if timer._seq == seq and timer.deadline == deadline:
-                return deadline
+            if _live(heap[0]):
+                return heap[0][0]
             heapq.heappop(heap)
+            self._stale -= 1
         return None
 
     def run_due(self) -> int:
@@ -211,9 +236,11 @@ class Clock:
         now = self.now()
         heap = self._heap
         while heap and heap[0][0] <= now:
-            deadline, _, seq, timer = heapq.heappop(heap)
-            if timer._seq != seq or timer.deadline != deadline:
+            entry = heapq.heappop(heap)
+            if not _live(entry):
+                self._stale -= 1
                 continue
+            timer = entry[3]
             timer.deadline = None
             timer.callback()
             fired += 1
@@ -231,6 +258,12 @@ class Clock:
             fired += self.run_due()
         self._now = target
         return fired
+
+
+def _live(entry: tuple[int, int, int, Timer]) -> bool:
+    """Is this heap entry the timer's current arming (not re-armed or cancelled since)?"""
+    deadline, _, seq, timer = entry
+    return timer._seq == seq and timer.deadline == deadline
 
 
 class PhysicalMemory(Protocol):

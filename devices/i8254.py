@@ -23,6 +23,9 @@ from .base import Clock, Device, IrqLine, Timer
 PIT_HZ = 1_193_182
 NS_PER_S = 1_000_000_000
 REFRESH_PERIOD_NS = 15_000  # port 0x61 bit 4 toggles this often
+# OUT0 transitions replayed at one look: enough for any mode to show a rising edge
+# (mode 3: high -> low -> high; a count load in between).
+_MAX_REPLAYED = 8
 
 # Control word (port 0x43): SC1 SC0 RW1 RW0 M2 M1 M0 BCD
 CW_BCD = 0x01
@@ -272,9 +275,10 @@ class PitChannel:
         self.read_msb_next = not msb
         return count >> 8 if msb else count & 0xFF
 
-    def write(self, value: int) -> None:
-        """A write of the counter port: one byte of the new count."""
-        tick = self._now_tick()
+    def write(self, value: int, tick: int | None = None) -> None:
+        """A write of the counter port at ``tick`` (default: now): one byte of the new count."""
+        if tick is None:
+            tick = self._now_tick()
         self._sync(tick)
         if self.rw == RW_LSB:
             self.cr = value
@@ -400,8 +404,8 @@ class Pit8254:
         self.irq0 = irq0 if irq0 is not None else IrqLine()
         self.channels = [PitChannel(self, i, gate=i != 2) for i in range(3)]
         self.port61_bits = 0
-        self._timer: Timer = clock.timer(self._on_timer)
-        self._last_tick = 0  # when OUT0 was last looked at
+        self._timer: Timer = clock.timer(self._update_irq)
+        self._last_tick = 0  # when IRQ 0 last followed OUT0
         self.ports = _PitPorts(self)
         self.port61 = _Port61(self)
         self.reset()
@@ -411,6 +415,7 @@ class Pit8254:
         for channel in self.channels:
             channel.reset(gate=channel.index != 2)
         self.port61_bits = 0
+        self._last_tick = ns_to_tick(self.clock.now())
         self._update_irq()
 
     # -- ports -------------------------------------------------------------------------
@@ -421,12 +426,21 @@ class Pit8254:
         return 0xFF  # the control register cannot be read
 
     def write_port(self, offset: int, value: int) -> None:
-        if offset < 3:
+        if offset in (1, 2):
             self.channels[offset].write(value)
-        elif offset == 3:
+            return
+        if offset not in (0, 3):
+            return
+        # One instant for the whole access: with the real-time clock, guest time
+        # moves on while this runs, and a short count's whole pulse could
+        # otherwise fall between the write and the look at OUT0.
+        tick = ns_to_tick(self.clock.now())
+        self._follow_out0(tick)  # what OUT0 did before this write changes it
+        if offset == 0:
+            self.channels[0].write(value, tick)
+        else:
             self._write_control(value)
-        if offset in (0, 3):
-            self._update_irq()
+        self._update_irq(tick)
 
     def _write_control(self, value: int) -> None:
         select = value >> CW_SC_SHIFT
@@ -463,33 +477,44 @@ class Pit8254:
 
     # -- IRQ 0 -------------------------------------------------------------------------
 
-    def _update_irq(self) -> None:
-        """Set IRQ 0 to OUT0 now and arm the timer for OUT0's next transition."""
-        tick = ns_to_tick(self.clock.now())
-        self.irq0.set_level(self.channels[0].output(tick))
+    def _update_irq(self, tick: int | None = None) -> None:
+        """IRQ 0 follows OUT0 up to ``tick`` (default: now); the timer is armed for
+        OUT0's next transition.  Also the timer's callback."""
+        if tick is None:
+            tick = ns_to_tick(self.clock.now())
+        self._follow_out0(tick)
         self._arm(tick)
 
-    def _arm(self, tick: int) -> None:
+    def _follow_out0(self, tick: int) -> None:
+        """Drive IRQ 0 through OUT0's transitions since the last look, in order, up to
+        ``tick``.
+
+        A whole pulse (mode 4's one low clock at terminal count, mode 2's) can lie
+        between two looks: the timer runs late, or the real-time clock moved while
+        the guest's count write was being handled.  Each transition is replayed,
+        so the 8259 and the IOAPIC see the rising edge (the first one only: later
+        ones of a periodic mode would set the same IRR bit again)."""
+        channel = self.channels[0]
+        t = min(self._last_tick, tick)
+        for _ in range(_MAX_REPLAYED):
+            next_tick = channel.next_transition(t)
+            if next_tick is None or next_tick > tick:
+                break
+            level = channel.output(next_tick)
+            rising = level and not self.irq0.level
+            self.irq0.set_level(level)
+            t = next_tick
+            if rising:
+                break
+        self.irq0.set_level(channel.output(tick))
         self._last_tick = tick
+
+    def _arm(self, tick: int) -> None:
         next_tick = self.channels[0].next_transition(tick)
         if next_tick is None:
             self._timer.cancel()
         else:
             self._timer.arm(tick_to_ns(next_tick))
-
-    def _on_timer(self) -> None:
-        """OUT0's transition (or a count load) is due.  If the timer ran so late
-        that OUT0 changed and changed back since the last look, replay that
-        pulse so the PIC still sees its edge."""
-        channel = self.channels[0]
-        tick = ns_to_tick(self.clock.now())
-        level = channel.output(tick)
-        if level == self.irq0.level:
-            missed = channel.next_transition(self._last_tick)
-            if missed is not None and missed <= tick:
-                self.irq0.set_level(not level)
-        self.irq0.set_level(level)
-        self._arm(tick)
 
     # -- saved state -------------------------------------------------------------------
 
@@ -499,6 +524,7 @@ class Pit8254:
             "version": 1,
             "channels": [channel.save_state() for channel in self.channels],
             "port61": self.port61_bits,
+            "irq0_tick": self._last_tick,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -507,4 +533,9 @@ class Pit8254:
         for channel, saved in zip(self.channels, state["channels"], strict=True):
             channel.load_state(saved)
         self.port61_bits = state["port61"]
-        self._update_irq()
+        # IRQ 0 as it was at the last look, which the saved timer deadline follows
+        # (the clock's time is restored after the devices).
+        tick = int(state.get("irq0_tick", ns_to_tick(self.clock.now())))
+        self._last_tick = tick
+        self.irq0.set_level(self.channels[0].output(tick))
+        self._arm(tick)

@@ -13,11 +13,12 @@ for maskable interrupts at instruction boundaries, and ``nmi_pending`` /
 
 The IA32_APIC_BASE MSR is the platform's (qemu_lite/msr.py): it moves the page
 and sets the global enable (:meth:`LocalApic.set_hardware_enabled`).
-Not modelled:
-x2APIC, TSC-deadline timer mode, SMI delivery, the thermal, performance and
-CMCI interrupt sources (their LVTs are plain registers).  With one CPU, INIT
-and STARTUP IPIs go nowhere; with several, ``ipi_bus`` (qemu_lite/smp.py)
-carries every IPI to the APICs its destination selects.
+TSC-deadline timer mode (LVT timer mode 10b, SDM 10.5.4.1) exists once the platform
+answers IA32_TSC_DEADLINE (:meth:`LocalApic.enable_tsc_deadline`): the MSR hands the
+deadline over as guest time.  Not modelled: x2APIC, SMI delivery, the thermal,
+performance and CMCI interrupt sources (their LVTs are plain registers).  With one CPU,
+INIT and STARTUP IPIs go nowhere; with several, ``ipi_bus`` (qemu_lite/smp.py) carries
+every IPI to the APICs its destination selects.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 
 from .base import Clock, Device, check_state
 
-STATE_VERSION = 2  # 1 carried no version field
+STATE_VERSION = 3  # 1 carried no version field; 2 had no TSC deadline
 
 # Register offsets in the 4 KiB page (SDM table 10-1).
 APIC_ID = 0x020
@@ -82,6 +83,10 @@ LVT_REMOTE_IRR = 1 << 14
 LVT_LEVEL_TRIGGER = 1 << 15
 LVT_MASKED = 1 << 16
 LVT_TIMER_PERIODIC = 1 << 17
+LVT_TIMER_MODE_SHIFT = 17  # bits 17-18: 00 one-shot, 01 periodic, 10 TSC-deadline
+LVT_TIMER_MODE = 3 << LVT_TIMER_MODE_SHIFT
+TIMER_ONE_SHOT, TIMER_PERIODIC, TIMER_TSC_DEADLINE = 0, 1, 2
+LVT_TIMER_TSC_DEADLINE_WRITABLE = 1 << 18
 LVT_RESET = LVT_MASKED
 
 # Delivery modes (LVT bits 8-10, ICR bits 8-10, IOAPIC redirection bits 8-10).
@@ -93,7 +98,8 @@ DM_INIT = 5
 DM_STARTUP = 6
 DM_EXTINT = 7
 
-# Writable bits of each LVT (bit 18 of the timer is reserved: no TSC-deadline).
+# Writable bits of each LVT (bit 18 of the timer, TSC-deadline mode, is reserved until
+# the platform enables that mode).
 _LVT_WRITABLE = {
     APIC_LVT_CMCI: 0x107FF,
     APIC_LVT_TIMER: 0x300FF,
@@ -152,6 +158,12 @@ def _highest(bits: int) -> int:
     return bits.bit_length() - 1
 
 
+def _timer_mode(lvt_timer: int) -> int:
+    """The LVT timer's mode field; 11b is reserved and counts as one-shot here."""
+    mode = (lvt_timer & LVT_TIMER_MODE) >> LVT_TIMER_MODE_SHIFT
+    return TIMER_ONE_SHOT if mode == 3 else mode
+
+
 def _divisor(divide_config: int) -> int:
     return _DIVISORS[(divide_config & 3) | ((divide_config >> 1) & 4)]
 
@@ -199,6 +211,7 @@ class LocalApic(Device):
         # CPU's current run and deliver it at the next instruction boundary.
         self.on_request: Callable[[], None] | None = None
         self._timer_hz = timer_hz
+        self._lvt_writable = dict(_LVT_WRITABLE)
         self._timer = clock.timer(self._timer_expired)
         self._lint_input = [False, False]  # pin levels: wires, not reset
         self._in_error = False
@@ -257,6 +270,8 @@ class LocalApic(Device):
         self._timer_running = False
         self._timer_base_ns = 0
         self._timer_base_ticks = 0
+        self._tsc_deadline = 0  # IA32_TSC_DEADLINE as the guest wrote it (0: disarmed)
+        self._deadline_ns = 0  # ... and the guest time it falls on
         self._timer.cancel()
         self.nmi_pending = False
         self._extint_request = False
@@ -345,6 +360,8 @@ class LocalApic(Device):
             self._icr_high = value & ICR_HIGH_WRITABLE
         elif reg in self._lvt:
             self._write_lvt(reg, value)
+        elif reg == APIC_TIMER_INITIAL and self._timer_mode() == TIMER_TSC_DEADLINE:
+            pass  # ignored in TSC-deadline mode (SDM 10.5.4.1)
         elif reg == APIC_TIMER_INITIAL:
             self._initial = value
             self._timer_running = value != 0
@@ -375,13 +392,22 @@ class LocalApic(Device):
 
     def _write_lvt(self, reg: int, value: int) -> None:
         old = self._lvt[reg]
-        keep = ~_LVT_WRITABLE[reg] & (LVT_REMOTE_IRR | LVT_DELIVERY_STATUS)
-        new = (old & keep) | (value & _LVT_WRITABLE[reg])
+        writable = self._lvt_writable[reg]
+        keep = ~writable & (LVT_REMOTE_IRR | LVT_DELIVERY_STATUS)
+        new = (old & keep) | (value & writable)
         if not self.software_enabled:
             new |= LVT_MASKED
         if reg in (APIC_LVT_LINT0, APIC_LVT_LINT1) and not new & LVT_LEVEL_TRIGGER:
             new &= ~LVT_REMOTE_IRR
-        if reg == APIC_LVT_TIMER and (old ^ new) & LVT_TIMER_PERIODIC:
+        if reg == APIC_LVT_TIMER and (old ^ new) & LVT_TIMER_MODE:
+            if TIMER_TSC_DEADLINE in (_timer_mode(old), _timer_mode(new)):
+                # Into or out of TSC-deadline mode: the timer is disarmed (SDM 10.5.4.1).
+                self._lvt[reg] = new
+                self._timer_running = False
+                self._initial = 0
+                self._tsc_deadline = 0
+                self._timer.cancel()
+                return
             self._rebase_timer()
             self._lvt[reg] = new
             self._arm_timer()
@@ -630,11 +656,41 @@ class LocalApic(Device):
         num = (ticks - self._timer_base_ticks) * self._tick_ns()
         return self._timer_base_ns - (-num // self._timer_hz)
 
+    def _timer_mode(self) -> int:
+        return _timer_mode(self._lvt[APIC_LVT_TIMER])
+
     def _periodic(self) -> bool:
-        return bool(self._lvt[APIC_LVT_TIMER] & LVT_TIMER_PERIODIC)
+        return self._timer_mode() == TIMER_PERIODIC
+
+    # -- TSC-deadline mode -----------------------------------------------------------------
+
+    def enable_tsc_deadline(self) -> None:
+        """The platform implements IA32_TSC_DEADLINE: LVT timer mode 10b becomes writable."""
+        self._lvt_writable[APIC_LVT_TIMER] |= LVT_TIMER_TSC_DEADLINE_WRITABLE
+
+    @property
+    def tsc_deadline(self) -> int:
+        """IA32_TSC_DEADLINE as the guest reads it: the armed deadline, 0 once it has
+        fired, when disarmed, or outside TSC-deadline mode."""
+        if self._hw_disabled:
+            return 0
+        self._sync_timer()
+        return self._tsc_deadline
+
+    def write_tsc_deadline(self, value: int, due_ns: int) -> None:
+        """A WRMSR of IA32_TSC_DEADLINE: ``value`` is the TSC deadline, ``due_ns`` the
+        guest time at which the TSC reaches it (the platform converts).  Ignored
+        outside TSC-deadline mode; 0 disarms."""
+        if self._hw_disabled or self._timer_mode() != TIMER_TSC_DEADLINE:
+            return
+        self._sync_timer()
+        self._tsc_deadline = value & 0xFFFFFFFFFFFFFFFF
+        self._deadline_ns = due_ns
+        self._timer_running = self._tsc_deadline != 0
+        self._arm_timer()
 
     def _current_count(self) -> int:
-        if not self._timer_running:
+        if not self._timer_running or self._timer_mode() == TIMER_TSC_DEADLINE:
             return 0
         elapsed = self._elapsed_ticks(self._clock.now())
         if self._periodic():
@@ -643,7 +699,7 @@ class LocalApic(Device):
 
     def _rebase_timer(self) -> None:
         """Restart the tick arithmetic at now, keeping the current count."""
-        if not self._timer_running:
+        if not self._timer_running or self._timer_mode() == TIMER_TSC_DEADLINE:
             return
         now = self._clock.now()
         elapsed = self._elapsed_ticks(now)
@@ -656,6 +712,9 @@ class LocalApic(Device):
         if not self._timer_running:
             self._timer.cancel()
             return
+        if self._timer_mode() == TIMER_TSC_DEADLINE:
+            self._timer.arm(self._deadline_ns)
+            return
         if self._periodic():
             elapsed = self._elapsed_ticks(self._clock.now())
             target = (elapsed // self._initial + 1) * self._initial
@@ -666,6 +725,7 @@ class LocalApic(Device):
     def _timer_expired(self) -> None:
         if not self._periodic():
             self._timer_running = False
+            self._tsc_deadline = 0  # the hardware clears IA32_TSC_DEADLINE when it fires
         self._arm_timer()
         lvt = self._lvt[APIC_LVT_TIMER]
         if not lvt & LVT_MASKED:
@@ -702,13 +762,15 @@ class LocalApic(Device):
             "timer_base_ns": self._timer_base_ns,
             "timer_base_ticks": self._timer_base_ticks,
             "timer_hz": self._timer_hz,
+            "tsc_deadline": self._tsc_deadline,
+            "deadline_ns": self._deadline_ns,
             "lint_input": list(self._lint_input),
             "nmi_pending": self.nmi_pending,
             "extint_request": self._extint_request,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        check_state(state, "lapic", (STATE_VERSION,))
+        check_state(state, "lapic", (2, STATE_VERSION))
         self._id = state["id"]
         self._tpr = state["tpr"]
         self._ldr = state["ldr"]
@@ -731,6 +793,8 @@ class LocalApic(Device):
         self._timer_base_ns = state["timer_base_ns"]
         self._timer_base_ticks = state["timer_base_ticks"]
         self._timer_hz = state["timer_hz"]
+        self._tsc_deadline = int(state.get("tsc_deadline", 0))
+        self._deadline_ns = int(state.get("deadline_ns", 0))
         self._lint_input = [bool(v) for v in state["lint_input"]]
         self.nmi_pending = state["nmi_pending"]
         self._extint_request = state["extint_request"]

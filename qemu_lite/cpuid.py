@@ -2,8 +2,9 @@
 
 The table is read once per process from a scratch engine running the CPUID
 instruction natively; the hook then answers every guest CPUID from it with
-these changes: no x2APIC and no TSC-deadline timer (neither works without
-MSR hooks, ENGINE_FACTS.md fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
+these changes: no x2APIC, the TSC-deadline timer only once the platform answers
+IA32_TSC_DEADLINE (:meth:`CpuidModel.offer_tsc_deadline`, on engine patch f's MSR
+hooks; ENGINE_FACTS.md fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
 components whose features are offered (x87 and SSE: the model has no AVX),
 OSXSAVE mirroring CR4.OSXSAVE at each CPUID, an invariant TSC whose rate
 leaf 0x16 advertises (``tsc_mhz``: ours runs at a fixed rate from guest time,
@@ -108,6 +109,11 @@ class CpuidModel:
         self.apic_id = 0  # the running CPU's initial APIC ID (qemu_lite/smp.py switches it)
         self.max_basic = table[(0, 0)][0]
         self.max_extended = table[(0x80000000, 0)][0]
+
+    def offer_tsc_deadline(self) -> None:
+        """CPUID.1:ECX.TSC_DEADLINE: the machine implements IA32_TSC_DEADLINE."""
+        a, b, c, d = self.table[(1, 0)]
+        self.table[(1, 0)] = (a, b, c | ECX_TSC_DEADLINE, d)
 
     def physical_address_bits(self) -> int:
         """MAXPHYADDR as CPUID.80000008H:EAX[7:0] reports it (36 without the leaf)."""

@@ -243,7 +243,7 @@ class Machine(DebugHooks):
 
     def _install_platform_msrs(self) -> None:
         """IA32_APIC_BASE, the TSC MSRs and MISC_ENABLE (qemu_lite/msr.py), on patch f."""
-        from qemu_lite.msr import ApicWindow, MsrModel
+        from qemu_lite.msr import ApicWindow, MsrModel, TscDeadline
 
         lapic = self.board.apic_page
         assert lapic is not None
@@ -261,9 +261,12 @@ class Machine(DebugHooks):
             return True
 
         msrs = MsrModel(self.tsc, ApicWindow(move, lapic.set_hardware_enabled),
-                        self.runloop.callback_failed, self.wake)
+                        self.runloop.callback_failed, self.wake,
+                        TscDeadline(lapic, self.tsc, self.clock.now))
         if msrs.install(self.uc):
             self.msrs = msrs
+            lapic.enable_tsc_deadline()
+            self.cpuid.offer_tsc_deadline()
             self.add_poller(msrs.apply_pending)
             self.add_state("msrs", msrs)
 

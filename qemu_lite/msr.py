@@ -18,6 +18,15 @@ hypervisor owns:
   same amount, as the SDM (17.17.3) describes.
 - IA32_MISC_ENABLE (0x1A0): fast strings on, branch-trace and PEBS
   unavailable, what Linux expects to read on an Intel CPU; writes are kept.
+- IA32_BIOS_SIGN_ID (0x8B): the microcode revision in the high dword (writes,
+  the "clear, then CPUID" protocol, are ignored).  Reported as Haswell's last
+  revision: Linux keeps the TSC-deadline timer off on Haswell below revision
+  0x22 (an erratum of the real part, not of this timer).
+- IA32_TSC_DEADLINE (0x6E0): the local APIC's TSC-deadline timer (SDM vol. 3
+  10.5.4.1).  A write converts the TSC value into the guest time at which the
+  virtual TSC reaches it (a deadline already passed fires at once) and hands
+  both to the LAPIC; a read gives the armed deadline, 0 once it fired.  A later
+  write of IA32_TSC does not move an armed deadline.
 
 Unknown MSRs are left to the engine (patch h decides about #GP for them).  On
 an engine without patch f nothing here runs: a guest then sees Unicorn's own
@@ -32,7 +41,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
@@ -47,6 +56,9 @@ MSR_IA32_TSC = 0x10
 MSR_IA32_APIC_BASE = 0x1B
 MSR_IA32_TSC_ADJUST = 0x3B
 MSR_IA32_MISC_ENABLE = 0x1A0
+MSR_IA32_TSC_DEADLINE = 0x6E0
+MSR_IA32_BIOS_SIGN_ID = 0x8B
+MICROCODE_REVISION = 0x28
 
 APIC_BASE_BSP = 1 << 8
 APIC_BASE_ENABLE = 1 << 11
@@ -74,13 +86,41 @@ class ApicWindow:
         self.enable = enable
 
 
+class DeadlineTimer(Protocol):
+    """The local APIC's side of IA32_TSC_DEADLINE (devices/lapic.py)."""
+
+    @property
+    def tsc_deadline(self) -> int: ...
+
+    def write_tsc_deadline(self, value: int, due_ns: int) -> None: ...
+
+
+class TscDeadline:
+    """IA32_TSC_DEADLINE: TSC values to and from the guest time the LAPIC's timer uses."""
+
+    def __init__(self, timer: DeadlineTimer, tsc: VirtualTsc, now: Callable[[], int]) -> None:
+        self._timer = timer
+        self._tsc = tsc
+        self._now = now  # guest ns: the clock the virtual TSC follows
+
+    def read(self) -> int:
+        return self._timer.tsc_deadline
+
+    def write(self, value: int) -> None:
+        now = self._now()
+        ahead = value - int(self._tsc.read())
+        due = now + (-(-ahead * 1_000_000 // self._tsc.khz) if ahead > 0 else 0)
+        self._timer.write_tsc_deadline(value, due)
+
+
 class MsrModel:
     """The platform's MSRs for one machine; ``install`` hooks RDMSR/WRMSR (patch f)."""
 
     def __init__(self, tsc: VirtualTsc, apic: ApicWindow, on_error: Callable[[BaseException], None],
-                 request_stop: Callable[[], None]) -> None:
+                 request_stop: Callable[[], None], deadline: TscDeadline | None = None) -> None:
         self._tsc = tsc
         self._apic = apic
+        self._deadline = deadline
         self._on_error = on_error
         self._request_stop = request_stop  # ends the slice: moves apply between slices
         self._callbacks: list[object] = []
@@ -153,6 +193,10 @@ class MsrModel:
             return self.tsc_adjust
         if msr == MSR_IA32_MISC_ENABLE:
             return self.misc_enable
+        if msr == MSR_IA32_TSC_DEADLINE and self._deadline is not None:
+            return self._deadline.read()
+        if msr == MSR_IA32_BIOS_SIGN_ID:
+            return MICROCODE_REVISION << 32
         return None
 
     def write(self, msr: int, value: int) -> bool:
@@ -168,6 +212,10 @@ class MsrModel:
             self._tsc.write((int(self._tsc.read()) + delta) % (1 << 64))
         elif msr == MSR_IA32_MISC_ENABLE:
             self.misc_enable = value
+        elif msr == MSR_IA32_TSC_DEADLINE and self._deadline is not None:
+            self._deadline.write(value)
+        elif msr == MSR_IA32_BIOS_SIGN_ID:
+            pass
         else:
             return False
         return True

@@ -208,7 +208,7 @@ class RunLoop:
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue
-            due = self._next_due(wall_deadline)
+            due = self._next_due(wall_deadline, self.clock.next_deadline())
             if self.vcpus is not None:
                 due = self.vcpus.slice_deadline(due)
                 self.vcpus.begin_slice()
@@ -281,12 +281,12 @@ class RunLoop:
         self.do_reset()
         return False
 
-    def _next_due(self, wall_deadline: int | None) -> int | None:
-        """Host monotonic ns of the next timer or the end of the time budget.
+    def _next_due(self, wall_deadline: int | None, guest: int | None) -> int | None:
+        """Host monotonic ns of the next timer (due at guest time ``guest``, None: no
+        timer) or the end of the time budget.
 
         In deterministic mode timers are block deadlines instead (set here too)."""
         due = wall_deadline
-        guest = self.clock.next_deadline()
         if isinstance(self.clock, VirtualClock):
             self.hooks.set_block_deadline(0 if guest is None else self.clock.block_deadline(guest))
         elif guest is not None:
@@ -304,12 +304,12 @@ class RunLoop:
             elif self.irq_source.has_interrupt() or self.nmi_pending():
                 self.cpu.halted = False
                 return
-            due = self._next_due(wall_deadline)
             guest = self.clock.next_deadline()
             if isinstance(self.clock, VirtualClock) and guest is not None:
                 self.clock.skip_to(guest)  # idle time costs nothing in virtual time
                 self.service()
                 continue
+            due = self._next_due(wall_deadline, guest)
             now = time.monotonic_ns()
             if due is not None and due <= now:
                 return

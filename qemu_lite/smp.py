@@ -212,6 +212,18 @@ class ApicPage:
     def set_hardware_enabled(self, enabled: bool) -> None:
         self._apic().set_hardware_enabled(enabled)
 
+    # IA32_TSC_DEADLINE is per CPU: the MSR reaches the APIC of the vCPU that ran WRMSR.
+    def enable_tsc_deadline(self) -> None:
+        for apic in self._bus.lapics:
+            apic.enable_tsc_deadline()
+
+    @property
+    def tsc_deadline(self) -> int:
+        return self._apic().tsc_deadline
+
+    def write_tsc_deadline(self, value: int, due_ns: int) -> None:
+        self._apic().write_tsc_deadline(value, due_ns)
+
     def reset(self) -> None:
         pass  # the APICs are slots of their own
 

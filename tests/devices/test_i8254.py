@@ -119,6 +119,48 @@ def test_late_timer_replays_the_missed_pulse(board: Board) -> None:
     assert board.irq0
 
 
+class CreepingClock(Clock):
+    """Guest time that moves on by ``step`` ns at every read, as the real-time clock
+    does while the host handles one port access."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def now(self) -> int:
+        self._now += self.step
+        return self._now
+
+
+def test_mode4_short_count_pulse_is_not_lost_while_the_write_is_handled() -> None:
+    """Linux's one-shot tick: mode 4 re-armed with its minimum delta (15 clocks, 12.6 us).
+    The host took longer than that between taking the count and looking at OUT0, so
+    the whole pulse fell in between and IRQ 0 never rose: the kernel waited forever."""
+    clock = CreepingClock(step=20 * US)
+    sink = RecordingIrqSink()
+    pit = Pit8254(clock, IrqLine(sink, 0))
+    pit.ports.io_write(3, 1, 0x38)  # counter 0, LSB then MSB, mode 4: OUT high
+    assert sink.history == [(0, True)]
+    for _ in range(50):
+        pit.ports.io_write(0, 1, 15)
+        pit.ports.io_write(0, 1, 0)
+        clock.advance(1 * MS)
+    assert sum(1 for _, level in sink.history[1:] if level) == 50
+
+
+def test_mode4_pulse_overdue_at_a_count_write_still_raises_irq0(board: Board) -> None:
+    """The guest re-arms after its previous pulse was due but before the machine ran
+    the PIT's timer: that pulse happened (IRQ 0 rose) and the new count gives its own."""
+    board.program(0, 4, 100)
+    board.clock._now = tick_to_ns(ns_to_tick(0) + 1 + 100) + 50 * US  # timer not run
+    before = board.rising_edges()
+    board.out(0x40, 100)
+    assert board.rising_edges() == before + 1
+    board.out(0x40, 0)
+    board.clock.advance(1 * MS)
+    assert board.rising_edges() == before + 2
+
+
 def test_mode0_fires_once(board: Board) -> None:
     board.program(0, 0, 1193)  # ~1 ms
     assert not board.irq0

@@ -489,3 +489,34 @@ def test_divide_configuration(config: int, divisor: int) -> None:
     wr(apic, APIC_TIMER_INITIAL, 1000)
     clock.advance(10 * divisor)
     assert rd(apic, APIC_TIMER_CURRENT) == 990
+
+
+def test_tsc_deadline_mode_needs_the_platform_and_fires_once_at_its_deadline() -> None:
+    """LVT timer mode 10b is reserved until the platform enables it; then the deadline
+    (handed over with its guest time) fires once, clears, and the initial count and the
+    mode switch behave as SDM 10.5.4.1 says."""
+    clock = Clock()
+    apic = LocalApic(clock)
+    apic.io_write(0xF0, 4, 0x1FF)
+    apic.io_write(0x320, 4, 0x40040)
+    assert apic.io_read(0x320, 4) == 0x40  # bit 18 reserved: stays one-shot
+    apic.enable_tsc_deadline()
+    apic.io_write(0x320, 4, 0x40040)
+    assert apic.io_read(0x320, 4) == 0x40040
+    apic.io_write(0x380, 4, 1000)  # ignored in this mode
+    assert apic.io_read(0x380, 4) == 0 and apic.io_read(0x390, 4) == 0
+    apic.write_tsc_deadline(12345, due_ns=500)
+    assert apic.tsc_deadline == 12345
+    clock.advance(499)
+    assert not apic.has_interrupt()
+    clock.advance(1)
+    assert apic.has_interrupt() and apic.acknowledge() == 0x40
+    assert apic.tsc_deadline == 0
+    apic.io_write(0xB0, 4, 0)
+    apic.write_tsc_deadline(1, due_ns=1000)
+    apic.io_write(0x320, 4, 0x40)  # leaving the mode disarms it
+    clock.advance(10_000)
+    assert not apic.has_interrupt() and apic.tsc_deadline == 0
+    apic.write_tsc_deadline(1, due_ns=clock.now())  # one-shot mode: ignored
+    clock.advance(10)
+    assert not apic.has_interrupt()

@@ -4,7 +4,8 @@ IA32_APIC_BASE reads the default page with BSP and enable set; a write moves
 the local APIC's page (its version register answers at the new address, the
 old page reads as unassigned) and clearing the enable bit silences it;
 MISC_ENABLE reads fast strings on; a WRMSR of IA32_TSC is what RDTSC counts on
-from, and IA32_TSC_ADJUST moved by the same amount.
+from, and IA32_TSC_ADJUST moved by the same amount; IA32_BIOS_SIGN_ID reports the
+microcode revision after the write-0-then-CPUID protocol.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ main:
     mov ecx, 0x1B
     rdmsr
     call puthex
+    mov ecx, 0x8B                   ; IA32_BIOS_SIGN_ID: write 0, CPUID, read
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov eax, 1
+    cpuid
+    mov ecx, 0x8B
+    rdmsr
+    mov eax, edx
+    call puthex
     mov al, 0
     call exit
 """
@@ -66,5 +77,5 @@ def test_guest_sees_the_platform_msrs(assemble, tmp_path):
     words = [out[i:i + 8] for i in range(0, len(out), 8)]
     version = words[4]
     assert words == ["FEE00900", "00001801", "00000003", "00000001", version, version,
-                     "FFFFFFFF", "FFFFFFFF", "FED00100"], out
+                     "FFFFFFFF", "FFFFFFFF", "FED00100", "00000028"], out
     assert version != "FFFFFFFF"

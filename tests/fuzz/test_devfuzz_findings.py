@@ -106,18 +106,55 @@ def test_round_trip_check_would_have_caught_the_e1000_bug() -> None:
         execute(Forgetful, encode(Forgetful(), ops))
 
 
-@pytest.mark.xfail(strict=True, reason="open: sweeping stale entries out of the clock's heap "
-                   "made the GRUB disk boot hang at poweroff (tests/linux/test_linux_boot.py) "
-                   "and the cause was not found in time, so the fix was withdrawn")
 def test_clock_heap_stays_bounded_when_a_guest_rearms_a_timer() -> None:
-    """Found by the footprint check on the PIT and the UART: every re-arm leaves its old
-    entry in the clock's heap until that deadline comes, so a guest reloading a counter in
-    a loop (or the LAPIC's initial count, hours away) grows host memory without bound."""
-    from qemu_lite.devfuzz.targets import PitTarget
+    """Found by the footprint check on the PIT and the UART: every re-arm left its old
+    entry in the clock's heap until that deadline came, so a guest reloading a counter in
+    a loop (or the LAPIC's initial count, hours away) grew host memory without bound."""
+    from qemu_lite.devfuzz.targets import LapicTarget, PitTarget
 
     pit = PitTarget()
     pit.pit.ports.io_write(3, 1, 0x34)  # counter 0, lobyte/hibyte, mode 2
     for i in range(20000):
         pit.pit.ports.io_write(0, 1, 0xFF)
         pit.pit.ports.io_write(0, 1, i & 0xFF)
-    assert len(pit.clock._heap) <= 512
+    assert len(pit.clock._heap) <= 4 * pit.clock.SWEEP_MIN
+
+    apic = LapicTarget()
+    lapic = apic.lapic
+    lapic.io_write(0xF0, 4, 0x1FF)  # software enable
+    lapic.io_write(0x3E0, 4, 0xB)  # divide by 1
+    lapic.io_write(0x320, 4, 0x20030)  # periodic, vector 0x30
+    for i in range(20000):
+        lapic.io_write(0x380, 4, 0xFFFFFFFF - i)  # TMICT: a deadline far away each time
+    assert len(apic.clock._heap) <= 4 * apic.clock.SWEEP_MIN
+    apic.clock.advance(10)
+    assert lapic.io_read(0x390, 4) > 0  # TMCCT: the last count armed is still counting
+
+
+def test_clock_fires_the_same_timers_in_order_across_sweeps() -> None:
+    """Sweeps happen inside run_due too (a callback re-arms): no timer is lost, none
+    fires twice, and they fire in deadline order."""
+    from qemu_lite.devices.base import Clock
+
+    clock = Clock()
+    fired: list[tuple[int, int]] = []
+    timers: list = []
+
+    def fire(i: int) -> None:
+        fired.append((i, clock.now()))
+        if i == 0:  # re-arm every other timer from inside a callback: sweeps mid-run_due
+            for _ in range(10):
+                for t in timers[1:]:
+                    if t.armed:
+                        t.arm(t.deadline + 1)
+
+    timers.extend(clock.timer(lambda i=i: fire(i)) for i in range(10))
+    for round_ in range(100):  # 1000 arms: several sweeps
+        for i, t in enumerate(timers):
+            t.arm(1000 * (i + 1) + round_)
+    timers[3].cancel()
+    clock.advance(20_000)
+    assert [i for i, _ in fired] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert [t for _, t in fired] == sorted(t for _, t in fired)
+    assert [t for i, t in fired if i == 5] == [6000 + 99 + 10]
+    assert clock.next_deadline() is None and clock._heap == [] and clock._stale == 0

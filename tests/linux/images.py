@@ -10,6 +10,9 @@ from qemu_lite import imagebuild
 
 INIT = """\
 busybox echo "qemu_lite init: userspace reached"
+busybox mkdir -p /sys
+busybox mount -t sysfs sysfs /sys
+busybox echo "clockevent: $(busybox cat /sys/devices/system/clockevents/clockevent0/current_device)"
 busybox uname -s -r
 busybox poweroff -f
 """

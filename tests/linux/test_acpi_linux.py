@@ -88,7 +88,11 @@ def test_linux_uses_acpi_and_the_power_button_and_powers_off(tmp_path):
     assert "clocksources: tsc acpi_pm" in text
     assert "ACPI: PM: (supports S0 S5)" in text
     assert "Could not enable" not in text, text  # every fixed event's enable bit sticks
-    assert "IO-APIC   2-edge      timer" in text and "IO-APIC   9-fasteoi   acpi" in text
+    assert "IO-APIC   9-fasteoi   acpi" in text
+    if "TSC deadline timer available" not in text:
+        # With the TSC-deadline timer (and a known TSC rate) Linux never sets the PIT up,
+        # so IRQ 0 has no handler to list (apic_needs_pit()).
+        assert "IO-APIC   2-edge      timer" in text
     assert "input: Power Button as /devices/LNXSYSTM:00/LNXPWRBN:00" in text
     assert "qemu_lite init: power button events 1" in text, text[-2000:]
     assert "reboot: Power down" in text

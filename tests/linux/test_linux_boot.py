@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from images import grub_image, initramfs, kernel
 
-from qemu_lite import Machine
+from qemu_lite import Machine, engine
 from qemu_lite.loaders import linux
 
 
@@ -50,6 +50,9 @@ def test_debian_kernel_boots_to_busybox_and_powers_off(initrd, mmu):
     text = out.decode(errors="replace")
     _check_userspace(text)
     assert f"Linux {os.path.basename(vmlinuz).removeprefix('vmlinuz-')}" in text
+    if engine.is_patched("f"):  # IA32_TSC_DEADLINE is answered through patch f's hooks
+        assert "TSC deadline timer available" in text
+        assert "clockevent: lapic-deadline" in text, text[-3000:]
     assert result.reason == "powered-off"
     assert stats["fills"] > 0
 
