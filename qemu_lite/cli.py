@@ -173,7 +173,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="wait for a GDB connection on DEV: tcp::PORT, tcp:HOST:PORT or unix:PATH")
     p.add_argument("-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234")
     p.add_argument("-S", dest="gdb_stopped", action="store_true",
-                   help="do not start the CPU: wait for the debugger's continue")
+                   help="do not start the CPU: wait for the debugger's continue "
+                        "(with --qmp and no -s or --gdb: for QMP's cont)")
+    p.add_argument("--qmp", "-qmp", metavar="DEV",
+                   help="QMP monitor on DEV: unix:PATH,server[,wait=off] or "
+                        "tcp:HOST:PORT,server[,wait=off] (wait=on, the default, starts the "
+                        "guest once a client connects; with -S it waits for 'cont')")
     _add_display_options(p)
     return p
 
@@ -371,6 +376,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path
     from qemu_lite.pc import parse_drive
+    from qemu_lite.qmp import QmpSpecError
     from qemu_lite.vcpu import GuestError, TripleFault
 
     if args.disk is not None and args.hda is not None:
@@ -405,7 +411,17 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         except ValueError as exc:
             raise _InputError(str(exc)) from None
 
-    bzimage, modules = _check_files(args, disk, drives)
+    if args.qmp is not None:
+        from qemu_lite.qmp import QmpSpecError, parse_spec
+
+        try:
+            parse_spec(args.qmp)
+        except QmpSpecError as exc:
+            raise _InputError(str(exc)) from None
+        if args.gdb or args.gdb_default:
+            raise _InputError("--qmp cannot be combined with the GDB stub (-s, --gdb) yet")
+
+    bzimage, modules, inputs = _check_files(args, disk, drives)
 
     try:
         machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
@@ -446,7 +462,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             return _fail(f"{what}{exc}")
         try:
             signals.machine = machine
-            result = _run_machine(machine, args)
+            result = _run_machine(machine, args, inputs)
             if args.save_on_exit and result.reason in ("signal", "timeout"):
                 _save_on_exit(machine, args.save_on_exit)
         except TripleFault as exc:
@@ -455,7 +471,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         except GuestError as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)
             return STATUS["crash"]
-        except GdbSpecError as exc:  # --gdb: a bad spec, or the address is in use
+        except (GdbSpecError, QmpSpecError) as exc:  # --gdb/--qmp: the address is in use
             return _fail(str(exc))
         finally:
             if args.mmu_stats:
@@ -473,10 +489,11 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     return STATUS.get(result.reason, STATUS["crash"])
 
 
-def _check_files(args: argparse.Namespace, disk: str | None,
-                 drives: list[Drive]) -> tuple[bool, list[tuple[str, str]]]:
+def _check_files(args: argparse.Namespace, disk: str | None, drives: list[Drive]
+                 ) -> tuple[bool, list[tuple[str, str]], list[tuple[str, str]]]:
     """Check every input file, then the outputs against them, before anything is opened
-    for writing.  Returns whether the kernel is a bzImage, and the Multiboot modules."""
+    for writing.  Returns whether the kernel is a bzImage, the Multiboot modules, and
+    the inputs as ``(what, path)`` (outputs named later, over QMP, are checked too)."""
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.pc import check_outputs, serial_output_path
 
@@ -521,7 +538,7 @@ def _check_files(args: argparse.Namespace, disk: str | None,
             multiboot.check(args.kernel, args.append, modules, memory_size=args.memory)
     except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
         raise _InputError(str(exc)) from None
-    return bzimage, modules
+    return bzimage, modules, inputs
 
 
 def _save_on_exit(machine: Machine, path: str) -> None:
@@ -533,10 +550,20 @@ def _save_on_exit(machine: Machine, path: str) -> None:
     _say(f"qemu-lite: state saved to {path} (resume with --restore {path})")
 
 
-def _run_machine(machine: Machine, args: argparse.Namespace) -> RunResult:
-    """Run the guest, under the GDB stub if -s, -S or --gdb asked for it."""
+def _run_machine(machine: Machine, args: argparse.Namespace,
+                 inputs: list[tuple[str, str]]) -> RunResult:
+    """Run the guest, under the QMP monitor (--qmp) or the GDB stub (-s, -S, --gdb)."""
     from qemu_lite.gdbstub import GdbStub
 
+    if args.qmp is not None:
+        from qemu_lite.qmp import QmpServer
+
+        server = QmpServer(machine, args.qmp, inputs)  # QmpSpecError: reported by the caller
+        print(f"qemu-lite: QMP listening on {args.qmp}", file=sys.stderr, flush=True)
+        try:
+            return server.serve(start_stopped=args.gdb_stopped, timeout=args.timeout)
+        finally:
+            server.close()
     spec = args.gdb or ("tcp::1234" if args.gdb_default or args.gdb_stopped else None)
     if spec is None:
         return machine.run(timeout=args.timeout)
