@@ -127,6 +127,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="keep disk writes in memory; the image file is not modified")
     p.add_argument("--no-reboot", "-no-reboot", action="store_true",
                    help="exit instead of rebooting when the guest resets or triple-faults")
+    p.add_argument("--no-shutdown", "-no-shutdown", action="store_true",
+                   help="with --qmp: when the guest powers off, stop it (status 'shutdown') "
+                        "instead of exiting, until system_reset or quit")
     p.add_argument("--no-acpi", "-no-acpi", action="store_true",
                    help="no ACPI tables, PM block or MP table (the machine before ACPI)")
     p.add_argument("--mmu", default="cached", choices=["cached", "naive", "native", "identity"],
@@ -162,6 +165,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", "-loadvm", metavar="FILE",
                    help="start from a state saved by --save-on-exit (or Machine.save_state); "
                         "give the options the machine was built with")
+    p.add_argument("--incoming", "-incoming", metavar="URI",
+                   help="file:PATH: start from the state QMP's 'migrate' wrote there "
+                        "(as --restore PATH; with -S, paused until 'cont')")
     p.add_argument("--save-on-exit", metavar="FILE",
                    help="save the machine's state to FILE when the run ends by SIGINT, SIGTERM, "
                         "SIGHUP or --timeout (resume it with --restore)")
@@ -421,6 +427,16 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         if args.gdb or args.gdb_default:
             raise _InputError("--qmp cannot be combined with the GDB stub (-s, --gdb) yet")
 
+    if args.incoming is not None:
+        from qemu_lite.qmp import QmpError, parse_incoming
+
+        if args.restore is not None:
+            raise _InputError("give the saved state either as --restore or as -incoming")
+        try:
+            args.restore = parse_incoming(args.incoming)
+        except QmpError as exc:
+            raise _InputError(exc.desc) from None
+
     bzimage, modules, inputs = _check_files(args, disk, drives)
 
     try:
@@ -458,7 +474,8 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             elif args.kernel:
                 multiboot.load(machine, args.kernel, args.append, modules)
         except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, StateError...
-            what = f"--restore {args.restore}: " if args.restore is not None else ""
+            what = f"-incoming {args.incoming}: " if args.incoming is not None else \
+                f"--restore {args.restore}: " if args.restore is not None else ""
             return _fail(f"{what}{exc}")
         try:
             signals.machine = machine
@@ -558,10 +575,12 @@ def _run_machine(machine: Machine, args: argparse.Namespace,
     if args.qmp is not None:
         from qemu_lite.qmp import QmpServer
 
-        server = QmpServer(machine, args.qmp, inputs)  # QmpSpecError: reported by the caller
+        server = QmpServer(machine, args.qmp, inputs,  # QmpSpecError: reported by the caller
+                           no_shutdown=args.no_shutdown)
         print(f"qemu-lite: QMP listening on {args.qmp}", file=sys.stderr, flush=True)
         try:
-            return server.serve(start_stopped=args.gdb_stopped, timeout=args.timeout)
+            return server.serve(start_stopped=args.gdb_stopped, timeout=args.timeout,
+                                incoming=args.incoming is not None)
         finally:
             server.close()
     spec = args.gdb or ("tcp::1234" if args.gdb_default or args.gdb_stopped else None)

@@ -209,7 +209,8 @@ def execute(machine: Machine, control: RunControl, command_line: str, version: s
                 return info_mmu(machine)
             if what == "status":
                 status = control.status()
-                shown = "paused (prelaunch)" if status == "prelaunch" else status
+                shown = f"paused ({status})" if status in ("prelaunch", "postmigrate") \
+                    else status
                 return f"VM status: {shown}\n"
             if what == "version":
                 return f"{version}\n"

@@ -13,6 +13,11 @@ Protocol: the greeting, capabilities negotiation (``qmp_capabilities``; no
 capability is offered), ``{"execute", "arguments", "id"}`` commands answered
 with ``{"return"}`` or ``{"error": {"class", "desc"}}``, and the events STOP,
 RESUME, RESET, SHUTDOWN and POWERDOWN with QEMU's ``data`` members.
+
+Migration is QEMU's stop-and-copy to a file (``migrate`` with ``file:PATH``,
+``Machine.save_state``), read back by ``qemu-lite -incoming file:PATH``:
+the state is saved between runs, so a running guest is stopped first; the
+source then stays in ``postmigrate`` (paused) until ``cont`` or ``quit``.
 """
 
 from __future__ import annotations
@@ -292,8 +297,10 @@ class QmpServer(hmp.RunControl):
     """
 
     def __init__(self, machine: Machine, spec: str,
-                 inputs: list[tuple[str, str]] | None = None) -> None:
+                 inputs: list[tuple[str, str]] | None = None, *,
+                 no_shutdown: bool = False) -> None:
         self.machine = machine
+        self.no_shutdown = no_shutdown  # -no-shutdown: a guest power-off only stops it
         self.spec = parse_spec(spec)
         self.inputs = list(inputs or [])
         self.run_state = "prelaunch"
@@ -305,6 +312,8 @@ class QmpServer(hmp.RunControl):
         self._pausing = False
         self._host_reset = False
         self._end: RunResult | None = None
+        self._migrate_to: str | None = None   # saved once the running guest stops
+        self._migration: dict[str, Any] = {}  # query-migrate's answer
         self._vcpu_native_id = threading.get_native_id()
         self._commands = self._command_table()
         self._listener = self._listen(spec)
@@ -455,17 +464,22 @@ class QmpServer(hmp.RunControl):
 
     # -- running -----------------------------------------------------------------------
 
-    def serve(self, start_stopped: bool = False, timeout: float | None = None) -> RunResult:
+    def serve(self, start_stopped: bool = False, timeout: float | None = None, *,
+              incoming: bool = False) -> RunResult:
         """Run the machine until the guest ends it, a client sends ``quit``, a signal
         arrives or ``timeout`` seconds pass; paused while a client says so.
 
-        ``start_stopped`` (``-S``): stay in ``prelaunch`` until ``cont``.  With
-        ``wait=on`` the guest starts only once a client has connected."""
+        ``start_stopped`` (``-S``): stay in ``prelaunch`` (``paused`` for a machine
+        restored from ``-incoming``, as QEMU) until ``cont``.  With ``wait=on`` the
+        guest starts only once a client has connected."""
         from qemu_lite.machine import RunResult
 
         self._vcpu_native_id = threading.get_native_id()
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.run_state = "prelaunch" if start_stopped else "running"
+        if start_stopped:
+            self.run_state = "paused" if incoming else "prelaunch"
+        else:
+            self.run_state = "running"
         result: RunResult | None = None
         try:
             while result is None:
@@ -483,6 +497,11 @@ class QmpServer(hmp.RunControl):
                     run = self.machine.run(remaining)
                     if run.reason == "stopped" and self._pausing:
                         self._pausing = False  # stop: wait for cont (or quit) above
+                        if self._migrate_to is not None:
+                            self._save_migration()
+                    elif run.reason == "powered-off" and self.no_shutdown and self._end is None:
+                        self.run_state = "shutdown"  # stopped until system_reset or quit
+                        self.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
                     elif self._end is None:
                         result = run
         except BaseException as exc:
@@ -535,7 +554,9 @@ class QmpServer(hmp.RunControl):
             self.emit("STOP")
 
     def cont(self) -> None:
-        if self.run_state in ("paused", "prelaunch"):
+        if self.run_state == "shutdown":
+            raise QmpError("Resetting the Virtual Machine is required")
+        if self.run_state in ("paused", "prelaunch", "postmigrate"):
             self.run_state = "running"
             self.emit("RESUME")
 
@@ -551,6 +572,8 @@ class QmpServer(hmp.RunControl):
             self.machine.reset_now()
         finally:
             self._host_reset = False
+        if self.run_state == "shutdown":
+            self.run_state = "prelaunch"  # as QEMU after -no-shutdown: cont starts it
 
     # -- the command table ---------------------------------------------------------------
 
@@ -569,6 +592,8 @@ class QmpServer(hmp.RunControl):
             "cont": _Command(lambda a: self.cont()),
             "system_reset": _Command(lambda a: self.system_reset()),
             "system_powerdown": _Command(self._system_powerdown),
+            "migrate": _Command(self._migrate, {"uri": (text, True)}),
+            "query-migrate": _Command(lambda a: dict(self._migration)),
             "quit": _Command(self._quit),
             "human-monitor-command": _Command(self._human_monitor_command,
                                               {"command-line": (text, True),
@@ -612,6 +637,46 @@ class QmpServer(hmp.RunControl):
         except RuntimeError as exc:  # built without ACPI (--no-acpi)
             raise QmpError(str(exc)) from None
         self.emit("POWERDOWN")
+
+    def _migrate(self, args: dict[str, Any]) -> None:
+        from qemu_lite.pc import check_outputs
+
+        uri = args["uri"]
+        path = parse_incoming(uri, "migrate")
+        if self._migration.get("status") == "active":
+            raise QmpError("There's a migration process in progress")
+        try:
+            check_outputs([("migrate", path)], self.inputs)
+        except ValueError as exc:
+            raise QmpError(str(exc)) from None
+        self._migrate_to = path
+        self._migration = {"status": "active"}
+        if self._pausing:  # a stop is under way: saved once the run has returned
+            pass
+        elif self.run_state == "running":  # saved between runs: stop the guest first
+            self._pausing = True
+            self.machine.stop("stopped", None, "migrating over QMP")
+        else:
+            self._save_migration()
+
+    def _save_migration(self) -> None:
+        """Write the state file of ``migrate`` (between runs); ``postmigrate`` after."""
+        path, self._migrate_to = self._migrate_to, None
+        assert path is not None
+        started = time.monotonic()
+        try:
+            self.machine.save_state(path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.warning("migrate to %s failed: %s", path, detail)
+            self._migration = {"status": "failed",
+                               "error-desc": f"cannot write '{path}': {detail}"}
+            return  # a running guest runs on, as QEMU's does after a failed migration
+        self._migration = {"status": "completed",
+                           "total-time": int((time.monotonic() - started) * 1000)}
+        if self.run_state == "running":
+            self.emit("STOP")
+        self.run_state = "postmigrate"
 
     def _human_monitor_command(self, args: dict[str, Any]) -> str:
         if args.get("cpu-index", 0) != 0:
@@ -669,6 +734,19 @@ class QmpServer(hmp.RunControl):
 
     def _mmu_audit(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"problems": [str(p) for p in self.machine.core.audit()]}
+
+
+def parse_incoming(uri: str, what: str = "-incoming") -> str:
+    """The path of a migration URI, ``file:PATH`` (the one transport qemu-lite has).
+
+    >>> parse_incoming("file:/tmp/vm.state")
+    '/tmp/vm.state'
+    """
+    kind, _, path = uri.partition(":")
+    if kind != "file" or not path:
+        raise QmpError(f"{what}: invalid migration URI {uri!r} (qemu-lite migrates to "
+                       "file:PATH only)")
+    return path
 
 
 def _error(exc: QmpError) -> dict[str, Any]:

@@ -130,6 +130,8 @@ async def _counter(client: Any) -> int:
 
 def test_run_control_registers_memory_reset_and_quit(disk: Path, tmp_path: Path) -> None:
     sock, serial, shot = tmp_path / "qmp.sock", tmp_path / "com1.txt", tmp_path / "s.ppm"
+    state = tmp_path / "vm.state"
+    saved: dict[str, int] = {}
     with qemu_lite(str(disk), "-S", "--qmp", f"unix:{sock},server,wait=off",
                    "--serial", f"file:{serial}") as proc:
 
@@ -181,6 +183,19 @@ def test_run_control_registers_memory_reset_and_quit(disk: Path, tmp_path: Path)
             assert await client.execute("x-qemu-lite-mmu-audit") == {"problems": []}
             assert corner == b"\x00\x00\xa8", corner  # DAC 6-bit 0x2A
 
+            with pytest.raises(qmp.ExecuteError) as err:
+                await client.execute("migrate", {"uri": "tcp:127.0.0.1:4444"})
+            assert "file:PATH" in str(err.value)
+            with pytest.raises(qmp.ExecuteError) as err:  # an input is never overwritten
+                await client.execute("migrate", {"uri": f"file:{disk}"})
+            assert "refusing to overwrite" in str(err.value)
+            assert await client.execute("migrate", {"uri": f"file:{state}"}) == {}
+            assert (await client.execute("query-migrate"))["status"] == "completed"
+            assert await client.execute("query-status") == {"status": "postmigrate",
+                                                            "running": False}
+            assert "VM status: paused (postmigrate)" in await _hmp(client, "info status")
+            saved["counter"] = await _counter(client)
+
             # The power button's event; this guest has no ACPI driver, so it runs on.
             assert await client.execute("system_powerdown") == {}
             await _event(client, "POWERDOWN")
@@ -203,6 +218,33 @@ def test_run_control_registers_memory_reset_and_quit(disk: Path, tmp_path: Path)
         assert proc.wait(timeout=30) == 0
         assert proc.stderr is not None
         assert "quit requested over QMP" in proc.stderr.read()
+
+    # -incoming: a new process resumes the migrated guest, paused under -S, the
+    # counter and registers where they were, and no second boot.
+    serial2 = tmp_path / "com1-incoming.txt"
+    with qemu_lite(str(disk), "-S", "-incoming", f"file:{state}",
+                   "--qmp", f"unix:{sock},server,wait=off", "--serial", f"file:{serial2}") as proc:
+
+        async def resumed() -> None:
+            client = qmp.QMPClient("incoming")
+            await client.connect(str(sock))
+            assert await client.execute("query-status") == {"status": "paused",
+                                                            "running": False}
+            assert await _counter(client) == saved["counter"]
+            assert "EBX=c0ffee00" in await _hmp(client, "info registers")
+            await client.execute("cont")
+            await _event(client, "RESUME")
+            end = time.monotonic() + 60
+            while await _counter(client) <= saved["counter"]:  # counting on from there
+                assert time.monotonic() < end, "the resumed guest does not run"
+                await asyncio.sleep(0.05)
+            await client.execute("quit")
+            await _event(client, "SHUTDOWN")
+            await _hang_up(client)
+
+        asyncio.run(resumed())
+        assert proc.wait(timeout=30) == 0
+    assert serial2.read_text() == ""
 
 
 class RawQmp:
@@ -381,6 +423,8 @@ def test_guest_reset_sends_reset(assemble, tmp_path: Path) -> None:
     (["--qmp", "tcp:localhost:99999,server"], "invalid --qmp"),
     (["--qmp", "unix:/tmp/x.sock,server,wait=maybe"], "invalid --qmp"),
     (["--qmp", "unix:/tmp/x.sock,server,colour=red"], "invalid --qmp option"),
+    (["-incoming", "tcp:127.0.0.1:4444"], "file:PATH only"),
+    (["-incoming", "file:/nonexistent/vm.state"], "cannot open saved state"),
     (["-s", "--qmp", "unix:/tmp/x.sock,server"], "cannot be combined with the GDB stub"),
 ])
 def test_bad_qmp_options_are_usage_errors(args: list[str], message: str) -> None:
