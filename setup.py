@@ -42,6 +42,7 @@ class BuildExtWithEngine(build_ext):
 extensions = [
     Extension("mmu_core._core", ["mmu_core/_core.pyx"], extra_compile_args=["-O2"]),
     Extension("qemu_lite._vcpu_hooks", ["qemu_lite/_vcpu_hooks.pyx"], extra_compile_args=["-O2"]),
+    Extension("qemu_lite._coverage", ["qemu_lite/_coverage.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

@@ -122,6 +122,7 @@ cdef struct MmioSlot:
     # One device's MMIO range: the C callbacks' user data.  Freed with the Core.
     void *st                 # the CoreState (declared below)
     int handler              # index in Core._mmio_handlers
+    uint64_t base            # physical address of offset 0 (for Core.mmio_tracer)
     uint64_t access_ns       # deterministic guest time per access
     void *next               # the Core's list of slots, freed in __dealloc__
 
@@ -138,6 +139,7 @@ cdef struct CoreState:
     uint64_t unclaimed_port_reads
     uint64_t unclaimed_port_writes
     bint log_unclaimed
+    bint trace_ports        # call Core.port_tracer after every port access
     int stop_flags
     # Stop requests from Python (any thread) land here, never in stop_flags:
     # the hooks update stop_flags without the GIL, so a read-modify-write from
@@ -199,6 +201,8 @@ cdef class Core:
     cdef list _port_handlers
     cdef list _mmio_handlers
     cdef public object unclaimed_port_log
+    cdef public object port_tracer
+    cdef public object mmio_tracer
     cdef object _error
     cdef object _cpuid_handler
     cdef readonly int tlb_mode
@@ -231,6 +235,8 @@ cdef class Core:
         self._mmio_handlers = []
         self._pio_buffers = [None, None, None, None]
         self.unclaimed_port_log = None
+        self.port_tracer = None
+        self.mmio_tracer = None
         self.tlb_mode = tlb_mode
         cdef void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
@@ -700,6 +706,7 @@ cdef class Core:
             raise MemoryError()
         slot.st = <void *>self.st
         slot.handler = len(self._mmio_handlers)
+        slot.base = base
         slot.access_ns = access_ns
         err = uc_mmio_map(self.st.uc, base, size, _mmio_read, <void *>slot,
                           _mmio_write, <void *>slot)
@@ -775,6 +782,13 @@ cdef class Core:
         self.unclaimed_port_log = callback
         self.st.log_unclaimed = callback is not None
 
+    def set_port_tracer(self, callback):
+        """``callback(port, size, value, is_write)`` after every guest port access, the
+        value read or written (None: off).  Off costs one test per access in C; on,
+        a Python call per access, with the GIL."""
+        self.port_tracer = callback
+        self.st.trace_ports = callback is not None
+
     # -- stops ----------------------------------------------------------------
 
     def request_stop(self, int flag=C_STOP_REQUEST):
@@ -845,6 +859,21 @@ cdef inline PioWindow *_pio_window(CoreState *st, uint32_t port, int size, bint 
 
 cdef uint32_t _hook_in(uc_engine *uc, uint32_t port, int size, void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
+    cdef uint32_t value = _port_in(st, port, size)
+    if st.trace_ports:
+        with gil:
+            _trace_port(<Core>st.owner, port, size, value, False)
+    return value
+
+
+cdef void _trace_port(Core core, uint32_t port, int size, uint32_t value, bint write) noexcept:
+    try:
+        core.port_tracer(port & 0xFFFF, size, value, write)
+    except BaseException as exc:
+        core._record_error(exc)
+
+
+cdef inline uint32_t _port_in(CoreState *st, uint32_t port, int size) noexcept nogil:
     cdef uint16_t slot = st.port_slot[port & 0xFFFF]
     cdef uint32_t mask = _size_mask(size)
     cdef uint32_t value = 0
@@ -877,6 +906,13 @@ cdef uint32_t _py_port_read(Core core, int slot, uint32_t offset, int size) noex
 cdef void _hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value,
                     void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
+    _port_out(st, port, size, value)
+    if st.trace_ports:
+        with gil:
+            _trace_port(<Core>st.owner, port, size, value & _size_mask(size), True)
+
+
+cdef inline void _port_out(CoreState *st, uint32_t port, int size, uint32_t value) noexcept nogil:
     cdef uint16_t slot = st.port_slot[port & 0xFFFF]
     value &= _size_mask(size)
     cdef PioWindow *w = _pio_window(st, port & 0xFFFF, size, True)
@@ -911,13 +947,17 @@ cdef uint64_t _mmio_read(uc_engine *uc, uint64_t offset, unsigned size,
     if st.io_clock != NULL:
         st.io_clock[0] += slot.access_ns
     with gil:
-        return _py_mmio_read(<Core>st.owner, slot.handler, offset, size)
+        return _py_mmio_read(<Core>st.owner, slot, offset, size)
 
 
-cdef uint64_t _py_mmio_read(Core core, int handler, uint64_t offset, unsigned size) noexcept:
+cdef uint64_t _py_mmio_read(Core core, MmioSlot *slot, uint64_t offset, unsigned size) noexcept:
     cdef uint64_t mask = 0xFFFFFFFFFFFFFFFFULL if size >= 8 else (1ULL << (8 * size)) - 1
+    cdef uint64_t value
     try:
-        return <uint64_t>(core._mmio_handlers[handler].io_read(offset, size) & mask)
+        value = <uint64_t>(core._mmio_handlers[slot.handler].io_read(offset, size) & mask)
+        if core.mmio_tracer is not None:
+            core.mmio_tracer(slot.base + offset, size, value, False)
+        return value
     except BaseException as exc:
         core._record_error(exc)
         return mask
@@ -930,13 +970,15 @@ cdef void _mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t va
     if st.io_clock != NULL:
         st.io_clock[0] += slot.access_ns
     with gil:
-        _py_mmio_write(<Core>st.owner, slot.handler, offset, size, value)
+        _py_mmio_write(<Core>st.owner, slot, offset, size, value)
 
 
-cdef void _py_mmio_write(Core core, int handler, uint64_t offset, unsigned size,
+cdef void _py_mmio_write(Core core, MmioSlot *slot, uint64_t offset, unsigned size,
                          uint64_t value) noexcept:
     try:
-        core._mmio_handlers[handler].io_write(offset, size, value)
+        core._mmio_handlers[slot.handler].io_write(offset, size, value)
+        if core.mmio_tracer is not None:
+            core.mmio_tracer(slot.base + offset, size, value, True)
     except BaseException as exc:
         core._record_error(exc)
 

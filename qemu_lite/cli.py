@@ -132,6 +132,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="keep disk writes in memory; the image file is not modified")
     p.add_argument("--no-reboot", "-no-reboot", action="store_true",
                    help="exit instead of rebooting when the guest resets or triple-faults")
+    p.add_argument("--no-shutdown", "-no-shutdown", action="store_true",
+                   help="with --qmp: when the guest powers off, stop it (status 'shutdown') "
+                        "instead of exiting, until system_reset or quit")
     p.add_argument("--no-acpi", "-no-acpi", action="store_true",
                    help="no ACPI tables, PM block or MP table (the machine before ACPI)")
     p.add_argument("--mmu", default="cached", choices=["cached", "naive", "native", "identity"],
@@ -167,6 +170,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", "-loadvm", metavar="FILE",
                    help="start from a state saved by --save-on-exit (or Machine.save_state); "
                         "give the options the machine was built with")
+    p.add_argument("--incoming", "-incoming", metavar="URI",
+                   help="file:PATH: start from the state QMP's 'migrate' wrote there "
+                        "(as --restore PATH; with -S, paused until 'cont')")
     p.add_argument("--save-on-exit", metavar="FILE",
                    help="save the machine's state to FILE when the run ends by SIGINT, SIGTERM, "
                         "SIGHUP or --timeout (resume it with --restore)")
@@ -178,7 +184,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="wait for a GDB connection on DEV: tcp::PORT, tcp:HOST:PORT or unix:PATH")
     p.add_argument("-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234")
     p.add_argument("-S", dest="gdb_stopped", action="store_true",
-                   help="do not start the CPU: wait for the debugger's continue")
+                   help="do not start the CPU: wait for the debugger's continue "
+                        "(with --qmp and no -s or --gdb: for QMP's cont)")
+    p.add_argument("--qmp", "-qmp", metavar="DEV",
+                   help="QMP monitor on DEV: unix:PATH,server[,wait=off] or "
+                        "tcp:HOST:PORT,server[,wait=off] (wait=on, the default, starts the "
+                        "guest once a client connects; with -S it waits for 'cont')")
     _add_display_options(p)
     return p
 
@@ -376,6 +387,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path
     from qemu_lite.pc import parse_drive
+    from qemu_lite.qmp import QmpSpecError
     from qemu_lite.vcpu import GuestError, TripleFault
 
     if args.disk is not None and args.hda is not None:
@@ -410,7 +422,27 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         except ValueError as exc:
             raise _InputError(str(exc)) from None
 
-    bzimage, modules = _check_files(args, disk, drives)
+    if args.qmp is not None:
+        from qemu_lite.qmp import QmpSpecError, parse_spec
+
+        try:
+            parse_spec(args.qmp)
+        except QmpSpecError as exc:
+            raise _InputError(str(exc)) from None
+        if args.gdb or args.gdb_default:
+            raise _InputError("--qmp cannot be combined with the GDB stub (-s, --gdb) yet")
+
+    if args.incoming is not None:
+        from qemu_lite.qmp import QmpError, parse_incoming
+
+        if args.restore is not None:
+            raise _InputError("give the saved state either as --restore or as -incoming")
+        try:
+            args.restore = parse_incoming(args.incoming)
+        except QmpError as exc:
+            raise _InputError(exc.desc) from None
+
+    bzimage, modules, inputs = _check_files(args, disk, drives)
 
     try:
         machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
@@ -448,11 +480,12 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             elif args.kernel:
                 multiboot.load(machine, args.kernel, args.append, modules)
         except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, StateError...
-            what = f"--restore {args.restore}: " if args.restore is not None else ""
+            what = f"-incoming {args.incoming}: " if args.incoming is not None else \
+                f"--restore {args.restore}: " if args.restore is not None else ""
             return _fail(f"{what}{exc}")
         try:
             signals.machine = machine
-            result = _run_machine(machine, args)
+            result = _run_machine(machine, args, inputs)
             if args.save_on_exit and result.reason in ("signal", "timeout"):
                 _save_on_exit(machine, args.save_on_exit)
         except TripleFault as exc:
@@ -461,7 +494,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         except GuestError as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)
             return STATUS["crash"]
-        except GdbSpecError as exc:  # --gdb: a bad spec, or the address is in use
+        except (GdbSpecError, QmpSpecError) as exc:  # --gdb/--qmp: the address is in use
             return _fail(str(exc))
         finally:
             if args.mmu_stats:
@@ -479,10 +512,11 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     return STATUS.get(result.reason, STATUS["crash"])
 
 
-def _check_files(args: argparse.Namespace, disk: str | None,
-                 drives: list[Drive]) -> tuple[bool, list[tuple[str, str]]]:
+def _check_files(args: argparse.Namespace, disk: str | None, drives: list[Drive]
+                 ) -> tuple[bool, list[tuple[str, str]], list[tuple[str, str]]]:
     """Check every input file, then the outputs against them, before anything is opened
-    for writing.  Returns whether the kernel is a bzImage, and the Multiboot modules."""
+    for writing.  Returns whether the kernel is a bzImage, the Multiboot modules, and
+    the inputs as ``(what, path)`` (outputs named later, over QMP, are checked too)."""
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.pc import check_outputs, serial_output_path
 
@@ -527,7 +561,7 @@ def _check_files(args: argparse.Namespace, disk: str | None,
             multiboot.check(args.kernel, args.append, modules, memory_size=args.memory)
     except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
         raise _InputError(str(exc)) from None
-    return bzimage, modules
+    return bzimage, modules, inputs
 
 
 def _save_on_exit(machine: Machine, path: str) -> None:
@@ -539,10 +573,22 @@ def _save_on_exit(machine: Machine, path: str) -> None:
     _say(f"qemu-lite: state saved to {path} (resume with --restore {path})")
 
 
-def _run_machine(machine: Machine, args: argparse.Namespace) -> RunResult:
-    """Run the guest, under the GDB stub if -s, -S or --gdb asked for it."""
+def _run_machine(machine: Machine, args: argparse.Namespace,
+                 inputs: list[tuple[str, str]]) -> RunResult:
+    """Run the guest, under the QMP monitor (--qmp) or the GDB stub (-s, -S, --gdb)."""
     from qemu_lite.gdbstub import GdbStub
 
+    if args.qmp is not None:
+        from qemu_lite.qmp import QmpServer
+
+        server = QmpServer(machine, args.qmp, inputs,  # QmpSpecError: reported by the caller
+                           no_shutdown=args.no_shutdown)
+        print(f"qemu-lite: QMP listening on {args.qmp}", file=sys.stderr, flush=True)
+        try:
+            return server.serve(start_stopped=args.gdb_stopped, timeout=args.timeout,
+                                incoming=args.incoming is not None)
+        finally:
+            server.close()
     spec = args.gdb or ("tcp::1234" if args.gdb_default or args.gdb_stopped else None)
     if spec is None:
         return machine.run(timeout=args.timeout)

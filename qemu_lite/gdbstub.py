@@ -13,7 +13,9 @@ Registers follow the layout of the target description served to GDB, chosen
 when GDB attaches: i386:x86-64 if the CPU is in long mode then, i386
 otherwise.  GDB cannot change a layout within a session, so the 'g' reply
 keeps its size across the guest's mode switches.  Memory is by guest linear
-address through the guest's page tables (``Machine.read_virtual``);
+address through the guest's page tables (``Machine.read_virtual``), or
+physical after QEMU's ``maint packet Qqemu.PhyMemMode:1`` (``PhysMemMode``
+is accepted too) or ``monitor phys-mem-mode on``;
 watchpoints (Z2-Z4) are ``Machine.add_watchpoint``.
 """
 
@@ -216,6 +218,8 @@ class GdbStub:
         self._conns: queue.Queue[Connection] = queue.Queue()
         self.conn: Connection | None = None
         self._long_mode = False
+        # QEMU's PhyMemMode: m/M packets address guest physical memory, not linear.
+        self.physical = False
         self._watches: dict[tuple[int, int, str], str] = {}  # (addr, len, access) -> Z type
         self._input = threading.Event()
         self._interrupted = False
@@ -381,12 +385,24 @@ class GdbStub:
                 return self._write_reg(regs[n], int.from_bytes(bytes.fromhex(value), "little")), None
             if head == "m":
                 addr, _, length = pkt[1:].partition(",")
-                return m.read_virtual(int(addr, 16), min(int(length, 16), 0x2000)).hex(), None
+                read = m.read_memory if self.physical else m.read_virtual
+                return read(int(addr, 16), min(int(length, 16), 0x2000)).hex(), None
             if head == "M":
                 where, _, data = pkt[1:].partition(":")
                 addr = where.split(",")[0]
-                m.write_virtual(int(addr, 16), bytes.fromhex(data))
+                write = m.write_memory if self.physical else m.write_virtual
+                write(int(addr, 16), bytes.fromhex(data))
                 return "OK", None
+            if pkt in ("qqemu.PhyMemMode", "qqemu.PhysMemMode"):
+                return ("1" if self.physical else "0"), None
+            if pkt.startswith(("Qqemu.PhyMemMode:", "Qqemu.PhysMemMode:")):
+                value = pkt.partition(":")[2]
+                if value not in ("0", "1"):
+                    return "E22", None
+                self.physical = value == "1"
+                return "OK", None
+            if pkt == "qqemu.Supported":
+                return "PhyMemMode", None
             if head in "cs" and head:
                 if len(pkt) > 1:
                     m.set_reg("rip", int(pkt[1:], 16))
@@ -496,8 +512,13 @@ class GdbStub:
         elif words == ["system_reset"]:
             m.reset_now()
             text = "system reset\n"
+        elif words[:1] == ["phys-mem-mode"] and words[1:] in ([], ["on"], ["off"]):
+            if words[1:]:
+                self.physical = words[1] == "on"
+            text = f"memory packets address {'physical' if self.physical else 'virtual'} memory\n"
         else:
-            text = f"unknown command {command!r} (info registers, info mmu, system_reset)\n"
+            text = (f"unknown command {command!r} (info registers, info mmu, system_reset, "
+                    "phys-mem-mode [on|off])\n")
         assert self.conn is not None
         self.conn.send("O" + text.encode().hex())
         return "OK"

@@ -39,6 +39,7 @@ from qemu_lite.pcibars import BarClaims
 from qemu_lite.platform import Slot, Stateful, reset_order
 from qemu_lite.runloop import InterruptSource, RunLoop, RunResult
 from qemu_lite.snapshot import Snapshot
+from qemu_lite.tracehooks import TraceHooks
 from qemu_lite.unassigned import UnassignedMemory
 from qemu_lite.vcpu import VCpu, new_engine
 
@@ -115,7 +116,7 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-class Machine(DebugHooks):
+class Machine(DebugHooks, TraceHooks):
     """An x86 PC: CPU, RAM, BIOS, and the standard devices of QEMU's ``pc`` machine.
 
     >>> from qemu_lite import Machine
@@ -508,6 +509,11 @@ class Machine(DebugHooks):
     @irq_source.setter
     def irq_source(self, source: InterruptSource) -> None:
         self.runloop.irq_source = source
+
+    @property
+    def stop_pending(self) -> bool:
+        """A :meth:`stop_at_next_block` request (a signal, say) waits for the next run."""
+        return self.runloop.stop_requested is not None
 
     def exit(self, status: int) -> None:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""

@@ -97,6 +97,10 @@ def new_engine() -> tuple[Uc, object]:
 class VCpu:
     """One x86 CPU backed by a Unicorn engine and an ``mmu_core.Core``."""
 
+    # Told "int80", "syscall" or "sysenter" before the vCPU performs that entry, the
+    # caller's registers still in place (Machine.add_syscall_hook); None: off.
+    syscall_observer: Callable[[str], None] | None = None
+
     def __init__(self, uc: Uc, core: Core, reset_context: object) -> None:
         self.uc = uc
         self.core = core
@@ -206,6 +210,8 @@ class VCpu:
         """Deliver the exception or software interrupt that just stopped the CPU."""
         is_int, error_code, next_eip, cr2 = self.core.take_event()
         if is_int:
+            if vector == 0x80 and self.syscall_observer is not None:
+                self.syscall_observer("int80")
             ev = Event(vector, SOFTWARE, None, next_eip)
         else:
             if vector == GP and error_code == 0 and self._stack_fault():
@@ -294,6 +300,8 @@ class VCpu:
     # -- SYSCALL / SYSENTER (their effect is ours to do: ENGINE_FACTS.md fact 3) -------------------
 
     def do_syscall(self) -> None:
+        if self.syscall_observer is not None:
+            self.syscall_observer("syscall")
         uc = self.uc
         efer = uc.msr_read(MSR_EFER)
         if not efer & EFER_SCE:
@@ -320,6 +328,8 @@ class VCpu:
         self.commit_delivery({CS: cs, SS: ss}, 0, target, 0, 0, new_flags)
 
     def do_sysenter(self) -> None:
+        if self.syscall_observer is not None:
+            self.syscall_observer("sysenter")
         uc = self.uc
         sel = uc.msr_read(MSR_SYSENTER_CS) & 0xFFFC
         if sel == 0:

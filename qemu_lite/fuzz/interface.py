@@ -8,13 +8,16 @@ stand-in until then:
   :class:`CpuRamSnapshots`, which saves the CPU context and the RAM ranges it is told.
   That stand-in is exact only for a guest that touches no device state between its ready
   point and its end (the bundled TLV example: it reads memory and writes two ports).
-- :func:`coverage_for` uses ``Machine.coverage()`` (the control issue's C recorder) when
-  there, else :class:`BlockEdgeCoverage`: a Python block hook over the guest's code range
-  that counts AFL-style edges (previous block, this block), about a microsecond a block.
+- :func:`coverage_for` uses ``Machine.coverage()`` (the C edge recorder, ``_coverage.pyx``)
+  when there, else :class:`BlockEdgeCoverage`: a Python block hook over the guest's code
+  range that counts AFL-style edges (previous block, this block), about a microsecond a
+  block.  The harness's block budget (``on_block``) is a Python block hook over the code
+  range either way: the C recorder counts blocks but cannot end a run.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -102,19 +105,31 @@ class BlockEdgeCoverage:
         return self.counts
 
 
+_NONZERO = re.compile(rb"[^\x00]")
+
+
 class _MachineCoverage:
-    def __init__(self, machine: Any) -> None:
-        self.recorder = machine.coverage()
+    """The machine's C edge bitmap (EDGE_MAP counters, AFL's hash), read after each input."""
+
+    def __init__(self, machine: Any, code: tuple[int, int],
+                 on_block: Callable[[], None] | None) -> None:
+        from unicorn import UC_HOOK_BLOCK
+
+        self.recorder = machine.coverage(map_size=EDGE_MAP, record_blocks=False)
+        if on_block is not None:
+            machine.uc.hook_add(UC_HOOK_BLOCK, lambda *_: on_block(), None, code[0],
+                                code[1] - 1)
 
     def reset(self) -> None:
-        self.recorder.reset()
+        self.recorder.clear()
 
     def edges(self) -> dict[int, int]:
-        return dict(self.recorder.edges())
+        counts = bytes(self.recorder.bitmap)
+        return {m.start(): counts[m.start()] for m in _NONZERO.finditer(counts)}
 
 
 def coverage_for(machine: Any, code: tuple[int, int],
                  on_block: Callable[[], None] | None = None) -> Coverage:
     if callable(getattr(machine, "coverage", None)):
-        return _MachineCoverage(machine)
+        return _MachineCoverage(machine, code, on_block)
     return BlockEdgeCoverage(machine, code, on_block)

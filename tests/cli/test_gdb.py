@@ -166,6 +166,12 @@ def test_gdb_breaks_reads_and_steps_into_long_mode(kernel: Path, tmp_path: Path)
         "stepi",
         "echo @in-long-mode\\n", "print/x $pc", "print/x $cs",
         "monitor info mmu",
+        # 0x500000 is RAM but not mapped by the kernel's page tables (4 MiB identity).
+        "print/x *(unsigned int *)0x500000",
+        "maint packet Qqemu.PhyMemMode:1",
+        "set var *(unsigned int *)0x500000 = 0x5a5a1234",
+        "echo @physical\\n", "print/x *(unsigned int *)0x500000",
+        "monitor phys-mem-mode off",
         "watch *(unsigned int *)&counter", "continue",
         "echo @after-watch\\n", "print/x *(unsigned int *)&counter",
         "delete", "continue",
@@ -192,6 +198,9 @@ def test_gdb_breaks_reads_and_steps_into_long_mode(kernel: Path, tmp_path: Path)
     pc64, cs = after("@in-long-mode")[:2]
     assert int(pc64, 16) == sym["lm64"] and int(cs, 16) == 0x18
     assert "MMU mode cached" in text + result.stderr  # monitor output
+    assert "Cannot access memory at address 0x500000" in result.stderr
+    assert int(after("@physical")[0], 16) == 0x5A5A1234
+    assert "memory packets address virtual memory" in text + result.stderr
     assert re.search(r"Hardware watchpoint \d+: \*\(unsigned int \*\)&counter\s+"
                      r"Old value = 4661\s+New value = 4662", text), text
     assert int(after("@after-watch")[0], 16) == 0x1236
@@ -256,6 +265,14 @@ def test_protocol_by_hand_ctrl_c_and_kill(kernel: Path, tmp_path: Path):
         assert len(c.ask("g")) == len(regs)  # the layout of the attach, in long mode too
         assert int.from_bytes(bytes.fromhex(c.ask("p8")), "little") == sym["lm64"]  # eip
         assert c.ask(f"z0,{sym['lm64']:x},1") == "OK"
+        assert c.ask("m500000,4") == "E0e"  # linear: not mapped in long mode
+        assert (c.ask("qqemu.PhyMemMode"), c.ask("Qqemu.PhysMemMode:1")) == ("0", "OK")
+        assert c.ask("M500000,4:78563412") == "OK"
+        assert (c.ask("qqemu.PhyMemMode"), c.ask("m500000,4")) == ("1", "78563412")
+        assert c.ask("Qqemu.PhyMemMode:2").startswith("E")
+        mon = c.ask("qRcmd," + b"phys-mem-mode off".hex())
+        assert "virtual" in bytes.fromhex(mon[1:]).decode() and c.recv() == "OK"
+        assert c.ask("m500000,4") == "E0e"
         c.send("c")
         time.sleep(0.5)            # the guest spins now (counter was zeroed)
         c.sock.sendall(b"\x03")    # Ctrl-C through the wake path

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from qemu_lite import imagebuild
+from qemu_lite.initramfs import S_IFDIR, S_IFLNK, S_IFREG, cpio_newc
 
 INIT = """\
 busybox echo "qemu_lite init: userspace reached"
@@ -57,3 +59,23 @@ def i386_initramfs(path: Path) -> Path:
         return imagebuild.write_i386_initramfs(path)
     except imagebuild.ToolMissing as exc:
         pytest.skip(str(exc))
+
+
+def power_button_initramfs(path: Path, init: str) -> Path:
+    """Busybox with ``init`` as /init (a shell script run by busybox sh) and Debian's ACPI
+    button driver at /button.ko, for tests that press the power button."""
+    version = os.path.basename(kernel()).removeprefix("vmlinuz-")
+    button = Path("/lib/modules") / version / "kernel/drivers/acpi/button.ko"
+    if not button.is_file():
+        pytest.skip(f"{button} missing (uncompressed): apt-get install linux-image-{version}")
+    try:
+        busybox = Path(imagebuild.find_busybox()).read_bytes()
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
+    path.write_bytes(cpio_newc([
+        ("bin", S_IFDIR | 0o755, b""), ("bin/busybox", S_IFREG | 0o755, busybox),
+        ("bin/sh", S_IFLNK | 0o777, b"busybox"),
+        ("button.ko", S_IFREG | 0o644, button.read_bytes()),
+        ("init", S_IFREG | 0o755, ("#!/bin/busybox sh\n" + init).encode()),
+    ]))
+    return path

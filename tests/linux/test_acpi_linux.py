@@ -7,15 +7,11 @@ test_linux_boot.py, on the boots that file already makes.
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 
-import pytest
-from images import kernel
+from images import kernel, power_button_initramfs
 
-from qemu_lite import Machine, imagebuild
-from qemu_lite.initramfs import S_IFDIR, S_IFLNK, S_IFREG, cpio_newc
+from qemu_lite import Machine
 from qemu_lite.loaders import linux
 
 # The button driver (a module in Debian's kernel) owns the fixed-feature power button;
@@ -37,26 +33,8 @@ busybox poweroff -f
 """
 
 
-def _initramfs(path: Path) -> Path:
-    version = os.path.basename(kernel()).removeprefix("vmlinuz-")
-    button = Path("/lib/modules") / version / "kernel/drivers/acpi/button.ko"
-    if not button.is_file():
-        pytest.skip(f"{button} missing (uncompressed): apt-get install linux-image-{version}")
-    try:
-        busybox = Path(imagebuild.find_busybox()).read_bytes()
-    except imagebuild.ToolMissing as exc:
-        pytest.skip(str(exc))
-    path.write_bytes(cpio_newc([
-        ("bin", S_IFDIR | 0o755, b""), ("bin/busybox", S_IFREG | 0o755, busybox),
-        ("bin/sh", S_IFLNK | 0o777, b"busybox"),
-        ("button.ko", S_IFREG | 0o644, button.read_bytes()),
-        ("init", S_IFREG | 0o755, ("#!/bin/busybox sh\n" + INIT).encode()),
-    ]))
-    return path
-
-
 def test_linux_uses_acpi_and_the_power_button_and_powers_off(tmp_path):
-    initrd = _initramfs(tmp_path / "initrd.cpio")
+    initrd = power_button_initramfs(tmp_path / "initrd.cpio", INIT)
     out = bytearray()
     waiting = threading.Event()
 
