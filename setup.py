@@ -45,9 +45,12 @@ extensions = [
 ]
 
 setup(
-    packages=["qemu_lite", "qemu_lite.loaders", "qemu_lite.display", "qemu_lite.devices", "mmu_core", "qemu_lite.firmware"],
+    packages=["qemu_lite", "qemu_lite.acpi", "qemu_lite.loaders", "qemu_lite.display",
+              "qemu_lite.devices", "mmu_core", "qemu_lite.firmware", "qemu_lite.devfuzz",
+              "qemu_lite.fuzz"],
     package_dir={"qemu_lite.devices": "devices", "qemu_lite.firmware": "firmware"},
-    package_data={"qemu_lite.firmware": ["*.bin", "*.img"], "mmu_core": ["*.pxd", "*.pyx"]},
+    package_data={"qemu_lite.firmware": ["*.bin", "*.img"], "mmu_core": ["*.pxd", "*.pyx"],
+                  "qemu_lite.fuzz": ["*.asm"]},
     ext_modules=cythonize(extensions, language_level=3),
     cmdclass={"build_ext": BuildExtWithEngine},
     zip_safe=False,

@@ -6,7 +6,7 @@
   flushes: the cost of the fill itself), Unicorn's own MMU (``native``), and a
   raw Unicorn engine whose ``UC_HOOK_TLB_FILL`` hook is a pure-Python identity
   map (``python_hook``): what mmu_core's C fill saves over doing it in Python
-  (DESIGN fact 1).  ``cached_contexts`` is the default ``cached`` MMU, whose TLB
+  (ENGINE_FACTS.md fact 1).  ``cached_contexts`` is the default ``cached`` MMU, whose TLB
   contexts see that a reload of the same CR3 needs no flush (engine patch i).
 - Port I/O round trip (``test_port_io``): ``IN AL, DX`` to a Python device vs
   to an unclaimed port.

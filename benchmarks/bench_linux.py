@@ -1,7 +1,7 @@
 """The real workload: Debian's kernel booting a busybox initramfs to userspace.
 
 ``/init`` prints a line and runs ``poweroff -f``; the run ends when the guest
-halts (``RunResult.reason == "halted"``).  Each MMU mode is timed, the shadow
+powers off through ACPI (``RunResult.reason == "powered-off"``).  Each MMU mode is timed, the shadow
 MMU also with a small shadow page bound, and the same kernel and initrd under
 ``qemu-system-x86_64 -accel tcg`` are timed in the same run as the outside
 reference.  Skips with the reason when the kernel, busybox or QEMU is missing.
@@ -11,7 +11,7 @@ are not reproducible to the unit: those rows run once and say
 ``deterministic: False``.  The ``--deterministic`` rows beside them run twice
 and assert the same serial output (timestamps included) and the same MMU
 counters, except those that follow Unicorn's TLB refills, which it resizes by
-wall-clock windows (DESIGN fact 18): the row lists which of those differed.
+wall-clock windows (ENGINE_FACTS.md fact 18): the row lists which of those differed.
 
     pytest benchmarks/bench_linux.py --benchmark-only      # only this group
     pytest benchmarks/ --benchmark-only -m "not linux"     # everything else
@@ -83,7 +83,7 @@ def boot(kernel: str, initrd: Path, mmu: str, max_shadow_pages: int | None,
         wall = time.perf_counter() - t0
         stats = dict(m.core.mmu_stats())
     text = out.decode(errors="replace")
-    assert result.reason == "halted", f"{result}\n{text[-3000:]}"
+    assert result.reason == "powered-off", f"{result}\n{text[-3000:]}"
     assert MARKER in text, text[-3000:]
     return {"wall_s": wall, "stats": stats, "output": text}
 
@@ -164,7 +164,7 @@ def boot_grub(grub_img: Path, deterministic: bool) -> dict:
         t0 = time.perf_counter()
         result = m.run(timeout=TIMEOUT)
         wall = time.perf_counter() - t0
-        assert result.reason == "halted", result
+        assert result.reason == "powered-off", result
         stats = dict(m.core.mmu_stats())
     text = out.decode(errors="replace")
     assert MARKER in text and "Welcome to GRUB!" in text, text[-3000:]

@@ -57,6 +57,17 @@ class SerialBackend:
             self._input.clear()
         return data
 
+    def save_state(self) -> dict[str, Any]:
+        """Input received from the host that the guest's UART has not taken yet."""
+        with self._lock:
+            return {"version": 1, "input": bytes(self._input)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ValueError("serial backend: unsupported saved state version")
+        with self._lock:
+            self._input[:] = bytes(state["input"])
+
     def close(self) -> None:
         """Stop the reader thread and release host resources; idempotent."""
         self._stop.set()

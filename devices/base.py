@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class IrqSink(Protocol):
@@ -65,13 +65,42 @@ class RecordingIrqSink:
         self.history.append((irq, level))
 
 
+class StateError(ValueError):
+    """A saved state this version cannot load (wrong version, or values out of range)."""
+
+
+def check_state(state: object, name: str, versions: tuple[int, ...]) -> dict[str, Any]:
+    """``state`` as a dict whose ``version`` is one of ``versions``, or :class:`StateError`."""
+    if not isinstance(state, dict):
+        raise StateError(f"{name}: saved state is not a mapping")
+    version = state.get("version")
+    if version not in versions:
+        raise StateError(f"{name}: saved state version {version!r} is not one this version "
+                         f"of qemu_lite reads ({', '.join(map(str, versions))})")
+    return state
+
+
 class Device:
-    """Base class for port/MMIO devices."""
+    """Base class for port/MMIO devices.
+
+    The state contract: :meth:`reset` returns to the power-on state;
+    :meth:`save_state` returns a versioned dict of plain values (ints, strings,
+    bytes, lists, dicts) that :meth:`load_state` of a freshly built device of the
+    same configuration takes back, refusing (``StateError``) a version it cannot
+    read.  Timers are not part of it: the clock saves and re-arms them.  A device
+    without registers keeps these defaults."""
 
     name = "device"
+    STATE_VERSION = 1
 
     def reset(self) -> None:
         """Return to power-on state."""
+
+    def save_state(self) -> dict[str, Any]:
+        return {"version": self.STATE_VERSION}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, self.name, (self.STATE_VERSION,))
 
     def io_read(self, offset: int, size: int) -> int:
         return (1 << (8 * size)) - 1
@@ -120,12 +149,46 @@ class Clock:
         self._heap: list[tuple[int, int, int, Timer]] = []
         self._order = itertools.count()
         self.on_schedule: Callable[[int], None] | None = None
+        self._timers: list[Timer] = []  # every timer made, in order: their saved identity
 
     def now(self) -> int:
         return self._now
 
     def timer(self, callback: Callable[[], None]) -> Timer:
-        return Timer(self, callback)
+        timer = Timer(self, callback)
+        self._timers.append(timer)
+        return timer
+
+    # -- saved state: guest time and every armed timer ------------------------------------
+
+    CLOCK_STATE_VERSION = 1
+
+    def save_state(self) -> dict[str, Any]:
+        """Guest time and the deadline of every armed timer, in the order they were armed
+        (timers are named by their creation index: a machine of the same configuration
+        makes the same timers in the same order)."""
+        armed = {id(t): i for i, t in enumerate(self._timers)}
+        live = sorted((order, deadline, armed[id(t)]) for deadline, order, seq, t in self._heap
+                      if t._seq == seq and t.deadline == deadline and id(t) in armed)
+        return {"version": self.CLOCK_STATE_VERSION, "now": self.now(),
+                "timers": len(self._timers), "armed": [[i, d] for _, d, i in live]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, "clock", (self.CLOCK_STATE_VERSION,))
+        if state["timers"] != len(self._timers):
+            raise StateError(f"clock: saved state has {state['timers']} timers, this machine "
+                             f"{len(self._timers)} (a different configuration)")
+        self._set_now(int(state["now"]))
+        for timer in self._timers:
+            timer.cancel()
+        self._heap.clear()
+        for index, deadline in state["armed"]:
+            if not 0 <= index < len(self._timers):
+                raise StateError(f"clock: saved timer {index} does not exist")
+            self._timers[index].arm(int(deadline))
+
+    def _set_now(self, ns: int) -> None:
+        self._now = ns
 
     def _schedule(self, timer: Timer) -> None:
         assert timer.deadline is not None

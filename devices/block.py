@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat
-from typing import Protocol
+from typing import Any, Protocol
+
+from .base import StateError, check_state
 
 SECTOR_SIZE = 512
 
@@ -66,6 +69,7 @@ class BlockImage:
         self._memory = memory
         self._overlay: dict[int, bytes] = {}
         self.closed = False
+        self.writes_to_backing = 0  # writes that reached the file or memory (not the overlay)
 
     # -- construction -------------------------------------------------------
 
@@ -230,6 +234,7 @@ class BlockImage:
                 self._overlay[lba + i] = bytes(view[i * SECTOR_SIZE:(i + 1) * SECTOR_SIZE])
             return
         offset = lba * SECTOR_SIZE
+        self.writes_to_backing += 1
         if self._memory is not None:
             self._memory[offset:offset + len(data)] = data
             return
@@ -239,6 +244,45 @@ class BlockImage:
             written = os.pwrite(self._fd, view, offset)
             view = view[written:]
             offset += written
+
+    # -- saved state ----------------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def content_hash(self) -> str:
+        """SHA-256 of the backing file or memory, as the guest's reads see it without
+        the overlay: what a saved state of this disk depends on."""
+        digest = hashlib.sha256()
+        chunk = 1 << 20
+        for lba in range(0, self._sector_count, chunk // SECTOR_SIZE):
+            digest.update(self._read_backing(lba, min(chunk // SECTOR_SIZE,
+                                                      self._sector_count - lba)))
+        return digest.hexdigest()
+
+    def save_state(self, *, with_hash: bool = True) -> dict[str, Any]:
+        """The overlay of a snapshot disk (its sectors), and what identifies the backing."""
+        return {"version": self.STATE_VERSION, "name": self.name, "size": self.size,
+                "snapshot": self.snapshot, "readonly": self._readonly,
+                "sha256": self.content_hash() if with_hash else None,
+                "overlay": [[lba, data] for lba, data in sorted(self._overlay.items())]}
+
+    def load_state(self, state: dict[str, Any], *, check_hash: bool = True) -> None:
+        check_state(state, f"disk {self.name!r}", (self.STATE_VERSION,))
+        if state["size"] != self.size:
+            raise StateError(f"disk {self.name!r} is {self.size} bytes; the saved state's "
+                             f"{state['name']!r} was {state['size']}")
+        if check_hash and state["sha256"] is not None and state["sha256"] != self.content_hash():
+            raise StateError(f"disk {self.name!r} differs from the image the state was saved "
+                             f"with ({state['name']!r}): content hash mismatch")
+        if state["overlay"] and not self.snapshot:
+            raise StateError(f"disk {self.name!r}: the saved state holds snapshot writes; "
+                             "open the disk with snapshot (--snapshot) to restore them")
+        overlay = {}
+        for lba, data in state["overlay"]:
+            if not 0 <= lba < self._sector_count or len(data) != SECTOR_SIZE:
+                raise StateError(f"disk {self.name!r}: saved sector {lba} is out of range")
+            overlay[int(lba)] = bytes(data)
+        self._overlay = overlay
 
     def flush(self) -> None:
         """Make completed writes durable (a no-op for memory and snapshots)."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from qemu_lite.devices.base import Device
+from qemu_lite.devices.base import Device, check_state
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,16 @@ class PostCode(Device):
 
     def __init__(self) -> None:
         self.last = 0
+
+    def reset(self) -> None:
+        self.last = 0
+
+    def save_state(self) -> dict[str, Any]:
+        return {"version": self.STATE_VERSION, "last": self.last}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, self.name, (self.STATE_VERSION,))
+        self.last = int(state["last"]) & 0xFF
 
     def io_read(self, offset: int, size: int) -> int:
         return self.last

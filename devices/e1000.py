@@ -958,8 +958,23 @@ class E1000(PciFunction):
 
     def save_state(self) -> dict[str, Any]:
         state = super().save_state()
+        mw = self._microwire
         state["e1000"] = {"regs": dict(self.regs), "phy": dict(self.phy),
-                          "rx_pending": list(self.rx_pending)}
+                          "rx_pending": list(self.rx_pending),
+                          # A transmit in progress (descriptors before EOP), the EEPROM
+                          # wire, the I/O window's address and the timers: without them a
+                          # restore in mid-transfer sends a different frame.
+                          "ioaddr": self.io_ports.address,
+                          "tx_packet": bytes(self.tx_packet), "tx_context": dict(self.tx_context),
+                          "tx_popts": self.tx_popts, "tx_tse": self.tx_tse,
+                          "tx_vlan": self.tx_vlan, "tx_stalled": self.tx_stalled,
+                          "tx_dropping": self.tx_dropping,
+                          "legacy_checksum": self._legacy_checksum,
+                          "eecd_sk": self._eecd_sk,
+                          "microwire": [mw.bits, mw.shift, mw.out_word, mw.out_bit, mw.do],
+                          "last_assert": self._last_assert,
+                          "throttle_deadline": self._throttle.deadline,
+                          "tx_kick_deadline": self._tx_kick.deadline}
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -968,6 +983,25 @@ class E1000(PciFunction):
         self.regs = {int(k): int(v) & 0xFFFFFFFF for k, v in saved["regs"].items()}
         self.phy = {int(k): int(v) & 0xFFFF for k, v in saved["phy"].items()}
         self.rx_pending = deque(bytes(f) for f in saved["rx_pending"][:RX_QUEUE_LIMIT])
+        self.io_ports.address = int(saved["ioaddr"]) & 0x0001FFFC
+        self.tx_packet = bytearray(saved["tx_packet"][:MAX_PACKET])
+        self.tx_context = {k: int(saved["tx_context"][k]) for k in self.tx_context}
+        self.tx_popts = int(saved["tx_popts"]) & 0xFF
+        self.tx_tse = bool(saved["tx_tse"])
+        self.tx_vlan = None if saved["tx_vlan"] is None else int(saved["tx_vlan"]) & 0xFFFF
+        self.tx_stalled = bool(saved["tx_stalled"])
+        self.tx_dropping = bool(saved["tx_dropping"])
+        checksum = saved["legacy_checksum"]
+        self._legacy_checksum = None if checksum is None else (int(checksum[0]), int(checksum[1]))
+        self._eecd_sk = bool(saved["eecd_sk"])
+        mw = self._microwire
+        mw.bits, mw.shift, mw.out_word, mw.out_bit, mw.do = saved["microwire"]
+        self._last_assert = saved["last_assert"]
+        for timer, deadline in ((self._throttle, saved["throttle_deadline"]),
+                                (self._tx_kick, saved["tx_kick_deadline"])):
+            timer.cancel()
+            if deadline is not None:
+                timer.arm(int(deadline))
         self._update_irq()
 
 

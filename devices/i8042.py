@@ -22,6 +22,11 @@ from typing import Any
 from .base import Device, IrqLine
 
 # Controller commands (port 0x64)
+# Command replies a guest has not read yet, per PS/2 device and in the controller: QEMU's
+# PS2_QUEUE_SIZE.  Without a bound, a guest writing commands it never reads the answers
+# of grows host memory without end; past it, new replies are dropped (as QEMU drops them).
+REPLY_QUEUE_LIMIT = 16
+
 CCMD_READ_MODE = 0x20  # read the command byte
 CCMD_WRITE_MODE = 0x60  # write the command byte (next data byte)
 CCMD_AUX_DISABLE = 0xA7
@@ -210,7 +215,7 @@ class _PS2Device:
         return byte
 
     def _reply(self, *values: int) -> None:
-        self.replies.extend(values)
+        self.replies.extend(values[:REPLY_QUEUE_LIMIT - len(self.replies)])
         self._notify()
 
     def _send(self, values: Iterable[int]) -> None:
@@ -230,6 +235,7 @@ class PS2Keyboard(_PS2Device):
         """Power-on: scanning enabled, scan code set 2, LEDs off, empty buffers."""
         self.replies.clear()
         self.data.clear()
+        self.last = KBD_REPLY_ACK
         self._set_defaults()
         self.scanning = True
         self.leds = 0
@@ -303,7 +309,7 @@ class PS2Keyboard(_PS2Device):
                 "typematic": self.typematic, "expect": self._expect}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.replies = deque(state["replies"])
+        self.replies = deque(state["replies"][:REPLY_QUEUE_LIMIT])
         self.data = deque(state["data"])
         self.last = state["last"]
         self.scanning = state["scanning"]
@@ -324,6 +330,7 @@ class PS2Mouse(_PS2Device):
         """Power-on: stream mode, reporting off, 100 samples/s, 4 counts/mm, 1:1."""
         self.replies.clear()
         self.data.clear()
+        self.last = KBD_REPLY_ACK
         self._set_defaults()
         self.buttons = 0
         self._expect = 0
@@ -407,7 +414,7 @@ class PS2Mouse(_PS2Device):
                 "buttons": self.buttons, "expect": self._expect}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.replies = deque(state["replies"])
+        self.replies = deque(state["replies"][:REPLY_QUEUE_LIMIT])
         self.data = deque(state["data"])
         self.last = state["last"]
         self.reporting = state["reporting"]
@@ -538,9 +545,9 @@ class I8042:
         elif command == CCMD_WRITE_OUTPORT:
             self._write_outport(value)
         elif command == CCMD_WRITE_KBD_OBUF:
-            self.replies.append((value, False))
+            self._output(value, False)
         elif command == CCMD_WRITE_AUX_OBUF:
-            self.replies.append((value, True))
+            self._output(value, True)
         elif command == CCMD_WRITE_AUX:
             self.mode &= ~MODE_DISABLE_AUX  # sending to the mouse enables its interface
             self.mouse.write(value)
@@ -556,7 +563,7 @@ class I8042:
             if not value & OUT_RESET:  # bit 0 clear: pulse the reset line
                 self._request_reset()
         elif value == CCMD_READ_MODE:
-            self.replies.append((self.mode, False))
+            self._output(self.mode, False)
         elif value in (CCMD_WRITE_MODE, CCMD_WRITE_OUTPORT, CCMD_WRITE_KBD_OBUF,
                        CCMD_WRITE_AUX_OBUF, CCMD_WRITE_AUX):
             self.write_cmd = value
@@ -565,24 +572,29 @@ class I8042:
         elif value == CCMD_AUX_ENABLE:
             self.mode &= ~MODE_DISABLE_AUX
         elif value in (CCMD_AUX_TEST, CCMD_KBD_TEST):
-            self.replies.append((0x00, False))
+            self._output(0x00, False)
         elif value == CCMD_SELF_TEST:
             self.sys_flag = True
-            self.replies.append((0x55, False))
+            self._output(0x55, False)
         elif value == CCMD_KBD_DISABLE:
             self.mode |= MODE_DISABLE_KBD
         elif value == CCMD_KBD_ENABLE:
             self.mode &= ~MODE_DISABLE_KBD
         elif value == CCMD_READ_INPORT:
-            self.replies.append((INPORT_VALUE, False))
+            self._output(INPORT_VALUE, False)
         elif value == CCMD_READ_OUTPORT:
-            self.replies.append((self._outport_value(), False))
+            self._output(self._outport_value(), False)
         elif value == CCMD_DISABLE_A20:
             self._write_outport(self.outport & ~OUT_A20)
         elif value == CCMD_ENABLE_A20:
             self._write_outport(self.outport | OUT_A20)
         # other commands (controller RAM, version, password) are ignored
         self._service()
+
+    def _output(self, value: int, aux: bool) -> None:
+        """A byte the controller itself answers (dropped once the queue is full)."""
+        if len(self.replies) < REPLY_QUEUE_LIMIT:
+            self.replies.append((value, aux))
 
     def _write_mode(self, value: int) -> None:
         self.mode = value
@@ -666,7 +678,8 @@ class I8042:
         self.obuf_aux = state["obuf_aux"]
         self.write_cmd = state["write_cmd"]
         self._xlate_release = state["xlate_release"]
-        self.replies = deque((int(b), bool(a)) for b, a in state["replies"])
+        self.replies = deque((int(b), bool(a))
+                             for b, a in state["replies"][:REPLY_QUEUE_LIMIT])
         self.keyboard.load_state(state["keyboard"])
         self.mouse.load_state(state["mouse"])
         self._update_irq()

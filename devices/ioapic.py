@@ -22,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .base import Device
+from .base import Device, check_state
 from .lapic import DM_EXTINT, DM_FIXED, DM_LOWEST, DM_NMI, LocalApic
+
+STATE_VERSION = 2  # 1 carried no version field
 
 MMIO_BASE = 0xFEC00000
 MMIO_SIZE = 0x1000  # the decoded window; only IOREGSEL and IOWIN respond
@@ -181,6 +183,7 @@ class IoApic(Device):
 
     def save_state(self) -> dict[str, Any]:
         return {
+            "version": STATE_VERSION,
             "id": self._id,
             "regsel": self._regsel,
             "redir": list(self._redir),
@@ -188,6 +191,7 @@ class IoApic(Device):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, "ioapic", (STATE_VERSION,))
         if len(state["redir"]) != NUM_PINS or len(state["input"]) != NUM_PINS:
             raise ValueError("saved IOAPIC state has the wrong number of pins")
         self._id = state["id"]

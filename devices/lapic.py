@@ -11,7 +11,9 @@ The vCPU polls :meth:`LocalApic.has_interrupt` / :meth:`LocalApic.acknowledge`
 for maskable interrupts at instruction boundaries, and ``nmi_pending`` /
 :meth:`LocalApic.take_nmi` for NMIs, which IF does not block.
 
-Not modelled: the IA32_APIC_BASE MSR (the page is always enabled in hardware),
+The IA32_APIC_BASE MSR is the platform's (qemu_lite/msr.py): it moves the page
+and sets the global enable (:meth:`LocalApic.set_hardware_enabled`).
+Not modelled:
 x2APIC, TSC-deadline timer mode, SMI/INIT/SIPI delivery, the thermal,
 performance and CMCI interrupt sources (their LVTs are plain registers).
 """
@@ -21,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .base import Clock, Device
+from .base import Clock, Device, check_state
+
+STATE_VERSION = 2  # 1 carried no version field
 
 # Register offsets in the 4 KiB page (SDM table 10-1).
 APIC_ID = 0x020
@@ -196,9 +200,24 @@ class LocalApic(Device):
         self._timer = clock.timer(self._timer_expired)
         self._lint_input = [False, False]  # pin levels: wires, not reset
         self._in_error = False
+        self._hw_disabled = False
         self.reset()
 
     # ------------------------------------------------------------------ reset
+
+    @property
+    def hardware_enabled(self) -> bool:
+        """IA32_APIC_BASE's global enable bit (the MSR is the platform's, qemu_lite/msr.py)."""
+        return not self._hw_disabled
+
+    def set_hardware_enabled(self, enabled: bool) -> None:
+        """Clearing the global enable resets the APIC and makes it deaf: its page
+        reads all ones, writes and interrupt messages are dropped, and the PIC's
+        INTR reaches the CPU directly (SDM 10.4.3).  Setting it again leaves the
+        power-on state."""
+        if not enabled and not self._hw_disabled:
+            self.reset()
+        self._hw_disabled = not enabled
 
     def reset(self) -> None:
         """Power-on/RESET state (SDM 10.4.7.1).
@@ -232,6 +251,8 @@ class LocalApic(Device):
     # ---------------------------------------------------------- MMIO access
 
     def io_read(self, offset: int, size: int) -> int:
+        if self._hw_disabled:
+            return (1 << (8 * size)) - 1
         self._sync_timer()
         reg = offset & 0xFF0
         value = self._read_register(reg)
@@ -239,7 +260,7 @@ class LocalApic(Device):
         return (value >> shift) & ((1 << (8 * size)) - 1)
 
     def io_write(self, offset: int, size: int, value: int) -> None:
-        if size < 4 or offset & 3:
+        if size < 4 or offset & 3 or self._hw_disabled:
             return
         if offset & 0xF:  # bytes 4-15 of a register slot are reserved
             return
@@ -432,6 +453,8 @@ class LocalApic(Device):
     def accept(self, vector: int, level_trigger: bool = False) -> None:
         """Accept a fixed interrupt into IRR (TMR records the trigger mode)."""
         vector &= 0xFF
+        if self._hw_disabled:
+            return
         if vector < _FIRST_LEGAL_VECTOR:
             self._signal_error(ESR_RECV_ILLEGAL_VECTOR)
             return
@@ -642,6 +665,7 @@ class LocalApic(Device):
 
     def save_state(self) -> dict[str, Any]:
         return {
+            "version": STATE_VERSION,
             "id": self._id,
             "tpr": self._tpr,
             "ldr": self._ldr,
@@ -667,6 +691,7 @@ class LocalApic(Device):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, "lapic", (STATE_VERSION,))
         self._id = state["id"]
         self._tpr = state["tpr"]
         self._ldr = state["ldr"]

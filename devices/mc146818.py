@@ -136,10 +136,13 @@ class Rtc(Device):
     # -- reset and state ----------------------------------------------------
 
     def reset(self) -> None:
-        """The RESET pin: clears PIE, AIE, UIE, SQWE and the flags in register C.
+        """The RESET pin: clears PIE, AIE, UIE, SQWE and the flags in register C; the
+        chipset's index latch at port 0x70 returns to 0 with NMIs unmasked.
 
         Time, alarm and RAM are battery backed and survive.
         """
+        self.index = 0
+        self.nmi_masked = False
         self._sync_flags()
         self.cmos[RTC_REG_B] &= ~(REG_B_PIE | REG_B_AIE | REG_B_UIE | REG_B_SQWE) & 0xFF
         self.cmos[RTC_REG_C] = 0

@@ -42,7 +42,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from .base import StateError, check_state
 from .pci import PCI_BAR0, PciFunction
 
 # -- ports (offsets from 0x3B0) ------------------------------------------------------------
@@ -227,6 +229,32 @@ class Vga:
         self.dispi_ports = VbeDispiPorts(self)
         self.window = VgaMemoryWindow(self)
         self.reset()
+
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict[str, Any]:
+        """Registers, DAC and latches, and the whole VRAM (the text cells are guest RAM)."""
+        state: dict[str, Any] = {"version": self.STATE_VERSION, "vram": bytes(self.vram)}
+        for name in _VGA_STATE_FIELDS:
+            value = getattr(self, name)
+            state[name] = bytes(value) if isinstance(value, (bytes, bytearray)) else value
+        state["vbe"] = list(self.vbe)
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, "vga", (self.STATE_VERSION,))
+        if len(state["vram"]) != self.vram_size or len(state["vbe"]) != len(self.vbe):
+            raise StateError("vga: saved VRAM or DISPI registers have the wrong size")
+        for name in _VGA_STATE_FIELDS:
+            old = getattr(self, name)
+            value = state[name]
+            if isinstance(old, (bytes, bytearray)):
+                if len(value) != len(old):
+                    raise StateError(f"vga: saved {name} has the wrong size")
+                value = type(old)(value)
+            setattr(self, name, value)
+        self.vram[:] = state["vram"]
+        self.vbe: list[int] = [int(v) & 0xFFFF for v in state["vbe"]]
 
     def reset(self) -> None:
         self.misc = 0x00
@@ -834,6 +862,13 @@ class Vga:
             v[VBE_DISPI_INDEX_BANK] = 0
 
 
+_VGA_STATE_FIELDS = (
+    "misc", "seq_index", "sr", "gr_index", "gr", "cr_index", "cr", "ar_index", "ar",
+    "ar_flip_flop", "dac", "dac_mask", "dac_read_index", "dac_write_index", "dac_sub",
+    "dac_state", "dac_latch", "latch", "status_toggle", "vbe_index", "vbe_line_offset",
+    "vbe_start")
+
+
 class VgaPorts:
     """The VGA's I/O ports 0x3B0-0x3DF; byte and word accesses (a word is two bytes)."""
 
@@ -864,9 +899,8 @@ class VbeDispiPorts:
         pass
 
     def io_read(self, offset: int, size: int) -> int:
-        if offset == 0:
-            return self.vga.vbe_index
-        return self.vga.vbe_read()
+        value = self.vga.vbe_index if offset == 0 else self.vga.vbe_read()
+        return value & ((1 << (8 * size)) - 1)  # a byte read gets the low byte, as QEMU's
 
     def io_write(self, offset: int, size: int, value: int) -> None:
         if offset == 0:

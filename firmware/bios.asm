@@ -62,6 +62,7 @@ post_entry:
 
         call detect_ram
         call build_e820
+        call load_firmware_tables       ; ACPI and MP tables from fw_cfg (tables.inc)
         POST_CODE 0x05
 
         call pic_init
@@ -282,7 +283,7 @@ build_e820:
         mov byte [es:EB_E820_COUNT], 0
         E820_ADD 0, 0, EBDA_BASE, 0, E820_RAM
         E820_ADD EBDA_BASE, 0, 0x400, 0, E820_RESERVED
-        E820_ADD 0xF0000, 0, 0x10000, 0, E820_RESERVED
+        E820_ADD TABLES_BASE, 0, 0x100000 - TABLES_BASE, 0, E820_RESERVED
         mov eax, [es:EB_LOWTOP]
         sub eax, 0x100000
         jbe .no_ext
@@ -800,6 +801,7 @@ int18_handler:
 %include "system.inc"
 %include "keyboard.inc"
 %include "clock.inc"
+%include "tables.inc"
 
 ; ---------------------------------------------------------------------------
 ; Strings

@@ -12,7 +12,7 @@ import ctypes
 
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE, PyBUF_READ
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcmp, memcpy, memset
 from libc.stdlib cimport calloc, free, realloc
 from cpython.ref cimport PyObject
@@ -25,12 +25,7 @@ import unicorn
 from unicorn import x86_const as _x86
 from unicorn.unicorn_py3 import unicorn as _ucbinding
 
-# Resolve the C entry points from the libunicorn the Python binding loaded.
-_lib = _ucbinding.uclib
-
-
-cdef uintptr_t _fn(name) except 0:
-    return <uintptr_t>ctypes.cast(getattr(_lib, name), ctypes.c_void_p).value
+include "includes/uclib.pxi"
 
 
 cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")
@@ -140,6 +135,14 @@ cdef struct RomWindow:
     uint8_t *data
 
 
+cdef struct MmioSlot:
+    # One device's MMIO range: the C callbacks' user data.  Freed with the Core.
+    void *st                 # the CoreState (declared below)
+    int handler              # index in Core._mmio_handlers
+    uint64_t access_ns       # deterministic guest time per access
+    void *next               # the Core's list of slots, freed in __dealloc__
+
+
 cdef struct CoreState:
     # Everything a hook reads without the GIL.  ``owner`` is the Core, used
     # only by hooks that call into Python.
@@ -186,6 +189,14 @@ cdef struct CoreState:
     uint32_t ev_is_int
     uint64_t ev_next_eip
     uint64_t ev_cr2
+    # Dirty-page log for snapshots (docs/SNAPSHOTS.md): while ``dirty_log`` is on, a
+    # frame not yet in the log is mapped without WRITE, and the first store to it
+    # (its write fill), an alias store, a walker A/D update or a host write adds it.
+    MmioSlot *mmio_slots     # every map_mmio range's callback data
+    bint dirty_log
+    uint8_t *dirty           # one byte per RAM frame
+    uint32_t *dirty_list     # the frames logged, in order
+    uint64_t dirty_count
     # The CPU state read in place by the fill (patched engine), else NULL:
     # offsets from mmu_core.cpu_layout, checked against uc_reg_read.
     uint8_t *cpu
@@ -212,6 +223,7 @@ cdef class Core:
     cdef uc_hook _hooks[16]
     cdef int _nhooks
     cdef list _port_handlers
+    cdef list _mmio_handlers
     cdef public object unclaimed_port_log
     cdef object _error
     cdef object _cpuid_handler
@@ -243,6 +255,7 @@ cdef class Core:
         st.low_rom_base = 0xF0000
         self._roms = []
         self._port_handlers = [None]
+        self._mmio_handlers = []
         self._pio_buffers = [None, None, None, None]
         self.unclaimed_port_log = None
         self.tlb_mode = tlb_mode
@@ -251,6 +264,10 @@ cdef class Core:
         if p == MAP_FAILED:
             raise MemoryError(f"cannot allocate {ram_size} bytes of guest RAM")
         st.ram = <uint8_t *>p
+        st.dirty = <uint8_t *>calloc(ram_size >> 12, 1)
+        st.dirty_list = <uint32_t *>calloc(ram_size >> 12, sizeof(uint32_t))
+        if st.dirty == NULL or st.dirty_list == NULL:
+            raise MemoryError("cannot allocate the dirty-page log")
         # Conventional memory and the adapter area up to the BIOS window.
         _check(uc_mem_map_ptr(st.uc, 0, 0xF0000, 7, st.ram))
         _check(uc_mem_map_ptr(st.uc, 0x100000, ram_size - 0x100000, 7, st.ram + 0x100000))
@@ -293,6 +310,14 @@ cdef class Core:
             uc_context_free(self.st.ev_ctx)
             self.st.ev_ctx = NULL
         mmu_free(&self.st.mmu)
+        cdef MmioSlot *slot = self.st.mmio_slots
+        cdef MmioSlot *next_slot
+        while slot != NULL:  # C data only: __dealloc__ may run after Python fields are gone
+            next_slot = <MmioSlot *>slot.next
+            free(slot)
+            slot = next_slot
+        free(self.st.dirty)
+        free(self.st.dirty_list)
         if self.st.ram != NULL:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
@@ -516,7 +541,7 @@ cdef class Core:
         stopped the slice: a page fault, or with ``non_canonical`` a 64-bit access
         to a non-canonical address (#GP or #SS, error code 0).
 
-        The fill sees only the page (DESIGN fact 6); the exact address comes from
+        The fill sees only the page (ENGINE_FACTS.md fact 6); the exact address comes from
         Unicorn's record of the refused access when its offset could be found."""
         cdef Mmu *mmu = &self.st.mmu
         cdef uint64_t exact
@@ -546,6 +571,45 @@ cdef class Core:
         memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)
         self.st.mmu.fault_pending = False
         flush_unicorn_tlb(self.st)  # UC_CTL_TLB_FLUSH works in every TLB mode
+
+    def flush_shadow(self):
+        """Drop every shadow page and flush Unicorn's TLB, keeping what is known of
+        code frames (their translations survive in the engine)."""
+        zap_all(&self.st.mmu)
+        self.st.mmu.fault_pending = False
+        flush_unicorn_tlb(self.st)
+
+    # -- dirty-page log (snapshots) -------------------------------------------------
+
+    def dirty_log_start(self):
+        """Log the frames written from now on (clears the log; flushes Unicorn's TLB so
+        no entry made before keeps WRITE).  ``mmu="native"`` has no fill to log from."""
+        if self.tlb_mode == TLB_NATIVE_C:
+            raise RuntimeError("the dirty-page log needs a TLB fill (not mmu='native')")
+        self.dirty_log_take()
+        self.st.dirty_log = True
+        flush_unicorn_tlb(self.st)
+
+    def dirty_log_stop(self):
+        self.dirty_log_take()
+        self.st.dirty_log = False
+
+    @property
+    def dirty_logging(self):
+        return bool(self.st.dirty_log)
+
+    def dirty_log_take(self):
+        """The frames logged since the last take, as a list of frame numbers; the log is
+        emptied and Unicorn's TLB flushed, so those frames are write-logged again."""
+        cdef CoreState *st = self.st
+        cdef uint64_t i
+        out = [st.dirty_list[i] for i in range(st.dirty_count)]
+        for i in range(st.dirty_count):
+            st.dirty[st.dirty_list[i]] = 0
+        if st.dirty_count:
+            flush_unicorn_tlb(st)
+        st.dirty_count = 0
+        return out
 
     def set_max_shadow_pages(self, int n):
         """Bound the shadow page count; least recently used pages are recycled."""
@@ -647,6 +711,29 @@ cdef class Core:
         return None, (w.gpa | (linear & 0xFFF), w.page_size, bool(w.writable), bool(w.user),
                       not w.nx)
 
+    def walk(self, uint64_t cr0, uint64_t cr3, uint64_t cr4, uint64_t efer, uint64_t eflags,
+             uint64_t linear, access, bint user):
+        """Translate ``linear`` as the CPU would for an access of event delivery.
+
+        The C walker of TLB fills (A/D bits set, every entry bounds-checked), so
+        delivery runs no Python per paging level.  Returns the physical address,
+        or ``-1 - error_code`` when the access page-faults.  Not counted in
+        ``guest_walks``, which counts the fills' walks."""
+        cdef MmuMode m
+        cdef Walker w
+        cdef int acc = _access_kind(access)
+        cdef int failed
+        mode_init(&m, cr0, cr3, cr4, efer, self.st.a20_enabled)
+        if m.levels == 0:
+            return linear & 0xFFFFFFFF if not efer & EFER_LMA else linear
+        m.cpl = 3 if user else 0
+        m.ac = 1 if eflags & EFLAGS_AC else 0
+        failed = walk_addr(self.st, &m, linear, acc, user, True, &w)
+        self.st.mmu.stats.guest_walks -= 1
+        if failed:
+            return -1 - <int64_t>w.error_code
+        return <int64_t>(w.gpa | (linear & 0xFFF))
+
     def debug_fill(self, uint64_t cr0, uint64_t cr3, uint64_t cr4, uint64_t efer,
                    uint64_t linear, access, bint user, uint64_t eflags=0):
         """Run the whole fill (shadow lookup, walk, install) with the given CPU state.
@@ -682,7 +769,7 @@ cdef class Core:
         """Save the CPU state into a buffer owned by this Core; return it as a writable view.
 
         The engine's API cannot load segment caches or change CPL in a 64-bit
-        engine (DESIGN fact 5); the vCPU edits this buffer and calls
+        engine (ENGINE_FACTS.md fact 5); the vCPU edits this buffer and calls
         :meth:`context_restore`.  Offsets are found at start-up by diffing
         (qemu_lite.cpustate), never hard-coded."""
         if self._ctx == NULL:
@@ -735,6 +822,27 @@ cdef class Core:
         for p in range(base, base + count):
             self.st.port_slot[p] = slot
             self.st.port_base[p] = base
+
+    def map_mmio(self, uint64_t base, uint64_t size, handler, uint64_t access_ns=0):
+        """Route guest loads and stores at physical ``base .. base+size-1`` to
+        ``handler.io_read(offset, size)`` / ``handler.io_write(offset, size, value)``,
+        as ports are: a C callback takes the GIL, and the first exception stops the
+        slice and is re-raised by the run loop (:meth:`take_error`).  Each access
+        adds ``access_ns`` to the deterministic clock (:meth:`set_io_clock`)."""
+        cdef MmioSlot *slot = <MmioSlot *>calloc(1, sizeof(MmioSlot))
+        if slot == NULL:
+            raise MemoryError()
+        slot.st = <void *>self.st
+        slot.handler = len(self._mmio_handlers)
+        slot.access_ns = access_ns
+        err = uc_mmio_map(self.st.uc, base, size, _mmio_read, <void *>slot,
+                          _mmio_write, <void *>slot)
+        if err:
+            free(slot)
+            _check(err)
+        self._mmio_handlers.append(handler)
+        slot.next = <void *>self.st.mmio_slots
+        self.st.mmio_slots = slot
 
     def pio_window_open(self, int index, int port, bytearray buffer, uint64_t pos, uint64_t end,
                         bint write):
@@ -943,6 +1051,43 @@ cdef void _py_port_write(Core core, int slot, uint32_t offset, int size, uint32_
         core._record_error(exc)
 
 
+cdef uint64_t _mmio_read(uc_engine *uc, uint64_t offset, unsigned size,
+                         void *user_data) noexcept nogil:
+    cdef MmioSlot *slot = <MmioSlot *>user_data
+    cdef CoreState *st = <CoreState *>slot.st
+    if st.io_clock != NULL:
+        st.io_clock[0] += slot.access_ns
+    with gil:
+        return _py_mmio_read(<Core>st.owner, slot.handler, offset, size)
+
+
+cdef uint64_t _py_mmio_read(Core core, int handler, uint64_t offset, unsigned size) noexcept:
+    cdef uint64_t mask = 0xFFFFFFFFFFFFFFFFULL if size >= 8 else (1ULL << (8 * size)) - 1
+    try:
+        return <uint64_t>(core._mmio_handlers[handler].io_read(offset, size) & mask)
+    except BaseException as exc:
+        core._record_error(exc)
+        return mask
+
+
+cdef void _mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t value,
+                      void *user_data) noexcept nogil:
+    cdef MmioSlot *slot = <MmioSlot *>user_data
+    cdef CoreState *st = <CoreState *>slot.st
+    if st.io_clock != NULL:
+        st.io_clock[0] += slot.access_ns
+    with gil:
+        _py_mmio_write(<Core>st.owner, slot.handler, offset, size, value)
+
+
+cdef void _py_mmio_write(Core core, int handler, uint64_t offset, unsigned size,
+                         uint64_t value) noexcept:
+    try:
+        core._mmio_handlers[handler].io_write(offset, size, value)
+    except BaseException as exc:
+        core._record_error(exc)
+
+
 cdef void _log_unclaimed(Core core, uint32_t port, int size, long value) noexcept:
     try:
         core.unclaimed_port_log(port, size, value)
@@ -1011,6 +1156,7 @@ cdef bint _hook_tlb_fill_identity(uc_engine *uc, uint64_t vaddr, int access,
     result.paddr = vaddr
     result.perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
     rom_fill(st, vaddr, access == UC_MEM_WRITE, result)
+    dirty_filter(st, vaddr, access == UC_MEM_WRITE, result)
     return True
 
 
@@ -1077,6 +1223,28 @@ cdef int _access_kind(access) except -1:
     if access in ("fetch", 2, UC_MEM_FETCH):
         return ACC_FETCH
     raise ValueError(f"unknown access kind {access!r}")
+
+
+cdef inline void mark_dirty(CoreState *st, uint64_t gfn) noexcept nogil:
+    if st.dirty_log and gfn < (st.ram_size >> 12) and not st.dirty[gfn]:
+        st.dirty[gfn] = 1
+        st.dirty_list[st.dirty_count] = <uint32_t>gfn
+        st.dirty_count += 1
+
+
+cdef inline void dirty_filter(CoreState *st, uint64_t gpa, bint write,
+                              ql_uc_tlb_entry *res) noexcept nogil:
+    """Under the dirty log, a RAM frame gets WRITE only from a write fill, which logs it."""
+    cdef uint64_t gfn
+    if not st.dirty_log or gpa >= st.ram_size or (res.paddr >> 12) != (gpa >> 12):
+        return  # off, not RAM, or sent elsewhere (the page-table alias logs its own stores)
+    gfn = gpa >> 12
+    if st.dirty[gfn]:
+        return
+    if write and res.perms & UC_PROT_WRITE:
+        mark_dirty(st, gfn)
+    else:
+        res.perms &= ~UC_PROT_WRITE
 
 
 include "mmu_walker.pxi"

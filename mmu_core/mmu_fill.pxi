@@ -1,4 +1,4 @@
-# The TLB fill: Unicorn asks for a linear page (DESIGN fact 6); mmu_core
+# The TLB fill: Unicorn asks for a linear page (ENGINE_FACTS.md fact 6); mmu_core
 # answers from the shadow tree of the current root, or walks the guest tables
 # and extends the tree.  Faults are always decided by a fresh guest walk, as
 # hardware re-walks before raising #PF.
@@ -191,7 +191,7 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
                ql_uc_tlb_entry *res) noexcept nogil:
     """Turn guest-granted rights on the 4 KiB frame at ``gpa`` into Unicorn's entry.
 
-    Data fills leave EXEC out (fast stores, DESIGN fact 12) unless the frame has
+    Data fills leave EXEC out (fast stores, ENGINE_FACTS.md fact 12) unless the frame has
     held code; writes to a shadowed page-table frame go through the alias."""
     cdef Mmu *mmu = &st.mmu
     cdef uint64_t gfn = gpa >> 12
@@ -207,6 +207,7 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
             perms |= UC_PROT_EXEC
         res.perms = perms
         rom_fill(st, gpa, access == ACC_WRITE and w, res)
+        dirty_filter(st, gpa, access == ACC_WRITE and w, res)  # RAM the PAM opened
         return
     tracked = mmu.sp_count[gfn] != 0
     if access == ACC_FETCH:
@@ -243,6 +244,7 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
         elif perms & UC_PROT_WRITE:
             mmu.fgen[gfn] = mmu.tlb_gen
     res.perms = perms
+    dirty_filter(st, gpa, access == ACC_WRITE, res)
 
 
 cdef inline void _rights(CoreState *st, MmuMode *m, bint user, bint u_ok, bint w_ok, bint nx,
@@ -379,7 +381,7 @@ cdef bint _in_table(ql_uc_x86_mmr *t, uint64_t page) noexcept nogil:
 cdef bint implicit_supervisor(CoreState *st, MmuMode *m, uint64_t gva) noexcept nogil:
     """Is the CPL-3 access that faulted on page ``gva`` one the CPU makes as a supervisor?
 
-    The fill does not see QEMU's MMU index (DESIGN fact 6).  Descriptor-table and
+    The fill does not see QEMU's MMU index (ENGINE_FACTS.md fact 6).  Descriptor-table and
     TSS reads are supervisor accesses even at CPL 3: accept the access when the page
     holds the GDT, LDT, IDT or TSS and the instruction at CS:RIP is one that reads
     them (segment loads, far transfers, IRET, LAR/LSL/VERR/VERW, I/O permission checks)."""
@@ -558,7 +560,7 @@ cdef bint _hook_tlb_fill_mmu(uc_engine *uc, uint64_t vaddr, int type,
     if noncanonical:
         mmu.stats.noncanonical_faults += 1
     if not st.stop_flags & C_STOP_FAULT:
-        # Only the first fault of a slice is the guest's (DESIGN fact 6).
+        # Only the first fault of a slice is the guest's (ENGINE_FACTS.md fact 6).
         st.stop_flags |= C_STOP_FAULT
         mmu.fault_pending = True
         mmu.fault_addr = vaddr if m.levels == 4 else vaddr & 0xFFFFFFFFULL

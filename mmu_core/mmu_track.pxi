@@ -1,7 +1,7 @@
 # Write tracking of shadowed guest page-table frames.
 #
 # A write fill on a frame that has shadow pages maps the page to an MMIO alias
-# of RAM far above the guest's physical address space (DESIGN fact 7).  The
+# of RAM far above the guest's physical address space (ENGINE_FACTS.md fact 7).  The
 # alias callbacks store into RAM and then update or zap the sptes caching the
 # entries written (the seed's pte_write), so shadow pages never go stale and
 # the guest keeps running without a stop.  Unicorn splits 8-byte stores into
@@ -122,6 +122,7 @@ cdef void track_phys_write(CoreState *st, uint64_t gpa, uint64_t n, bint from_gu
         chunk = ((gfn + 1) << 12) - gpa
         if chunk > end - gpa:
             chunk = end - gpa
+        mark_dirty(st, gfn)
         if mmu.sp_count[gfn]:
             pte_write(st, gfn, gpa & 0xFFF, chunk, from_guest)
         gpa += chunk

@@ -23,6 +23,7 @@ cdef inline uint64_t _load_gpte(CoreState *st, uint64_t gpa, bint wide) noexcept
 
 cdef inline void _store_gpte(CoreState *st, uint64_t gpa, uint64_t value, bint wide) noexcept nogil:
     cdef uint32_t v32 = <uint32_t>value
+    mark_dirty(st, gpa >> 12)
     if wide:
         memcpy(st.ram + gpa, &value, 8)
     else:

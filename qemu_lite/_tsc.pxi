@@ -1,7 +1,7 @@
 # The virtual TSC: RDTSC and RDTSCP answered in C from guest time.
 #
 # Unicorn 2.1.4 lets a C caller hook both instructions (UC_HOOK_INSN with
-# UC_X86_INS_RDTSC / UC_X86_INS_RDTSCP; the Python binding refuses them, DESIGN
+# UC_X86_INS_RDTSC / UC_X86_INS_RDTSCP; the Python binding refuses them, ENGINE_FACTS.md
 # fact 11).  helper_rdtsc / helper_rdtscp in qemu/target/i386/misc_helper.c
 # first raise #GP when CR4.TSD is set at CPL > 0, then call the hooks with the
 # CPUID hook's signature; a hook returning true skips the native read, so the
@@ -38,7 +38,7 @@ cdef struct TscState:
 cdef inline uint64_t _tsc_guest_ns(TscState *t) noexcept nogil:
     cdef timespec ts
     if t.virtual:
-        return t.clock.vclock_ns
+        return t.clock.vclock[0]
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec - t.host_t0_ns
 

@@ -1,34 +1,45 @@
 # cython: boundscheck=False, wraparound=False
-"""A C block hook for the vCPU: interrupt windows, timer deadlines, guest progress.
+"""When the vCPU leaves ``emu_start``: timer deadlines, interrupt windows, stops.
 
-The vCPU thread itself decides when a slice ends: another thread never calls
-``uc_emu_stop`` (DESIGN fact 14 saw corruption under frequent cross-thread
-stops).  Every 64 blocks the hook reads the host's monotonic clock and stops
-the slice once the next timer deadline has passed; other threads only set
-``poke`` (a plain store), which the hook sees at the next block.
+On the patched engine (patch b, engine/patches/b-block-start-exits.patch) the
+engine decides at block boundaries, and no code of ours runs per block:
 
-Unicorn reports neither STI, POPF nor IRET, so the vCPU cannot know when a
-masked interrupt becomes deliverable.  QEMU ends a translation block after
-each of them (and after the one-instruction STI / MOV SS shadow), so a block
-hook sees every point where EFLAGS.IF may have changed.  While an interrupt
-waits (``waiting`` set by the run loop) the hook stops the engine at the
-first block that starts with IF set, before that block runs.  QEMU
-translates the instruction in an STI / MOV SS shadow as a block of its own;
-when the run loop finds itself stopped inside a shadow it asks the hook to
-let that one block run (``skip_once_at``).
-Otherwise the hook counts blocks and advances the virtual clock
-(``vclock_ns``, the deterministic guest time: ``ns_per_block`` a block, plus
-what the port and MMIO hooks charge per access and the idle time skipped).
-The virtual TSC (_tsc.pxi) reads the same counter.
+- the deterministic clock (``--deterministic``) is the engine's guest clock,
+  advanced by ``ns_per_insn`` for every instruction of a block when the block
+  starts, as QEMU's icount counts; a block starting at or past
+  the deadline leaves first;
+- ``waiting`` arms the engine's interrupt window: it leaves at the first block
+  boundary where EFLAGS.IF is set outside an STI / MOV SS shadow, checked
+  where QEMU checks interrupts (the shadow included, so no ``skip_once_at``);
+- real-time deadlines are kept by an alarm thread that asks the engine to exit
+  when the host's monotonic clock reaches them, only while a slice runs;
+- ``poke()`` from any thread, and the watched signals, ask the engine to exit
+  (``qemu_lite_request_exit``: atomic stores, safe from other threads and
+  signal handlers, and kept pending until the slice ends, so one that lands
+  just before ``emu_start`` is not lost).
+
+The stock engine has none of that, and a C block hook called on every block
+does the same work: it counts blocks and advances the virtual clock by
+``ns_per_block``, reads the host clock every 64 blocks, reads EFLAGS while an
+interrupt waits (QEMU ends a block after STI, POPF and IRET, and translates
+the instruction in an STI / MOV SS shadow as a block of its own, which the run
+loop lets run with ``skip_once_at``), and polls ``poke`` and the signal counter.
+
+Either way the vCPU leaves at a block boundary, never inside an instruction.
+Other threads never call ``uc_emu_stop``: besides the mid-instruction exits of
+stock 2.1.4 (ENGINE_FACTS.md fact 14), it sets ``stop_request``, which Unicorn's helpers
+read between the hooks of one instruction (its CPUID, RDTSC and SYSCALL hook
+loops), so a stop from another thread can skip our CPUID or RDTSC hook.
 
 Host signals: Python runs its signal handlers only between bytecodes, never
 while ``emu_start`` is inside C, so a guest spinning with no timer armed
 would keep SIGINT and SIGTERM waiting forever.  :func:`watch_signals` puts a
 C handler in front of Python's own for the given signals: it bumps a
-process-wide counter, then calls Python's handler.  Every block hook compares
-that counter with the value it last saw and ends its slice at the next block
-when it moved, so ``emu_start`` returns and Python's handler runs (on the main
-thread) with the vCPU stopped at a block boundary, by the vCPU thread itself.
+process-wide counter, asks every engine that runs a slice to exit (patched
+engine), then calls Python's handler.  On the stock engine every block hook
+compares that counter with the value it last saw instead.  Either way
+``emu_start`` returns and Python's handler runs (on the main thread) with the
+vCPU stopped at a block boundary.
 """
 
 import ctypes
@@ -50,8 +61,14 @@ cdef enum:
     EFLAGS_IF = 1 << 9
 
 
-cdef uintptr_t _fn(name) except 0:
-    return <uintptr_t>ctypes.cast(getattr(_ucbinding.uclib, name), ctypes.c_void_p).value
+include "../mmu_core/includes/uclib.pxi"
+
+
+cdef uintptr_t _fn_or_null(name):
+    try:
+        return <uintptr_t>ctypes.cast(getattr(_ucbinding.uclib, name), ctypes.c_void_p).value
+    except AttributeError:  # the stock engine
+        return 0
 
 
 cdef uc_hook_add_t uc_hook_add = <uc_hook_add_t>_fn("uc_hook_add")
@@ -59,6 +76,46 @@ cdef uc_hook_del_t uc_hook_del = <uc_hook_del_t>_fn("uc_hook_del")
 cdef uc_emu_stop_t uc_emu_stop = <uc_emu_stop_t>_fn("uc_emu_stop")
 cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
 cdef int REG_EFLAGS = _x86.UC_X86_REG_EFLAGS
+
+
+# -- patch b's entry points (uc.c of the patched engine) --------------------------------
+
+cdef extern from *:
+    """
+    typedef struct { uint64_t now; uint64_t deadline; } ql_guest_clock;
+    """
+    ctypedef struct ql_guest_clock:
+        uint64_t now
+        uint64_t deadline
+
+ctypedef void (*ql_request_exit_t)(uc_engine *uc, int reasons) noexcept nogil
+ctypedef int (*ql_take_exit_t)(uc_engine *uc) noexcept nogil
+ctypedef bint (*ql_halted_t)(uc_engine *uc) noexcept nogil
+ctypedef ql_guest_clock *(*ql_guest_clock_t)(uc_engine *uc, uint32_t insn_ns) noexcept nogil
+ctypedef int (*ql_irq_window_t)(uc_engine *uc, int arm) noexcept nogil
+
+cdef ql_request_exit_t ql_request_exit = <ql_request_exit_t>_fn_or_null("qemu_lite_request_exit")
+cdef ql_take_exit_t ql_take_exit = <ql_take_exit_t>_fn_or_null("qemu_lite_take_exit")
+cdef ql_halted_t ql_halted = <ql_halted_t>_fn_or_null("qemu_lite_halted")
+cdef ql_guest_clock_t ql_clock_of = <ql_guest_clock_t>_fn_or_null("qemu_lite_guest_clock")
+cdef ql_irq_window_t ql_irq_window = <ql_irq_window_t>_fn_or_null("qemu_lite_irq_window")
+
+cdef bint ENGINE_EXITS = (ql_request_exit != NULL and ql_take_exit != NULL and ql_halted != NULL
+                          and ql_clock_of != NULL and ql_irq_window != NULL)
+
+cdef enum:
+    # qemu_lite_request_exit reasons (ours, below 0x100) and the engine's own
+    EXIT_POKE = 1
+    EXIT_SIGNAL = 2
+    EXIT_TIME = 4
+    EXIT_CLOCK = 0x100
+    EXIT_WINDOW = 0x200
+    NO_DEADLINE = 0xFFFFFFFFFFFFFFFF
+
+
+def engine_exits():
+    """True when the loaded engine carries patch b: no block hook is needed."""
+    return ENGINE_EXITS
 
 
 cdef extern from "<signal.h>" nogil:
@@ -80,16 +137,61 @@ cdef extern from "<signal.h>" nogil:
         NSIG
 
 
+# Engines running a slice, which a watched signal asks to exit (patched
+# engine).  A slice takes a free slot at its start and gives it back at its
+# end, after waiting out any handler that may still be using it, so a handler
+# never touches an engine that is not running; the counter covers a signal
+# that arrives before the slot is taken (the slice start compares it).
+cdef extern from *:
+    """
+    #define QL_SLOTS 64
+    static uc_engine *volatile ql_running[QL_SLOTS];
+    static volatile int ql_handlers_inside;
+
+    static int ql_slot_take(uc_engine *uc) {
+        for (int i = 0; i < QL_SLOTS; i++) {
+            uc_engine *expected = NULL;
+            if (__atomic_compare_exchange_n(&ql_running[i], &expected, uc, 0,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    static void ql_slot_give(int slot) {
+        if (slot < 0) return;
+        __atomic_store_n(&ql_running[slot], NULL, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&ql_handlers_inside, __ATOMIC_SEQ_CST)) {
+        }
+    }
+
+    static void ql_signal_running(void (*request)(uc_engine *, int), int reason) {
+        __atomic_fetch_add(&ql_handlers_inside, 1, __ATOMIC_SEQ_CST);
+        for (int i = 0; i < QL_SLOTS; i++) {
+            uc_engine *uc = __atomic_load_n(&ql_running[i], __ATOMIC_SEQ_CST);
+            if (uc != NULL) request(uc, reason);
+        }
+        __atomic_fetch_sub(&ql_handlers_inside, 1, __ATOMIC_SEQ_CST);
+    }
+    """
+    int ql_slot_take(uc_engine *uc) nogil
+    void ql_slot_give(int slot) nogil
+    void ql_signal_running(ql_request_exit_t request, int reason) nogil
+
+
 # Signals delivered through watch_signals(), process-wide; block hooks compare.
 cdef unsigned long _signals_seen = 0
 cdef sigaction_s _chained[NSIG]
 
 
 cdef void _on_signal(int signum, siginfo_t *info, void *ctx) noexcept nogil:
-    # Async-signal-safe: one store, then the handler we displaced (Python's,
+    # Async-signal-safe: atomic stores, then the handler we displaced (Python's,
     # which records the signal for the main thread and writes its wakeup fd).
     global _signals_seen
     _signals_seen += 1
+    if ENGINE_EXITS:
+        ql_signal_running(ql_request_exit, EXIT_SIGNAL)
     cdef sigaction_s *prev = &_chained[signum]
     if prev.sa_flags & SA_SIGINFO:
         if prev.sa_sigaction != NULL:
@@ -133,11 +235,130 @@ def signals_delivered():
     return _signals_seen
 
 
+# The alarm of the patched engine: a thread that asks the engine to exit once
+# CLOCK_MONOTONIC reaches the deadline, while a slice runs.  It is woken only
+# when a deadline earlier than the one it sleeps towards appears.
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <time.h>
+    typedef struct {
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        pthread_t thread;
+        int started, quit, running, poked;
+        uint64_t deadline_ns;     /* 0: none */
+        uint64_t sleeping_until;  /* what the thread waits for (UINT64_MAX: no end) */
+        uint64_t fired;
+        uc_engine *uc;
+        void (*request)(uc_engine *, int);
+    } ql_alarm;
+
+    static uint64_t ql_mono_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    }
+
+    static void *ql_alarm_main(void *arg) {
+        ql_alarm *a = arg;
+        pthread_mutex_lock(&a->mu);
+        while (!a->quit) {
+            if (!a->running || a->deadline_ns == 0) {
+                a->sleeping_until = UINT64_MAX;
+                pthread_cond_wait(&a->cv, &a->mu);
+                continue;
+            }
+            uint64_t now = ql_mono_ns();
+            if (now >= a->deadline_ns) {
+                a->request(a->uc, 4);  /* EXIT_TIME */
+                a->deadline_ns = 0;
+                a->fired++;
+                continue;
+            }
+            struct timespec until;
+            a->sleeping_until = a->deadline_ns;
+            until.tv_sec = a->deadline_ns / 1000000000u;
+            until.tv_nsec = a->deadline_ns % 1000000000u;
+            pthread_cond_timedwait(&a->cv, &a->mu, &until);
+        }
+        pthread_mutex_unlock(&a->mu);
+        return NULL;
+    }
+
+    static int ql_alarm_init(ql_alarm *a, uc_engine *uc, void (*request)(uc_engine *, int)) {
+        pthread_condattr_t attr;
+        a->uc = uc;
+        a->request = request;
+        a->sleeping_until = UINT64_MAX;
+        if (pthread_mutex_init(&a->mu, NULL)) return -1;
+        if (pthread_condattr_init(&attr) || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+            || pthread_cond_init(&a->cv, &attr)) return -1;
+        pthread_condattr_destroy(&attr);
+        return 0;
+    }
+
+    /* Set (or with `sooner`, bring forward) the deadline; wake the thread if
+       it sleeps past it. */
+    static void ql_alarm_set(ql_alarm *a, uint64_t deadline_ns, int sooner) {
+        pthread_mutex_lock(&a->mu);
+        if (!sooner || a->deadline_ns == 0 || (deadline_ns && deadline_ns < a->deadline_ns)) {
+            a->deadline_ns = deadline_ns;
+        }
+        if (a->running && a->deadline_ns && a->deadline_ns < a->sleeping_until) {
+            if (!a->started) {
+                a->started = pthread_create(&a->thread, NULL, ql_alarm_main, a) == 0;
+            }
+            pthread_cond_signal(&a->cv);
+        }
+        pthread_mutex_unlock(&a->mu);
+    }
+
+    /* The slice starts (running=1: the engine may be asked to exit) or ends. */
+    static void ql_alarm_running(ql_alarm *a, int running, uint64_t deadline_ns) {
+        pthread_mutex_lock(&a->mu);
+        a->running = running;
+        if (running && a->poked) {
+            a->poked = 0;
+            a->request(a->uc, 1);  /* EXIT_POKE */
+        }
+        pthread_mutex_unlock(&a->mu);
+        if (running) ql_alarm_set(a, deadline_ns, 0);
+    }
+
+    /* From any thread: end the running slice, or the next one. */
+    static void ql_alarm_poke(ql_alarm *a) {
+        pthread_mutex_lock(&a->mu);
+        if (a->running) a->request(a->uc, 1);  /* EXIT_POKE */
+        else a->poked = 1;
+        pthread_mutex_unlock(&a->mu);
+    }
+
+    static void ql_alarm_destroy(ql_alarm *a) {
+        pthread_mutex_lock(&a->mu);
+        a->quit = 1;
+        pthread_cond_signal(&a->cv);
+        pthread_mutex_unlock(&a->mu);
+        if (a->started) pthread_join(a->thread, NULL);
+        pthread_cond_destroy(&a->cv);
+        pthread_mutex_destroy(&a->mu);
+    }
+    """
+    ctypedef struct ql_alarm:
+        uint64_t fired
+    int ql_alarm_init(ql_alarm *a, uc_engine *uc, ql_request_exit_t request) nogil
+    void ql_alarm_set(ql_alarm *a, uint64_t deadline_ns, int sooner) nogil
+    void ql_alarm_running(ql_alarm *a, int running, uint64_t deadline_ns) nogil
+    void ql_alarm_poke(ql_alarm *a) nogil
+    void ql_alarm_destroy(ql_alarm *a) nogil
+
+
 cdef struct HookState:
+    uint64_t *vclock         # deterministic guest time (see clock.VirtualClock):
+    uint64_t own_vclock      #   own_vclock (block hook) or the engine's guest clock
     uint64_t blocks
-    uint64_t vclock_ns       # deterministic guest time (see clock.VirtualClock)
     uint64_t ns_per_block
-    uint64_t stop_at_block   # deterministic deadline, in vclock_ns (0 = none)
+    uint64_t stop_at_block   # deterministic deadline, in vclock ns (0 = none)
     bint waiting             # an interrupt waits for EFLAGS.IF
     uint64_t skip_pc         # let one block starting here run (the STI shadow)
     bint skip_armed
@@ -148,101 +369,205 @@ cdef struct HookState:
 
 
 cdef class VcpuHooks:
-    """Owns the block hook of one engine."""
+    """Decides when one engine's slices end (patch b's exits, or a block hook)."""
 
     cdef HookState *st
     cdef uc_engine *uc
     cdef uc_hook hook
+    cdef bint hooked
+    cdef bint engine        # patch b: the engine exits by itself
+    cdef ql_guest_clock *clock
+    cdef ql_alarm *alarm
+    cdef bint alarm_ready
+    cdef int slot
+    cdef uint32_t insn_ns
     cdef object _uc_obj
 
     def __cinit__(self):
         self.st = <HookState *>calloc(1, sizeof(HookState))
-        if self.st == NULL:
+        self.alarm = <ql_alarm *>calloc(1, sizeof(ql_alarm))
+        self.slot = -1
+        if self.st == NULL or self.alarm == NULL:
             raise MemoryError()
 
-    def __init__(self, uc):
+    def __init__(self, uc, block_hook=None):
+        """``block_hook``: True forces the stock engine's block hook (None: only
+        where the engine lacks patch b)."""
         self._uc_obj = uc
         self.uc = <uc_engine *><uintptr_t>uc._uch.value
         self.st.signals = _signals_seen
+        self.st.vclock = &self.st.own_vclock
+        self.engine = ENGINE_EXITS and not block_hook
+        if self.engine:
+            self.clock = ql_clock_of(self.uc, 0)
+            if self.clock == NULL or ql_alarm_init(self.alarm, self.uc, ql_request_exit):
+                raise RuntimeError("cannot set up the engine's exits")
+            self.alarm_ready = True
+            self.st.vclock = &self.clock.now
+            return
         if uc_hook_add(self.uc, &self.hook, UC_HOOK_BLOCK, <void *>_hook_block,
                        <void *>self.st, 1, 0):
             raise RuntimeError("cannot add the block hook")
+        self.hooked = True
 
     def __dealloc__(self):
+        ql_slot_give(self.slot)  # a slice that an exception left open
+        if self.alarm != NULL:
+            if self.alarm_ready:
+                with nogil:
+                    ql_alarm_destroy(self.alarm)
+            free(self.alarm)
+            self.alarm = NULL
         if self.st != NULL:
-            if self.uc != NULL and _engine_alive(self._uc_obj):
+            if self.hooked and self.uc != NULL and _engine_alive(self._uc_obj):
                 uc_hook_del(self.uc, self.hook)
             free(self.st)
             self.st = NULL
 
+    @property
+    def engine_exits(self):
+        """True when the engine itself ends slices (patch b), False with the block hook."""
+        return self.engine
+
     property waiting:
         """True while an interrupt is pending and masked."""
         def __get__(self):
+            if self.engine:
+                return ql_irq_window(self.uc, -1) != 0
             return self.st.waiting
         def __set__(self, bint value):
-            self.st.waiting = value
+            if self.engine:
+                ql_irq_window(self.uc, 1 if value else 0)
+            else:
+                self.st.waiting = value
 
     def skip_once_at(self, uint64_t pc):
-        """Let the next block starting at ``pc`` run (it is inside an interrupt shadow)."""
-        self.st.skip_pc = pc
-        self.st.skip_armed = True
+        """Let the next block starting at ``pc`` run (it is inside an interrupt shadow).
+        The patched engine's window knows the shadow itself: nothing to do there."""
+        if not self.engine:
+            self.st.skip_pc = pc
+            self.st.skip_armed = True
 
     @property
     def blocks(self):
-        """Translation blocks executed so far."""
+        """Translation blocks executed so far (counted by the block hook only)."""
         return self.st.blocks
 
     property vclock_ns:
         """The virtual clock: deterministic guest nanoseconds (only ever moves forward)."""
         def __get__(self):
-            return self.st.vclock_ns
+            return self.st.vclock[0]
         def __set__(self, uint64_t value):
-            if value > self.st.vclock_ns:
-                self.st.vclock_ns = value
+            if value > self.st.vclock[0]:
+                self.st.vclock[0] = value
+
+    def restore_vclock(self, uint64_t value):
+        """Set the virtual clock to ``value``, backwards too: loading a saved state."""
+        self.st.vclock[0] = value
 
     property ns_per_block:
-        """Virtual nanoseconds a translation block costs."""
+        """Virtual nanoseconds a translation block costs (the block hook's clock)."""
         def __get__(self):
             return self.st.ns_per_block
         def __set__(self, uint64_t value):
             self.st.ns_per_block = value
 
+    property ns_per_insn:
+        """Virtual nanoseconds an instruction costs (the patched engine's clock; 0: off)."""
+        def __get__(self):
+            return self.insn_ns
+        def __set__(self, uint32_t value):
+            if self.engine:
+                ql_clock_of(self.uc, value)
+                self.insn_ns = value
+
     def charge(self, uint64_t ns):
         """Advance the virtual clock by ``ns`` (an MMIO access's cost)."""
-        self.st.vclock_ns += ns
+        self.st.vclock[0] += ns
 
     def vclock_address(self):
         """Address of the virtual clock counter, for the port hooks to charge accesses."""
-        return <uintptr_t>&self.st.vclock_ns
+        return <uintptr_t>self.st.vclock
 
     def set_block_deadline(self, uint64_t vclock_ns):
         """Stop the engine at the first block once the virtual clock reaches ``vclock_ns``
         (0: no deadline)."""
         self.st.stop_at_block = vclock_ns
+        if self.engine:
+            self.clock.deadline = vclock_ns if vclock_ns else NO_DEADLINE
 
     def advance_block_deadline(self, uint64_t vclock_ns):
         """Bring the virtual-clock deadline forward to ``vclock_ns`` if that is sooner."""
         if self.st.stop_at_block == 0 or vclock_ns < self.st.stop_at_block:
-            self.st.stop_at_block = vclock_ns
+            self.set_block_deadline(vclock_ns)
 
-    def set_deadline(self, uint64_t host_ns):
-        """Stop once ``time.monotonic_ns()`` reaches ``host_ns`` (0: no deadline)."""
+    def begin_slice(self, uint64_t host_ns):
+        """The vCPU is about to run a slice that must end once ``time.monotonic_ns()``
+        reaches ``host_ns`` (0: no deadline)."""
         self.st.deadline_ns = host_ns
+        if not self.engine:
+            return
+        self.slot = ql_slot_take(self.uc)
+        if self.st.signals != _signals_seen:  # a signal before the slot was taken
+            self.st.signals = _signals_seen
+            ql_request_exit(self.uc, EXIT_SIGNAL)
+        with nogil:
+            ql_alarm_running(self.alarm, 1, host_ns)
+
+    def end_slice(self):
+        """The slice ended: why our exits stopped it (FIRED_* below, 0 if none did,
+        HLT included); clears it."""
+        cdef int f, bits
+        if not self.engine:
+            f = self.st.fired
+            self.st.fired = 0
+            return f
+        with nogil:
+            ql_alarm_running(self.alarm, 0, 0)
+            ql_slot_give(self.slot)
+        self.slot = -1
+        self.st.signals = _signals_seen
+        bits = ql_take_exit(self.uc)
+        if ql_halted(self.uc):
+            return 0  # HLT ended it; the run loop looks at every source again anyway
+        if bits & EXIT_WINDOW:
+            return FIRED_WINDOW
+        if bits & EXIT_CLOCK:
+            return FIRED_BLOCKS
+        if bits & EXIT_TIME:
+            return FIRED_TIME
+        if bits:
+            return FIRED_POKE
+        return 0
 
     def advance_deadline(self, uint64_t host_ns):
         """Bring the deadline forward to ``host_ns`` if that is sooner (a timer was armed)."""
         if self.st.deadline_ns == 0 or host_ns < self.st.deadline_ns:
             self.st.deadline_ns = host_ns
+        if self.engine:
+            with nogil:
+                ql_alarm_set(self.alarm, host_ns, 1)
 
     def poke(self):
-        """From any thread: end the current slice at the next block."""
-        self.st.poke = 1
+        """From any thread: end the current slice at the next block (or the next slice
+        before its first instruction)."""
+        if self.engine:
+            with nogil:
+                ql_alarm_poke(self.alarm)
+        else:
+            self.st.poke = 1
 
-    def take_fired(self):
-        """Why the hook stopped the slice (FIRED_* below, 0 if it did not); clears it."""
-        cdef int f = self.st.fired
-        self.st.fired = 0
-        return f
+    def stopped_on_hlt(self):
+        """After a slice none of our exits ended: did HLT end it?  The patched engine
+        knows; with the block hook, None (the caller looks at the code)."""
+        if self.engine:
+            return bool(ql_halted(self.uc))
+        return None
+
+    @property
+    def alarms_fired(self):
+        """Real-time deadlines the alarm thread ended slices for (patched engine)."""
+        return self.alarm.fired
 
 
 cdef bint _engine_alive(uc_obj) noexcept:
@@ -266,14 +591,14 @@ cdef void _hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user
     cdef uint64_t eflags = 0
     cdef timespec ts
     st.blocks += 1
-    st.vclock_ns += st.ns_per_block
+    st.vclock[0] += st.ns_per_block
     if st.poke or st.signals != _signals_seen:
         st.poke = 0
         st.signals = _signals_seen
         st.fired = 4
         uc_emu_stop(uc)
         return
-    if st.stop_at_block and st.vclock_ns >= st.stop_at_block:
+    if st.stop_at_block and st.vclock[0] >= st.stop_at_block:
         st.fired = 2
         uc_emu_stop(uc)
         return

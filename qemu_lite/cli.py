@@ -9,7 +9,8 @@ no bootable device, 12 the BIOS found no bootable device after the guest had
 reset the machine (a kernel that crashed, say), 14 an internal error of
 qemu-lite (a bug: one line on stderr names a file holding the traceback, to
 attach to a report on the project's issue tracker); 128 + N signal N ended
-the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed.
+the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP), after the disks were flushed;
+16 the guest powered the machine off through ACPI (S5: Linux's poweroff).
 
 Every input (options, disks, kernel, initrd, BIOS) is checked before any
 output file is created, and an output that is also an input is refused.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from qemu_lite.pc import Drive
 
 STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stopped": 0,
-          "no-boot": 10, "no-boot-after-reset": 12, "internal": 14}
+          "no-boot": 10, "no-boot-after-reset": 12, "internal": 14, "powered-off": 16}
 
 MIN_MMU_PAGES = 16  # what the shadow MMU needs for one 4-level walk and its roots
 MAX_MMU_PAGES = 1 << 20  # 4 GiB of shadow page tables
@@ -104,7 +105,8 @@ def make_parser() -> argparse.ArgumentParser:
                "0 guest halted, 2 usage error, 4 timeout, 6 guest crashed, "
                "8 reset under --no-reboot, 10 no bootable device, 12 no bootable device "
                "after the guest reset (a crashed kernel), 14 internal error (a bug in "
-               "qemu-lite: please report it); 128 + N ended by signal N.",
+               "qemu-lite: please report it), 16 guest powered off (ACPI); "
+               "128 + N ended by signal N.",
     )
     p.add_argument("--version", action=VersionAction)
     p.add_argument("disk", nargs="?", metavar="DISK", help="raw disk image for the primary IDE master")
@@ -130,10 +132,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--initrd", "-initrd", metavar="FILES",
                    help="Linux: the initrd; Multiboot: comma-separated modules ('file arg,file2')")
     p.add_argument("--bios", "-bios", metavar="FILE", help="BIOS image, a multiple of 64 KiB up to 16 MiB (default: ours)")
+    p.add_argument("--option-rom", "-option-rom", dest="option_rom", action="append",
+                   default=[], metavar="FILE",
+                   help="option ROM run by the BIOS from 0xC0000-0xDFFFF (repeatable)")
     p.add_argument("--snapshot", "-snapshot", action="store_true",
                    help="keep disk writes in memory; the image file is not modified")
     p.add_argument("--no-reboot", "-no-reboot", action="store_true",
                    help="exit instead of rebooting when the guest resets or triple-faults")
+    p.add_argument("--no-acpi", "-no-acpi", action="store_true",
+                   help="no ACPI tables, PM block or MP table (the machine before ACPI)")
     p.add_argument("--mmu", default="cached", choices=["cached", "naive", "native", "identity"],
                    help="guest MMU: cached shadow page tables (default), naive (shadow pages "
                         "dropped at every CR3 load), native (Unicorn's own MMU), identity "
@@ -171,6 +178,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="short form: user[,hostfwd=...][,mac=...][,model=e1000] or socket,...")
     p.add_argument("--net-dump", metavar="FILE",
                    help="write the NIC's traffic, both directions, to FILE (pcap)")
+    p.add_argument("--restore", "-loadvm", metavar="FILE",
+                   help="start from a state saved by --save-on-exit (or Machine.save_state); "
+                        "give the options the machine was built with")
+    p.add_argument("--save-on-exit", metavar="FILE",
+                   help="save the machine's state to FILE when the run ends by SIGINT, SIGTERM, "
+                        "SIGHUP or --timeout (resume it with --restore)")
     p.add_argument("--timeout", type=_timeout, metavar="SECONDS",
                    help="stop the guest after this many seconds of wall time")
     p.add_argument("-d", "--debug", action="store_true", help="log device and run-loop details")
@@ -417,9 +430,10 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
                           memory=args.memory, serial=args.serial, serial2=args.serial2,
                           bios=args.bios, mmu=args.mmu, snapshot=snapshot,
-                          no_reboot=args.no_reboot, deterministic=args.deterministic,
+                          no_reboot=args.no_reboot, acpi=not args.no_acpi,
+                          deterministic=args.deterministic,
                           rtc_base=rtc_base, vga=args.vga, vnc=vnc, nics=nics,
-                          net_dump=args.net_dump)
+                          net_dump=args.net_dump, option_roms=args.option_rom)
     except (BlockImageError, ValueError, OSError, SlirpMissing) as exc:
         return _fail(str(exc))
     if args.serial_input is not None:
@@ -444,15 +458,20 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         if args.mmu_prefetch:
             machine.core.set_pte_prefetch(args.mmu_prefetch)
         try:
-            if bzimage:
+            if args.restore is not None:
+                machine.restore_state(args.restore)  # RAM and CPU: no kernel to load
+            elif bzimage:
                 linux.load(machine, args.kernel, args.append, args.initrd)
             elif args.kernel:
                 multiboot.load(machine, args.kernel, args.append, modules)
-        except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, InputFileError
-            return _fail(str(exc))
+        except (ValueError, OSError) as exc:  # LinuxBootError, MultibootError, StateError...
+            what = f"--restore {args.restore}: " if args.restore is not None else ""
+            return _fail(f"{what}{exc}")
         try:
             signals.machine = machine
             result = _run_machine(machine, args)
+            if args.save_on_exit and result.reason in ("signal", "timeout"):
+                _save_on_exit(machine, args.save_on_exit)
         except TripleFault as exc:
             print(f"qemu-lite: {exc}", file=sys.stderr)
             return STATUS["crash"]
@@ -493,6 +512,9 @@ def _check_files(args: argparse.Namespace, disk: str | None,
         _check_input(path, what, block_device=block)
         if path is not None:
             inputs.append((what, path))
+    _check_input(args.restore, "saved state")
+    if args.restore is not None:
+        inputs.append(("saved state", args.restore))
     _check_input(args.serial_input, "serial input", allow_empty=True)
     if args.serial_input is not None:
         inputs.append(("serial input", args.serial_input))
@@ -511,7 +533,8 @@ def _check_files(args: argparse.Namespace, disk: str | None,
     outputs = [(label, path) for label, path in (("serial", serial_output_path(args.serial)),
                                                  ("serial2", serial_output_path(args.serial2)),
                                                  ("screendump", args.screendump_on_exit),
-                                                 ("net-dump", args.net_dump))
+                                                 ("net-dump", args.net_dump),
+                                                 ("save-on-exit", args.save_on_exit))
                if path is not None]
     try:
         check_outputs(outputs, inputs)
@@ -522,6 +545,15 @@ def _check_files(args: argparse.Namespace, disk: str | None,
     except ValueError as exc:  # also LinuxBootError, MultibootError, InputFileError
         raise _InputError(str(exc)) from None
     return bzimage, modules
+
+
+def _save_on_exit(machine: Machine, path: str) -> None:
+    try:
+        machine.save_state(path)
+    except OSError as exc:
+        _say(f"qemu-lite: --save-on-exit: cannot write {path}: {exc.strerror}")
+        return
+    _say(f"qemu-lite: state saved to {path} (resume with --restore {path})")
 
 
 def _run_machine(machine: Machine, args: argparse.Namespace) -> RunResult:

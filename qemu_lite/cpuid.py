@@ -3,7 +3,7 @@
 The table is read once per process from a scratch engine running the CPUID
 instruction natively; the hook then answers every guest CPUID from it with
 these changes: no x2APIC and no TSC-deadline timer (neither works without
-MSR hooks, DESIGN fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
+MSR hooks, ENGINE_FACTS.md fact 11), no MONITOR/MWAIT, leaf 0xD listing only the XSAVE
 components whose features are offered (x87 and SSE: the model has no AVX),
 OSXSAVE mirroring CR4.OSXSAVE at each CPUID, an invariant TSC whose rate
 leaf 0x16 advertises (``tsc_mhz``: ours runs at a fixed rate from guest time,
@@ -88,8 +88,9 @@ class CpuidModel:
         a, b, c, d = table[(1, 0)]
         c &= ~(ECX_MONITOR | ECX_X2APIC | ECX_TSC_DEADLINE)
         ea, eb, ec, ed = table[(7, 0)]
-        # IA32_TSC_ADJUST reads 0 and writes are dropped (no WRMSR hook), and no
-        # guest write can change our TSC; with the invariant-TSC bit Linux then
+        # IA32_TSC_ADJUST reads 0 (on patch f, writes to it and IA32_TSC move the
+        # TSC: qemu_lite/msr.py; on the stock engine they are dropped); with the
+        # invariant-TSC bit Linux then
         # trusts it rather than checking it against jiffies, which lag when
         # a loaded host delivers timer interrupts late (real time).
         eb |= EBX_TSC_ADJUST

@@ -1,7 +1,7 @@
 """Where Unicorn keeps what its API cannot set: segment caches and hflags.
 
 A 64-bit Unicorn engine's ``reg_write`` of CS/SS/DS changes only the
-selector (DESIGN fact 5), so the vCPU loads segments by editing the CPU
+selector (ENGINE_FACTS.md fact 5), so the vCPU loads segments by editing the CPU
 context buffer between ``emu_start`` calls.  The offsets are discovered once
 per process by diffing contexts of scratch engines across known changes,
 never hard-coded, so a different Unicorn build fails loudly instead of
@@ -56,7 +56,7 @@ class ContextLayout:
     error_code: int          # error code of the last CPU-raised exception
     exception_is_int: int    # 1 when the last event came from INT n / INT3 / INTO
     exception_next_eip: int  # EIP after that INT instruction
-    old_exception: int       # QEMU's nested-exception memory (DESIGN fact 2)
+    old_exception: int       # QEMU's nested-exception memory (ENGINE_FACTS.md fact 2)
 
     @staticmethod
     @functools.cache

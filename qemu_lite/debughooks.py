@@ -8,7 +8,7 @@ one :meth:`step` call only.  Unicorn decides at translation time whether an
 instruction calls the code hooks, so adding a hook flushes the translation
 cache (a breakpoint added once costs one retranslation of the hot code).
 
-Hooks stop the slice from the vCPU thread (``Machine.stop``, DESIGN facts 14
+Hooks stop the slice from the vCPU thread (``Machine.stop``, ENGINE_FACTS.md facts 14
 and 20), before the instruction at the breakpoint runs.  A :meth:`run` or
 :meth:`step` that starts at a breakpoint's address executes that instruction
 without hitting it again, so resuming from a breakpoint makes progress.
@@ -130,7 +130,7 @@ class DebugHooks:
 
         The range must be mapped when the watchpoint is set (PageFault
         otherwise) and is watched where it maps then.  The run stops at the next translation-block boundary after the access,
-        never inside the instruction (a stop there would re-run it, DESIGN fact
+        never inside the instruction (a stop there would re-run it, ENGINE_FACTS.md fact
         14), so the PC may be a few instructions past it; ``last_watch`` tells
         ``(address, "read"|"write")``.  Cost while set: Unicorn calls memory
         hooks on every load or store of the kind watched (the range is checked

@@ -1,6 +1,6 @@
 """Event delivery: exceptions and interrupts through the IVT or IDT, as an x86 CPU does.
 
-Unicorn stops at every event without delivering it (DESIGN fact 2); the
+Unicorn stops at every event without delivering it (ENGINE_FACTS.md fact 2); the
 vCPU calls :meth:`EventDelivery.deliver` between slices.  Real mode uses the
 IVT; protected mode uses 8-byte interrupt and trap gates with a stack switch
 through the TSS on a privilege change; long mode uses 16-byte gates, IST
@@ -30,7 +30,7 @@ from unicorn import x86_const as X
 
 from qemu_lite.canonical import is_canonical
 from qemu_lite.cpustate import CS, DS, ES, FS, GS, HF_CPL_MASK, HF_LMA, SS, Segment, segment_hflags
-from qemu_lite.paging import READ, WRITE, PageFault, PagingState, translate
+from qemu_lite.paging import READ, WRITE, PagingState
 from qemu_lite.taskswitch import UnsupportedTask, switch_through_gate
 from qemu_lite.x86 import EFER_LMA, EFLAGS_IF, EFLAGS_NT, EFLAGS_RF, EFLAGS_TF, EFLAGS_VM
 
@@ -59,8 +59,12 @@ class DeliveryFault(Exception):
         self.return_ip = return_ip  # set when the fault belongs to a task switched to
 
 
-class TripleFault(Exception):
-    pass
+class GuestError(RuntimeError):
+    """The guest did something the machine cannot continue from."""
+
+
+class TripleFault(GuestError):
+    """A fault while delivering a double fault: a real PC resets."""
 
 
 class UnsupportedEvent(Exception):
@@ -116,13 +120,13 @@ class EventDelivery:
             # A 48-bit walk would reach the address's canonical alias instead.
             raise DeliveryFault(GP, 0)
         pieces = []
+        walk = self.cpu.core.walk  # the fills' C walker: no Python per paging level
         while size > 0:
             chunk = min(size, 4096 - (linear & 0xFFF))
-            try:
-                t = translate(self.cpu.walk_memory, st, linear, access, user)
-            except PageFault as pf:
-                raise DeliveryFault(PF, pf.error_code, pf.address) from None
-            pieces.append((t.paddr, chunk))
+            paddr = walk(st.cr0, st.cr3, st.cr4, st.efer, st.eflags, linear, access, user)
+            if paddr < 0:
+                raise DeliveryFault(PF, -1 - paddr, linear)
+            pieces.append((paddr, chunk))
             linear += chunk
             size -= chunk
         return pieces
@@ -407,5 +411,5 @@ def _name(vector: int) -> str:
     return _NAMES.get(vector, f"vector {vector}")
 
 
-__all__ = ["Event", "EventDelivery", "DeliveryFault", "TripleFault", "UnsupportedEvent",
-           "combine", "segment_hflags"]
+__all__ = ["Event", "EventDelivery", "DeliveryFault", "GuestError", "TripleFault",
+           "UnsupportedEvent", "combine", "segment_hflags"]

@@ -5,7 +5,7 @@ thread): every register and memory access happens between ``Machine.run``
 calls, so nothing touches the engine while it runs and no lock is needed.  A
 reader thread only parses bytes from the socket into a queue and calls
 ``Machine.wake()``; a poller on the vCPU thread then ends the run with
-``Machine.stop()`` (the wake path of DESIGN facts 14/20: no cross-thread
+``Machine.stop()`` (the wake path of ENGINE_FACTS.md facts 14/20: no cross-thread
 ``uc_emu_stop``).  That is how Ctrl-C (0x03) and a new connection stop a
 running guest.
 
@@ -465,7 +465,7 @@ class GdbStub:
         uc = self.machine.uc
         if r.bits == 80 or r.feature == "org.gnu.gdb.i386.core" and r.bits == 32 and \
                 r.name in ("cs", "ss", "ds", "es", "fs", "gs"):
-            # A selector write would leave the hidden descriptor stale (DESIGN fact 5).
+            # A selector write would leave the hidden descriptor stale (ENGINE_FACTS.md fact 5).
             return "E16" if self._read_reg(r) != _hex_le(value, r.bits) else "OK"
         if r.uc is None:
             uc.msr_write(MSR_EFER, value)

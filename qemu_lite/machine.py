@@ -12,31 +12,20 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 from unicorn import UcError
-from unicorn import unicorn_const as UCC
 
 import mmu_core
-from mmu_core._core import (
-    STOP_ERROR,
-    STOP_FAULT,
-    STOP_INTERRUPT,
-    STOP_INVALID,
-    STOP_REQUEST,
-    STOP_SYSCALL,
-    STOP_SYSENTER,
-    TLB_IDENTITY,
-    TLB_NATIVE,
-)
+from mmu_core._core import TLB_IDENTITY, TLB_NATIVE
 from qemu_lite import pc
+from qemu_lite import snapshot as machine_state
 from qemu_lite._vcpu_hooks import VcpuHooks, VirtualTsc, keep_gil_for_engine_calls, watch_signals
 from qemu_lite.clock import TSC_KHZ, HostClock, VirtualClock
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.debughooks import DebugHooks
-from qemu_lite.devices.base import Device
+from qemu_lite.devices.base import Device, Timer
 from qemu_lite.devices.block import BlockImage
 from qemu_lite.devices.debugport import FW_EVENT_NO_BOOT
 from qemu_lite.devices.i8042 import text_to_set2
@@ -45,11 +34,16 @@ from qemu_lite.devices.vga import Vga
 from qemu_lite.display import open_vnc, screen
 from qemu_lite.loaders.files import read_input_file
 from qemu_lite.pc import Drive
+from qemu_lite.platform import Slot, Stateful
+from qemu_lite.runloop import InterruptSource, RunLoop, RunResult
+from qemu_lite.snapshot import Snapshot
 from qemu_lite.unassigned import UnassignedMemory
-from qemu_lite.vcpu import EFLAGS_IF, GuestError, TripleFault, VCpu, new_engine
+from qemu_lite.vcpu import VCpu, new_engine
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
+
+    from qemu_lite.msr import MsrModel
 
 log = logging.getLogger(__name__)
 
@@ -119,41 +113,6 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-class InterruptSource(Protocol):
-    """What the vCPU asks at instruction boundaries (the PIC, or the local APIC)."""
-
-    def has_interrupt(self) -> bool: ...
-
-    def acknowledge(self) -> int: ...
-
-
-class NoInterrupts:
-    def has_interrupt(self) -> bool:
-        return False
-
-    def acknowledge(self) -> int:
-        raise RuntimeError("no interrupt pending")
-
-
-@dataclass
-class RunResult:
-    """Why :meth:`Machine.run` returned.
-
-    ``reason`` is one of ``"exit"`` (isa-debug-exit; ``exit_status`` set),
-    ``"halted"`` (HLT with interrupts disabled), ``"timeout"``,
-    ``"instructions"`` (budget spent), ``"stopped"`` (:meth:`Machine.stop`),
-    ``"breakpoint"`` / ``"step"`` (:meth:`Machine.add_breakpoint`, :meth:`Machine.step`),
-    ``"reset"`` (the guest reset the machine and ``no_reboot`` was set),
-    ``"triple-fault"``, ``"no-boot"`` (the BIOS found nothing to boot) or
-    ``"no-boot-after-reset"`` (the same, after the guest had reset the machine:
-    a crashed kernel, say).
-    """
-
-    reason: str
-    exit_status: int | None = None
-    message: str = ""
-
-
 class Machine(DebugHooks):
     """An x86 PC: CPU, RAM, BIOS, and the standard devices of QEMU's ``pc`` machine.
 
@@ -185,6 +144,8 @@ class Machine(DebugHooks):
         vnc: str | None = None,
         nics: list[Nic] | None = None,
         net_dump: str | os.PathLike[str] | None = None,
+        acpi: bool = True,
+        option_roms: list[str | os.PathLike[str]] | None = None,
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -193,7 +154,6 @@ class Machine(DebugHooks):
             raise ValueError(f"unknown VGA {vga!r} (choose std or none)")
         self.memory_size = parse_size(memory)
         self.mmu_mode = mmu
-        self.no_reboot = no_reboot
         bios_data = _bios_bytes(bios)
         self.uc, reset_ctx = new_engine()
         keep_gil_for_engine_calls(self.uc)  # no GIL hand-off per register read (threads)
@@ -210,32 +170,26 @@ class Machine(DebugHooks):
             self.clock = HostClock()
             self.clock.on_schedule = self._timer_armed_host
         self.rtc_base = rtc_base
+        self.msrs: MsrModel | None = None  # the platform's MSRs (pc.py, on patch f)
         self.tsc = VirtualTsc(self.uc, self.hooks, TSC_KHZ,
                               None if deterministic else self.clock.start_ns)
         if deterministic:
             self.core.set_io_clock(self.hooks, self.hooks.vclock_address(), VirtualClock.PORT_NS)
         self.cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000, hide_rdrand=deterministic)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
-        self._vcpu_thread: int | None = None
-        # A wake-up token: released by wake(), taken by the halted vCPU's sleep.  A
-        # plain Lock, not an Event: release() never blocks, so wake() is safe from a
-        # signal handler that interrupted the vCPU thread (an Event's own lock
-        # could be held by that very thread).
-        self._wake_token = threading.Lock()
-        self._wake_token.acquire()
-        self._stop_reason: RunResult | None = None
-        self._pending_reset = False
-        self.guest_resets = 0  # resets since power-on (triple faults, reset requests)
-        self._resettable: list[Device] = [self.tsc]
-        self._mmio_callbacks: list[tuple[object, object]] = []
-        self._callback_error: BaseException | None = None
-        self._stop_requested: RunResult | None = None  # survives run()'s reset
-        self.irq_source: InterruptSource = NoInterrupts()
+        self._resettable: list[Any] = [self.tsc]
+        self._pollers: list[Callable[[], None]] = []
+        self.runloop = RunLoop(self.cpu, self.core, self.hooks, self.clock,
+                               pollers=self._pollers, reset_devices=self._reset_devices)
+        self.runloop.no_reboot = no_reboot
+        # powerdown() counts requests (any thread); the vCPU thread presses the button
+        # once per request it has not served yet.  Two counters: no lock, nothing lost.
+        self._power_button_requests = 0
+        self._power_button_served = 0
         self._closers: list[Callable[[], None]] = []
         # Releases disks and backends of a Machine dropped without close(); it must hold
         # nothing that refers to the Machine, or the Machine would never be collected.
         self._finalizer = weakref.finalize(self, _release_dropped, self._closers)
-        self._pollers: list[Callable[[], None]] = []
         self.unassigned = UnassignedMemory(self.uc, 1 << self.cpuid.physical_address_bits())
         self._load_bios(bios_data)
         if log.isEnabledFor(logging.DEBUG):
@@ -248,18 +202,62 @@ class Machine(DebugHooks):
         try:
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
                                   snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios,
-                                  nics=nics, net_dump=net_dump)
+                                  nics=nics, net_dump=net_dump, acpi=acpi,
+                                  option_roms=option_roms)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
+        self._claim(self.board.slots)
+        self._install_platform_msrs()
+        self._snapshot_base: Snapshot | None = None  # what the dirty log is against
+        self.irq_source = self.board.lapic
         self.host_input = screen.HostInput(self.board.kbc, self.wake)
         self.add_poller(self.host_input.pump)
+        if self.board.acpi_pm is not None:
+            self.add_poller(self._press_power_button)
         try:
             self.vnc = open_vnc(self, vnc) if vnc is not None else None
         except ValueError:
             self.close()
             raise
         self.unassigned.fill_gaps()
+
+    def _install_platform_msrs(self) -> None:
+        """IA32_APIC_BASE, the TSC MSRs and MISC_ENABLE (qemu_lite/msr.py), on patch f."""
+        from qemu_lite.msr import ApicWindow, MsrModel
+
+        lapic = self.board.lapic
+
+        def move(old: int, new: int) -> bool:
+            self.uc.mem_unmap(old, 0x1000)
+            self.unassigned.fill_gaps()  # the old page: unassigned again
+            try:
+                self.add_mmio(new, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
+            except UcError as exc:  # over RAM or ROM: the page stays where it was
+                log.warning("guest moved the local APIC to %#x, which is not free (%s); "
+                            "it stays at %#x", new, exc, old)
+                self.add_mmio(old, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
+                return False
+            return True
+
+        msrs = MsrModel(self.tsc, ApicWindow(move, lapic.set_hardware_enabled),
+                        self.runloop.callback_failed, self.wake)
+        if msrs.install(self.uc):
+            self.msrs = msrs
+            self.add_poller(msrs.apply_pending)
+            self.add_resettable(msrs)
+
+    def _claim(self, slots: list[Slot]) -> None:
+        """Give every slot of the board its ports, MMIO ranges and poller."""
+        for slot in slots:
+            for ports in slot.ports:
+                self.add_device(ports.base, ports.count, ports.handler)
+            for mmio in slot.mmio:
+                self.add_mmio(mmio.base, mmio.size, mmio.handler, mmio.access_ns)
+            if slot.poll is not None:
+                self.add_poller(slot.poll)
+            if slot.device is not None:
+                self._resettable.append(slot.device)
 
     def _timer_armed_host(self, guest_ns: int) -> None:
         # A timer armed by a device during a slice must end that slice in time.
@@ -320,34 +318,18 @@ class Machine(DebugHooks):
         """Map ``device`` at physical ``base``: guest loads and stores call its
         ``io_read(offset, size)`` / ``io_write(offset, size, value)``; each
         access costs ``access_ns`` of deterministic guest time."""
-        charge = self.hooks.charge if self.deterministic else (lambda ns: None)
-
-        # Exceptions (a device bug, KeyboardInterrupt from a signal handler) must
-        # not reach the binding's ctypes callback, which would drop them: keep
-        # the first, end the slice at the next block and raise it from run().
-        def read(uc: object, offset: int, size: int, _user: object) -> int:
-            charge(access_ns)
-            try:
-                return device.io_read(offset, size)
-            except BaseException as exc:
-                self._callback_failed(exc)
-                return (1 << (8 * size)) - 1
-
-        def write(uc: object, offset: int, size: int, value: int, _user: object) -> None:
-            charge(access_ns)
-            try:
-                device.io_write(offset, size, value)
-            except BaseException as exc:
-                self._callback_failed(exc)
-
+        # Through Core, as ports are: C callbacks, the deterministic charge in C, and the
+        # first exception (a device bug, KeyboardInterrupt) re-raised from run().
         self.unassigned.release(base, size)
-        self.uc.mmio_map(base, size, read, None, write, None)
-        self._mmio_callbacks.append((read, write))
+        self.core.map_mmio(base, size, device, access_ns if self.deterministic else 0)
 
-    def _callback_failed(self, exc: BaseException) -> None:
-        if self._callback_error is None:
-            self._callback_error = exc
-        self.hooks.poke()
+    def add_state(self, name: str, owner: Stateful) -> None:
+        """Reset, save and restore ``owner`` with the board's devices (a slot of its own,
+        without ports): for state the embedder adds, such as ``--serial-input``'s."""
+        if any(slot.name == name for slot in self.board.slots):
+            raise ValueError(f"a slot named {name!r} exists")
+        self.board.slots.append(Slot(name, owner))
+        self._resettable.append(owner)
 
     def add_resettable(self, *devices: Device) -> None:
         """Devices whose ``reset()`` runs when the machine resets."""
@@ -383,11 +365,7 @@ class Machine(DebugHooks):
 
     def wake(self) -> None:
         """Wake a halted vCPU and end a running slice (safe from any thread)."""
-        try:
-            self._wake_token.release()
-        except RuntimeError:  # a wake-up is already pending
-            pass
-        self.hooks.poke()
+        self.runloop.wake()
 
     # -- memory and registers ------------------------------------------------------
 
@@ -478,34 +456,61 @@ class Machine(DebugHooks):
     def stop(self, reason: str = "stopped", exit_status: int | None = None,
              message: str = "") -> None:
         """End :meth:`run` at the next instruction boundary (from a device or callback)."""
-        if self._stop_reason is None:
-            self._stop_reason = RunResult(reason, exit_status, message)
-        if threading.get_ident() == self._vcpu_thread:
-            self.core.request_stop(STOP_REQUEST)  # from a device: end this instruction's slice
-        else:
-            self.wake()
+        self.runloop.stop(reason, exit_status, message)
 
     def stop_at_next_block(self, reason: str = "stopped", message: str = "") -> None:
         """End :meth:`run` at the next translation block, from any thread or from a
         signal handler: unlike :meth:`stop` on the vCPU thread, it never cuts the
         current instruction short.  A request made while no run is in progress
         ends the next run before its first instruction."""
-        if self._stop_requested is None:
-            self._stop_requested = RunResult(reason, None, message)
-        self.wake()
+        self.runloop.stop_at_next_block(reason, message)
 
-    def _stop_result(self) -> RunResult | None:
-        """What ends the run now, if anything (stop(), or stop_at_next_block())."""
-        if self._stop_reason is not None:
-            return self._stop_reason
-        request = self._stop_requested
-        if request is not None:  # checked first: a signal handler may set it at any time
-            self._stop_requested = None
-        return request
+    @property
+    def _stop_reason(self) -> RunResult | None:
+        return self.runloop.stop_reason
+
+    @_stop_reason.setter
+    def _stop_reason(self, value: RunResult | None) -> None:
+        self.runloop.stop_reason = value
+
+    @property
+    def guest_resets(self) -> int:
+        """Resets since power-on (triple faults, reset requests)."""
+        return self.runloop.guest_resets
+
+    @property
+    def irq_source(self) -> InterruptSource:
+        return self.runloop.irq_source
+
+    @irq_source.setter
+    def irq_source(self, source: InterruptSource) -> None:
+        self.runloop.irq_source = source
 
     def exit(self, status: int) -> None:
         """isa-debug-exit: the run ends and the process should exit with ``status``."""
         self.stop("exit", status, f"guest exit status {status}")
+
+    def power_off(self) -> None:
+        """The guest entered ACPI S5 (soft off): the run ends, reason ``"powered-off"``."""
+        self.stop("powered-off", None, "guest powered the machine off (ACPI S5)")
+
+    def powerdown(self) -> None:
+        """Press the ACPI power button (QMP's ``system_powerdown``), from any thread.
+
+        The guest sees PWRBTN_STS and an SCI at the vCPU's next stop; what it does
+        then is its own affair (Linux reports a power-button key press).  A machine
+        built with ``acpi=False`` has no power button: RuntimeError."""
+        if self.board.acpi_pm is None:
+            raise RuntimeError("this machine has no ACPI power button (acpi=False)")
+        self._power_button_requests += 1
+        self.wake()
+
+    def _press_power_button(self) -> None:
+        requests = self._power_button_requests
+        if requests != self._power_button_served:
+            self._power_button_served = requests
+            assert self.board.acpi_pm is not None
+            self.board.acpi_pm.press_power_button()
 
     def firmware_event(self, event: int) -> None:
         """Our BIOS reported ``event`` on its port (FW_EVENT_* in devices/debugport.py)."""
@@ -519,175 +524,94 @@ class Machine(DebugHooks):
 
     def reset(self) -> None:
         """A machine reset requested by the guest (i8042 0xFE, port 0x92, triple fault)."""
-        if self.no_reboot:
-            self.stop("reset", None, "guest requested a reset (--no-reboot)")
-            return
-        self.core.request_stop(STOP_REQUEST)
-        self._pending_reset = True
+        self.runloop.request_reset()
 
-    def run(self, timeout: float | None = None) -> RunResult:
+    def run(self, timeout: float | None = None, *, guest_ns: int | None = None) -> RunResult:
         """Run the guest until it exits, halts for good, or ``timeout`` seconds pass.
+
+        ``guest_ns`` also ends the run (reason ``"guest-time"``) once the guest's clock
+        (:attr:`clock`) reaches it: under ``deterministic`` that is the same instruction
+        on every run, a place to save state or take a snapshot.
 
         On the main thread, SIGINT (and SIGTERM or SIGHUP when a Python handler
         is set for them) ends the current slice at the next translation block,
         so the handler runs promptly whatever the guest does: KeyboardInterrupt
         then leaves ``run`` and the machine can be closed, or run again."""
-        self._stop_reason = None
-        self._pending_reset = False
-        self.hooks.take_fired()  # a stop left by a run that an exception ended
+        loop = self.runloop
+        loop.begin()
         if threading.current_thread() is threading.main_thread():
             watch_signals(RUN_SIGNALS)
         wall_deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
-        self._vcpu_thread = threading.get_ident()
         self._arm_breakpoint_skip()
+        # Not made through clock.timer(): a run's own deadline is no part of saved state.
+        until = Timer(self.clock, lambda: self.stop("guest-time", None, "guest time reached"))
+        if guest_ns is not None:
+            until.arm(guest_ns)
         try:
-            return self._run_loop(wall_deadline)
+            return loop.run(wall_deadline)
         finally:
-            self._vcpu_thread = None
-
-    def _service(self) -> None:
-        self.clock.run_due()
-        for poll in self._pollers:
-            poll()
-
-    def _run_loop(self, wall_deadline: int | None) -> RunResult:
-        cpu, core = self.cpu, self.core
-        while True:
-            self._service()
-            stop = self._stop_result()
-            if stop is not None:
-                return stop
-            if wall_deadline is not None and time.monotonic_ns() >= wall_deadline:
-                return RunResult("timeout", None, "time budget spent")
-            if self._pending_reset:
-                self._pending_reset = False
-                self._do_reset()
-            if self._take_nmi():
-                try:
-                    cpu.inject_nmi()
-                except TripleFault as exc:
-                    if self._triple_fault(exc):
-                        return self._stop_reason  # type: ignore[return-value]
-                    continue
-            if self.irq_source.has_interrupt():
-                if cpu.interrupts_enabled():
-                    try:
-                        cpu.inject_external(self.irq_source.acknowledge())
-                    except TripleFault as exc:
-                        if self._triple_fault(exc):
-                            return self._stop_reason  # type: ignore[return-value]
-                        continue
-                    self.hooks.waiting = False
-                else:
-                    # Masked: the block hook stops the slice once EFLAGS.IF is set.
-                    self.hooks.waiting = True
-                    if cpu.in_interrupt_shadow():
-                        self.hooks.skip_once_at(cpu.linear_pc())
-            if cpu.halted:
-                self._wait_while_halted(wall_deadline)
-                continue
-            self.hooks.set_deadline(self._next_due(wall_deadline) or 0)
-            err = cpu.run_slice()
-            flags, intno = core.take_stop()
-            stopped_by_block_hook = self.hooks.take_fired() != 0
-            if flags & STOP_ERROR:
-                callback_error = core.take_error()
-                if callback_error is not None:
-                    raise callback_error
-            if self._callback_error is not None:
-                callback_error, self._callback_error = self._callback_error, None
-                raise callback_error
-            stop = self._stop_result()
-            if stop is not None:
-                return stop
-            try:
-                if flags & STOP_FAULT:
-                    cpu.deliver_mmu_fault(*core.take_fault())
-                elif flags & STOP_INTERRUPT:
-                    cpu.deliver_cpu_event(intno)
-                elif flags & STOP_INVALID:
-                    cpu.deliver_invalid_opcode()
-                elif flags & STOP_SYSCALL:
-                    cpu.do_syscall()
-                elif flags & STOP_SYSENTER:
-                    cpu.do_sysenter()
-                elif err is not None:
-                    raise GuestError(self._describe_error(err))
-                elif not flags and not stopped_by_block_hook and cpu.stopped_on_hlt():
-                    # Only HLT ends a slice without a stop flag or the block hook.
-                    if not cpu.reg("rflags") & EFLAGS_IF and not self._nmi_pending():
-                        return RunResult("halted", None, "guest halted with interrupts "
-                                         f"disabled at {cpu.linear_pc() - 1:#x}")
-                    cpu.halted = True
-            except TripleFault as exc:
-                if self._triple_fault(exc):
-                    return self._stop_reason  # type: ignore[return-value]
-
-    def _nmi_pending(self) -> bool:
-        return bool(getattr(self.irq_source, "nmi_pending", False))
-
-    def _take_nmi(self) -> bool:
-        take = getattr(self.irq_source, "take_nmi", None)
-        return bool(take()) if take is not None else False
-
-    def _triple_fault(self, exc: TripleFault) -> bool:
-        """A real PC resets on a triple fault; under no_reboot the run ends."""
-        log.info("%s; resetting", exc)  # a reset loop must not flood the console
-        if self.no_reboot:
-            self.stop("triple-fault", None, str(exc))
-            return True
-        self._do_reset()
-        return False
+            until.cancel()
+            loop.end()
 
     def _do_reset(self) -> None:
-        self.guest_resets += 1
-        self.cpu.reset()
+        self.runloop.do_reset()
+
+    def _reset_devices(self) -> None:
+        """Every device to its power-on state, and the A20 gate open (as at power-on).
+
+        RESET reaches every chip at once on a PC, so nothing a device does while it
+        resets (an IDE channel raising its line, say) may be left latched in an
+        interrupt controller: the controllers reset last."""
+        self.core.a20_enabled = True
+        board = self.board
+        controllers = [board.pic, board.ioapic, board.lapic]
         for dev in self._resettable:
+            if not any(dev is c for c in controllers):
+                dev.reset()
+        for dev in controllers:
             dev.reset()
 
-    def _next_due(self, wall_deadline: int | None) -> int | None:
-        """Host monotonic ns of the next timer or the end of the time budget.
+    @property
+    def no_reboot(self) -> bool:
+        """End the run when the guest resets or triple-faults, instead of resetting."""
+        return self.runloop.no_reboot
 
-        In deterministic mode timers are block deadlines instead (set here too)."""
-        due = wall_deadline
-        guest = self.clock.next_deadline()
-        if isinstance(self.clock, VirtualClock):
-            self.hooks.set_block_deadline(0 if guest is None else self.clock.block_deadline(guest))
-        elif guest is not None:
-            t = self.clock.host_deadline_ns(guest)
-            due = t if due is None else min(due, t)
-        return due
+    @no_reboot.setter
+    def no_reboot(self, value: bool) -> None:
+        self.runloop.no_reboot = value
 
-    def _wait_while_halted(self, wall_deadline: int | None) -> None:
-        """Sleep until a timer is due, input arrives, the run is stopped or the time
-        budget ends."""
-        while self._stop_reason is None and self._stop_requested is None:
-            if self.irq_source.has_interrupt() or self._nmi_pending():
-                self.cpu.halted = False
-                return
-            due = self._next_due(wall_deadline)
-            guest = self.clock.next_deadline()
-            if isinstance(self.clock, VirtualClock) and guest is not None:
-                self.clock.skip_to(guest)  # idle time costs nothing in virtual time
-                self._service()
-                continue
-            now = time.monotonic_ns()
-            if due is not None and due <= now:
-                return
-            self._wake_token.acquire(timeout=-1 if due is None else (due - now) / 1e9)
-            self._service()
-            if self._stop_reason is not None:
-                return  # stop() from another thread (or a poller) while halted
+    # -- saved state -----------------------------------------------------------------
 
-    def _describe_error(self, err: UcError) -> str:
-        pc = self.cpu.linear_pc()
-        names = {UCC.UC_ERR_READ_UNMAPPED: "read of unmapped memory",
-                 UCC.UC_ERR_WRITE_UNMAPPED: "write to unmapped memory",
-                 UCC.UC_ERR_FETCH_UNMAPPED: "execution of unmapped memory",
-                 UCC.UC_ERR_WRITE_PROT: "write to read-only memory",
-                 UCC.UC_ERR_INSN_INVALID: "invalid instruction"}
-        what = names.get(err.errno, str(err))
-        return f"guest stopped: {what} at pc {pc:#x}"
+    def snapshot(self) -> Snapshot:
+        """An in-memory snapshot of the whole machine, between runs (not from a callback).
+
+        >>> m = Machine(memory="16M", vga="none")
+        >>> token = m.snapshot()
+        >>> m.write_memory(0x1000, b"changed")
+        >>> m.restore(token)
+        >>> m.read_memory(0x1000, 7)
+        b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00'
+        >>> m.close()
+
+        Costs one copy of RAM; from then on the shadow MMU logs the frames written
+        (``mmu="native"`` cannot: its restores copy all of RAM)."""
+        return machine_state.take(self)
+
+    def restore(self, token: Snapshot) -> None:
+        """Put the machine back to ``token`` (from :meth:`snapshot`): RAM, CPU, devices,
+        clocks, disk overlays.  Restoring the latest token copies only the pages written
+        since it was taken or last restored."""
+        machine_state.restore(self, token)
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write the machine's state to a file (RAM deflated) that :meth:`restore_state`
+        of a machine built with the same options loads, in this process or another."""
+        machine_state.save_file(self, path)
+
+    def restore_state(self, path: str | os.PathLike[str]) -> None:
+        """Load a file from :meth:`save_state`; the disks must be the same images (their
+        sizes and content hashes are checked)."""
+        machine_state.load_file(self, path)
 
     # -- teardown ------------------------------------------------------------------
 

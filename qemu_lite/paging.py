@@ -44,7 +44,7 @@ PTE_PS = 1 << 7
 PTE_NX = 1 << 63
 
 
-MAXPHYADDR = 40  # what the CPU model reports in CPUID 0x80000008 (DESIGN fact 10)
+MAXPHYADDR = 40  # what the CPU model reports in CPUID 0x80000008 (ENGINE_FACTS.md fact 10)
 PHYS_MASK = (1 << MAXPHYADDR) - 1
 
 READ, WRITE, FETCH = "read", "write", "fetch"

@@ -1,6 +1,6 @@
 """The board: which device sits at which port and IRQ, as on QEMU's ``pc`` machine.
 
-One explicit table of the platform (DESIGN "The platform").  ISA interrupt
+One explicit table of the platform (docs/ARCHITECTURE.md, "The board").  ISA interrupt
 lines reach both the 8259 pair and the IOAPIC; the local APIC is what the
 vCPU asks for interrupts (it passes the 8259's INTR through as ExtINT /
 virtual wire).
@@ -14,12 +14,14 @@ import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from unicorn import UcError
 
 from mmu_core._core import STOP_REQUEST
+from qemu_lite.acpi import tables as acpi_tables
+from qemu_lite.acpi.platform import Platform as AcpiPlatform
 from qemu_lite.clock import VirtualClock
+from qemu_lite.devices.acpi_pm import PM_BASE, PM_SIZE, AcpiPm
 from qemu_lite.devices.backends import SerialBackend, StdioBackend, open_backend
 from qemu_lite.devices.base import Device, IrqLine
 from qemu_lite.devices.block import BlockImage
@@ -41,10 +43,9 @@ from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display.vgaboard import attach_vga
-from qemu_lite.piofast import PioWindowedBlock
-
-if TYPE_CHECKING:
-    from qemu_lite.machine import Machine
+from qemu_lite.optionroms import OptionRoms, read_option_roms
+from qemu_lite.piofast import PioChannel, PioWindowedBlock
+from qemu_lite.platform import HostMemory, MmioRange, Platform, PortRange, Slot
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ POST = 0x80
 FW_CFG = 0x510
 FW_EVENT = 0x5F4  # qemu_lite's own: the BIOS reports "no bootable device" here
 FW_CFG_BOOT_DEVICE = 0x0C
+FW_CFG_TABLES_FILE = "etc/qemu-lite/tables"  # firmware/bios/tables.inc copies it
 PCI_CONFIG = 0xCF8
 BMDMA_PORTS = 16
 PIC_MASTER, PIC_SLAVE, ELCR = 0x20, 0xA0, 0x4D0
@@ -68,6 +70,9 @@ LAPIC_BASE = 0xFEE00000
 IOAPIC_BASE = 0xFEC00000
 
 IRQ_PIT, IRQ_KBD, IRQ_COM2, IRQ_COM1, IRQ_RTC, IRQ_MOUSE, IRQ_IDE0, IRQ_IDE1 = 0, 1, 3, 4, 8, 12, 14, 15
+IRQ_SCI = 9  # the ACPI SCI, as on QEMU's pc (FADT SCI_INT)
+# RAM below 4 GiB: all of it under 3.5 GiB, else 3 GiB (our BIOS splits it so).
+LOWMEM_LIMIT, LOWMEM_SPLIT = 0xE0000000, 0xC0000000
 # The NIC, where SeaBIOS leaves QEMU's e1000: PCI 00:03.0, its BARs programmed, INTA# on IRQ 11.
 NIC_PCI_SLOT = 3
 NIC_MMIO, NIC_IO, IRQ_NIC = 0xFEBC0000, 0xC080, 11
@@ -233,8 +238,9 @@ def check_outputs(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]])
 
 @dataclass
 class Board:
-    """The devices of one machine, by role."""
+    """The devices of one machine: the slot table, and the devices by role."""
 
+    slots: list[Slot]
     pic: PicPair
     pit: Pit8254
     rtc: Rtc
@@ -250,58 +256,65 @@ class Board:
     fw_cfg: FwCfg
     debugcon: DebugCon
     post: PostCode
+    port92: SystemControlPortA
     disks: list[BlockImage] = field(default_factory=list)
     vga: Vga | None = None
     nic: E1000 | None = None
+    acpi_pm: AcpiPm | None = None
+    # ACPI and MP tables as (physical address, bytes), for loaders that skip the BIOS.
+    firmware_tables: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def slot(self, name: str) -> Slot:
+        for slot in self.slots:
+            if slot.name == name:
+                return slot
+        raise KeyError(name)
 
 
-def build(machine: Machine, *, drives: list[Drive], serial: str | None,
+def _ports(*ranges: tuple[int, int, Device]) -> list[PortRange]:
+    return [PortRange(base, count, handler) for base, count, handler in ranges]
+
+
+def build(platform: Platform, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
-          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None) -> Board:
-    add = machine.add_device
-    clock = machine.clock
+          nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None,
+          acpi: bool = True,
+          option_roms: list[str | os.PathLike[str]] | None = None) -> Board:
+    """The devices of QEMU's ``pc`` machine, as a table the machine walks.
+
+    Ports and ranges in the table are claimed by the machine; only what moves at run
+    time (PCI BARs) is claimed here, through ``platform``."""
+    clock = platform.clock
 
     # A rising INTR from the 8259 pair, or anything the local APIC accepts, ends the
     # vCPU's current slice so the interrupt is taken at the next instruction boundary.
-    pic = PicPair(IrqLine(_InterruptRequest(machine)))
+    pic = PicPair(IrqLine(_InterruptRequest(platform)))
     lapic = LocalApic(clock, extint=pic)
-    lapic.on_request = machine.interrupt_request
+    lapic.on_request = platform.interrupt_request
     ioapic = IoApic(route_to_lapic(lapic))
     lapic.on_eoi = ioapic.eoi
     irqs = IsaIrqs(pic, ioapic)
-    add(PIC_MASTER, 2, pic.master)
-    add(PIC_SLAVE, 2, pic.slave)
-    add(ELCR, 2, pic.elcr)
-    machine.add_mmio(LAPIC_BASE, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
-    machine.add_mmio(IOAPIC_BASE, 0x1000, ioapic)
-    machine.irq_source = lapic
-    machine.add_resettable(pic, lapic, ioapic)
-
     pit = Pit8254(clock, irqs.line(IRQ_PIT))
-    add(PIT, 4, pit.ports)
-    add(PORT61, 1, pit.port61)
-    rtc = Rtc(clock, irqs.line(IRQ_RTC), base_time=machine.rtc_base)
-    rtc.set_memory_size(machine.memory_size)
-    add(RTC, 2, rtc)
-    kbc = I8042(irqs.line(IRQ_KBD), irqs.line(IRQ_MOUSE), on_reset=machine.reset,
-                set_a20=machine.set_a20)
-    add(I8042_DATA, 1, kbc.data_port)
-    add(I8042_CMD, 1, kbc.command_port)
-    add(PORT92, 1, SystemControlPortA(set_a20=machine.set_a20, on_reset=machine.reset))
-    machine.add_resettable(pit, rtc, kbc)
+    rtc = Rtc(clock, irqs.line(IRQ_RTC), base_time=platform.rtc_base)
+    rtc.set_memory_size(platform.memory_size)
+    kbc = I8042(irqs.line(IRQ_KBD), irqs.line(IRQ_MOUSE), on_reset=platform.reset,
+                set_a20=platform.set_a20)
+    port92 = SystemControlPortA(set_a20=platform.set_a20, on_reset=platform.reset)
 
     # Inputs first: every disk is opened (and locked) before any output file is created,
     # so a bad disk or a serial file naming a disk cannot truncate anything.
     drives = assign_indexes(drives)
     check_drive_files(drives)
+    roms = read_option_roms(option_roms or [])
     if serial == "stdio" and serial2 == "stdio":
         raise ValueError("stdio can serve one serial port only (--serial and --serial2)")
     outputs = [(label, path) for label, path in (("serial", serial_output_path(serial)),
                                                  ("serial2", serial_output_path(serial2)))
                if path is not None]
     check_outputs(outputs, [("disk image", _drive_name(d)) for d in drives
-                            if not isinstance(d.file, BlockImage)])
+                            if not isinstance(d.file, BlockImage)]
+                  + [("option ROM", path) for path, _ in roms])
     media: list[IdeMedium | None] = [None, None, None, None]
     disks: list[BlockImage] = []
     for drive in drives:
@@ -313,64 +326,111 @@ def build(machine: Machine, *, drives: list[Drive], serial: str | None,
             image = BlockImage.open(drive.file, readonly=drive.readonly or cdrom,
                                     snapshot=snapshot and not (drive.readonly or cdrom))
         disks.append(image)
-        machine.add_closer(image.close)
+        platform.add_closer(image.close)
         media[drive.index] = CdRom(image) if cdrom else image
 
+    terminal_keys = None
     if serial != "stdio" and sys.stdin.isatty():
-        _keyboard_from_terminal(machine, kbc)
+        terminal_keys = _keyboard_from_terminal(platform, kbc)
 
-    com1 = Uart16550(irqs.line(IRQ_COM1), _open_serial(machine, serial, "serial0"), clock)
-    add(COM1, 8, com1)
-    machine.add_poller(com1.pump)
+    com1 = Uart16550(irqs.line(IRQ_COM1), _open_serial(platform, serial, "serial0"), clock)
     com2 = None
     if serial2 is not None:
-        com2 = Uart16550(irqs.line(IRQ_COM2), _open_serial(machine, serial2, "serial1"), clock)
-        add(COM2, 8, com2)
-        machine.add_poller(com2.pump)
+        com2 = Uart16550(irqs.line(IRQ_COM2), _open_serial(platform, serial2, "serial1"), clock)
 
     ide0 = IdeChannel(irqs.line(IRQ_IDE0), media[0], media[1])
     ide1 = IdeChannel(irqs.line(IRQ_IDE1), media[2], media[3], serial_base=3)
+    ide_ports, ide_state = [], []
     for index, (channel, cmd, ctl) in enumerate(((ide0, IDE0_CMD, IDE0_CTL),
                                                  (ide1, IDE1_CMD, IDE1_CTL))):
-        add(cmd, 8, PioWindowedBlock(machine.core, index, channel, channel.command_block, cmd))
-        add(ctl, 1, PioWindowedBlock(machine.core, index, channel, channel.control_block, cmd))
+        ide_state.append(PioChannel(platform.core, index, channel, cmd))
+        ide_ports.append(_ports(
+            (cmd, 8, PioWindowedBlock(platform.core, index, channel, channel.command_block, cmd)),
+            (ctl, 1, PioWindowedBlock(platform.core, index, channel, channel.control_block, cmd))))
 
     # PCI: i440FX host bridge, PIIX3 ISA bridge and IDE function (bus-master DMA).
     pci = PciBus()
     host = I440fxHostBridge()
-    host.on_pam_change = machine.core.set_pam  # firmware shadowing itself (SeaBIOS)
+    host.on_pam_change = platform.core.set_pam  # firmware shadowing itself (SeaBIOS)
     host.reset()
     pci.add(0, 0, host)
     pci.add(1, 0, Piix3IsaBridge())
-    piix_ide = PiixIde(GuestPhysicalMemory(machine), ide0, ide1)
+    piix_ide = PiixIde(GuestPhysicalMemory(platform), ide0, ide1)
 
     def move_bmdma(old: int | None, new: int | None) -> None:
         if old is not None:
-            machine.core.release_ports(old, BMDMA_PORTS)
+            platform.core.release_ports(old, BMDMA_PORTS)
         if new is not None:
-            machine.add_device(new, BMDMA_PORTS, piix_ide.bmdma_ports)
+            platform.add_device(new, BMDMA_PORTS, piix_ide.bmdma_ports)
 
     piix_ide.on_bar_change = move_bmdma
     pci.add(1, 1, piix_ide)
-    display = attach_vga(machine, pci, vga_bios) if vga == "std" else None
-    add(PCI_CONFIG, 8, PciConfigPorts(pci, on_reset=machine.reset))
-    machine.add_resettable(pci)
+    display = attach_vga(platform, pci, vga_bios) if vga == "std" else None
 
-    fw_cfg = FwCfg(machine.memory_size)
+    pci_config = PciConfigPorts(pci, on_reset=platform.reset)
+    fw_cfg = FwCfg(platform.memory_size)
     fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot), 2)
-    add(FW_CFG, 2, fw_cfg)
     debugcon = DebugCon()
-    add(DEBUGCON, 1, debugcon)
     post = PostCode()
-    add(POST, 1, post)
-    add(ISA_DEBUG_EXIT, 1, IsaDebugExit(machine.exit))
-    add(FW_EVENT, 4, FirmwareEvents(machine.firmware_event))
-    nic = _add_nic(machine, pci, irqs, nics or [], net_dump)
-    return Board(pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci, piix_ide,
-                 fw_cfg, debugcon, post, disks, display, nic)
+    nic = _add_nic(platform, pci, irqs, nics or [], net_dump)
+
+    lapic_ns, chipset_ns = VirtualClock.LAPIC_MMIO_NS, VirtualClock.MMIO_NS
+    slots = [
+        Slot("pic", pic, _ports((PIC_MASTER, 2, pic.master), (PIC_SLAVE, 2, pic.slave),
+                                (ELCR, 2, pic.elcr))),
+        Slot("lapic", lapic, mmio=[MmioRange(LAPIC_BASE, 0x1000, lapic, lapic_ns)]),
+        Slot("ioapic", ioapic, mmio=[MmioRange(IOAPIC_BASE, 0x1000, ioapic, chipset_ns)]),
+        Slot("pit", pit, _ports((PIT, 4, pit.ports), (PORT61, 1, pit.port61)), (IRQ_PIT,)),
+        Slot("rtc", rtc, _ports((RTC, 2, rtc)), (IRQ_RTC,)),
+        Slot("kbc", kbc, _ports((I8042_DATA, 1, kbc.data_port), (I8042_CMD, 1, kbc.command_port)),
+             (IRQ_KBD, IRQ_MOUSE), poll=terminal_keys),
+        Slot("port92", port92, _ports((PORT92, 1, port92))),
+        Slot("com1", com1, _ports((COM1, 8, com1)), (IRQ_COM1,), poll=com1.pump),
+    ]
+    if com2 is not None:
+        slots.append(Slot("com2", com2, _ports((COM2, 8, com2)), (IRQ_COM2,), poll=com2.pump))
+    slots += [
+        Slot("ide0", ide_state[0], ide_ports[0], (IRQ_IDE0,)),
+        Slot("ide1", ide_state[1], ide_ports[1], (IRQ_IDE1,)),
+        Slot("pci-config", pci_config, _ports((PCI_CONFIG, 8, pci_config))),
+        # The bus resets and saves every function on it: host bridge, PIIX3, PIIX IDE
+        # (BMDMA; its ports follow its BAR), the VGA's and the NIC's PCI functions.
+        Slot("pci", pci),
+        Slot("fw_cfg", fw_cfg, _ports((FW_CFG, 2, fw_cfg))),
+        Slot("debugcon", debugcon, _ports((DEBUGCON, 1, debugcon))),
+        Slot("post", post, _ports((POST, 1, post))),
+        Slot("isa-debug-exit", None, _ports((ISA_DEBUG_EXIT, 1, IsaDebugExit(platform.exit)))),
+        Slot("fw-event", None, _ports((FW_EVENT, 4, FirmwareEvents(platform.firmware_event)))),
+    ]
+    if display is not None:
+        slots.append(Slot("vga", display))
+    if roms:  # after the video BIOS, whose size says where the first one goes
+        slots.append(Slot("option-roms", OptionRoms(platform, fw_cfg, roms)))
+    if nic is not None:
+        # Its ports and registers follow its BARs (claimed by _add_nic); its state is the
+        # PCI function's, saved with the bus.
+        slots.append(Slot("nic", None, irqs=(IRQ_NIC,), poll=nic.poll))
+    board = Board(slots, pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci,
+                  piix_ide, fw_cfg, debugcon, post, port92, disks, display, nic)
+    if acpi:
+        _add_acpi(platform, board, irqs)
+    return board
 
 
-def _add_nic(machine: Machine, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
+def _add_acpi(platform: Platform, board: Board, irqs: IsaIrqs) -> None:
+    """The PM block (SCI on IRQ 9) and the ACPI and MP tables, handed to the BIOS in fw_cfg."""
+    pm = AcpiPm(platform.clock, irqs.line(IRQ_SCI), on_power_off=platform.power_off)
+    board.slots.append(Slot("acpi-pm", pm, _ports((PM_BASE, PM_SIZE, pm)), (IRQ_SCI,)))
+    ram = platform.memory_size
+    tables = AcpiPlatform(cpus=1, ram_below_4g=ram if ram < LOWMEM_LIMIT else LOWMEM_SPLIT,
+                          com2=board.com2 is not None)
+    placements = acpi_tables.build(tables)
+    board.fw_cfg.add_file(FW_CFG_TABLES_FILE, acpi_tables.fw_cfg_blob(placements))
+    board.acpi_pm = pm
+    board.firmware_tables = placements
+
+
+def _add_nic(platform: Platform, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
              net_dump: str | os.PathLike[str] | None) -> E1000 | None:
     """The e1000 at 00:03.0 and its back end; the pcap file opens last, once all else worked."""
     if len(nics) > 1:
@@ -380,8 +440,8 @@ def _add_nic(machine: Machine, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
             raise ValueError("--net-dump needs a NIC (-nic or -netdev with -device e1000)")
         return None
     backend: NetBackend = open_netdev(nics[0].netdev)
-    machine.add_closer(backend.close)
-    nic = E1000(GuestPhysicalMemory(machine), irqs.line(IRQ_NIC), machine.clock,
+    platform.add_closer(backend.close)
+    nic = E1000(GuestPhysicalMemory(platform), irqs.line(IRQ_NIC), platform.clock,
                 mac=nics[0].mac or DEFAULT_MAC, port=backend, mmio_base=NIC_MMIO,
                 io_base=NIC_IO, irq_line_number=IRQ_NIC)
 
@@ -396,7 +456,7 @@ def _add_nic(machine: Machine, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
             if base not in mmio_windows:
                 window = _BarWindow(nic, base)
                 try:
-                    machine.add_mmio(base, E1000_MMIO_SIZE, window)
+                    platform.add_mmio(base, E1000_MMIO_SIZE, window)
                 except UcError as exc:  # it overlaps something (the BIOS ROM, the APIC)
                     log.warning("e1000: cannot map its registers at %#x: %s", base, exc)
                     continue
@@ -407,22 +467,21 @@ def _add_nic(machine: Machine, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
             # Windows stay mapped and answer only while the BAR decodes at their base.
             if new is not None and new not in mmio_windows:
                 unmapped.append(new)
-                machine.core.request_stop(STOP_REQUEST)
+                platform.core.request_stop(STOP_REQUEST)
         else:
             if old is not None:
-                machine.core.release_ports(old, 8)
+                platform.core.release_ports(old, 8)
             if new is not None:
-                machine.add_device(new, 8, nic.io_ports)
+                platform.add_device(new, 8, nic.io_ports)
 
     nic.on_bar_change = move_bar
     move_bar("io", None, nic.io_base)
     if nic.mmio_base is not None:
         unmapped.append(nic.mmio_base)
     map_pending()
-    machine.add_poller(map_pending)
+    platform.add_poller(map_pending)
     pci.add(NIC_PCI_SLOT, 0, nic)
-    backend.notify = _weak_wake(machine)
-    machine.add_poller(nic.poll)
+    backend.notify = _weak_wake(platform)
     if net_dump is not None:
         try:
             dump = PcapWriter(net_dump)
@@ -430,11 +489,11 @@ def _add_nic(machine: Machine, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
             backend.close()
             raise OSError(f"--net-dump: cannot open {net_dump}: {exc.strerror}") from None
         backend.dump = dump
-        machine.add_closer(dump.close)
+        platform.add_closer(dump.close)
     return nic
 
 
-def _open_serial(machine: Machine, spec: str | None, label: str) -> SerialBackend | None:
+def _open_serial(machine: Platform, spec: str | None, label: str) -> SerialBackend | None:
     backend = open_backend(spec, label=label) if spec is not None else None
     if backend is not None:
         backend.notify = _weak_wake(machine)
@@ -442,7 +501,7 @@ def _open_serial(machine: Machine, spec: str | None, label: str) -> SerialBacken
     return backend
 
 
-def _weak_wake(machine: Machine) -> Callable[[], None]:
+def _weak_wake(machine: Platform) -> Callable[[], None]:
     """``machine.wake`` without a strong reference: a backend's reader thread must not
     keep a dropped Machine alive (its finaliser releases the backend)."""
     ref = weakref.ref(machine)
@@ -455,7 +514,7 @@ def _weak_wake(machine: Machine) -> Callable[[], None]:
     return wake
 
 
-def _keyboard_from_terminal(machine: Machine, kbc: I8042) -> None:
+def _keyboard_from_terminal(machine: Platform, kbc: I8042) -> Callable[[], None]:
     """Keys typed on the host terminal reach the guest's PS/2 keyboard (when the serial
     console is elsewhere, as QEMU's window would take them)."""
     terminal = StdioBackend()
@@ -466,8 +525,8 @@ def _keyboard_from_terminal(machine: Machine, kbc: I8042) -> None:
         if data:
             kbc.type_text(data.decode("ascii", errors="replace").replace("\r", "\n"))
 
-    machine.add_poller(pump)
     machine.add_closer(terminal.close)
+    return pump
 
 
 class _BarWindow(Device):
@@ -492,7 +551,7 @@ class _BarWindow(Device):
 class _InterruptRequest:
     """The 8259 pair's INTR wire, seen by the machine."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Platform) -> None:
         self._machine = machine
 
     def set_irq(self, irq: int, level: bool) -> None:
@@ -511,7 +570,7 @@ class GuestPhysicalMemory:
     bit (82371AB data sheet, BMISTA bit 1; QEMU instead completes such a transfer
     and discards the data)."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: HostMemory) -> None:
         self._machine = machine
 
     def read(self, paddr: int, n: int) -> bytes:

@@ -9,7 +9,7 @@ far the window got.  The device itself knows nothing of this.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qemu_lite.devices.base import Device
 from qemu_lite.devices.ide import PIO_NONE, PIO_OUT, ST_DRQ, IdeChannel
@@ -55,3 +55,27 @@ class PioWindowedBlock(Device):
         self._sync()
         self._block.io_write(offset, size, value)
         self._reopen()
+
+
+class PioChannel:
+    """An :class:`IdeChannel` as its board slot: reset and saved state see the transfer
+    position the C window reached, and a loaded transfer streams in C again."""
+
+    def __init__(self, core: Core, index: int, channel: IdeChannel, data_port: int) -> None:
+        self._window = PioWindowedBlock(core, index, channel, channel.command_block, data_port)
+        self.channel = channel
+
+    def reset(self) -> None:
+        self._window._sync()
+        self.channel.reset()
+
+    def save_state(self) -> dict[str, Any]:
+        self._window._sync()
+        state = self.channel.save_state()
+        self._window._reopen()
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._window._sync()
+        self.channel.load_state(state)
+        self._window._reopen()

@@ -12,9 +12,9 @@ same guest instruction on every run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from qemu_lite.devices.base import Clock
+from qemu_lite.devices.base import Clock, StateError, check_state
 from qemu_lite.devices.uart16550 import IER_ERBFI, Uart16550
 
 if TYPE_CHECKING:
@@ -34,6 +34,18 @@ class SerialReplay:
         self._timer = clock.timer(self._tick)
         if self._data:
             self._timer.arm(clock.now() + IDLE_POLL_NS)
+
+    def reset(self) -> None:
+        """The file is fed from where it is: a guest reset does not rewind the input."""
+
+    def save_state(self) -> dict[str, Any]:
+        return {"version": 1, "position": self.position, "length": len(self._data)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        check_state(state, "serial input", (1,))
+        if state["length"] != len(self._data) or not 0 <= state["position"] <= len(self._data):
+            raise StateError("serial input: the saved state was replaying another file")
+        self.position = int(state["position"])
 
     @property
     def done(self) -> bool:
@@ -55,4 +67,6 @@ def replay_file(machine: Machine, path: str) -> SerialReplay:
     """Replay the file at ``path`` into COM1 of ``machine``."""
     with open(path, "rb") as f:
         data = f.read()
-    return SerialReplay(machine.clock, machine.board.com1, data)
+    replay = SerialReplay(machine.clock, machine.board.com1, data)
+    machine.add_state("serial-input", replay)
+    return replay

@@ -2,7 +2,7 @@
 
 JMP/CALL to a TSS or task gate and IRET with EFLAGS.NT are instructions, and
 Unicorn runs them natively (QEMU's switch_tss).  An interrupt or exception
-whose IDT entry is a task gate is delivered by the vCPU (DESIGN fact 2), so
+whose IDT entry is a task gate is delivered by the vCPU (ENGINE_FACTS.md fact 2), so
 that switch is done here, the way a CALL to the task does it: the current
 state is saved in the old TSS, the new TSS gets the old selector in its link
 field and is marked busy, the CPU loads the new task with EFLAGS.NT and

@@ -1,7 +1,7 @@
 """The virtual CPU: reset, run slices, and event delivery.
 
 Unicorn never delivers an exception or interrupt through the guest's tables
-(DESIGN fact 2): every event stops ``emu_start`` (mmu_core's C hook) and the
+(ENGINE_FACTS.md fact 2): every event stops ``emu_start`` (mmu_core's C hook) and the
 vCPU delivers it here, between slices, as an x86 CPU would.
 """
 
@@ -39,9 +39,10 @@ from qemu_lite.events import (
     DeliveryFault,
     Event,
     EventDelivery,
+    GuestError,
+    TripleFault,
     UnsupportedEvent,
 )
-from qemu_lite.events import TripleFault as _TripleFault
 from qemu_lite.paging import RamView
 from qemu_lite.x86 import (
     CR0_PE,
@@ -68,20 +69,12 @@ NEVER = 0xFFFF_FFFF_FFFF_FFF0
 
 
 
-class GuestError(RuntimeError):
-    """The guest did something the machine cannot continue from."""
-
-
-class TripleFault(GuestError):
-    """A fault while delivering a double fault: a real PC resets."""
-
-
 def new_engine() -> tuple[Uc, object]:
     """A 64-bit engine whose CPU is in real mode at F000:FFF0, and its reset context.
 
     A UC_MODE_64 engine starts in long mode and cannot load real-mode segment
     caches through its API, so the reset state is made by a UC_MODE_16 engine
-    and transplanted (DESIGN fact 5).
+    and transplanted (ENGINE_FACTS.md fact 5).
     """
     uc16 = Uc(UC_ARCH_X86, UC_MODE_16)
     uc16.reg_write(X.UC_X86_REG_CS, 0xF000)
@@ -271,7 +264,7 @@ class VCpu:
     def _deliver(self, ev: Event) -> None:
         try:
             self.events.deliver(ev)
-        except _TripleFault as tf:
+        except TripleFault as tf:
             raise TripleFault(f"{tf} at pc {self.linear_pc():#x}") from None
         except UnsupportedEvent as exc:
             raise GuestError(f"{exc} (vector {ev.vector} at pc {self.linear_pc():#x})") from None
@@ -290,7 +283,7 @@ class VCpu:
                         rsp_mask: int, rflags: int) -> None:
         """Load the state an event delivery computed, in one context round trip.
 
-        Clears QEMU's nested-exception memory (DESIGN fact 2) and the
+        Clears QEMU's nested-exception memory (ENGINE_FACTS.md fact 2) and the
         interrupt shadow, as real delivery does."""
         old_rsp = self.reg("rsp")
         self.segments.commit(segs, rflags)
@@ -298,7 +291,7 @@ class VCpu:
         self.uc.reg_write(X.UC_X86_REG_RFLAGS, rflags)
         self.uc.reg_write(X.UC_X86_REG_RIP, rip)
 
-    # -- SYSCALL / SYSENTER (their effect is ours to do: DESIGN fact 3) -------------------
+    # -- SYSCALL / SYSENTER (their effect is ours to do: ENGINE_FACTS.md fact 3) -------------------
 
     def do_syscall(self) -> None:
         uc = self.uc

@@ -13,11 +13,13 @@ from qemu_lite import engine as _engine
 
 PATCHES = {
     "a": "exit checks only at block starts",
+    "b": "deadlines, interrupt windows and stop requests as engine exits",
     "c": "no state restore on successful TLB fills",
     "d": "code-page dirty tracking",
     "e": "TLB resized by flush count",
     "f": "RDMSR/WRMSR hooks",
     "g": "translation blocks bounded by TCG temps",
+    "h": "#GP for reserved CR/EFER bits and unknown MSRs",
     "i": "address-space TLB contexts and the CPU state read in place",
 }
 

@@ -1,4 +1,4 @@
-; TLB fill cost (DESIGN fact 1): 0-64 MiB identity-mapped with 4 KiB pages;
+; TLB fill cost (ENGINE_FACTS.md fact 1): 0-64 MiB identity-mapped with 4 KiB pages;
 ; FLUSHES times, reload CR3 (which flushes Unicorn's TLB) and read one dword
 ; of each of NPAGES pages from 16 MiB: NPAGES fills a flush, nothing else.
 ; It makes no assumption about the MMU underneath: under a raw Unicorn engine

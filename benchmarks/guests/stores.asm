@@ -1,5 +1,5 @@
 ; A store-heavy loop over 16 MiB mapped with 4 KiB pages: Unicorn keeps
-; stores on its slow path unless the TLB entry has no code mapping (DESIGN
+; stores on its slow path unless the TLB entry has no code mapping (ENGINE_FACTS.md
 ; fact 12), which the shadow MMU gives to data fills.  Reports a checksum of
 ; the stored data.
 %include "prologue.inc"

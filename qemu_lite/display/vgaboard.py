@@ -38,7 +38,7 @@ from qemu_lite.devices.vga import (
 )
 
 if TYPE_CHECKING:
-    from qemu_lite.machine import Machine
+    from qemu_lite.platform import Platform as Machine
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,6 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     function.reset()  # map BAR0 now that someone listens
     lfb.apply()
     pci.add(VGA_PCI_DEVICE, 0, function)
-    machine.add_resettable(vga)
     path = vga_bios if vga_bios is not None else find_vga_bios()
     if path is not None:
         loader = _RomLoader(machine, load_vga_bios(path))

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from qemu_lite.acpi.platform import TABLES_BASE
 from qemu_lite.loaders.files import input_file_size, read_input_file
 
 if TYPE_CHECKING:
@@ -46,10 +47,19 @@ def is_bzimage(image: bytes) -> bool:
 
 
 def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
+    """Our BIOS's map: the EBDA's KiB, and the firmware tables' window with the ROM."""
     return [(0, LOW_RAM_END, E820_RAM),
             (LOW_RAM_END, 0xA0000 - LOW_RAM_END, E820_RESERVED),
-            (0xF0000, 0x10000, E820_RESERVED),
+            (TABLES_BASE, 0x100000 - TABLES_BASE, E820_RESERVED),
             (0x100000, ram_size - 0x100000, E820_RAM)]
+
+
+def install_firmware_tables(machine: Machine) -> int:
+    """Write the machine's ACPI and MP tables where the BIOS would; return the RSDP's
+    address, or 0 for a machine without ACPI."""
+    for address, data in machine.board.firmware_tables:
+        machine.write_memory(address, data)
+    return TABLES_BASE if machine.board.firmware_tables else 0
 
 
 @dataclass
@@ -149,6 +159,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     for i, (base, size, kind) in enumerate(entries):
         struct.pack_into("<QQI", params, 0x2D0 + 20 * i, base, size, kind)
     struct.pack_into("<H", params, 0x02, (ram - 0x100000) // 1024 if ram < (64 << 20) else 0xFC00)
+    struct.pack_into("<Q", params, 0x070, install_firmware_tables(machine))  # acpi_rsdp_addr
     machine.write_memory(BOOT_PARAMS, bytes(params))
 
     if plan.entry64:

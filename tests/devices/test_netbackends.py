@@ -172,7 +172,8 @@ def test_connect_refused_is_a_clear_error():
 def test_cli_network_errors_are_one_line_and_open_no_dump(tmp_path, args, message):
     dump = tmp_path / "out.pcap"
     proc = subprocess.run([sys.executable, "-m", "qemu_lite", *args, "--net-dump", str(dump),
-                           "--timeout", "1"], capture_output=True, text=True, timeout=60)
+                           "--timeout", "1"], capture_output=True, text=True, timeout=60,
+                          cwd="/")  # from the checkout, -m would import the source tree
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not dump.exists()  # outputs open only after every input was accepted

@@ -21,11 +21,11 @@ pytestmark = pytest.mark.requires_patched_engine("f")
 
 BODY = r"""
 main:
-    mov ecx, 0x1B               ; IA32_APIC_BASE: relocate, BSP, enabled
+    mov ecx, 0x8B               ; IA32_BIOS_SIGN_ID: one the platform leaves alone
     mov eax, 0xFED00900
     mov edx, 0x2
     wrmsr
-    mov ecx, 0x1B
+    mov ecx, 0x8B
     xor eax, eax
     xor edx, edx
     rdmsr
@@ -87,7 +87,7 @@ def test_wrmsr_seen_and_rdmsr_answered_by_hooks(assemble, tmp_path):
         fills = m.core.mmu_stats()["fills"]
         del keep
     assert result.reason == "exit" and result.exit_status == 1, result
-    assert writes == [(0x1B, 0x2_FED00900)]
+    assert writes == [(0x8B, 0x2_FED00900)]
     assert out.decode() == "FED0090000000002"
-    assert reads == [0x1B, 0xC0000080]  # the guest's two, none of the fills' EFER reads
+    assert reads == [0x8B, 0xC0000080]  # the guest's two, none of the fills' EFER reads
     assert fills > 0

@@ -3,14 +3,19 @@ millisecond must not change what a guest computes.
 
 Stock Unicorn 2.1.4 checks for exits after every load and store, and an exit
 taken between the load and the store of a read-modify-write instruction runs
-the instruction again on resume (DESIGN facts 14, 20): its Linux decompressor
+the instruction again on resume (ENGINE_FACTS.md facts 14, 20): its Linux decompressor
 reported corrupt XZ data in 3 of 3 such runs.  Patch a stops only at block
-starts.  Both guests here are stopped from a Python thread through the
-binding's ``emu_stop``; the run loop resumes after each stop.
+starts.  Both guests here are stopped from a Python thread; the run loop
+resumes after each stop.  With patch b the kicks are the platform's own
+cross-thread stop, ``Machine.wake`` (the engine's exit request); without it,
+the binding's ``emu_stop``, which stays unsafe from another thread for another
+reason (it sets ``stop_request``, which Unicorn reads between the CPUID and
+RDTSC hooks of one instruction, see qemu_lite/_vcpu_hooks.pyx).
 
-The run loop recognises HLT by the byte before EIP being 0xF4, which a stop
-can imitate (DESIGN fact 20); that is the run loop's, not the engine's, so the
-kicked runs do not count a slice that a kick ended as a HLT.
+The stock run loop recognises HLT by the byte before EIP being 0xF4, which a
+stop can imitate (ENGINE_FACTS.md fact 20); that is the run loop's, not the engine's, so
+the kicked runs do not count a slice that a kick ended as a HLT.  Patch b's
+engine says itself whether HLT ended a slice.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ main:
 
 
 class Kicker:
-    """A thread calling ``uc.emu_stop()`` every ``period`` seconds."""
+    """A thread stopping the vCPU every ``period`` seconds."""
 
     def __init__(self, m: Machine, period: float = 0.001) -> None:
         self.m, self.period = m, period
@@ -90,7 +95,10 @@ class Kicker:
     def _run(self) -> None:
         while not self._done.wait(self.period):
             self.kicked = True
-            self.m.uc.emu_stop()
+            if self.m.hooks.engine_exits:
+                self.m.wake()
+            else:
+                self.m.uc.emu_stop()
             self.count += 1
 
     def __enter__(self) -> Kicker:
@@ -146,5 +154,5 @@ def test_linux_decompressor_survives_stops_every_ms(tmp_path):
     text = out.decode(errors="replace")
     assert "XZ-compressed data is corrupt" not in text
     assert "qemu_lite init: userspace reached" in text, (k.count, result, text[-3000:])
-    assert result.reason == "halted", result
+    assert result.reason == "powered-off", result
     assert k.count > 1000

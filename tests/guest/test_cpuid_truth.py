@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from guestlib import protected_mode_guest, run_multiboot_guest
 
+from qemu_lite import engine
+
 MMU_MODES = ("cached", "native")
 
 
@@ -83,8 +85,13 @@ def test_osxsave_mirrors_cr4_and_xsave_leaf_matches_the_features(assemble, tmp_p
 
 
 def test_smap_is_not_offered_because_the_engine_drops_cr4_smap(assemble, tmp_path):
-    """Why SMAP stays hidden: CR4.SMAP does not stick on this engine's CPU model."""
+    """Why SMAP stays hidden: CR4.SMAP does not stick on this engine's CPU model
+    (stock 2.1.4 drops the bit; engine patch h answers #GP, as for any CR4 bit
+    whose feature CPUID does not offer)."""
     body = r"""
+    LOAD_GDT
+    lidt [idtr]
+    mov esp, 0x90000
     mov eax, cr4
     or eax, 1 << 21
     mov cr4, eax
@@ -92,9 +99,23 @@ def test_smap_is_not_offered_because_the_engine_drops_cr4_smap(assemble, tmp_pat
     shr eax, 21
     and eax, 1
     call puthex
+after:
     mov al, 0
     call exit
+gp_handler:
+    PRINT "gp"
+    add esp, 4
+    mov dword [esp], after
+    iretd
+align 8
+idt:
+    times 13 dq 0
+    GATE32 gp_handler, 0x08, 0x8E
+idt_end:
+idtr:
+    dw idt_end - idt - 1
+    dd idt
 """
     result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
-    assert out == "00000000"
+    assert out == ("gp" if engine.is_patched("h") else "00000000")
     assert result.exit_status == 1

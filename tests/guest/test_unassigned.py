@@ -119,7 +119,7 @@ long_main:
     result, out, counts = _run(assemble, tmp_path, body, mmu, long_mode=True)
     assert out == "FFFFFFFFFFFFFFFF\n"
     assert result.exit_status == 1
-    # Each 8-byte access reaches the region as two 4-byte ones (DESIGN fact 7).
+    # Each 8-byte access reaches the region as two 4-byte ones (ENGINE_FACTS.md fact 7).
     assert counts == (4, 4)
 
 

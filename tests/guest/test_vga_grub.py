@@ -77,4 +77,4 @@ def test_grub_menu_on_the_screen_and_a_key_boots_the_second_entry(tmp_path) -> N
     assert menu.index("qemu_lite: halt here") < menu.index("qemu_lite: Debian kernel")
     text = out.decode(errors="replace")
     assert MARKER in text, text[-2000:]
-    assert result.reason == "halted"
+    assert result.reason == "powered-off"

@@ -52,7 +52,7 @@ def test_bochs_drm_gets_a_1024x768_framebuffer_and_draws_the_console(tmp_path) -
         image = m.screenshot()
     text = out.decode(errors="replace")
     assert MARKER in text, text[-3000:]
-    assert result.reason == "halted"
+    assert result.reason == "powered-off"
     assert "[drm] Initialized bochs-drm" in text, text[-3000:]
     # 128x48 characters of 8x16: the framebuffer is 1024x768.
     assert "Console: switching to colour frame buffer device 128x48" in text

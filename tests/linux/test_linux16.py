@@ -32,4 +32,6 @@ def test_grub_linux16_boots_debian_kernel_to_busybox(disk, bios):
                           timeout=400, cwd=tempfile.gettempdir())
     assert "Booting `Debian kernel" in proc.stdout
     assert "qemu_lite init: userspace reached" in proc.stdout, proc.stdout[-3000:]
-    assert proc.returncode == 0, proc.stderr
+    # Our BIOS hands the kernel qemu_lite's ACPI tables (poweroff through S5: 16); SeaBIOS
+    # reads none of them and builds none here, so that kernel can only halt (0).
+    assert proc.returncode == (16 if bios == "ours" else 0), proc.stderr

@@ -201,7 +201,7 @@ busybox poweroff -f
     assert "dhcp: bound 10.0.2.15 router 10.0.2.2" in text, text[-3000:]
     assert "wget: ok" in text and f"{digest}  /www/file" in text, text[-3000:]
     assert fetched and hashlib.sha256(fetched[0]).hexdigest() == digest
-    assert result.reason == "halted", (result, text[-2000:])
+    assert result.reason == "powered-off", (result, text[-2000:])
 
 
 def test_pcap_of_dhcp_exchange_reads_in_tcpdump(tmp_path):
@@ -256,7 +256,7 @@ busybox poweroff -f
     assert "3 packets transmitted, 3 packets received" in text, text[-3000:]
     assert "wget: ok" in text, text[-3000:]
     assert f"{hashlib.sha256(payload).hexdigest()}  /tmp/file" in text, text[-3000:]
-    assert result.reason == "halted", (result, text[-2000:])
+    assert result.reason == "powered-off", (result, text[-2000:])
 
 
 def _boot_cli(initrd: Path, *net: str, stdout=subprocess.PIPE) -> subprocess.Popen[str]:

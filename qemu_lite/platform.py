@@ -1,0 +1,119 @@
+"""What the board sees of the machine, and the board's table of slots.
+
+:mod:`qemu_lite.pc` builds devices against :class:`Platform` (never against
+``Machine``) and returns a list of :class:`Slot`: which device sits at which
+ports, MMIO ranges and IRQ lines.  The machine walks that table to claim the
+ports and ranges, to reset every device, and to save and restore their state.
+Devices themselves see less still: an :class:`~qemu_lite.devices.base.IrqLine`,
+a :class:`~qemu_lite.devices.base.Clock` and the callbacks the board hands them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qemu_lite.devices.base import Clock, Device
+
+
+class Stateful(Protocol):
+    """A slot's owner: reset to power-on values; versioned saved state."""
+
+    def reset(self) -> None: ...
+
+    def save_state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class PortRange:
+    base: int
+    count: int
+    handler: Device
+
+
+@dataclass(frozen=True)
+class MmioRange:
+    base: int
+    size: int
+    handler: Device
+    access_ns: int  # deterministic guest time per access
+
+
+@dataclass
+class Slot:
+    """One row of the board: ``device`` owns the state behind its ports and ranges.
+
+    ``irqs`` names the ISA lines it drives (documentation, and checked for
+    clashes); ``poll`` runs at every stop of the vCPU (host input).  ``device``
+    None: the ports hold no state (isa-debug-exit, POST)."""
+
+    name: str
+    device: Stateful | None
+    ports: list[PortRange] = field(default_factory=list)
+    irqs: tuple[int, ...] = ()
+    mmio: list[MmioRange] = field(default_factory=list)
+    poll: Callable[[], None] | None = None
+
+
+class HostMemory(Protocol):
+    """Guest physical memory as the host (DMA, ROM loaders) reaches it."""
+
+    memory_size: int
+
+    def read_memory(self, address: int, size: int) -> bytes: ...
+
+    def write_memory(self, address: int, data: bytes) -> None: ...
+
+    def memory_ranges(self, write: bool = False) -> list[tuple[int, int]]: ...
+
+    @property
+    def rom_ranges(self) -> list[tuple[int, int]]: ...
+
+
+class Platform(HostMemory, Protocol):
+    """The machine as the board sees it while building and while the guest runs.
+
+    ``core`` and ``uc`` are for board glue that maps memory (the IDE PIO window,
+    PAM, the VGA's framebuffer), never for device models."""
+
+    clock: Clock
+    rtc_base: float | None
+    core: Any
+    uc: Any
+    unassigned: Any
+
+    def add_device(self, base: int, count: int, device: Device) -> None:
+        """Claim ports at run time (a BAR moved)."""
+
+    def add_mmio(self, base: int, size: int, device: Device, access_ns: int = ...) -> None:
+        """Map an MMIO range at run time (a BAR moved)."""
+
+    def add_poller(self, poll: Callable[[], None]) -> None: ...
+
+    def add_closer(self, close: Callable[[], None]) -> None: ...
+
+    def add_resettable(self, *devices: Any) -> None: ...
+
+    def remove_from_memory_ranges(self, start: int, end: int) -> None: ...
+
+    def interrupt_request(self) -> None:
+        """An interrupt controller raised its output (any thread)."""
+
+    def wake(self) -> None:
+        """End a halted wait or the running slice (any thread)."""
+
+    def reset(self) -> None:
+        """The guest asked for a machine reset."""
+
+    def set_a20(self, enabled: bool) -> None: ...
+
+    def exit(self, status: int) -> None:
+        """isa-debug-exit."""
+
+    def power_off(self) -> None:
+        """The guest entered ACPI S5."""
+
+    def firmware_event(self, event: int) -> None: ...

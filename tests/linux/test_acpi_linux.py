@@ -1,0 +1,95 @@
+"""Debian's kernel on qemu_lite's ACPI: the tables it parses, the IOAPIC and PM timer it
+uses, the power button's SCI, and ``poweroff -f`` through S5 (reason "powered-off").
+
+The GRUB disk's ACPI boot and the MP table (``acpi=off``) are checked in
+test_linux_boot.py, on the boots that file already makes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from images import kernel
+
+from qemu_lite import Machine, imagebuild
+from qemu_lite.initramfs import S_IFDIR, S_IFLNK, S_IFREG, cpio_newc
+from qemu_lite.loaders import linux
+
+# The button driver (a module in Debian's kernel) owns the fixed-feature power button;
+# the sysfs counter of that fixed event counts the SCIs the kernel dispatched for it.
+INIT = r"""
+busybox mkdir -p /sys /proc
+busybox mount -t sysfs sysfs /sys
+busybox mount -t proc proc /proc
+busybox insmod /button.ko || busybox echo "insmod button.ko failed"
+busybox echo "qemu_lite init: userspace reached"
+busybox echo "clocksources: $(busybox cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
+busybox grep -E " (timer|acpi)$" /proc/interrupts
+count() { busybox awk '{print $1}' /sys/firmware/acpi/interrupts/ff_pwr_btn; }
+busybox echo "qemu_lite init: waiting for the power button"
+n=0
+while [ "$(count)" = 0 ] && [ $n -lt 600 ]; do busybox sleep 0.1; n=$((n + 1)); done
+busybox echo "qemu_lite init: power button events $(count)"
+busybox poweroff -f
+"""
+
+
+def _initramfs(path: Path) -> Path:
+    version = os.path.basename(kernel()).removeprefix("vmlinuz-")
+    button = Path("/lib/modules") / version / "kernel/drivers/acpi/button.ko"
+    if not button.is_file():
+        pytest.skip(f"{button} missing (uncompressed): apt-get install linux-image-{version}")
+    try:
+        busybox = Path(imagebuild.find_busybox()).read_bytes()
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
+    path.write_bytes(cpio_newc([
+        ("bin", S_IFDIR | 0o755, b""), ("bin/busybox", S_IFREG | 0o755, busybox),
+        ("bin/sh", S_IFLNK | 0o777, b"busybox"),
+        ("button.ko", S_IFREG | 0o644, button.read_bytes()),
+        ("init", S_IFREG | 0o755, ("#!/bin/busybox sh\n" + INIT).encode()),
+    ]))
+    return path
+
+
+def test_linux_uses_acpi_and_the_power_button_and_powers_off(tmp_path):
+    initrd = _initramfs(tmp_path / "initrd.cpio")
+    out = bytearray()
+    waiting = threading.Event()
+
+    def listen(data: bytes) -> None:
+        out.extend(data)
+        if b"waiting for the power button" in out:
+            waiting.set()
+
+    with Machine(memory="512M") as m:
+        m.board.com1.add_output_listener(listen)
+        linux.load(m, kernel(), "console=ttyS0 panic=-1", initrd)
+
+        def press() -> None:  # from another thread, as QMP's system_powerdown does
+            if waiting.wait(timeout=400):
+                m.powerdown()
+
+        threading.Thread(target=press, daemon=True).start()
+        result = m.run(timeout=400)
+        waiting.set()
+    text = out.decode(errors="replace")
+    assert "ACPI: RSDP 0x00000000000E0000 000024 (v02 QLITE )" in text, text[-3000:]
+    for table in ("XSDT", "FACP", "DSDT", "FACS", "APIC"):
+        assert f"ACPI: {table} 0x00000000000E" in text, table
+    assert "ACPI: Using ACPI (MADT) for SMP configuration information" in text
+    assert "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23" in text
+    assert "ACPI: INT_SRC_OVR (bus 0 bus_irq 0 global_irq 2 dfl dfl)" in text
+    assert "ACPI: PM-Timer IO Port: 0x608" in text
+    assert "clocksource: acpi_pm: mask: 0xffffff" in text
+    assert "clocksources: tsc acpi_pm" in text
+    assert "ACPI: PM: (supports S0 S5)" in text
+    assert "Could not enable" not in text, text  # every fixed event's enable bit sticks
+    assert "IO-APIC   2-edge      timer" in text and "IO-APIC   9-fasteoi   acpi" in text
+    assert "input: Power Button as /devices/LNXSYSTM:00/LNXPWRBN:00" in text
+    assert "qemu_lite init: power button events 1" in text, text[-2000:]
+    assert "reboot: Power down" in text
+    assert result.reason == "powered-off", result

@@ -1,0 +1,100 @@
+"""A real root disk: Debian's kernel with Debian's own initramfs (initramfs-tools: udev,
+module loading) finds an ext4 filesystem on our IDE disk by its label, mounts it and runs
+its init (busybox) to a ``login:`` prompt on the serial console; the test logs in as root
+through the pty, with a password, and runs a command.
+
+The kernel runs with a periodic tick (``nohz=off highres=off``: the PIT in mode 2).  With
+the default one-shot PIT (mode 4) the guest idles for good right after ata_piix registers
+its ports: the PIT's timer has fired, no timer is armed and the kernel never reprograms
+it, so the libata probe's timeout never comes (an IRQ 0 lost somewhere between OUT0's
+one-clock pulse and the kernel; not solved yet, see the closing note of issue 15)."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from images import kernel
+
+from qemu_lite import Machine, imagebuild
+from qemu_lite.loaders import linux
+
+PASSWORD = "qemu-lite-secret"
+
+
+class Typist:
+    """Reads the pty's output and answers each expected prompt in turn (its own thread)."""
+
+    def __init__(self, fd: int, script: list[tuple[str, str]], deadline: float) -> None:
+        self.fd, self.script, self.deadline = fd, script, deadline
+        self.seen = bytearray()
+        self.done: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="typist", daemon=True)
+
+    def _run(self) -> None:
+        start = 0
+        for expect, answer in self.script:
+            while True:
+                found = self.seen.find(expect.encode(), start)
+                if found >= 0:
+                    start = found + len(expect)
+                    break
+                if time.monotonic() > self.deadline:
+                    return
+                ready, _, _ = select.select([self.fd], [], [], 0.5)
+                if ready:
+                    try:
+                        self.seen += os.read(self.fd, 4096)
+                    except OSError:
+                        return
+            self.done.append(expect)
+            time.sleep(0.3)  # getty/login flush their input when they start reading
+            os.write(self.fd, answer.encode())
+
+
+@pytest.fixture(scope="module")
+def root_disk(tmp_path_factory) -> Path:
+    try:
+        return imagebuild.busybox_root_image(tmp_path_factory.mktemp("root") / "root.ext4",
+                                             PASSWORD)
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def debian_initrd(tmp_path_factory) -> str:
+    try:
+        return imagebuild.debian_initrd(tmp_path_factory.mktemp("initrd"), kernel())
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
+
+
+def test_debian_initramfs_mounts_ext4_root_on_ide_and_root_logs_in(root_disk, debian_initrd,
+                                                                     capfd):
+    script = [
+        ("login: ", "root\r"),
+        ("Password: ", PASSWORD + "\r"),
+        ("# ", "echo logged-in-as-$(busybox id -u) on $(busybox grep ' / ext4' /proc/mounts)\r"),
+        ("logged-in-as-0 on /dev/sda / ext4", "poweroff -f\r"),
+    ]
+    with Machine(disk=root_disk, memory="512M", serial="pty", snapshot=True) as m:
+        pts = capfd.readouterr().err.split("redirected to ")[1].split()[0]
+        fd = os.open(pts, os.O_RDWR | os.O_NOCTTY)
+        typist = Typist(fd, script, time.monotonic() + 600)
+        try:
+            linux.load(m, kernel(), "root=LABEL=qlroot rw console=ttyS0 panic=-1 nohz=off highres=off",
+                       debian_initrd)
+            typist.thread.start()
+            result = m.run(timeout=600)
+        finally:
+            typist.deadline = 0
+            typist.thread.join()
+            os.close(fd)
+    text = typist.seen.decode(errors="replace")
+    assert typist.done == [expect for expect, _ in script], text[-4000:]
+    assert "Begin: Loading essential drivers" in text or "Loading, please wait" in text
+    assert result.reason == "powered-off", result  # ACPI S5
