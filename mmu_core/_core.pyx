@@ -58,6 +58,8 @@ cdef uc_ql_tlb_ctx_drop_t uc_ql_tlb_ctx_drop = <uc_ql_tlb_ctx_drop_t>_fn_opt("uc
 cdef uc_ql_tlb_ctx_stats_t uc_ql_tlb_ctx_stats = \
     <uc_ql_tlb_ctx_stats_t>_fn_opt("uc_ql_tlb_ctx_stats")
 cdef uc_ql_cpu_state_t uc_ql_cpu_state = <uc_ql_cpu_state_t>_fn_opt("uc_ql_cpu_state")
+cdef uc_ql_tlb_global_stats_t uc_ql_tlb_global_stats = \
+    <uc_ql_tlb_global_stats_t>_fn_opt("uc_ql_tlb_global_stats")
 
 for _name, _ours in (("UC_X86_INS_IN", UC_X86_INS_IN), ("UC_X86_INS_OUT", UC_X86_INS_OUT),
                      ("UC_X86_INS_SYSCALL", UC_X86_INS_SYSCALL),
@@ -233,6 +235,7 @@ cdef class Core:
     cdef void *_ctx
     cdef size_t _ctx_size
     cdef uint64_t _ctx_base[8]    # engine context counters at reset_mmu_stats
+    cdef uint64_t _global_base[3] # engine global-page counters at reset_mmu_stats
 
     def __cinit__(self):
         self.st = <CoreState *>calloc(1, sizeof(CoreState))
@@ -286,6 +289,7 @@ cdef class Core:
             uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
             self._add_hook(UC_HOOK_TLB_FILL, <void *>_hook_tlb_fill_mmu)
             if tlb_mode == TLB_CACHED_C:
+                st.mmu.global_want = True
                 self.set_tlb_contexts(DEFAULT_TLB_CONTEXTS)
         self._add_hook(UC_HOOK_INSN, <void *>_hook_in, UC_X86_INS_IN)
         self._add_hook(UC_HOOK_INSN, <void *>_hook_out, UC_X86_INS_OUT)
@@ -380,6 +384,27 @@ cdef class Core:
         _check(uc_ql_tlb_ctx_config(st.uc, n, _ctx_tag_cb, <void *>st))
         st.mmu.ctx_max = n
         st.mmu.ctx_on = n > 0
+        self._update_global_pages()
+
+    def set_global_pages(self, bint on):
+        """Keep global translations (PTE.G under CR4.PGE) across CR3 loads (patch k).
+
+        Needs TLB contexts (:meth:`set_tlb_contexts`): without them every CR3 load
+        flushes Unicorn's whole TLB.  On by default where available."""
+        self.st.mmu.global_want = on
+        self._update_global_pages()
+
+    cdef _update_global_pages(self):
+        cdef Mmu *mmu = &self.st.mmu
+        cdef bint was = mmu.global_on
+        mmu.global_on = mmu.global_want and mmu.ctx_on and uc_ql_tlb_global_stats != NULL
+        if was and not mmu.global_on:
+            flush_unicorn_tlb(self.st)   # no global entry may outlive the next CR3 load
+
+    @property
+    def global_pages(self):
+        """True when global translations survive CR3 loads (see :meth:`set_global_pages`)."""
+        return bool(self.st.mmu.global_on)
 
     def set_pte_prefetch(self, int n):
         """Shadow up to ``n`` neighbouring leaf gptes at each shadow miss (KVM's
@@ -663,13 +688,21 @@ cdef class Core:
 
     cdef dict _ctx_stats(self):
         cdef uint64_t e[8]
+        cdef uint64_t g[3]
         cdef int parked = 0
         memset(e, 0, sizeof(e))
+        memset(g, 0, sizeof(g))
         if uc_ql_tlb_ctx_stats != NULL and self.st.mmu.ctx_max:
             parked = uc_ql_tlb_ctx_stats(self.st.uc, e, 8)
+        if uc_ql_tlb_global_stats != NULL:
+            uc_ql_tlb_global_stats(self.st.uc, g, 3)
         for i in range(8):
             e[i] -= self._ctx_base[i]
+        for i in range(3):
+            g[i] -= self._global_base[i]
         return {
+            "global_pages": self.global_pages, "global_noted": g[0],
+            "global_carried": g[1], "global_invlpg_drops": g[2],
             "tlb_contexts_max": self.tlb_contexts, "tlb_contexts_parked_now": parked,
             "ctx_switches": e[0], "ctx_same_space": e[1], "ctx_parked": e[2],
             "ctx_restored": e[3], "ctx_fills_avoided": e[4], "ctx_evicted": e[5],
@@ -686,6 +719,8 @@ cdef class Core:
             uc_ql_tlb_ctx_stats(self.st.uc, e, 8)
         for i in range(8):
             self._ctx_base[i] = e[i]
+        if uc_ql_tlb_global_stats != NULL:
+            uc_ql_tlb_global_stats(self.st.uc, self._global_base, 3)
 
     def audit(self):
         """Violations of the shadow MMU's invariants (empty when consistent)."""
@@ -1311,6 +1346,11 @@ cdef long _invalid_addr_offset = _find_invalid_addr_offset()
 def fault_address_offset():
     """Offset of Unicorn's refused-access address in its engine struct (-1: unknown)."""
     return _invalid_addr_offset
+
+
+def engine_has_global_pages():
+    """Does the loaded engine carry global pages across CR3 loads (engine patch k)?"""
+    return engine_has_tlb_contexts() and uc_ql_tlb_global_stats != NULL
 
 
 def engine_has_tlb_contexts():

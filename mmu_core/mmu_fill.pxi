@@ -285,6 +285,8 @@ cdef inline uint64_t leaf_spte(Mmu *mmu, MmuMode *m, uint64_t gpte, int level, u
     cdef uint64_t gfn = base >> 12
     if gpte & PT_DIRTY:
         s |= SPTE_D
+    if gpte & PT_GLOBAL:
+        s |= SPTE_G
     if level == 1 and gfn < mmu.nframes and (gpte & (PT_WRITABLE | PT_DIRTY)) == (PT_WRITABLE | PT_DIRTY) \
             and mmu.sp_count[gfn] == 0:
         s |= SPTE_HW_W
@@ -447,6 +449,7 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
     cdef uint64_t spte = 0, size, gpa
     cdef int level
     cdef bint u_ok = True, w_ok = True, nx = False, user, r, wr, x, ok
+    cdef bint implicit = False
     if _mode_changed(mmu, m):
         switch_mode(st, m)
     if m.levels == 0:
@@ -500,6 +503,8 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
                 size = 1ULL << (12 + 9 * (level - 1))
                 gpa = ((spte & SPTE_ADDR) + (gva & (size - 1))) & ~0xFFFULL
                 emit(st, gpa, access, r, wr, x, res)
+                if mmu.global_on and spte & SPTE_G and m.cr4 & CR4_PGE:
+                    res.perms |= UC_PROT_GLOBAL
                 return 0
             mmu.stats.shadow_perm_misses += 1
     # Slow path: a fresh guest walk decides.
@@ -511,6 +516,7 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
             mmu.stats.implicit_supervisor += 1
             ctx_taint(mmu)   # a supervisor answer in the user TLB: not to be kept
             user = False
+            implicit = True
         else:
             error_code[0] = w.error_code
             if w.error_code & PFERR_RSVD:
@@ -521,6 +527,8 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
         ctx_taint(mmu)   # an entry no shadow page backs: its table changes go unseen
     _rights(st, m, user, w.user, w.writable, w.nx, &r, &wr, &x)
     emit(st, w.gpa, access, r, wr and w.dirty, x, res)
+    if mmu.global_on and not implicit and w.gpte[w.leaf_level] & PT_GLOBAL and m.cr4 & CR4_PGE:
+        res.perms |= UC_PROT_GLOBAL
     return 0
 
 
