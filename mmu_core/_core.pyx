@@ -701,7 +701,7 @@ cdef class Core:
         for i in range(3):
             g[i] -= self._global_base[i]
         return {
-            "global_pages": self.global_pages, "global_noted": g[0],
+            "global_pages": int(self.global_pages), "global_noted": g[0],
             "global_carried": g[1], "global_invlpg_drops": g[2],
             "tlb_contexts_max": self.tlb_contexts, "tlb_contexts_parked_now": parked,
             "ctx_switches": e[0], "ctx_same_space": e[1], "ctx_parked": e[2],
