@@ -159,6 +159,10 @@ cdef void switch_mode(CoreState *st, MmuMode *m) noexcept nogil:
                 mmu.cur_tag = ctx_tag(st, m)   # empty since the change: its own space
             elif not cr3_load:
                 ctx_taint(mmu)   # EFER.NXE/LMA alone: QEMU kept the old entries
+            elif mmu.cur_tag != ctx_tag(st, m):
+                # CR3 changed behind the engine's callback (another vCPU's context
+                # restored, -smp): the TLB in use is not the tagged space's.
+                ctx_taint(mmu)
         if cr3_load:
             if not mmu.ctx_on:
                 mmu.stats.cr3_loads += 1   # with contexts, _ctx_tag_cb sees every one
