@@ -1,10 +1,13 @@
 """Micro-benchmarks of the hot paths, each beside its peers in the same run.
 
 - TLB fill (``test_fill_cost_mmu``): one guest loop that reloads CR3 and reads
-  one dword of each of 8,192 pages, 100 times.  Peers: the shadow MMU
-  (``cached``), Unicorn's own MMU (``native``), and a raw Unicorn engine whose
-  ``UC_HOOK_TLB_FILL`` hook is a pure-Python identity map (``python_hook``):
-  what mmu_core's C fill saves over doing it in Python (ENGINE_FACTS.md fact 1).
+  one dword of each of 8,192 pages, 100 times: a fill per page touch.  Peers:
+  the shadow MMU (``cached``, with TLB contexts off so that every reload still
+  flushes: the cost of the fill itself), Unicorn's own MMU (``native``), and a
+  raw Unicorn engine whose ``UC_HOOK_TLB_FILL`` hook is a pure-Python identity
+  map (``python_hook``): what mmu_core's C fill saves over doing it in Python
+  (ENGINE_FACTS.md fact 1).  ``cached_contexts`` is the default ``cached`` MMU, whose TLB
+  contexts see that a reload of the same CR3 needs no flush (engine patch i).
 - Port I/O round trip (``test_port_io``): ``IN AL, DX`` to a Python device vs
   to an unclaimed port.
 - PIO sector read (``test_pio_sector_read``): ATA READ SECTORS with
@@ -86,7 +89,11 @@ def run_raw_python_fill_hook(kernel: Path) -> Run:
     return Run(out.decode(errors="replace"), wall, {"fills": fills[0]})
 
 
-@pytest.mark.parametrize("peer", ["cached", "native", "python_hook"])
+def _no_tlb_contexts(machine) -> None:
+    machine.core.set_tlb_contexts(0)
+
+
+@pytest.mark.parametrize("peer", ["cached", "cached_contexts", "native", "python_hook"])
 def test_fill_cost_mmu(benchmark, guests, reference_output, peer: str):
     benchmark.group = "hotpath: TLB fill"
     kernel = guests("fill_loop", {"FLUSHES": FILL_FLUSHES, "NPAGES": FILL_PAGES})
@@ -95,8 +102,10 @@ def test_fill_cost_mmu(benchmark, guests, reference_output, peer: str):
         benchmark.pedantic(lambda: runs.append(run_raw_python_fill_hook(kernel)),
                            rounds=1, iterations=1)
     else:
+        mmu = "native" if peer == "native" else "cached"
+        setup = _no_tlb_contexts if peer == "cached" else None
         benchmark.pedantic(lambda g: runs.append(g.run()), rounds=1, iterations=1,
-                           setup=lambda: ((PreparedGuest(kernel, peer),), {}))
+                           setup=lambda: ((PreparedGuest(kernel, mmu, setup=setup),), {}))
     run = runs[-1]
     expected = reference_output.setdefault("fill_loop", run.checksum)
     assert run.checksum == expected
@@ -106,7 +115,8 @@ def test_fill_cost_mmu(benchmark, guests, reference_output, peer: str):
         info.update(mmu="python_hook", fills=run.stats["fills"],
                     fills_per_s=round(run.stats["fills"] / run.wall_s))
     else:
-        info = summarize(run.stats, peer, run.wall_s)
+        info = summarize(run.stats, "native" if peer == "native" else "cached", run.wall_s)
+        info["mmu"] = peer
     fills = info["fills"]
     info.update(workload="fill_loop", checksum=run.checksum, page_touches=touches,
                 ns_per_op=round(run.wall_s / touches * 1e9, 1),

@@ -50,7 +50,15 @@ WORKLOADS = [
     Workload("mode_switch", "mode_switch", {}, "32-bit -> PAE -> long mode -> back, "
              "2,000 times, one mapping in every format"),
     Workload("stores", "stores", {}, "store loop over 16 MiB of 4 KiB pages (ENGINE_FACTS.md fact 12)"),
+    Workload("shared_kernel", "shared_kernel", {}, "16 processes sharing a global kernel "
+             "half (CR4.PGE), user halves switched"),
+    Workload("pti", "pti", {}, "8 processes with two roots each (page-table isolation): "
+             "two CR3 loads per kernel entry"),
 ]
+
+# The context-switch workloads: the ones where ``cached`` must beat ``native``.
+CONTEXT_SWITCH = ("cr3_switch", "big_ws", "paging32", "pae", "mode_switch", "shared_kernel",
+                  "pti")
 
 # Counters that must not change between two runs of a timer-free guest.
 DETERMINISTIC_KEYS = (
@@ -166,6 +174,10 @@ def summarize(stats: dict[str, Any], mmu: str, wall_s: float) -> dict[str, Any]:
         "cr3_loads": stats.get("cr3_loads") if shadowed else None,
         "mode_changes": stats.get("mode_changes") if shadowed else None,
         "sp_created": stats.get("sp_created") if shadowed else None,
+        "ctx_restored": stats.get("ctx_restored") if shadowed else None,
+        "ctx_fills_avoided": stats.get("ctx_fills_avoided") if shadowed else None,
+        "ctx_evicted": stats.get("ctx_evicted") if shadowed else None,
+        "ctx_dropped": stats.get("ctx_dropped") if shadowed else None,
     }
     return info
 

@@ -212,7 +212,9 @@ def build(out: Path, work: Path, names: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(lib, out / LIB_NAME)
     manifest = {"unicorn": UNICORN_VERSION, "sdist_sha256": UNICORN_SDIST_SHA256,
-                "patches": [known[n].stem for n in names]}
+                "patches": [known[n].stem for n in names],
+                # what tests/engine/test_engine_current.py compares with the tree
+                "patch_sha256": {known[n].stem: _sha256(known[n]) for n in names}}
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     log(f"built {out / LIB_NAME} with patches {', '.join(names) or 'none'}")
     return out / LIB_NAME

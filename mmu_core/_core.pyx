@@ -13,7 +13,7 @@ import ctypes
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE, PyBUF_READ
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from libc.stdlib cimport calloc, free, realloc
 from cpython.ref cimport PyObject
 from cpython.bytearray cimport PyByteArray_AS_STRING
@@ -42,6 +42,24 @@ cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
 cdef uc_reg_read_batch_t uc_reg_read_batch = <uc_reg_read_batch_t>_fn("uc_reg_read_batch")
 cdef uc_ctl_t uc_ctl = <uc_ctl_t>_fn("uc_ctl")
 cdef uc_mmio_map_t uc_mmio_map = <uc_mmio_map_t>_fn("uc_mmio_map")
+
+
+cdef uintptr_t _fn_opt(name) noexcept:
+    """A patched engine's entry point, or 0 on the stock library."""
+    try:
+        return _fn(name)
+    except Exception:
+        return 0
+
+
+cdef uc_ql_tlb_ctx_config_t uc_ql_tlb_ctx_config = \
+    <uc_ql_tlb_ctx_config_t>_fn_opt("uc_ql_tlb_ctx_config")
+cdef uc_ql_tlb_ctx_drop_t uc_ql_tlb_ctx_drop = <uc_ql_tlb_ctx_drop_t>_fn_opt("uc_ql_tlb_ctx_drop")
+cdef uc_ql_tlb_ctx_stats_t uc_ql_tlb_ctx_stats = \
+    <uc_ql_tlb_ctx_stats_t>_fn_opt("uc_ql_tlb_ctx_stats")
+cdef uc_ql_cpu_state_t uc_ql_cpu_state = <uc_ql_cpu_state_t>_fn_opt("uc_ql_cpu_state")
+cdef uc_ql_tlb_global_stats_t uc_ql_tlb_global_stats = \
+    <uc_ql_tlb_global_stats_t>_fn_opt("uc_ql_tlb_global_stats")
 
 for _name, _ours in (("UC_X86_INS_IN", UC_X86_INS_IN), ("UC_X86_INS_OUT", UC_X86_INS_OUT),
                      ("UC_X86_INS_SYSCALL", UC_X86_INS_SYSCALL),
@@ -82,6 +100,7 @@ TLB_CACHED = TLB_CACHED_C       # shadow pages cached by gfn and role; CR3 loads
 TLB_NAIVE = TLB_NAIVE_C         # the same shadow MMU, every page dropped at each CR3 load
 
 DEFAULT_MAX_SHADOW_PAGES = 4096
+DEFAULT_TLB_CONTEXTS = 32      # parked address-space TLBs (patched engine; 0: off)
 
 include "mmu_defs.pxi"
 
@@ -182,6 +201,15 @@ cdef struct CoreState:
     uint8_t *dirty           # one byte per RAM frame
     uint32_t *dirty_list     # the frames logged, in order
     uint64_t dirty_count
+    # The CPU state read in place by the fill (patched engine), else NULL:
+    # offsets from mmu_core.cpu_layout, checked against uc_reg_read.
+    uint8_t *cpu
+    int off_cr0
+    int off_cr3
+    int off_cr4
+    int off_efer
+    int off_hflags
+    int off_eflags
     Mmu mmu
 
 
@@ -210,6 +238,8 @@ cdef class Core:
     cdef object _io_clock_owner
     cdef void *_ctx
     cdef size_t _ctx_size
+    cdef uint64_t _ctx_base[8]    # engine context counters at reset_mmu_stats
+    cdef uint64_t _global_base[3] # engine global-page counters at reset_mmu_stats
 
     def __cinit__(self):
         self.st = <CoreState *>calloc(1, sizeof(CoreState))
@@ -254,6 +284,7 @@ cdef class Core:
             raise ValueError(f"unknown TLB mode {tlb_mode}")
         st.mmu.mode = tlb_mode
         mmu_init(st, DEFAULT_MAX_SHADOW_PAGES)
+        self._attach_cpu_state()
         if tlb_mode == TLB_IDENTITY_C:
             uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
             self._add_hook(UC_HOOK_TLB_FILL, <void *>_hook_tlb_fill_identity)
@@ -263,6 +294,9 @@ cdef class Core:
                                _alias_write, <void *>st))
             uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
             self._add_hook(UC_HOOK_TLB_FILL, <void *>_hook_tlb_fill_mmu)
+            if tlb_mode == TLB_CACHED_C:
+                st.mmu.global_want = True
+                self.set_tlb_contexts(DEFAULT_TLB_CONTEXTS)
         self._add_hook(UC_HOOK_INSN, <void *>_hook_in, UC_X86_INS_IN)
         self._add_hook(UC_HOOK_INSN, <void *>_hook_out, UC_X86_INS_OUT)
         self._add_hook(UC_HOOK_INTR, <void *>_hook_intr)
@@ -273,6 +307,7 @@ cdef class Core:
     def __dealloc__(self):
         if self.st == NULL:
             return
+        self.st.mmu.ctx_on = False
         # The engine's hooks point at our state and its RAM is ours, so the
         # engine goes down with us.  Closing it through the binding's own
         # finalizer is idempotent: when garbage collection already closed it
@@ -297,6 +332,101 @@ cdef class Core:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
         self.st = NULL
+
+    cdef _attach_cpu_state(self):
+        """Read the paging registers in place when the engine allows it (patch i)."""
+        cdef CoreState *st = self.st
+        cdef uint64_t v[4]
+        cdef uint64_t d[4]
+        cdef ql_uc_x86_msr efer
+        if uc_ql_cpu_state == NULL:
+            return
+        from mmu_core import cpu_layout
+        layout = cpu_layout.discover()
+        if layout is None:
+            return
+        cpu = <uint8_t *>uc_ql_cpu_state(st.uc)
+        if cpu == NULL:
+            return
+        # The offsets count from the start of a saved context, whose header
+        # precedes the copy of the CPU state: find where the copy starts.
+        shift = _context_header_size(st.uc, cpu)
+        if shift < 0:
+            return
+        st.off_cr0, st.off_cr3 = layout["cr0"] - shift, layout["cr3"] - shift
+        st.off_cr4, st.off_efer = layout["cr4"] - shift, layout["efer"] - shift
+        st.off_hflags, st.off_eflags = layout["hflags"] - shift, layout["eflags"] - shift
+        uc_reg_read(st.uc, REG_CR0, &v[0])
+        uc_reg_read(st.uc, REG_CR3, &v[1])
+        uc_reg_read(st.uc, REG_CR4, &v[2])
+        efer.rid = MSR_EFER
+        efer.value = 0
+        uc_reg_read(st.uc, REG_MSR, &efer)
+        v[3] = efer.value
+        memcpy(&d[0], cpu + st.off_cr0, 8)
+        memcpy(&d[1], cpu + st.off_cr3, 8)
+        memcpy(&d[2], cpu + st.off_cr4, 8)
+        memcpy(&d[3], cpu + st.off_efer, 8)
+        if memcmp(v, d, sizeof(v)) == 0:
+            st.cpu = cpu
+
+    @property
+    def reads_cpu_state_directly(self):
+        """True when the fill reads CR0/CR3/CR4/EFER/CPL/AC in place (patched engine)."""
+        return self.st.cpu != NULL
+
+    def set_tlb_contexts(self, int n):
+        """Keep up to ``n`` parked address-space TLBs (patch i; 0 turns them off).
+
+        Only ``cached`` mode on the patched engine has them; elsewhere this is a
+        no-op and :attr:`tlb_contexts` stays 0."""
+        cdef CoreState *st = self.st
+        if n < 0 or n > 4096:
+            raise ValueError("TLB contexts: 0 to 4096")
+        if uc_ql_tlb_ctx_config == NULL or st.mmu.mode != TLB_CACHED_C or st.cpu == NULL:
+            return
+        st.mmu.ctx_on = False
+        st.mmu.cur_tag = 0
+        _check(uc_ql_tlb_ctx_config(st.uc, n, _ctx_tag_cb, <void *>st))
+        st.mmu.ctx_max = n
+        st.mmu.ctx_on = n > 0
+        self._update_global_pages()
+
+    def set_global_pages(self, bint on):
+        """Keep global translations (PTE.G under CR4.PGE) across CR3 loads (patch k).
+
+        Needs TLB contexts (:meth:`set_tlb_contexts`): without them every CR3 load
+        flushes Unicorn's whole TLB.  On by default where available."""
+        self.st.mmu.global_want = on
+        self._update_global_pages()
+
+    cdef _update_global_pages(self):
+        cdef Mmu *mmu = &self.st.mmu
+        cdef bint was = mmu.global_on
+        mmu.global_on = mmu.global_want and mmu.ctx_on and uc_ql_tlb_global_stats != NULL
+        if was and not mmu.global_on:
+            flush_unicorn_tlb(self.st)   # no global entry may outlive the next CR3 load
+
+    @property
+    def global_pages(self):
+        """True when global translations survive CR3 loads (see :meth:`set_global_pages`)."""
+        return bool(self.st.mmu.global_on)
+
+    def set_pte_prefetch(self, int n):
+        """Shadow up to ``n`` neighbouring leaf gptes at each shadow miss (KVM's
+        PTE_PREFETCH_NUM; a power of two up to 64, 0 or 1 turns it off)."""
+        if n < 0 or n > 64 or n & (n - 1):
+            raise ValueError("PTE prefetch: 0 or a power of two up to 64")
+        self.st.mmu.prefetch = n if n > 1 else 0
+
+    @property
+    def pte_prefetch(self):
+        return self.st.mmu.prefetch
+
+    @property
+    def tlb_contexts(self):
+        """The bound on parked address-space TLBs (0: every CR3 load flushes)."""
+        return self.st.mmu.ctx_max if self.st.mmu.ctx_on else 0
 
     cdef _add_hook(self, int kind, void *cb, int insn=-1):
         cdef int err
@@ -464,7 +594,10 @@ cdef class Core:
         track_phys_write(self.st, paddr, length, False)
 
     def flush_mmu(self):
-        """Drop every shadow page and flush Unicorn's TLB (machine reset)."""
+        """Drop every shadow page, every parked TLB context and Unicorn's TLB.
+
+        For a machine reset or a CPU state loaded from outside (a snapshot):
+        nothing cached under the old page tables survives."""
         zap_all(&self.st.mmu)
         memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)
         self.st.mmu.fault_pending = False
@@ -550,14 +683,50 @@ cdef class Core:
             "tlb_flushes_wp": s.tlb_flushes_wp, "tlb_flushes_code": s.tlb_flushes_code,
             "code_frames": s.code_frames, "implicit_supervisor": s.implicit_supervisor,
             "phys_writes_notified": s.phys_writes_notified,
+            "pte_prefetch": mmu.prefetch, "pte_prefetched": s.pte_prefetched,
+            "pte_prefetch_used": s.pte_prefetch_used,
         }
+        d.update(self._ctx_stats())
         for i in range(1, 5):
             d[f"shadow_hits_l{i}"] = s.shadow_hits[i]
             d[f"shadow_misses_l{i}"] = s.shadow_misses[i]
         return d
 
+    cdef dict _ctx_stats(self):
+        cdef uint64_t e[8]
+        cdef uint64_t g[3]
+        cdef int parked = 0
+        memset(e, 0, sizeof(e))
+        memset(g, 0, sizeof(g))
+        if uc_ql_tlb_ctx_stats != NULL and self.st.mmu.ctx_max:
+            parked = uc_ql_tlb_ctx_stats(self.st.uc, e, 8)
+        if uc_ql_tlb_global_stats != NULL:
+            uc_ql_tlb_global_stats(self.st.uc, g, 3)
+        for i in range(8):
+            e[i] -= self._ctx_base[i]
+        for i in range(3):
+            g[i] -= self._global_base[i]
+        return {
+            "global_pages": int(self.global_pages), "global_noted": g[0],
+            "global_carried": g[1], "global_invlpg_drops": g[2],
+            "tlb_contexts_max": self.tlb_contexts, "tlb_contexts_parked_now": parked,
+            "ctx_switches": e[0], "ctx_same_space": e[1], "ctx_parked": e[2],
+            "ctx_restored": e[3], "ctx_fills_avoided": e[4], "ctx_evicted": e[5],
+            "ctx_dropped": e[6], "ctx_fresh": e[7],
+            "ctx_root_drops": self.st.mmu.stats.ctx_drops,
+            "ctx_taints": self.st.mmu.stats.ctx_taints,
+        }
+
     def reset_mmu_stats(self):
+        cdef uint64_t e[8]
         memset(&self.st.mmu.stats, 0, sizeof(MmuStats))
+        memset(e, 0, sizeof(e))
+        if uc_ql_tlb_ctx_stats != NULL and self.st.mmu.ctx_max:
+            uc_ql_tlb_ctx_stats(self.st.uc, e, 8)
+        for i in range(8):
+            self._ctx_base[i] = e[i]
+        if uc_ql_tlb_global_stats != NULL:
+            uc_ql_tlb_global_stats(self.st.uc, self._global_base, 3)
 
     def audit(self):
         """Violations of the shadow MMU's invariants (empty when consistent)."""
@@ -820,6 +989,24 @@ cdef class Core:
             self._error = exc
         self.st.stop_flags |= C_STOP_ERROR
         uc_emu_stop(self.st.uc)
+
+
+cdef int _context_header_size(uc_engine *uc, uint8_t *cpu) except -2:
+    """Bytes before the CPU state's copy in a saved context (-1: not found)."""
+    cdef void *ctx = NULL
+    cdef size_t size = uc_context_size(uc)
+    cdef int shift, found = -1
+    _check(uc_context_alloc(uc, &ctx))
+    try:
+        _check(uc_context_save(uc, ctx))
+        for shift in range(0, 129, 8):
+            if size > <size_t>shift + 2048 and memcmp(<uint8_t *>ctx + shift, cpu, 2048) == 0:
+                if found >= 0:
+                    return -1   # ambiguous
+                found = shift
+    finally:
+        uc_context_free(ctx)
+    return found
 
 
 cdef void _close_engine(uc_obj) noexcept:
@@ -1146,6 +1333,7 @@ include "mmu_walker.pxi"
 include "mmu_shadow.pxi"
 include "mmu_track.pxi"
 include "mmu_fill.pxi"
+include "mmu_ctx.pxi"
 include "mmu_audit.pxi"
 
 
@@ -1205,3 +1393,13 @@ cdef long _invalid_addr_offset = _find_invalid_addr_offset()
 def fault_address_offset():
     """Offset of Unicorn's refused-access address in its engine struct (-1: unknown)."""
     return _invalid_addr_offset
+
+
+def engine_has_global_pages():
+    """Does the loaded engine carry global pages across CR3 loads (engine patch k)?"""
+    return engine_has_tlb_contexts() and uc_ql_tlb_global_stats != NULL
+
+
+def engine_has_tlb_contexts():
+    """Does the loaded engine offer address-space TLB contexts (engine patch i)?"""
+    return uc_ql_tlb_ctx_config != NULL and uc_ql_cpu_state != NULL

@@ -3,7 +3,8 @@
 # and child pointers agree; every present spte agrees with the guest entry it
 # caches (present, accessed, same target, same W/U/NX/D bits); rmap entries
 # are exactly the 4 KiB leaves mapping RAM; no spte that allows direct writes
-# maps a shadowed frame.
+# maps a shadowed frame; the TLB the CPU uses is parked, if at all, under the
+# tag of the address space the CPU is in (TLB contexts).
 
 cdef list mmu_audit(CoreState *st):
     cdef Mmu *mmu = &st.mmu
@@ -114,6 +115,22 @@ cdef list mmu_audit(CoreState *st):
                 spte = sp.spt[ref & 511]
                 if not spte & SPTE_LEAF or (spte & SPTE_ADDR) >> 12 != gfn:
                     errors.append(f"rmap of {gfn:#x}: stale entry {ref >> 9}[{ref & 511}]")
+        errors.extend(_audit_ctx(st))
     finally:
         free(count)
     return errors
+
+
+cdef list _audit_ctx(CoreState *st):
+    cdef MmuMode m
+    cdef uint64_t tag
+    if not st.mmu.ctx_on or st.mmu.cur_tag == 0:
+        return []
+    read_mode(st, &m)
+    if not st.mmu.have_mode or (st.mmu.cur_cr0 ^ m.cr0) & CR0_MODE_BITS or \
+            (st.mmu.cur_cr4 ^ m.cr4) & CR4_MODE_BITS or (st.mmu.cur_efer ^ m.efer) & EFER_MODE_BITS:
+        return []   # a mode change the next fill has yet to see
+    tag = ctx_tag(st, &m)
+    if tag != st.mmu.cur_tag and m.levels != 0:
+        return [f"TLB context tag {st.mmu.cur_tag:#x}, the CPU's address space is {tag:#x}"]
+    return []

@@ -15,6 +15,7 @@ cdef extern from *:
     #define QL_PT_ACCESSED  0x20ULL
     #define QL_PT_DIRTY     0x40ULL
     #define QL_PT_PSE       0x80ULL
+    #define QL_PT_GLOBAL    0x100ULL
     #define QL_PT64_NX      0x8000000000000000ULL
     #define QL_PHYS_MASK    0xFFFFFFFFFFULL          /* MAXPHYADDR = 40 */
     #define QL_PT64_ADDR    0xFFFFFFFFFF000ULL       /* bits 51:12 of an entry */
@@ -38,6 +39,9 @@ cdef extern from *:
     #define QL_SPTE_D       0x40ULL     /* leaf: gpte dirty */
     #define QL_SPTE_LEAF    0x100ULL    /* maps a page (else points to a child sp) */
     #define QL_SPTE_HW_W    0x200ULL    /* 4 KiB leaf: may be written in RAM directly */
+    #define QL_SPTE_PREFETCH 0x400ULL   /* 4 KiB leaf made by prefetch, not used yet */
+    #define QL_SPTE_G       0x800ULL    /* leaf: gpte global (meaningful under CR4.PGE) */
+    #define QL_UC_PROT_GLOBAL 0x100     /* fill perms bit: a global translation (patch k) */
     #define QL_SPTE_NX      0x8000000000000000ULL
     #define QL_SPTE_ADDR    0xFFFFFFFFFF000ULL
     #define QL_ALIAS_BASE   0x10000000000ULL        /* 1 << 40: the page-table write alias */
@@ -49,6 +53,7 @@ cdef extern from *:
     uint64_t PT_ACCESSED "QL_PT_ACCESSED"
     uint64_t PT_DIRTY "QL_PT_DIRTY"
     uint64_t PT_PSE "QL_PT_PSE"
+    uint64_t PT_GLOBAL "QL_PT_GLOBAL"
     uint64_t PT64_NX "QL_PT64_NX"
     uint64_t PHYS_MASK "QL_PHYS_MASK"
     uint64_t PT64_ADDR "QL_PT64_ADDR"
@@ -71,6 +76,9 @@ cdef extern from *:
     uint64_t SPTE_D "QL_SPTE_D"
     uint64_t SPTE_LEAF "QL_SPTE_LEAF"
     uint64_t SPTE_HW_W "QL_SPTE_HW_W"
+    uint64_t SPTE_PREFETCH "QL_SPTE_PREFETCH"
+    uint64_t SPTE_G "QL_SPTE_G"
+    int UC_PROT_GLOBAL "QL_UC_PROT_GLOBAL"
     uint64_t SPTE_NX "QL_SPTE_NX"
     uint64_t SPTE_ADDR "QL_SPTE_ADDR"
     uint64_t ALIAS_BASE "QL_ALIAS_BASE"
@@ -196,6 +204,10 @@ cdef struct MmuStats:
     uint64_t phys_writes_notified
     uint64_t rsvd_faults
     uint64_t noncanonical_faults
+    uint64_t ctx_drops          # parked address spaces invalidated by a table change
+    uint64_t pte_prefetched     # leaf sptes made from neighbouring gptes at a shadow miss
+    uint64_t pte_prefetch_used  # ... that a later fill hit
+    uint64_t ctx_taints         # the current TLB lost its right to be parked
 
 cdef struct Mmu:
     int mode                  # TLB_* of the Core
@@ -227,4 +239,13 @@ cdef struct Mmu:
     uint64_t fault_addr
     uint32_t fault_error
     bint fault_noncanonical   # a 64-bit access to a non-canonical address: #GP/#SS, not #PF
+    # Address-space TLB contexts (engine patch i; mmu_ctx.pxi).
+    uc_engine *uc
+    bint ctx_on
+    int ctx_max
+    uint64_t cur_tag          # tag the current Unicorn TLB may be parked under (0: none)
+    bint ctx_quiet            # inside zap_sp/zap_all: invalidated already
+    int prefetch              # leaf gptes read around a shadow miss (aligned group; 0: off)
+    bint global_want          # carry global pages across CR3 loads when contexts allow
+    bint global_on            # ... and they do (engine patch k, contexts on)
     MmuStats stats

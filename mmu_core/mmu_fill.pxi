@@ -71,6 +71,39 @@ cdef void mode_init(MmuMode *m, uint64_t cr0, uint64_t cr3, uint64_t cr4, uint64
     m.a20_mask = 0xFFFFFFFFFFFFFFFFULL if a20_enabled else ~(1ULL << 20)
 
 
+cdef void read_mode(CoreState *st, MmuMode *m) noexcept nogil:
+    """The paging state of the CPU now: read in place on the patched engine (CPL and
+    EFLAGS.AC too), else through uc_reg_read (CPL and AC then lazily, _read_cpl)."""
+    cdef uint64_t cr0 = 0, cr3 = 0, cr4 = 0, eflags = 0
+    cdef uint32_t hflags = 0
+    cdef ql_uc_x86_msr efer
+    cdef int regs[4]
+    cdef void *vals[4]
+    if st.cpu != NULL:
+        memcpy(&cr0, st.cpu + st.off_cr0, 8)
+        memcpy(&cr3, st.cpu + st.off_cr3, 8)
+        memcpy(&cr4, st.cpu + st.off_cr4, 8)
+        memcpy(&efer.value, st.cpu + st.off_efer, 8)
+        memcpy(&hflags, st.cpu + st.off_hflags, 4)
+        memcpy(&eflags, st.cpu + st.off_eflags, 8)
+        mode_init(m, cr0, cr3, cr4, efer.value, st.a20_enabled)
+        m.cpl = <int>(hflags & 3)    # QEMU's HF_CPL: 0 in real mode, 3 in virtual-8086
+        m.ac = 1 if eflags & EFLAGS_AC else 0
+        return
+    efer.rid = MSR_EFER
+    efer.value = 0
+    regs[0] = REG_CR0
+    regs[1] = REG_CR3
+    regs[2] = REG_CR4
+    regs[3] = REG_MSR
+    vals[0] = &cr0
+    vals[1] = &cr3
+    vals[2] = &cr4
+    vals[3] = &efer
+    uc_reg_read_batch(st.uc, regs, vals, 4)
+    mode_init(m, cr0, cr3, cr4, efer.value, st.a20_enabled)
+
+
 # -- roots ----------------------------------------------------------------------------
 
 cdef inline uint64_t _root_gfn(MmuMode *m) noexcept nogil:
@@ -114,13 +147,25 @@ cdef void switch_mode(CoreState *st, MmuMode *m) noexcept nogil:
     """The fill saw a CR3 load or a paging-mode change since the previous fill."""
     cdef Mmu *mmu = &st.mmu
     cdef bint cr3_load = mmu.have_mode and mmu.cur_cr3 != m.cr3
+    cdef bint flushed = (m.cr0 ^ mmu.cur_cr0) & CR0_MODE_BITS or \
+        (m.cr4 ^ mmu.cur_cr4) & CR4_MODE_BITS
     if mmu.have_mode:
         # QEMU flushed its TLB on this change: nothing it holds predates now.
-        if (cr3_load and m.cr0 & CR0_PG) or (m.cr0 ^ mmu.cur_cr0) & CR0_MODE_BITS or \
-                (m.cr4 ^ mmu.cur_cr4) & CR4_MODE_BITS:
+        # With TLB contexts a CR3 load parks the TLB instead (no flush).
+        if (cr3_load and m.cr0 & CR0_PG and not mmu.ctx_on) or flushed:
             mmu.tlb_gen += 1
+        if mmu.ctx_on:
+            if flushed:
+                mmu.cur_tag = ctx_tag(st, m)   # empty since the change: its own space
+            elif not cr3_load:
+                ctx_taint(mmu)   # EFER.NXE/LMA alone: QEMU kept the old entries
+            elif mmu.cur_tag != ctx_tag(st, m):
+                # CR3 changed behind the engine's callback (another vCPU's context
+                # restored, -smp): the TLB in use is not the tagged space's.
+                ctx_taint(mmu)
         if cr3_load:
-            mmu.stats.cr3_loads += 1
+            if not mmu.ctx_on:
+                mmu.stats.cr3_loads += 1   # with contexts, _ctx_tag_cb sees every one
             if mmu.mode == TLB_NAIVE_C and mmu.n_sp:
                 zap_all(mmu)
                 mmu.stats.naive_zap_all += 1
@@ -244,13 +289,16 @@ cdef inline uint64_t leaf_spte(Mmu *mmu, MmuMode *m, uint64_t gpte, int level, u
     cdef uint64_t gfn = base >> 12
     if gpte & PT_DIRTY:
         s |= SPTE_D
+    if gpte & PT_GLOBAL:
+        s |= SPTE_G
     if level == 1 and gfn < mmu.nframes and (gpte & (PT_WRITABLE | PT_DIRTY)) == (PT_WRITABLE | PT_DIRTY) \
             and mmu.sp_count[gfn] == 0:
         s |= SPTE_HW_W
     return s
 
 
-cdef void install(CoreState *st, MmuMode *m, uint64_t gva, Walker *w) noexcept nogil:
+cdef bint install(CoreState *st, MmuMode *m, uint64_t gva, Walker *w) noexcept nogil:
+    """Extend the shadow tree with a walk; False when it could not (no page, no root)."""
     cdef Mmu *mmu = &st.mmu
     cdef int level = _top_level(m.levels)
     cdef uint32_t spi, child
@@ -259,7 +307,7 @@ cdef void install(CoreState *st, MmuMode *m, uint64_t gva, Walker *w) noexcept n
     make_pages_available(mmu, SP_RESERVE)
     spi = _root_for(mmu, m, gva)
     if spi == 0:
-        return
+        return False
     if m.levels != 4:
         gva &= 0xFFFFFFFFULL
     while level > w.leaf_level:
@@ -271,7 +319,7 @@ cdef void install(CoreState *st, MmuMode *m, uint64_t gva, Walker *w) noexcept n
         quadrant = <int>((gva >> 21) & 1) if (m.levels == 2 and level == 2) else 0
         child = get_sp(st, w.pte_gpa[level - 1] >> 12, make_role(m, level - 1, quadrant))
         if child == 0:
-            return
+            return False
         set_spte(mmu, spi, idx, spte | (<uint64_t>child << 12))
         spi = child
         level -= 1
@@ -279,6 +327,37 @@ cdef void install(CoreState *st, MmuMode *m, uint64_t gva, Walker *w) noexcept n
     size = 1ULL << (12 + 9 * (level - 1))
     base = (w.page_base + (gva & (w.page_size - 1))) & ~(size - 1)
     set_spte(mmu, spi, idx, leaf_spte(mmu, m, w.gpte[level], level, base))
+    if level == 1 and mmu.prefetch > 1:
+        prefetch_leaves(st, m, spi, idx)
+    return True
+
+
+cdef void prefetch_leaves(CoreState *st, MmuMode *m, uint32_t spi, int idx) noexcept nogil:
+    """KVM's pte prefetch: shadow the present, accessed gptes of the aligned group of
+    ``mmu.prefetch`` entries around ``idx`` of leaf table ``spi``, so that touching
+    them later is a shadow hit instead of a guest walk.  Guest memory is not written
+    (no A/D bits are set); entries a walk would refuse (not present, not accessed,
+    reserved bits) are left for the walk."""
+    cdef Mmu *mmu = &st.mmu
+    cdef ShadowPage *sp = mmu.sps[spi]
+    cdef bint wide = m.levels != 2
+    cdef uint64_t frame = sp.gfn << 12
+    cdef uint64_t gpte, base
+    cdef int i, lo = idx & ~(mmu.prefetch - 1)
+    for i in range(lo, lo + mmu.prefetch):
+        if i == idx or sp.spt[i] & SPTE_P:
+            continue
+        if wide:
+            gpte = _load_gpte(st, frame + <uint64_t>i * 8, True)
+        else:
+            gpte = _load_gpte(st, frame + <uint64_t>(role_quadrant(sp.role) * 512 + i) * 4, False)
+        if (gpte & (PT_PRESENT | PT_ACCESSED)) != (PT_PRESENT | PT_ACCESSED):
+            continue
+        if wide and gpte & _rsvd_mask(1, False, m.nxe, m.levels == 4):
+            continue
+        base = gpte & (PHYS_MASK & ~0xFFFULL if wide else 0xFFFFF000ULL)
+        set_spte(mmu, spi, i, leaf_spte(mmu, m, gpte, 1, base) | SPTE_PREFETCH)
+        mmu.stats.pte_prefetched += 1
 
 
 # -- implicit supervisor accesses at CPL 3 -----------------------------------------------
@@ -374,6 +453,7 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
     cdef uint64_t spte = 0, size, gpa
     cdef int level
     cdef bint u_ok = True, w_ok = True, nx = False, user, r, wr, x, ok
+    cdef bint implicit = False
     if _mode_changed(mmu, m):
         switch_mode(st, m)
     if m.levels == 0:
@@ -421,9 +501,14 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
                 ok = x
             if ok:
                 mmu.stats.shadow_hits[level] += 1
+                if spte & SPTE_PREFETCH:
+                    mmu.stats.pte_prefetch_used += 1
+                    sp.spt[(gva >> (12 + 9 * (level - 1))) & 511] = spte & ~SPTE_PREFETCH
                 size = 1ULL << (12 + 9 * (level - 1))
                 gpa = ((spte & SPTE_ADDR) + (gva & (size - 1))) & ~0xFFFULL
                 emit(st, gpa, access, r, wr, x, res)
+                if mmu.global_on and spte & SPTE_G and m.cr4 & CR4_PGE:
+                    res.perms |= UC_PROT_GLOBAL
                 return 0
             mmu.stats.shadow_perm_misses += 1
     # Slow path: a fresh guest walk decides.
@@ -433,17 +518,21 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
                 PFERR_PRESENT and implicit_supervisor(st, m, gva) and \
                 walk_addr(st, m, gva, access, False, True, &w) == 0:
             mmu.stats.implicit_supervisor += 1
+            ctx_taint(mmu)   # a supervisor answer in the user TLB: not to be kept
             user = False
+            implicit = True
         else:
             error_code[0] = w.error_code
             if w.error_code & PFERR_RSVD:
                 mmu.stats.rsvd_faults += 1
             mmu.stats.faults += 1
             return 1
-    if mmu.mode != TLB_IDENTITY_C:
-        install(st, m, gva, &w)
+    if mmu.mode != TLB_IDENTITY_C and not install(st, m, gva, &w):
+        ctx_taint(mmu)   # an entry no shadow page backs: its table changes go unseen
     _rights(st, m, user, w.user, w.writable, w.nx, &r, &wr, &x)
     emit(st, w.gpa, access, r, wr and w.dirty, x, res)
+    if mmu.global_on and not implicit and w.gpte[w.leaf_level] & PT_GLOBAL and m.cr4 & CR4_PGE:
+        res.perms |= UC_PROT_GLOBAL
     return 0
 
 
@@ -452,10 +541,6 @@ cdef bint _hook_tlb_fill_mmu(uc_engine *uc, uint64_t vaddr, int type,
     cdef CoreState *st = <CoreState *>user_data
     cdef Mmu *mmu = &st.mmu
     cdef MmuMode m
-    cdef uint64_t cr0 = 0, cr3 = 0, cr4 = 0
-    cdef ql_uc_x86_msr efer
-    cdef int regs[4]
-    cdef void *vals[4]
     cdef int access
     cdef uint32_t error_code = 0
     cdef bint noncanonical = False
@@ -469,18 +554,8 @@ cdef bint _hook_tlb_fill_mmu(uc_engine *uc, uint64_t vaddr, int type,
     else:
         access = ACC_READ
         mmu.stats.fills_read += 1
-    efer.rid = MSR_EFER
-    efer.value = 0
-    regs[0] = REG_CR0
-    regs[1] = REG_CR3
-    regs[2] = REG_CR4
-    regs[3] = REG_MSR
-    vals[0] = &cr0
-    vals[1] = &cr3
-    vals[2] = &cr4
-    vals[3] = &efer
-    uc_reg_read_batch(uc, regs, vals, 4)
-    if efer.value & EFER_LMA:
+    read_mode(st, &m)
+    if m.efer & EFER_LMA:
         # 48-bit linear addresses (CPUID does not offer LA57): bits 63:47 must
         # be equal, or the access is #GP(0) / #SS(0), not a page fault (SDM
         # vol. 3 6.15).  QEMU's own MMU checks this in its tlb_fill, which the
@@ -492,7 +567,6 @@ cdef bint _hook_tlb_fill_mmu(uc_engine *uc, uint64_t vaddr, int type,
         result.paddr = ALIAS_BASE
         result.perms = UC_PROT_READ | UC_PROT_EXEC
         return True
-    mode_init(&m, cr0, cr3, cr4, efer.value, st.a20_enabled)
     if not noncanonical and mmu_fill(st, &m, vaddr, access, result, &error_code) == 0:
         return True
     if noncanonical:

@@ -86,6 +86,7 @@ cdef void drop_spte(Mmu *mmu, uint32_t spi, uint32_t idx) noexcept nogil:
     cdef ShadowPage *child
     if not spte & SPTE_P:
         return
+    ctx_invalidate_sp(mmu, spi)
     if spte & SPTE_LEAF:
         if _spte_maps_ram_4k(mmu, sp, spte):
             rmap_remove(mmu, (spte & SPTE_ADDR) >> 12, _ref(spi, idx))
@@ -105,6 +106,11 @@ cdef void set_spte(Mmu *mmu, uint32_t spi, uint32_t idx, uint64_t spte) noexcept
     if old & SPTE_P:
         # A leaf that keeps its frame keeps its rmap entry.
         if (old & SPTE_LEAF) and (spte & SPTE_LEAF) and (old & SPTE_ADDR) == (spte & SPTE_ADDR):
+            # Rights only added (W, D, NX cleared; U is a restriction under SMAP/SMEP):
+            # an entry made from the old spte is merely narrower, and a miss refills it.
+            if (old & ~spte) & (SPTE_W | SPTE_D) or (old ^ spte) & SPTE_U or \
+                    (spte & ~old) & SPTE_NX:
+                ctx_invalidate_sp(mmu, spi)
             sp.spt[idx] = spte
             return
         drop_spte(mmu, spi, idx)
@@ -230,6 +236,9 @@ cdef void zap_sp(Mmu *mmu, uint32_t spi) noexcept nogil:
     cdef ShadowPage *sp = mmu.sps[spi]
     cdef uint32_t i, ref, b, cur, prev
     cdef ShadowPage *psp
+    cdef bint quiet = mmu.ctx_quiet
+    ctx_invalidate_sp(mmu, spi)
+    mmu.ctx_quiet = True
     while sp.nparents:
         ref = sp.parents[sp.nparents - 1]
         psp = mmu.sps[ref >> 9]
@@ -262,11 +271,15 @@ cdef void zap_sp(Mmu *mmu, uint32_t spi) noexcept nogil:
     mmu.n_free += 1
     mmu.n_sp -= 1
     mmu.stats.sp_zapped += 1
+    mmu.ctx_quiet = quiet
 
 
 cdef void zap_all(Mmu *mmu) noexcept nogil:
+    ctx_drop_all(mmu)
+    mmu.ctx_quiet = True
     while mmu.lru_head:
         zap_sp(mmu, mmu.lru_head)
+    mmu.ctx_quiet = False
     mmu.have_mode = False
 
 
@@ -291,6 +304,7 @@ cdef void make_pages_available(Mmu *mmu, uint32_t want) noexcept nogil:
 cdef int mmu_init(CoreState *st, uint32_t max_pages) except -1:
     cdef Mmu *mmu = &st.mmu
     mmu.nframes = st.ram_size >> 12
+    mmu.uc = st.uc
     mmu.sp_count = <uint16_t *>calloc(mmu.nframes, sizeof(uint16_t))
     mmu.frame_flags = <uint8_t *>calloc(mmu.nframes, 1)
     mmu.wgen = <uint32_t *>calloc(mmu.nframes, sizeof(uint32_t))

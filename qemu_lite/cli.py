@@ -43,6 +43,7 @@ STATUS = {"halted": 0, "usage": 2, "timeout": 4, "crash": 6, "reset": 8, "stoppe
 
 MIN_MMU_PAGES = 16  # what the shadow MMU needs for one 4-level walk and its roots
 MAX_MMU_PAGES = 1 << 20  # 4 GiB of shadow page tables
+MAX_MMU_CONTEXTS = 4096  # parked address-space TLBs (engine patch i)
 MAX_TIMEOUT = 1e8  # seconds (about three years): keeps the deadline in 64-bit nanoseconds
 
 
@@ -51,6 +52,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(STATUS["usage"], f"{self.prog}: {message} (see --help)\n")
+
+
+def _mmu_contexts(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_MMU_CONTEXTS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 to {MAX_MMU_CONTEXTS}, not {text!r}")
+    return n
 
 
 def _mmu_pages(text: str) -> int:
@@ -144,6 +156,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mmu-pages", type=_mmu_pages, metavar="N",
                    help=f"bound the number of shadow pages ({MIN_MMU_PAGES}-{MAX_MMU_PAGES}; "
                         "least recently used are recycled)")
+    p.add_argument("--mmu-contexts", type=_mmu_contexts, metavar="N",
+                   help=f"cached MMU on the patched engine: keep the TLBs of up to N address "
+                        f"spaces across CR3 loads (0-{MAX_MMU_CONTEXTS}, default 32; 0: flush "
+                        "at every CR3 load; least recently used are evicted)")
+    p.add_argument("--mmu-prefetch", type=int, choices=[0, 2, 4, 8, 16, 32, 64], metavar="N",
+                   help="at a shadow miss also shadow the N-entry aligned group of leaf page "
+                        "table entries around it (KVM's pte prefetch; 0, the default, is off)")
     p.add_argument("--mmu-stats", action="store_true",
                    help="print the shadow MMU's statistics to stderr at exit")
     p.add_argument("--deterministic", action="store_true",
@@ -472,6 +491,10 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             machine.add_closer(screen.close)
         if args.mmu_pages is not None:
             machine.core.set_max_shadow_pages(args.mmu_pages)
+        if args.mmu_contexts is not None:
+            machine.core.set_tlb_contexts(args.mmu_contexts)
+        if args.mmu_prefetch:
+            machine.core.set_pte_prefetch(args.mmu_prefetch)
         try:
             if args.restore is not None:
                 machine.restore_state(args.restore)  # RAM and CPU: no kernel to load

@@ -20,6 +20,9 @@ PATCHES = {
     "f": "RDMSR/WRMSR hooks",
     "g": "translation blocks bounded by TCG temps",
     "h": "#GP for reserved CR/EFER bits and unknown MSRs",
+    "i": "address-space TLB contexts and the CPU state read in place",
+    "j": "task gates into a 16-bit TSS",
+    "k": "global pages kept across CR3 loads (with TLB contexts)",
 }
 
 

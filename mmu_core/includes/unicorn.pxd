@@ -43,6 +43,15 @@ ctypedef int (*uc_context_free_t)(void *context) noexcept nogil
 ctypedef int (*uc_reg_read_t)(uc_engine *uc, int regid, void *value) noexcept nogil
 ctypedef int (*uc_reg_write_t)(uc_engine *uc, int regid, const void *value) noexcept nogil
 ctypedef int (*uc_reg_read_batch_t)(uc_engine *uc, int *regs, void **vals, int count) noexcept nogil
+# qemu_lite's patched engine (patch i); absent from the stock library.
+ctypedef uint64_t (*ql_tlb_ctx_tag_t)(void *opaque, uint64_t *current) noexcept nogil
+ctypedef int (*uc_ql_tlb_ctx_config_t)(uc_engine *uc, int max, ql_tlb_ctx_tag_t tag,
+                                       void *opaque) noexcept nogil
+ctypedef void (*uc_ql_tlb_ctx_drop_t)(uc_engine *uc, uint64_t tag, uint64_t mask) noexcept nogil
+ctypedef int (*uc_ql_tlb_ctx_stats_t)(uc_engine *uc, uint64_t *out, int n) noexcept nogil
+ctypedef void *(*uc_ql_cpu_state_t)(uc_engine *uc) noexcept nogil
+# patch k
+ctypedef void (*uc_ql_tlb_global_stats_t)(uc_engine *uc, uint64_t *out, int n) noexcept nogil
 ctypedef uint64_t (*uc_cb_mmio_read_t)(uc_engine *uc, uint64_t offset, unsigned size,
                                        void *user_data) noexcept nogil
 ctypedef void (*uc_cb_mmio_write_t)(uc_engine *uc, uint64_t offset, unsigned size,

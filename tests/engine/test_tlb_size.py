@@ -102,6 +102,9 @@ def _fills(kernel, stall: bool) -> int:
             time.sleep(0.25)
 
     with Machine(serial="none", memory="32M", mmu="cached") as m:
+        # Every CR3 reload must flush (and so resize): no TLB contexts (patch i),
+        # which would keep the exact TLB of the same address space instead.
+        m.core.set_tlb_contexts(0)
         m.board.com1.add_output_listener(listener)
         multiboot.load(m, kernel)
         m.core.reset_mmu_stats()

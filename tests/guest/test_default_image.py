@@ -77,10 +77,12 @@ def test_cached_mode_reuses_shadow_roots_across_cr3_switches(runs):
     naive = mmu_stats(runs["naive"].stderr)
     assert "MMU statistics (cached)" in runs["cached"].stderr
     assert "MMU statistics (naive)" in runs["naive"].stderr
-    # at least one CR3 load per yield; each address space's root is found again
+    # at least one CR3 load per yield; each address space's root is found again, or
+    # (TLB contexts, engine patch i) its whole TLB comes back and needs no root at all
     assert cached["cr3_loads"] >= 600, cached
     assert cached["roots_reused"] > 0, cached
-    assert cached["roots_reused"] >= cached["cr3_loads"] - 10, cached
+    assert cached["roots_reused"] + cached["ctx_restored"] + cached["ctx_same_space"] >= \
+        cached["cr3_loads"] - 10, cached
     assert cached["naive_zap_all"] == 0, cached
     # naive mode drops every shadow page at each CR3 load: nothing to reuse
     assert naive["cr3_loads"] >= 600, naive

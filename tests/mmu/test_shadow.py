@@ -88,3 +88,18 @@ def test_lru_recycling_respects_the_bound():
     assert core.audit() == []
     core.flush_mmu()
     assert core.mmu_stats()["sp_live"] == 0
+
+
+def test_prefetch_shadows_accessed_neighbours_and_their_hits_are_counted():
+    core = make_core()
+    core.set_pte_prefetch(8)
+    assert fill(core, 0x1000)[0] is None          # entries 0-7 of the table: A and D set
+    s = core.mmu_stats()
+    assert s["pte_prefetched"] == 7
+    walks = s["guest_walks"]
+    assert fill(core, 0x5000, "write")[1][0] == 0x405000
+    s = core.mmu_stats()
+    assert s["guest_walks"] == walks and s["pte_prefetch_used"] == 1
+    assert fill(core, 0x9000)[0] is None           # entry 9: outside the group, walked
+    assert core.mmu_stats()["guest_walks"] > walks
+    assert core.audit() == []

@@ -154,13 +154,15 @@ def test_walker_matches_reference(data):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), naive=st.booleans())
-def test_fill_matches_reference_under_rewrites(data, naive):
-    """The shadow-cached fill answers like a fresh walk, even as the guest rewrites entries."""
+@given(data=st.data(), naive=st.booleans(), prefetch=st.sampled_from([0, 8, 64]))
+def test_fill_matches_reference_under_rewrites(data, naive, prefetch):
+    """The shadow-cached fill answers like a fresh walk, even as the guest rewrites entries
+    (with PTE prefetch too: prefetched entries must answer as a walk would)."""
     state = data.draw(cpu_mode())
     wide = state.levels != 2
     tables = data.draw(guest_tables(wide))
     core = _new_core(TLB_NAIVE if naive else TLB_CACHED)
+    core.set_pte_prefetch(prefetch)
     _write_tables(core, tables, wide)
     mem = bytearray(core.ram)
     addrs = sorted(tables)
