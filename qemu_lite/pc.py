@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from unicorn import UcError
 
 from mmu_core._core import STOP_REQUEST
+from qemu_lite import devfast
 from qemu_lite.acpi import tables as acpi_tables
 from qemu_lite.acpi.platform import Platform as AcpiPlatform
 from qemu_lite.clock import VirtualClock
@@ -334,9 +335,11 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         terminal_keys = _keyboard_from_terminal(platform, kbc)
 
     com1 = Uart16550(irqs.line(IRQ_COM1), _open_serial(platform, serial, "serial0"), clock)
+    devfast.attach_uart(platform.core, 0, com1, COM1)
     com2 = None
     if serial2 is not None:
         com2 = Uart16550(irqs.line(IRQ_COM2), _open_serial(platform, serial2, "serial1"), clock)
+        devfast.attach_uart(platform.core, 1, com2, COM2)
 
     ide0 = IdeChannel(irqs.line(IRQ_IDE0), media[0], media[1])
     ide1 = IdeChannel(irqs.line(IRQ_IDE1), media[2], media[3], serial_base=3)
