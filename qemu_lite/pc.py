@@ -373,6 +373,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     pci_config = PciConfigPorts(pci, on_reset=platform.reset)
     fw_cfg = FwCfg(platform.memory_size)
     fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot), 2)
+    fw_cfg_ports = devfast.FwCfgStream(platform.core, fw_cfg, FW_CFG + 1)
     debugcon = DebugCon()
     post = PostCode()
     nic = _add_nic(platform, pci, irqs, nics or [], net_dump)
@@ -399,7 +400,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         # The bus resets and saves every function on it: host bridge, PIIX3, PIIX IDE
         # (BMDMA; its ports follow its BAR), the VGA's and the NIC's PCI functions.
         Slot("pci", pci),
-        Slot("fw_cfg", fw_cfg, _ports((FW_CFG, 2, fw_cfg))),
+        Slot("fw_cfg", fw_cfg_ports, _ports((FW_CFG, 2, fw_cfg_ports))),
         Slot("debugcon", debugcon, _ports((DEBUGCON, 1, debugcon))),
         Slot("post", post, _ports((POST, 1, post))),
         Slot("isa-debug-exit", None, _ports((ISA_DEBUG_EXIT, 1, IsaDebugExit(platform.exit)))),

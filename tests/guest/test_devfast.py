@@ -316,3 +316,32 @@ def test_vga_window_accesses_are_the_same_with_the_c_path(assemble, tmp_path):
     assert out.split()[3:] == ["FFFFFFFF", "55667788", "CAFEF00D", "FFFF5678"], out
     assert vram[0x30040:0x30044] == bytes.fromhex("0df0feca")
     assert served > 500 and slow_served == 0
+
+
+FW_CFG_HALF = r"""
+    mov dx, 0x510
+    xor ax, ax                ; the signature item, "QEMU"
+    out dx, ax
+    inc dx
+    in al, dx
+    call putc
+    in al, dx
+    call putc
+    mov al, 0
+    call exit
+"""
+
+
+def test_fw_cfg_reads_streamed_in_c_keep_the_device_offset(assemble, tmp_path):
+    kernel = tmp_path / "fwcfg.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(FW_CFG_HALF)))
+    with Machine(memory="16M", serial="none") as m:
+        out = bytearray()
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        before = m.core.pio_fast_accesses
+        assert m.run(timeout=20).exit_status == 1
+        assert out == b"QE" and m.core.pio_fast_accesses - before == 2
+        slot = next(s for s in m.board.slots if s.name == "fw_cfg")
+        assert slot.device.save_state()["offset"] == 2  # the slot syncs the C position
+        assert m.board.fw_cfg.selected_item()[m.board.fw_cfg.offset:] == b"MU"
