@@ -12,8 +12,13 @@ Faults found before the old state is saved (a bad TSS descriptor, a TSS
 below its minimum limit) are raised in the interrupted task; faults found
 while loading the new task's segments are raised after the switch, in the
 new task, as the SDM orders them (#TS with the offending selector, #NP for a
-segment that is not present).  Only 32-bit TSSs are switched to; a 16-bit
-TSS is refused with a clear error.
+segment that is not present).
+
+A 16-bit TSS (SDM 8.6) holds IP, FLAGS, the eight 16-bit registers, ES, CS,
+SS, DS and the LDT selector, and no CR3.  As the engine's own switch (JMP,
+CALL and IRET; engine patch j fixes its 16-bit layout) does, a switch into one
+loads each register's low 16 bits with the upper 16 set, loads FS and GS null,
+keeps CR3 and the upper FLAGS bits, and pushes a 16-bit error code.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ CR0_TS = 1 << 3
 CR0_PG = 1 << 31
 EFLAGS_NT = 1 << 14
 EFLAGS_VM = 1 << 17
-TSS32_AVAILABLE, TSS32_BUSY, TSS16_AVAILABLE = 0x9, 0xB, 0x1
+TSS32_AVAILABLE, TSS32_BUSY, TSS16_AVAILABLE, TSS16_BUSY = 0x9, 0xB, 0x1, 0x3
 TSS_BUSY_BIT = 1 << 41            # in the 8-byte descriptor
-TSS32_MIN_LIMIT = 0x67
+TSS32_MIN_LIMIT, TSS16_MIN_LIMIT = 0x67, 0x2B
+EFLAGS_KEPT_BY_16BIT = 0xFFFF0000 & ~(EFLAGS_VM | 1 << 16)   # upper FLAGS bits but VM and RF
 DESC_S, DESC_CODE, DESC_CONFORMING, DESC_RW, DESC_P = 1 << 44, 1 << 43, 1 << 42, 1 << 41, 1 << 47
 _SEG_ORDER = (ES, CS, SS, DS, FS, GS)  # as the TSS stores the selectors (0x48 + 4 * i)
 _GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
@@ -44,6 +50,39 @@ _GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
 
 class UnsupportedTask(Exception):
     pass
+
+
+class _Task:
+    """The fields of a TSS that a switch loads, in either format."""
+
+    def __init__(self, raw: bytes, wide: bool) -> None:
+        self.wide = wide
+        if wide:
+            self.cr3: int | None = struct.unpack_from("<I", raw, 0x1C)[0]
+            self.eip, self.eflags = struct.unpack_from("<II", raw, 0x20)
+            self.regs = list(struct.unpack_from("<8I", raw, 0x28))
+            self.sels = [struct.unpack_from("<H", raw, 0x48 + 4 * i)[0] for i in range(6)]
+            self.ldt = struct.unpack_from("<H", raw, 0x60)[0]
+        else:
+            self.cr3 = None
+            self.eip, self.eflags = struct.unpack_from("<HH", raw, 0x0E)
+            self.regs = list(struct.unpack_from("<8H", raw, 0x12))
+            self.sels = list(struct.unpack_from("<4H", raw, 0x22)) + [0, 0]   # FS, GS null
+            self.ldt = struct.unpack_from("<H", raw, 0x2A)[0]
+
+
+def _save_task(d: EventDelivery, base: int, wide: bool, ip: int, eflags: int) -> None:
+    """Store the interrupted task's dynamic state in its TSS, in that TSS's format."""
+    uc = d.uc
+    gprs = [int(uc.reg_read(r)) for r in _GPRS]
+    sels = [d._segs[s].selector for s in _SEG_ORDER]
+    if wide:
+        d.write(base + 0x20, struct.pack("<II8I", ip & 0xFFFFFFFF, eflags & 0xFFFFFFFF,
+                                         *(r & 0xFFFFFFFF for r in gprs)))
+        d.write(base + 0x48, b"".join(struct.pack("<HH", sel, 0) for sel in sels))
+    else:
+        d.write(base + 0x0E, struct.pack("<HH8H4H", ip & 0xFFFF, eflags & 0xFFFF,
+                                         *(r & 0xFFFF for r in gprs), *sels[:4]))
 
 
 def switch_through_gate(d: EventDelivery, tss_sel: int, ext: int, return_ip: int,
@@ -66,49 +105,46 @@ def switch_through_gate(d: EventDelivery, tss_sel: int, ext: int, return_ip: int
         raise DeliveryFault(GP, err)  # not a TSS, or busy: a task cannot nest into itself
     if not desc & DESC_P:
         raise DeliveryFault(NP, err)
-    if dtype == TSS16_AVAILABLE:
-        raise UnsupportedTask("task switch to a 16-bit TSS")
+    wide = dtype == TSS32_AVAILABLE
     new = Segment.from_descriptor(tss_sel, desc)
-    if new.limit < TSS32_MIN_LIMIT:
+    if new.limit < (TSS32_MIN_LIMIT if wide else TSS16_MIN_LIMIT):
         raise DeliveryFault(TS, err)
     old_sel, old_base, old_limit, old_flags = uc.reg_read(X.UC_X86_REG_TR)
-    if (old_flags >> 8) & 0xF not in (TSS32_BUSY, TSS32_AVAILABLE) or old_limit < TSS32_MIN_LIMIT:
-        raise UnsupportedTask("task switch away from a 16-bit or missing TSS")
+    old_type = (old_flags >> 8) & 0xF
+    old_wide = old_type in (TSS32_BUSY, TSS32_AVAILABLE)
+    if not old_wide and old_type not in (TSS16_BUSY, TSS16_AVAILABLE) \
+            or old_limit < (TSS32_MIN_LIMIT if old_wide else TSS16_MIN_LIMIT):
+        raise UnsupportedTask("task switch away from a missing or short TSS")
 
     # Read the new task before anything changes (a fault here leaves the old task intact).
-    raw = d.read(new.base, 0x68)
-    cr3, eip, eflags = struct.unpack_from("<III", raw, 0x1C)
-    regs = struct.unpack_from("<8I", raw, 0x28)
-    sels = [struct.unpack_from("<H", raw, 0x48 + 4 * i)[0] for i in range(6)]
-    ldt_sel = struct.unpack_from("<H", raw, 0x60)[0]
-
-    # Save the old task.
+    task = _Task(d.read(new.base, 0x68 if wide else 0x2C), wide)
     old_eflags = int(uc.reg_read(X.UC_X86_REG_RFLAGS)) & 0xFFFFFFFF
-    snapshot = d._segs
-    state = struct.pack("<II8I", return_ip & 0xFFFFFFFF, old_eflags,
-                        *(int(uc.reg_read(r)) & 0xFFFFFFFF for r in _GPRS))
-    d.write(old_base + 0x20, state)
-    d.write(old_base + 0x48, b"".join(struct.pack("<HH", snapshot[s].selector, 0)
-                                      for s in _SEG_ORDER))
+    _save_task(d, old_base, old_wide, return_ip, old_eflags)
     # Link back to the old task, mark the new one busy (the old one stays busy: nested).
     d.write(new.base, struct.pack("<H", old_sel))
     d.write(gdt_base + index, struct.pack("<Q", desc | TSS_BUSY_BIT))
+    if wide:
+        eflags, eip, regs = task.eflags, task.eip, task.regs
+    else:
+        eflags = task.eflags | (old_eflags & EFLAGS_KEPT_BY_16BIT)
+        eip = task.eip
+        regs = [0xFFFF0000 | v for v in task.regs]
     eflags |= EFLAGS_NT
 
     # Load the new task: from here on, faults belong to it.
     cr0 = int(uc.reg_read(X.UC_X86_REG_CR0))
     uc.reg_write(X.UC_X86_REG_CR0, cr0 | CR0_TS)
-    if cr0 & CR0_PG:
-        uc.reg_write(X.UC_X86_REG_CR3, cr3)
-    uc.reg_write(X.UC_X86_REG_TR, (tss_sel, new.base, new.limit,
-                                   new.flags | (TSS32_BUSY << 8)))
+    if cr0 & CR0_PG and task.cr3 is not None:
+        uc.reg_write(X.UC_X86_REG_CR3, task.cr3)
+    busy = TSS32_BUSY if wide else TSS16_BUSY
+    uc.reg_write(X.UC_X86_REG_TR, (tss_sel, new.base, new.limit, new.flags | (busy << 8)))
     for reg, value in zip(_GPRS, regs, strict=True):
         uc.reg_write(reg, value)
     d._state = None                # CR3 may have changed: re-read paging state
     d._state = d._paging()
 
-    fault = _load_ldt(d, ldt_sel, gdt_base, gdtr[2])
-    segs, seg_fault = _task_segments(d, sels, eflags)
+    fault = _load_ldt(d, task.ldt, gdt_base, gdtr[2])
+    segs, seg_fault = _task_segments(d, task.sels, eflags)
     d.cpu.commit_delivery(segs, None, eip, regs[4], 0xFFFFFFFFFFFFFFFF, eflags | 0x2)
     d._segs, d._hflags = d.cpu.segments.snapshot()
     fault = fault or seg_fault
@@ -120,8 +156,9 @@ def switch_through_gate(d: EventDelivery, tss_sel: int, ext: int, return_ip: int
         ss = segs[SS]
         big = bool(ss.flags & (1 << 22))
         mask = 0xFFFFFFFF if big else 0xFFFF
-        esp = (regs[4] - 4) & mask
-        d.write(ss.base + esp, struct.pack("<I", error_code & 0xFFFFFFFF))
+        size = 4 if wide else 2
+        esp = (regs[4] - size) & mask
+        d.write(ss.base + esp, (error_code & 0xFFFFFFFF).to_bytes(4, "little")[:size])
         uc.reg_write(X.UC_X86_REG_RSP, (regs[4] & ~mask) | esp)
 
 

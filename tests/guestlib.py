@@ -97,7 +97,19 @@ exit:                       ; al -> isa-debug-exit
     dd 0, 0
 %endmacro
 
-; A GDT with kernel/user segments; the TSS descriptor (0x28) is filled by SET_TSS32.
+%macro IDT_GP32 1           ; an IDT (idt, idtr) whose only gate is #GP -> %1
+align 8
+idt:
+    times 13 dq 0
+    GATE32 %1, 0x08, 0x8E
+idt_end:
+idtr:
+    dw idt_end - idt - 1
+    dd idt
+%endmacro
+
+; A GDT with kernel/user segments; the TSS descriptor (0x28) is filled by SET_TSS
+; (32-bit) or SET_TSS64.
 align 8
 gdt:
     dq 0
@@ -190,6 +202,20 @@ puthex64:                   ; rax -> 16 hex digits
     mov rsi, %%str
     call puts64
     pop rsi
+%endmacro
+
+%macro SET_TSS64 1          ; 64-bit TSS label below 4 GiB: descriptor at 0x28, then LTR
+    mov rax, %1
+    mov word [gdt + 0x28], 0x67
+    mov [gdt + 0x2A], ax
+    shr rax, 16
+    mov [gdt + 0x2C], al
+    mov byte [gdt + 0x2D], 0x89
+    mov byte [gdt + 0x2E], 0
+    mov [gdt + 0x2F], ah
+    mov dword [gdt + 0x30], 0
+    mov ax, 0x28
+    ltr ax
 %endmacro
 bits 32
 

@@ -10,6 +10,11 @@ map to wire up and no Python-under-AFL shim; restoring a snapshot is already the
     python -m qemu_lite.fuzz run --example tlv --corpus corpus/ --crashes crashes/
     python -m qemu_lite.fuzz replay --example tlv crashes/crash-*
     python -m qemu_lite.fuzz minimize --example tlv crashes/crash-... --out min.bin
+    python -m qemu_lite.fuzz campaign --example tlv --workers 2 --seconds 600 --out camp/
+
+``campaign`` runs N libFuzzer workers as Ray actors (``pip install '.[scale]'``) that share
+their corpus through the driver (qemu_lite.fuzz.campaign); ``--address`` joins a running
+Ray cluster instead of starting a local one.
 
 The minimiser is ours (libFuzzer's -minimize_crash re-executes argv[0], which a Python
 harness is not): chunks removed while the crash verdict holds, then bytes zeroed.
@@ -85,6 +90,61 @@ def _libfuzzer(harness: Harness, argv: list[str]) -> None:
     atheris.Fuzz()
 
 
+def _config_argv(args: argparse.Namespace) -> list[str]:
+    """The guest options of ``args`` again, for the workers' own ``run`` processes."""
+    _config(args)  # the same checks, here, before any worker starts
+    if args.example:
+        return ["--example", args.example]
+    out = ["--kernel", str(Path(args.kernel).resolve()), "--ready-port", hex(args.ready_port),
+           "--input-at", hex(args.input_at), "--max-input", hex(args.max_input),
+           "--code", f"{args.code[0]:#x}:{args.code[1]:#x}", "--budget", str(args.budget)]
+    for lo, hi in args.save:
+        out += ["--save", f"{lo:#x}:{hi:#x}"]
+    for name in ("panic_port", "length_at"):
+        if getattr(args, name) is not None:
+            out += ["--" + name.replace("_", "-"), hex(getattr(args, name))]
+    if args.oops:
+        out += ["--oops", args.oops]
+    return out
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    try:
+        import atheris  # noqa: F401
+        import ray  # noqa: F401
+    except ImportError as exc:
+        print(f"qemu_lite.fuzz: a campaign needs {exc.name} (pip install 'qemu-lite[fuzz,scale]')",
+              file=sys.stderr)
+        return 2
+    from qemu_lite.fuzz.campaign import Campaign
+
+    if args.workers < 1:
+        print("qemu_lite.fuzz: --workers must be at least 1", file=sys.stderr)
+        return 2
+    fuzz_args = _config_argv(args)
+    seeds: list[bytes] = []
+    if args.seed_corpus:
+        try:
+            seeds = [p.read_bytes() for p in sorted(Path(args.seed_corpus).iterdir())
+                     if p.is_file()]
+        except OSError as exc:
+            print(f"qemu_lite.fuzz: cannot read {args.seed_corpus}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
+    campaign = Campaign(fuzz_args, args.workers, Path(args.out), seed=args.seed,
+                        address=args.address, seed_inputs=seeds)
+    try:
+        summary = campaign.run(args.seconds, args.sync)
+    finally:
+        campaign.close()
+    print(f"qemu_lite.fuzz: {summary.executions} executions in {summary.seconds} s "
+          f"({summary.exec_per_s}/s) over {args.workers} workers, corpus {summary.corpus}, "
+          f"{len(summary.crashes)} crashes; {args.out}/summary.json")
+    for name in summary.crashes:
+        print(f"  crash: {args.out}/crashes/{name}")
+    return 1 if summary.crashes else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qemu_lite.fuzz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,7 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     mini.add_argument("file")
     mini.add_argument("--out", required=True)
     mini.add_argument("--runs", type=int, default=20_000)
-    for p in (run, replay, mini):
+    camp = sub.add_parser("campaign", help="N workers as Ray actors sharing one corpus")
+    camp.add_argument("--workers", type=int, default=2)
+    camp.add_argument("--seconds", type=float, default=600)
+    camp.add_argument("--sync", type=float, default=5.0, help="seconds between corpus syncs")
+    camp.add_argument("--out", default="fuzz-campaign")
+    camp.add_argument("--address", help="a Ray cluster to join (default: start a local one)")
+    camp.add_argument("--seed", type=int, default=0)
+    camp.add_argument("--seed-corpus", help="a directory of inputs to start from")
+    for p in (run, replay, mini, camp):
         p.add_argument("--example", choices=("tlv",))
         p.add_argument("--kernel")
         p.add_argument("--ready-port", type=_int)
@@ -114,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--oops")
         p.add_argument("--budget", type=int, default=200_000, help="blocks per input")
     args = parser.parse_args(argv)
+    if args.command == "campaign":
+        return _campaign(args)
 
     inputs: list[tuple[str, bytes]] = []
     if args.command in ("replay", "minimize"):

@@ -107,14 +107,7 @@ gp_handler:
     add esp, 4
     mov dword [esp], after
     iretd
-align 8
-idt:
-    times 13 dq 0
-    GATE32 gp_handler, 0x08, 0x8E
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
+    IDT_GP32 gp_handler
 """
     result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
     assert out == ("gp" if engine.is_patched("h") else "00000000")

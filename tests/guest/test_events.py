@@ -37,14 +37,7 @@ gp_handler:
     add esp, 4                ; drop the error code
     iret
 
-align 8
-idt:
-    times 13 dq 0
-    GATE32 gp_handler, 0x08, 0x8E
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
+    IDT_GP32 gp_handler
 """
     result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
     assert out == "GP error=00001234 eip-ok=1 cs=00000008\nresumed at after\n"
@@ -190,17 +183,7 @@ long_entry:
     mov ax, 0x10
     mov ds, ax
     mov ss, ax
-    mov rax, tss64
-    mov word [gdt + 0x28], 0x67
-    mov [gdt + 0x2A], ax
-    shr rax, 16
-    mov [gdt + 0x2C], al
-    mov byte [gdt + 0x2D], 0x89
-    mov byte [gdt + 0x2E], 0
-    mov [gdt + 0x2F], ah
-    mov dword [gdt + 0x30], 0
-    mov ax, 0x28
-    ltr ax
+    SET_TSS64 tss64
     mov qword [tss64 + 0x24], ist1_top + 8   ; IST1 (misaligned on purpose: CPU aligns)
     lidt [idtr64]
     mov rsp, 0x80000

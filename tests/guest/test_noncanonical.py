@@ -26,17 +26,7 @@ long_entry:
     mov ax, 0x10
     mov ds, ax
     mov ss, ax
-    mov rax, tss64
-    mov word [gdt + 0x28], 0x67
-    mov [gdt + 0x2A], ax
-    shr rax, 16
-    mov [gdt + 0x2C], al
-    mov byte [gdt + 0x2D], 0x89
-    mov byte [gdt + 0x2E], 0
-    mov [gdt + 0x2F], ah
-    mov dword [gdt + 0x30], 0
-    mov ax, 0x28
-    ltr ax
+    SET_TSS64 tss64
     mov qword [tss64 + 0x24], ist1_top
     lidt [idtr64]
     mov rsp, 0x80000
@@ -211,17 +201,7 @@ long_entry:
     mov ax, 0x10
     mov ds, ax
     mov ss, ax
-    mov rax, tss64
-    mov word [gdt + 0x28], 0x67
-    mov [gdt + 0x2A], ax
-    shr rax, 16
-    mov [gdt + 0x2C], al
-    mov byte [gdt + 0x2D], 0x89
-    mov byte [gdt + 0x2E], 0
-    mov [gdt + 0x2F], ah
-    mov dword [gdt + 0x30], 0
-    mov ax, 0x28
-    ltr ax
+    SET_TSS64 tss64
     mov qword [tss64 + 0x24], ist1_top
     lidt [idtr64]
     mov rsp, 0x80000

@@ -23,6 +23,24 @@ from guestlib import protected_mode_guest, run_multiboot_guest
 
 # Each case sets one value and reports "gp=<error code>" if the #GP handler
 # ran, else "refused" or "accepted" from reading the register back.
+# Shared by both bodies: #GP prints its error code and resumes at [resume].
+GP_RESUME32 = r"""
+gp_handler:
+    PRINT "gp="
+    mov eax, [esp]
+    call puthex
+    mov al, 10
+    call putc
+    add esp, 4
+    mov eax, [resume]
+    mov [esp], eax
+    iretd
+
+align 4
+resume: dd 0
+    IDT_GP32 gp_handler
+"""
+
 BODY = r"""
     LOAD_GDT
     lidt [idtr]
@@ -146,27 +164,7 @@ BODY = r"""
     mov al, 0
     call exit
 
-gp_handler:
-    PRINT "gp="
-    mov eax, [esp]
-    call puthex
-    mov al, 10
-    call putc
-    add esp, 4
-    mov eax, [resume]
-    mov [esp], eax
-    iretd
-
-align 4
-resume: dd 0
-align 8
-idt:
-    times 13 dq 0
-    GATE32 gp_handler, 0x08, 0x8E
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
+""" + GP_RESUME32 + r"""
 align 4096
 page_dir:                               ; 4 MiB identity page, in case PG took effect
     dd 0x00000083
@@ -302,27 +300,7 @@ gp_handler64:
     iretq
 
 bits 32
-gp_handler:
-    PRINT "gp="
-    mov eax, [esp]
-    call puthex
-    mov al, 10
-    call putc
-    add esp, 4
-    mov eax, [resume]
-    mov [esp], eax
-    iretd
-
-align 4
-resume: dd 0
-align 8
-idt:
-    times 13 dq 0
-    GATE32 gp_handler, 0x08, 0x8E
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
+""" + GP_RESUME32 + r"""
 align 16
 idt64:
     times 13 dq 0, 0

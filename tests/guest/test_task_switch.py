@@ -9,10 +9,14 @@ from __future__ import annotations
 import pytest
 from guestlib import protected_mode_guest, run_multiboot_guest
 
+from qemu_lite import engine
+
 MMU_MODES = ("cached", "naive", "native")
 
-# gdt2 (0x48) follows the common GDT: a second TSS descriptor, and a spare (0x50).
-EXTRA_GDT = "gdt2: dq 0\ngdt3: dq 0\ngdt2_end:\n"
+# gdt2 (0x48) follows the common GDT: a second TSS descriptor, a spare (0x50), 32-bit
+# code based at the image (0x58) and a 16-bit data/stack segment (0x60).
+EXTRA_GDT = ("gdt2: dq 0\ngdt3: dq 0\ngdt4: dq 0x00CF9A100000FFFF\n"
+             "gdt5: dq 0x000092000000FFFF\ngdt2_end:\n")
 
 SETUP = r"""
     jmp setup
@@ -98,7 +102,8 @@ def _guest(body: str) -> str:
 
 
 def _run(assemble, tmp_path, body: str, mmu: str) -> str:
-    result, out = run_multiboot_guest(assemble, tmp_path, _guest(body), mmu=mmu)
+    result, out = run_multiboot_guest(assemble, tmp_path, _guest(body), mmu=mmu,
+                                      no_reboot=True)
     assert result.exit_status == 1, (result, out)
     return out
 
@@ -310,3 +315,82 @@ task_b:
     out = _run(assemble, tmp_path, body, mmu)
     assert out == ("B 000000090000000B 00001234 00000000\n"
                    "A resumed 0000000B00000009\n")
+
+
+@pytest.mark.skipif(not engine.is_patched("j"), reason="the stock engine's IRET saves a "
+                    "16-bit task in the 32-bit TSS layout (engine patch j)")
+@pytest.mark.parametrize("mmu", MMU_MODES)
+def test_task_gates_into_a_16_bit_tss(assemble, tmp_path, mmu):
+    """INT 0x40 through a task gate to a 16-bit TSS (type 1): the task starts at the
+    TSS's IP (in a code segment based at 1 MiB, so IP fits 16 bits) with its AX,
+    the 32-bit task's link, busy type 3 and NT; its IRET (the engine's switch,
+    patch j) stores its state in the 16-bit layout, and a #GP through a second
+    task gate resumes it there with a 16-bit error code on its stack. EAX of the
+    32-bit task survives the round trip."""
+    body = r"""
+    TSS_DESC gdt3, tss16, 0x2B
+    mov byte [gdt3 + 5], 0x81   ; 16-bit TSS, available
+    mov word [tss16 + 0x0E], task16 - $$   ; IP
+    mov word [tss16 + 0x10], 0x2    ; FLAGS
+    mov word [tss16 + 0x12], 0x1616 ; AX
+    mov word [tss16 + 0x1A], 0xF000 ; SP
+    mov word [tss16 + 0x22], 0x10   ; ES
+    mov word [tss16 + 0x24], 0x58   ; CS
+    mov word [tss16 + 0x26], 0x60   ; SS: 16-bit, so only SP counts
+    mov word [tss16 + 0x28], 0x10   ; DS
+    TASK_GATE 0x40, 0x50
+    TASK_GATE 13, 0x50
+    mov eax, 0x1111
+    int 0x40
+    PRINT "back "
+    call puthex
+    call space
+    mov eax, [gdt3 + 4]         ; the 16-bit TSS is available again (type 1)
+    shr eax, 8
+    and eax, 0xF
+    call puthex
+    call newline
+    mov ax, 0x1235
+    mov ds, ax                  ; #GP(0x1234): beyond the GDT
+    PRINT "no fault", 10
+    mov al, 7
+    call exit
+
+task16:
+    movzx eax, ax
+    PRINT "t16 "
+    call puthex
+    call space
+    movzx eax, word [tss16]     ; link
+    call puthex
+    call space
+    mov eax, [gdt3 + 4]         ; busy 16-bit TSS (type 3)
+    shr eax, 8
+    and eax, 0xF
+    call puthex
+    call space
+    pushfd
+    pop eax
+    and eax, 1 << 14
+    call puthex
+    call newline
+    mov ebx, esp
+    iretd
+    sub ebx, esp                ; the error code: one word
+    o16 pop ax
+    movzx eax, ax
+    PRINT "#GP in t16 "
+    call puthex
+    call space
+    mov eax, ebx
+    call puthex
+    call newline
+    mov al, 0
+    call exit
+align 16
+tss16: times 0x2C db 0
+"""
+    out = _run(assemble, tmp_path, body, mmu)
+    assert out == ("t16 00001616 00000028 00000003 00004000\n"
+                   "back 00001111 00000001\n"
+                   "#GP in t16 00001234 00000002\n")

@@ -172,14 +172,7 @@ gp_handler:
     mov al, 0
     call exit
 
-align 8
-idt:
-    times 13 dq 0
-    GATE32 gp_handler, 0x08, 0x8E
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
+    IDT_GP32 gp_handler
 
 align 16
 tss: times 0x68 db 0
