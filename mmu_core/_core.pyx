@@ -218,6 +218,7 @@ cdef class Core:
     cdef object _io_clock_owner
     cdef void *_ctx
     cdef size_t _ctx_size
+    cdef object __weakref__  # devices' on_change hooks must not keep the machine alive
 
     def __cinit__(self):
         self.st = <CoreState *>calloc(1, sizeof(CoreState))

@@ -14,6 +14,7 @@ the IDE data port does (``piofast``).
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from mmu_core._core import VGA_BANK, VGA_CHAIN4, VGA_ODD_EVEN, VGA_OFF, VGA_PLANAR
@@ -31,12 +32,14 @@ _VGA_KINDS = {"bank": VGA_BANK, "chain4": VGA_CHAIN4, "odd-even": VGA_ODD_EVEN,
 def attach_uart(core: Core, index: int, uart: Uart16550, port: int) -> None:
     """Serve ``uart`` (at ``port``, fast-path slot ``index``) in C where it allows."""
     last: list[tuple[int, bool]] = []
+    core_ref = weakref.ref(core)  # a thread holding the device must not hold the machine
 
     def changed() -> None:
         allowed = uart.fast_path()
-        if last != [allowed]:  # most changes leave it as it was
+        live = core_ref()
+        if live is not None and last != [allowed]:  # most changes leave it as it was
             last[:] = [allowed]
-            core.uart_set(index, *allowed)
+            live.uart_set(index, *allowed)
 
     core.uart_attach(index, port, uart.transmit)
     uart.on_change = changed
@@ -46,16 +49,18 @@ def attach_uart(core: Core, index: int, uart: Uart16550, port: int) -> None:
 def attach_vga(core: Core, vga: Vga) -> None:
     """Serve ``vga.window`` (already mapped) in C where its addressing mode allows."""
     last: list[object] = []
+    core_ref = weakref.ref(core)  # display threads hold the Vga: not the machine through it
 
     def changed() -> None:
         window = vga.fast_window()
-        if last != [window]:
+        live = core_ref()
+        if live is not None and last != [window]:
             last[:] = [window]
             if window is None:
-                core.vga_set(VGA_OFF)
+                live.vga_set(VGA_OFF)
             else:
                 kind, lo, hi, bank, mask, plane_hi = window
-                core.vga_set(_VGA_KINDS[kind], lo, hi, bank, mask, plane_hi)
+                live.vga_set(_VGA_KINDS[kind], lo, hi, bank, mask, plane_hi)
 
     core.vga_attach(vga.window, vga.vram)
     vga.on_change = changed
