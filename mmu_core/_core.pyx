@@ -168,6 +168,11 @@ cdef struct CoreState:
     bint uart_pending
     VgaFast vga
     uint64_t dev_fast_accesses
+    # Posted port writes: ports whose writes may reach their device later (in order,
+    # before any other Python code runs), queued here.
+    uint8_t port_posted[65536]
+    PostedWrite posted[POSTED_MAX]
+    uint32_t posted_len
     # Deterministic time: every port access adds port_ns to *io_clock
     uint64_t *io_clock
     uint64_t port_ns
@@ -775,9 +780,10 @@ cdef class Core:
         self.st.uart[index].thr = thr
 
     def uart_flush(self):
-        """Hand queued THR bytes to their sinks now (an exception is re-raised)."""
-        if self.st.uart_pending:
-            _flush_uarts(self)
+        """Hand queued THR bytes to their sinks and posted port writes to their devices
+        now (an exception is re-raised)."""
+        if self.st.uart_pending or self.st.posted_len:
+            _flush_queued(self)
             err = self.take_error()
             self.st.stop_flags &= ~C_STOP_ERROR
             if err is not None:
@@ -813,6 +819,18 @@ cdef class Core:
         v.bank = bank
         v.map_mask = map_mask & 0xF
         v.plane_hi = plane_hi & 2
+
+    def post_port_writes(self, int base, int count, bint posted=True):
+        """Let writes to ports ``base .. base+count-1`` (claimed) reach their device
+        later: queued in C and replayed in order before any other Python callback, in
+        :meth:`take_stop` and when the queue fills.  For registers whose writes the
+        guest cannot observe but through the device's own Python paths (VGA DAC, CRTC)."""
+        cdef int p
+        if base < 0 or count <= 0 or base + count > 65536:
+            raise ValueError(f"bad port range {base:#x}+{count}")
+        self.uart_flush()
+        for p in range(base, base + count):
+            self.st.port_posted[p] = posted
 
     @property
     def dev_fast_accesses(self):
@@ -867,8 +885,8 @@ cdef class Core:
     def take_stop(self):
         """Return and clear ``(stop_flags, intno)``; first hands the UARTs' queued output
         to their devices (a sink that raises adds STOP_ERROR)."""
-        if self.st.uart_pending:
-            _flush_uarts(self)
+        if self.st.uart_pending or self.st.posted_len:
+            _flush_queued(self)
         cdef int flags = self.st.stop_flags | self.st.requested_flags
         cdef int n = self.st.intno
         self.st.requested_flags = 0
@@ -949,8 +967,8 @@ cdef uint32_t _hook_in(uc_engine *uc, uint32_t port, int size, void *user_data) 
 
 
 cdef uint32_t _py_port_read(Core core, int slot, uint32_t offset, int size) noexcept:
-    if core.st.uart_pending:  # what the guest transmitted comes first
-        _flush_uarts(core)
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         return <uint32_t>(core._port_handlers[slot].io_read(offset, size) & 0xFFFFFFFF)
     except BaseException as exc:
@@ -973,6 +991,9 @@ cdef void _hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value,
         return
     if _uart_write(st, port & 0xFFFF, size, value):
         return
+    if slot != 0 and st.port_posted[port & 0xFFFF] and st.port_posted[(port + size - 1) & 0xFFFF]:
+        _post_write(st, slot, port - st.port_base[port & 0xFFFF], size, value)
+        return
     if slot == 0:
         st.unclaimed_port_writes += 1
         if st.log_unclaimed:
@@ -984,8 +1005,8 @@ cdef void _hook_out(uc_engine *uc, uint32_t port, int size, uint32_t value,
 
 
 cdef void _py_port_write(Core core, int slot, uint32_t offset, int size, uint32_t value) noexcept:
-    if core.st.uart_pending:  # what the guest transmitted comes first
-        _flush_uarts(core)
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         core._port_handlers[slot].io_write(offset, size, value)
     except BaseException as exc:
@@ -1006,8 +1027,8 @@ cdef uint64_t _mmio_read(uc_engine *uc, uint64_t offset, unsigned size,
 
 
 cdef uint64_t _py_mmio_read(Core core, int handler, uint64_t offset, unsigned size) noexcept:
-    if core.st.uart_pending:  # what the guest transmitted comes first
-        _flush_uarts(core)
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     cdef uint64_t mask = 0xFFFFFFFFFFFFFFFFULL if size >= 8 else (1ULL << (8 * size)) - 1
     try:
         return <uint64_t>(core._mmio_handlers[handler].io_read(offset, size) & mask)
@@ -1030,8 +1051,8 @@ cdef void _mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t va
 
 cdef void _py_mmio_write(Core core, int handler, uint64_t offset, unsigned size,
                          uint64_t value) noexcept:
-    if core.st.uart_pending:  # what the guest transmitted comes first
-        _flush_uarts(core)
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         core._mmio_handlers[handler].io_write(offset, size, value)
     except BaseException as exc:
@@ -1039,8 +1060,8 @@ cdef void _py_mmio_write(Core core, int handler, uint64_t offset, unsigned size,
 
 
 cdef void _log_unclaimed(Core core, uint32_t port, int size, long value) noexcept:
-    if core.st.uart_pending:  # what the guest transmitted comes first
-        _flush_uarts(core)
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         core.unclaimed_port_log(port, size, value)
     except BaseException as exc:
@@ -1092,8 +1113,8 @@ cdef int _hook_cpuid(uc_engine *uc, void *user_data) noexcept nogil:
 
 
 cdef int _py_cpuid(Core core) noexcept:
-    if core.st.uart_pending:  # what the guest transmitted comes first
-        _flush_uarts(core)
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         return 1 if core._cpuid_handler() else 0
     except BaseException as exc:

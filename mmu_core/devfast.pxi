@@ -1,5 +1,6 @@
-# Device hot paths in C: a 16550's LSR and THR, the VGA window's stores
-# (docs/ARCHITECTURE.md, "Where the hot paths live").  Declarations in devfast_defs.pxi.
+# Device hot paths in C: a 16550's LSR and THR, the VGA window's stores, posted port
+# writes (docs/ARCHITECTURE.md, "Where the hot paths live").  Declarations in
+# devfast_defs.pxi.
 
 
 cdef inline bint _uart_read(CoreState *st, uint32_t port, int size,
@@ -119,3 +120,33 @@ cdef bint _vga_read(CoreState *st, uint64_t offset, unsigned size,
     value[0] = out
     st.dev_fast_accesses += 1
     return True
+
+
+cdef void _post_write(CoreState *st, uint16_t slot, uint32_t offset, int size,
+                      uint32_t value) noexcept nogil:
+    cdef PostedWrite *w = &st.posted[st.posted_len]
+    w.slot = slot
+    w.offset = offset
+    w.size = <uint16_t>size
+    w.value = value
+    st.posted_len += 1
+    st.dev_fast_accesses += 1
+    if st.posted_len == POSTED_MAX:
+        with gil:
+            _flush_queued(<Core>st.owner)
+
+
+cdef void _flush_queued(Core core) noexcept:
+    """Run the posted port writes in order, then hand the UARTs their queued bytes."""
+    cdef CoreState *st = core.st
+    cdef uint32_t i, n = st.posted_len
+    cdef PostedWrite *w
+    st.posted_len = 0
+    for i in range(n):
+        w = &st.posted[i]
+        try:
+            core._port_handlers[w.slot].io_write(w.offset, w.size, w.value)
+        except BaseException as exc:
+            core._record_error(exc)
+    if st.uart_pending:
+        _flush_uarts(core)

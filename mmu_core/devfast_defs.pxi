@@ -7,6 +7,14 @@
 cdef enum:
     UART_FAST_MAX = 2
     UART_OUT_SIZE = 256
+    POSTED_MAX = 512
+
+cdef struct PostedWrite:
+    # A port write whose device runs later, in order (Core.post_port_writes).
+    uint16_t slot
+    uint16_t size
+    uint32_t offset
+    uint32_t value
 
 cdef struct UartFast:
     # A 16550: LSR reads answer ``lsr`` (-1: ask the device), THR writes are queued

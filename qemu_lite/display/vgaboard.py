@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: (first port, count) of the VGA ports whose writes may reach the device later
+#: (Core.post_port_writes): attribute 0x3C0-0x3C2, DAC 0x3C6-0x3C9, both CRTCs.
+POSTED_VGA_PORTS = ((0x3C0, 3), (0x3C6, 4), (0x3B4, 2), (0x3D4, 2))
 VGA_PCI_DEVICE = 2  # 00:02.0, where QEMU's pc machine puts the display
 OPTION_ROM_BASE = 0xC0000
 OPTION_ROM_MAX = 0x10000
@@ -152,6 +155,11 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     machine.uc.mem_unmap(WINDOW_BASE, WINDOW_SIZE)
     machine.add_mmio(WINDOW_BASE, WINDOW_SIZE, vga.window)
     devfast.attach_vga(machine.core, vga)  # stores that need no latches, in C
+    # Palette, attribute, misc and CRTC writes only matter to the device's own reads and
+    # drawing: queued in C (a mode set loads 768 DAC bytes, every character moves the
+    # cursor).  Not the sequencer's or graphics controller's: the C window follows them.
+    for base, count in POSTED_VGA_PORTS:
+        machine.core.post_port_writes(base, count)
     machine.remove_from_memory_ranges(WINDOW_BASE, WINDOW_BASE + WINDOW_SIZE)
     function = VgaPci(vga.vram_size)
     lfb = _LfbMapping(machine, vga)

@@ -1,4 +1,5 @@
-"""Device registers served in C (qemu_lite/devfast.py): the guest must not tell.
+"""Device registers served in C (qemu_lite/devfast.py, posted VGA port writes): the
+guest must not tell.
 
 Each guest runs twice, with the C fast paths and with every access sent to the Python
 device (``on_change`` unhooked, the C state cleared), and both runs must agree on what
@@ -15,6 +16,7 @@ from test_platform import IDT_256, PIC_INIT
 
 from mmu_core._core import VGA_OFF
 from qemu_lite import Machine
+from qemu_lite.display.vgaboard import POSTED_VGA_PORTS
 from qemu_lite.loaders import multiboot
 
 SERIAL_MIX = IDT_256 + r"""
@@ -128,6 +130,8 @@ def python_only(m: Machine) -> None:
     if m.board.vga is not None:
         m.board.vga.on_change = None
         m.core.vga_set(VGA_OFF)
+        for base, count in POSTED_VGA_PORTS:
+            m.core.post_port_writes(base, count, False)
 
 
 def _run_serial(kernel, fast: bool):
@@ -280,6 +284,66 @@ VGA_MODES = r"""
     call putc
     mov eax, [0xAFFFE]
     call puthex
+    ; 7. Posted writes (DAC, CRTC) read back through the device: entry 5 = 01 02 03,
+    ; entry 6 = 3F 00 2A; the CRTC cursor location (0E/0F) = 1234h, word writes too.
+    mov dx, 0x3C8
+    mov al, 5
+    out dx, al
+    inc dx
+    mov al, 1
+    out dx, al
+    inc al
+    out dx, al
+    inc al
+    out dx, al
+    mov al, 0x3F
+    out dx, al
+    xor al, al
+    out dx, al
+    mov al, 0x2A
+    out dx, al
+    mov dx, 0x3C7             ; read index 5: six bytes back
+    mov al, 5
+    out dx, al
+    mov dx, 0x3C9
+    mov ecx, 6
+.dac:
+    in al, dx
+    shl ebx, 4
+    or bl, al
+    loop .dac
+    mov dx, 0x3C2
+    mov al, 0x01              ; misc: CRTC at 0x3Dx
+    out dx, al
+    mov dx, 0x3D4
+    mov ax, 0x120E            ; index 0E, data 12 in one word write
+    out dx, ax
+    mov al, 0x0F
+    out dx, al
+    inc dx
+    mov al, 0x34
+    out dx, al
+    dec dx
+    mov al, 0x0E
+    out dx, al
+    inc dx
+    in al, dx
+    mov ah, al
+    dec dx
+    mov al, 0x0F
+    out dx, al
+    inc dx
+    in al, dx
+    push eax
+    mov al, ' '
+    call putc
+    mov eax, ebx              ; 01 02 03 3F 00 2A, four bits apart
+    call puthex
+    mov al, ' '
+    call putc
+    pop eax
+    and eax, 0xFFFF
+    call puthex
     mov al, 10
     call putc
     mov al, 0
@@ -313,7 +377,8 @@ def test_vga_window_accesses_are_the_same_with_the_c_path(assemble, tmp_path):
     # the chain-4 store at B0010 later wrote VRAM bytes 0x10-0x13).
     assert vram[4 * 8 + 2:4 * 512:4] == (bytes(range(256)) * 2)[8:]
     assert vram[0x200 * 4:0x200 * 4 + 4] == b"\x0f" * 4  # FF under bit mask 0F, latches 00
-    assert out.split()[3:] == ["FFFFFFFF", "55667788", "CAFEF00D", "FFFF5678"], out
+    assert out.split()[3:] == ["FFFFFFFF", "55667788", "CAFEF00D", "FFFF5678", "00123F2A",
+                               "00001234"], out
     assert vram[0x30040:0x30044] == bytes.fromhex("0df0feca")
     assert served > 500 and slow_served == 0
 
