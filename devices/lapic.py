@@ -14,8 +14,10 @@ for maskable interrupts at instruction boundaries, and ``nmi_pending`` /
 The IA32_APIC_BASE MSR is the platform's (qemu_lite/msr.py): it moves the page
 and sets the global enable (:meth:`LocalApic.set_hardware_enabled`).
 Not modelled:
-x2APIC, TSC-deadline timer mode, SMI/INIT/SIPI delivery, the thermal,
-performance and CMCI interrupt sources (their LVTs are plain registers).
+x2APIC, TSC-deadline timer mode, SMI delivery, the thermal, performance and
+CMCI interrupt sources (their LVTs are plain registers).  With one CPU, INIT
+and STARTUP IPIs go nowhere; with several, ``ipi_bus`` (qemu_lite/smp.py)
+carries every IPI to the APICs its destination selects.
 """
 
 from __future__ import annotations
@@ -201,7 +203,18 @@ class LocalApic(Device):
         self._lint_input = [False, False]  # pin levels: wires, not reset
         self._in_error = False
         self._hw_disabled = False
+        # The wire to the other CPUs' APICs (qemu_lite.smp.ApicBus), if there are any.
+        self.ipi_bus: Any = None
         self.reset()
+
+    @property
+    def initial_apic_id(self) -> int:
+        """The hardware APIC ID (CPUID.1:EBX[31:24]), whatever the guest writes to ID."""
+        return self._apic_id
+
+    @property
+    def task_priority(self) -> int:
+        return self._tpr
 
     # ------------------------------------------------------------------ reset
 
@@ -566,10 +579,14 @@ class LocalApic(Device):
             to_self = self.match_destination(self._icr_high >> 24, bool(low & ICR_DEST_LOGICAL))
         else:
             to_self = shorthand in (SHORTHAND_SELF, SHORTHAND_ALL_INCLUDING_SELF)
+        if mode in (DM_FIXED, DM_LOWEST) and vector < _FIRST_LEGAL_VECTOR:
+            self._signal_error(ESR_SEND_ILLEGAL_VECTOR)
+            return
+        if self.ipi_bus is not None:
+            self.ipi_bus.send_ipi(self, low, self._icr_high)
+            return
         if mode in (DM_FIXED, DM_LOWEST):
-            if vector < _FIRST_LEGAL_VECTOR:
-                self._signal_error(ESR_SEND_ILLEGAL_VECTOR)
-            elif to_self:
+            if to_self:
                 self.accept(vector)  # the ICR trigger mode only matters for INIT
         elif mode == DM_NMI and to_self:
             self.deliver_nmi()

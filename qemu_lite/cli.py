@@ -109,6 +109,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="boot from the hard disk (c, default) or the CD-ROM (d)")
     p.add_argument("-m", "--memory", default="64M", type=_memory, metavar="SIZE",
                    help="guest RAM, e.g. 64M or 1G (plain numbers are MiB; default 64M)")
+    p.add_argument("-smp", "--smp", default="1", metavar="N",
+                   help="number of CPUs, 1 to 8 (QEMU's -smp N or -smp cpus=N)")
+    p.add_argument("-accel", "--accel", default="tcg", metavar="tcg[,thread=single]",
+                   help="the accelerator: tcg; thread=single runs the vCPUs in turns on one "
+                        "host thread (thread=multi is not implemented yet)")
     p.add_argument("--serial", "-serial", default="stdio", metavar="SPEC",
                    help="COM1 backend: stdio (default), none, file:PATH, pty, or a pyserial URL "
                         "(socket://host:port, loop://, rfc2217://host:port, /dev/ttyS0)")
@@ -414,7 +419,8 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
                           no_reboot=args.no_reboot, acpi=not args.no_acpi,
                           deterministic=args.deterministic,
                           rtc_base=rtc_base, vga=args.vga, vnc=vnc, nics=nics,
-                          net_dump=args.net_dump, option_roms=args.option_rom)
+                          net_dump=args.net_dump, option_roms=args.option_rom,
+                          smp=args.smp, accel=args.accel)
     except (BlockImageError, ValueError, OSError, SlirpMissing) as exc:
         return _fail(str(exc))
     if args.serial_input is not None:

@@ -27,6 +27,7 @@ from unicorn import x86_const as X
 # leaf 1
 ECX_MONITOR = 1 << 3
 ECX_X2APIC = 1 << 21
+TOPOLOGY_LEAF = 0xB
 ECX_TSC_DEADLINE = 1 << 24
 ECX_XSAVE = 1 << 26
 ECX_OSXSAVE = 1 << 27
@@ -104,6 +105,7 @@ class CpuidModel:
             ea, eb, ec, ed = table[(0x80000007, 0)]
             table[(0x80000007, 0)] = (ea, eb, ec, ed | EDX_INVARIANT_TSC)
         self.table = table
+        self.apic_id = 0  # the running CPU's initial APIC ID (qemu_lite/smp.py switches it)
         self.max_basic = table[(0, 0)][0]
         self.max_extended = table[(0x80000000, 0)][0]
 
@@ -130,7 +132,10 @@ class CpuidModel:
             c &= ~ECX_OSXSAVE
             if uc.reg_read(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
                 c |= ECX_OSXSAVE
-            regs = (a, b, c, d)
+            regs = (a, (b & 0x00FFFFFF) | self.apic_id << 24, c, d)
+        elif leaf == TOPOLOGY_LEAF and regs[1]:  # a model that has the leaf (EBX != 0)
+            a, b, c, _d = regs
+            regs = (a, b, c, self.apic_id)  # EDX: the x2APIC ID
         for reg, value in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX,
                                X.UC_X86_REG_RDX), regs, strict=True):
             uc.reg_write(reg, value)

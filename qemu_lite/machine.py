@@ -20,6 +20,7 @@ from unicorn import UcError
 import mmu_core
 from mmu_core._core import TLB_IDENTITY, TLB_NATIVE
 from qemu_lite import pc
+from qemu_lite import smp as smp_mod
 from qemu_lite import snapshot as machine_state
 from qemu_lite._vcpu_hooks import VcpuHooks, VirtualTsc, keep_gil_for_engine_calls, watch_signals
 from qemu_lite.clock import TSC_KHZ, HostClock, VirtualClock
@@ -146,6 +147,8 @@ class Machine(DebugHooks):
         net_dump: str | os.PathLike[str] | None = None,
         acpi: bool = True,
         option_roms: list[str | os.PathLike[str]] | None = None,
+        smp: int | str = 1,
+        accel: str = "tcg",
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
                          serial=serial, serial2=serial2, bios=bios, mmu=mmu,
@@ -153,6 +156,13 @@ class Machine(DebugHooks):
         if vga not in ("std", "none"):
             raise ValueError(f"unknown VGA {vga!r} (choose std or none)")
         self.memory_size = parse_size(memory)
+        self.cpus = smp_mod.parse_smp(smp)
+        self.accel_thread = smp_mod.parse_accel(accel)
+        if self.accel_thread == "multi":
+            raise ValueError("-accel tcg,thread=multi is not implemented yet (thread=single "
+                             "runs the vCPUs in turns on one host thread)")
+        if self.cpus > 1 and deterministic:
+            raise ValueError("-smp with --deterministic is not supported yet")
         self.mmu_mode = mmu
         bios_data = _bios_bytes(bios)
         self.uc, reset_ctx = new_engine()
@@ -203,7 +213,7 @@ class Machine(DebugHooks):
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
                                   snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios,
                                   nics=nics, net_dump=net_dump, acpi=acpi,
-                                  option_roms=option_roms)
+                                  option_roms=option_roms, cpus=self.cpus)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise
@@ -211,6 +221,11 @@ class Machine(DebugHooks):
         self._install_platform_msrs()
         self._snapshot_base: Snapshot | None = None  # what the dirty log is against
         self.irq_source = self.board.lapic
+        self.vcpus: smp_mod.VcpuSet | None = None
+        if self.board.apic_bus is not None:
+            self.vcpus = smp_mod.VcpuSet(self, self.board.apic_bus)
+            self.runloop.vcpus = self.vcpus
+            self._resettable.append(self.vcpus)
         self.host_input = screen.HostInput(self.board.kbc, self.wake)
         self.add_poller(self.host_input.pump)
         if self.board.acpi_pm is not None:
@@ -226,7 +241,8 @@ class Machine(DebugHooks):
         """IA32_APIC_BASE, the TSC MSRs and MISC_ENABLE (qemu_lite/msr.py), on patch f."""
         from qemu_lite.msr import ApicWindow, MsrModel
 
-        lapic = self.board.lapic
+        lapic = self.board.apic_page
+        assert lapic is not None
 
         def move(old: int, new: int) -> bool:
             self.uc.mem_unmap(old, 0x1000)
@@ -564,7 +580,7 @@ class Machine(DebugHooks):
         interrupt controller: the controllers reset last."""
         self.core.a20_enabled = True
         board = self.board
-        controllers = [board.pic, board.ioapic, board.lapic]
+        controllers = [board.pic, board.ioapic, *board.lapics]
         for dev in self._resettable:
             if not any(dev is c for c in controllers):
                 dev.reset()
@@ -579,6 +595,17 @@ class Machine(DebugHooks):
     @no_reboot.setter
     def no_reboot(self, value: bool) -> None:
         self.runloop.no_reboot = value
+
+    def _refuse_smp_state(self) -> None:
+        if self.vcpus is not None:
+            raise RuntimeError("saving the state of an -smp machine is not supported yet "
+                               "(one CPU context is saved)")
+
+    def vcpu_stats(self) -> list[dict[str, object]]:
+        """Per-vCPU counters (qemu_lite.smp.VcpuStats) of an ``smp`` machine; one CPU: []."""
+        if self.board.apic_bus is None:
+            return []
+        return [s.as_dict() for s in self.board.apic_bus.stats]
 
     # -- saved state -----------------------------------------------------------------
 
@@ -595,6 +622,7 @@ class Machine(DebugHooks):
 
         Costs one copy of RAM; from then on the shadow MMU logs the frames written
         (``mmu="native"`` cannot: its restores copy all of RAM)."""
+        self._refuse_smp_state()
         return machine_state.take(self)
 
     def restore(self, token: Snapshot) -> None:
@@ -606,6 +634,7 @@ class Machine(DebugHooks):
     def save_state(self, path: str | os.PathLike[str]) -> None:
         """Write the machine's state to a file (RAM deflated) that :meth:`restore_state`
         of a machine built with the same options loads, in this process or another."""
+        self._refuse_smp_state()
         machine_state.save_file(self, path)
 
     def restore_state(self, path: str | os.PathLike[str]) -> None:

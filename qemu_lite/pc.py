@@ -47,6 +47,7 @@ from qemu_lite.display.vgaboard import attach_vga
 from qemu_lite.optionroms import OptionRoms, read_option_roms
 from qemu_lite.piofast import PioChannel, PioWindowedBlock
 from qemu_lite.platform import HostMemory, MmioRange, Platform, PortRange, Slot
+from qemu_lite.smp import ApicBus, ApicPage
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,11 @@ class Board:
     acpi_pm: AcpiPm | None = None
     # ACPI and MP tables as (physical address, bytes), for loaders that skip the BIOS.
     firmware_tables: list[tuple[int, bytes]] = field(default_factory=list)
+    # Every CPU's local APIC (lapic is the first's), the bus between them (-smp N > 1)
+    # and what the APIC page maps: the one APIC, or the page showing the running CPU's.
+    lapics: list[LocalApic] = field(default_factory=list)
+    apic_bus: ApicBus | None = None
+    apic_page: Device | None = None
 
     def slot(self, name: str) -> Slot:
         for slot in self.slots:
@@ -281,7 +287,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
           nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None,
           acpi: bool = True,
-          option_roms: list[str | os.PathLike[str]] | None = None) -> Board:
+          option_roms: list[str | os.PathLike[str]] | None = None, cpus: int = 1) -> Board:
     """The devices of QEMU's ``pc`` machine, as a table the machine walks.
 
     Ports and ranges in the table are claimed by the machine; only what moves at run
@@ -291,10 +297,15 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     # A rising INTR from the 8259 pair, or anything the local APIC accepts, ends the
     # vCPU's current slice so the interrupt is taken at the next instruction boundary.
     pic = PicPair(IrqLine(_InterruptRequest(platform)))
-    lapic = LocalApic(clock, extint=pic)
-    lapic.on_request = platform.interrupt_request
-    ioapic = IoApic(route_to_lapic(lapic))
-    lapic.on_eoi = ioapic.eoi
+    # The PIC's INTR reaches the first CPU's LINT0 (the BSP's, as on a PC).
+    lapics = [LocalApic(clock, apic_id=i, extint=pic if i == 0 else None) for i in range(cpus)]
+    lapic = lapics[0]
+    apic_bus = ApicBus(lapics) if cpus > 1 else None
+    apic_page: Device = lapic if apic_bus is None else ApicPage(apic_bus)
+    ioapic = IoApic(route_to_lapic(lapic) if apic_bus is None else apic_bus.ioapic_deliver)
+    for cpu_apic in lapics:
+        cpu_apic.on_request = platform.interrupt_request
+        cpu_apic.on_eoi = ioapic.eoi
     irqs = IsaIrqs(pic, ioapic)
     pit = Pit8254(clock, irqs.line(IRQ_PIT))
     rtc = Rtc(clock, irqs.line(IRQ_RTC), base_time=platform.rtc_base)
@@ -382,7 +393,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     slots = [
         Slot("pic", pic, _ports((PIC_MASTER, 2, pic.master), (PIC_SLAVE, 2, pic.slave),
                                 (ELCR, 2, pic.elcr))),
-        Slot("lapic", lapic, mmio=[MmioRange(LAPIC_BASE, 0x1000, lapic, lapic_ns)]),
+        Slot("lapic", lapic, mmio=[MmioRange(LAPIC_BASE, 0x1000, apic_page, lapic_ns)]),
+        *(Slot(f"lapic{i}", lapics[i]) for i in range(1, cpus)),
         Slot("ioapic", ioapic, mmio=[MmioRange(IOAPIC_BASE, 0x1000, ioapic, chipset_ns)]),
         Slot("pit", pit, _ports((PIT, 4, pit.ports), (PORT61, 1, pit.port61)), (IRQ_PIT,)),
         Slot("rtc", rtc, _ports((RTC, 2, rtc)), (IRQ_RTC,)),
@@ -415,7 +427,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         # PCI function's, saved with the bus.
         slots.append(Slot("nic", None, irqs=(IRQ_NIC,), poll=nic.poll))
     board = Board(slots, pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci,
-                  piix_ide, fw_cfg, debugcon, post, port92, disks, display, nic)
+                  piix_ide, fw_cfg, debugcon, post, port92, disks, display, nic,
+                  lapics=lapics, apic_bus=apic_bus, apic_page=apic_page)
     if acpi:
         _add_acpi(platform, board, irqs)
     return board
@@ -426,7 +439,7 @@ def _add_acpi(platform: Platform, board: Board, irqs: IsaIrqs) -> None:
     pm = AcpiPm(platform.clock, irqs.line(IRQ_SCI), on_power_off=platform.power_off)
     board.slots.append(Slot("acpi-pm", pm, _ports((PM_BASE, PM_SIZE, pm)), (IRQ_SCI,)))
     ram = platform.memory_size
-    tables = AcpiPlatform(cpus=1, ram_below_4g=ram if ram < LOWMEM_LIMIT else LOWMEM_SPLIT,
+    tables = AcpiPlatform(cpus=len(board.lapics), ram_below_4g=ram if ram < LOWMEM_LIMIT else LOWMEM_SPLIT,
                           com2=board.com2 is not None)
     placements = acpi_tables.build(tables)
     board.fw_cfg.add_file(FW_CFG_TABLES_FILE, acpi_tables.fw_cfg_blob(placements))

@@ -34,6 +34,7 @@ from mmu_core._core import (
 from qemu_lite._vcpu_hooks import VcpuHooks
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.events import GuestError, TripleFault
+from qemu_lite.smp import VcpuSet
 from qemu_lite.vcpu import EFLAGS_IF, VCpu
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class RunLoop:
         self.stop_requested: RunResult | None = None  # survives run()'s reset
         self.pending_reset = False
         self.callback_error: BaseException | None = None
+        # -smp N: the vCPUs that take turns on the engine (qemu_lite/smp.py); None: one CPU.
+        self.vcpus: VcpuSet | None = None
 
     # -- stopping and waking (any thread unless noted) --------------------------------
 
@@ -177,6 +180,8 @@ class RunLoop:
             if self.pending_reset:
                 self.pending_reset = False
                 self.do_reset()
+            if self.vcpus is not None:
+                self.vcpus.schedule()
             if self._take_nmi():
                 try:
                     cpu.inject_nmi()
@@ -201,12 +206,18 @@ class RunLoop:
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue
-            hooks.begin_slice(self._next_due(wall_deadline) or 0)
+            due = self._next_due(wall_deadline)
+            if self.vcpus is not None:
+                due = self.vcpus.slice_deadline(due)
+                self.vcpus.begin_slice()
+            hooks.begin_slice(due or 0)
             try:
                 err = cpu.run_slice()
             finally:
                 stopped_by_block_hook = hooks.end_slice() != 0
             flags, intno = core.take_stop()
+            if self.vcpus is not None:
+                self.vcpus.end_slice(flags)
             if flags & STOP_ERROR:
                 callback_error = core.take_error()
                 if callback_error is not None:
@@ -232,7 +243,8 @@ class RunLoop:
                     raise GuestError(self._describe_error(err))
                 elif not flags and not stopped_by_block_hook and self._stopped_on_hlt():
                     # Only HLT ends a slice without a stop flag or the block hook.
-                    if not cpu.reg("rflags") & EFLAGS_IF and not self.nmi_pending():
+                    if (not cpu.reg("rflags") & EFLAGS_IF and not self.nmi_pending()
+                            and (self.vcpus is None or self.vcpus.halted_for_good())):
                         return RunResult("halted", None, "guest halted with interrupts "
                                          f"disabled at {cpu.linear_pc() - 1:#x}")
                     cpu.halted = True
@@ -284,7 +296,10 @@ class RunLoop:
         """Sleep until a timer is due, input arrives, the run is stopped or the time
         budget ends."""
         while self.stop_reason is None and self.stop_requested is None:
-            if self.irq_source.has_interrupt() or self.nmi_pending():
+            if self.vcpus is not None:
+                if self.vcpus.any_wakeup():
+                    return  # the schedule picks who runs; injection ends the halt
+            elif self.irq_source.has_interrupt() or self.nmi_pending():
                 self.cpu.halted = False
                 return
             due = self._next_due(wall_deadline)
