@@ -107,6 +107,16 @@ class SerialBackend:
         self._reader.start()
 
 
+def input_wakes(backend: SerialBackend | None) -> bool:
+    """Does all of ``backend``'s input announce itself through ``notify``?  True for none
+    and for every backend here (input arrives through ``_feed``); a subclass with its
+    own ``read_available`` may have input that only polling finds."""
+    if backend is None:
+        return True
+    return backend.notify is not None and \
+        type(backend).read_available is SerialBackend.read_available
+
+
 class NullBackend(SerialBackend):
     """``null``: output discarded, never any input."""
 

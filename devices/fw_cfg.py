@@ -166,6 +166,11 @@ class FwCfg(Device):
     def _current(self) -> bytes:
         return self._items.get(self.selector & ~FW_CFG_WRITE_CHANNEL, b"")
 
+    def selected_item(self) -> bytes:
+        """The selected item's bytes; data port reads stream them from :attr:`offset`
+        (a caller streaming them itself sets ``offset`` before any other access)."""
+        return self._current
+
     def io_read(self, offset: int, size: int) -> int:
         if offset != PORT_DATA:
             return super().io_read(offset, size)

@@ -7,7 +7,10 @@ stays low (data sheet: the modem control output pins go inactive in loopback).
 
 Transmission is immediate: a byte written to THR goes straight to the backend
 and the output listeners, so THRE and TEMT read as set again at once and the
-transmit FIFO never holds anything.  Reception goes through a 16-byte FIFO
+transmit FIFO never holds anything.  A caller may serve LSR reads and THR
+writes itself while :meth:`Uart16550.fast_path` allows (the machine does, in C):
+it hears of every change through ``on_change`` and hands transmitted bytes to
+:meth:`Uart16550.transmit` before anything else looks at the device.  Reception goes through a 16-byte FIFO
 (one byte holding register when FIFOs are disabled).  Bytes the backend
 offers wait outside the chip until the FIFO has room, so pasted input is not
 lost to overruns; :meth:`Uart16550.receive` is the raw wire and can overrun.
@@ -24,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .backends import SerialBackend
+from .backends import SerialBackend, input_wakes
 from .base import Clock, Device, IrqLine
 
 COM1_BASE, COM1_IRQ = 0x3F8, 4
@@ -124,6 +127,8 @@ class Uart16550(Device):
         self._clock = clock
         self._timeout_timer = clock.timer(self._char_timeout) if clock is not None else None
         self._listeners: list[Callable[[bytes], None]] = []
+        #: Called after every change of registers or FIFO (see :meth:`fast_path`).
+        self.on_change: Callable[[], None] | None = None
         #: Input lines CTS/DSR/RI/DCD seen outside loopback (MSR bits 4-7).
         self.modem_inputs = MSR_CTS | MSR_DSR | MSR_DCD
         self._pending = bytearray()  # backend input waiting for FIFO room
@@ -156,8 +161,32 @@ class Uart16550(Device):
     # -- embedding API -------------------------------------------------------
 
     def add_output_listener(self, callback: Callable[[bytes], None]) -> None:
-        """Call ``callback(byte)`` with every byte transmitted (not in loopback)."""
+        """Call ``callback(data)`` with the bytes transmitted (not in loopback), in order;
+        ``data`` may hold several bytes (a fast path hands them over in runs)."""
         self._listeners.append(callback)
+
+    def fast_path(self) -> tuple[int, bool]:
+        """What a caller may do without :meth:`io_read` / :meth:`io_write` until
+        ``on_change`` fires: the value an LSR read returns with no side effect (-1:
+        none), and whether a THR write only transmits (then :meth:`transmit` takes
+        the bytes).  LSR: no error bits to clear, and with an empty FIFO no input to
+        pull (the backend wakes the machine when input arrives).  THR: no divisor
+        latch, loopback or THRE interrupt in play."""
+        lsr = -1
+        if not self._lsr_errors and not self.mcr & MCR_LOOP:
+            if self._rx or (not self._pending and input_wakes(self.backend)):
+                lsr = self._lsr()
+        thr = not (self.lcr & LCR_DLAB or self.mcr & MCR_LOOP or self.ier & IER_ETBEI)
+        return lsr, thr
+
+    def transmit(self, data: bytes) -> None:
+        """What THR writes of ``data`` do while :meth:`fast_path` allows them."""
+        if self.backend is not None:
+            self.backend.write(data)
+        for listener in self._listeners:
+            listener(data)
+        self._thr_ipending = True
+        self._update_irq()
 
     def receive(self, data: bytes) -> None:
         """Bytes arriving on the serial input, straight into the RX FIFO.
@@ -220,6 +249,8 @@ class Uart16550(Device):
             reg = offset + i
             if 0 <= reg < PORT_COUNT:
                 self._write_register(reg, (value >> (8 * i)) & 0xFF)
+        if self.on_change is not None:  # LCR, SCR and the divisor change no interrupt
+            self.on_change()
 
     def _read_register(self, reg: int) -> int:
         dlab = self.lcr & LCR_DLAB
@@ -434,6 +465,8 @@ class Uart16550(Device):
     def _update_irq(self) -> None:
         gate = self.mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2
         self.irq.set_level(gate and self._interrupt_id() != IIR_NO_INT)
+        if self.on_change is not None:
+            self.on_change()
 
     # -- saved state ---------------------------------------------------------
 

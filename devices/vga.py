@@ -26,7 +26,9 @@ BAR0             linear framebuffer: :attr:`Vga.vram` itself, mapped as RAM
 ================ ==================================================================
 
 VRAM is interleaved as QEMU keeps it: byte ``4 * a + p`` is plane ``p`` at plane
-address ``a``, so chain-4 (mode 13h) and the VBE framebuffer are linear.
+address ``a``, so chain-4 (mode 13h) and the VBE framebuffer are linear.  A caller
+may serve window accesses itself as :meth:`Vga.fast_window` describes (the machine
+does, in C), hearing of every register change through ``on_change``.
 
 The text screen lives in RAM at 0xB8000 (character, attribute pairs), so text
 stores cost the guest nothing; consequence: while the graphics controller maps
@@ -228,6 +230,8 @@ class Vga:
         self.ports = VgaPorts(self)
         self.dispi_ports = VbeDispiPorts(self)
         self.window = VgaMemoryWindow(self)
+        #: Called after register writes, reset and load_state (see :meth:`fast_window`).
+        self.on_change: Callable[[], None] | None = None
         self.reset()
 
     STATE_VERSION = 1
@@ -255,6 +259,7 @@ class Vga:
             setattr(self, name, value)
         self.vram[:] = state["vram"]
         self.vbe: list[int] = [int(v) & 0xFFFF for v in state["vbe"]]
+        self._changed()
 
     def reset(self) -> None:
         self.misc = 0x00
@@ -282,6 +287,32 @@ class Vga:
         self.vbe[VBE_DISPI_INDEX_VIDEO_MEMORY_64K] = self.vram_size >> 16
         self.vbe_line_offset = 0
         self.vbe_start = 0
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def fast_window(self) -> tuple[str, int, int, int, int, int] | None:
+        """How window accesses reach VRAM when they need no latches, for a caller that
+        serves them itself: ``(kind, lo, hi, bank, map_mask, plane_hi)``.  Offsets ``lo
+        .. hi-1`` are decoded (plane address ``offset - lo``); kind ``"bank"`` (VBE:
+        ``vram[bank + offset]`` below 64 KiB), ``"chain4"``, ``"odd-even"`` (plane
+        ``plane_hi | a & 1``) or ``"planar"`` (stores only: write mode 0 without
+        rotation, logical operation or set/reset, bit mask FF).  None: every access
+        needs :meth:`mem_read` / :meth:`mem_write`."""
+        if self.vbe_enabled:
+            return "bank", 0, 0x10000, self.vbe[VBE_DISPI_INDEX_BANK] << 16, 0xF, 0
+        lo, hi = ((0, WINDOW_SIZE), (0, 0x10000), (0x10000, 0x18000), (0, 0))[self.memory_map]
+        sr4, mask, gr = self.sr[SR_MEMORY_MODE], self.sr[SR_MAP_MASK] & 0xF, self.gr
+        if sr4 & SR_MEM_CHAIN4:
+            return "chain4", lo, hi, 0, mask, 0
+        if not sr4 & SR_MEM_ODD_EVEN_DISABLE or gr[GR_MODE] & GR_MODE_ODD_EVEN:
+            return "odd-even", lo, hi, 0, mask, gr[GR_READ_MAP_SELECT] & 2
+        if (gr[GR_MODE] & 3 == 0 and gr[GR_DATA_ROTATE] & 0x1F == 0
+                and gr[GR_ENABLE_SET_RESET] & 0xF == 0 and gr[GR_BIT_MASK] == 0xFF):
+            return "planar", lo, hi, 0, mask, 0
+        return None
 
     # -- derived state -----------------------------------------------------------------------
 
@@ -887,6 +918,7 @@ class VgaPorts:
     def io_write(self, offset: int, size: int, value: int) -> None:
         for i in range(size):
             self.vga.write_port(VGA_PORT_BASE + offset + i, value >> (8 * i))
+        self.vga._changed()
 
 
 class VbeDispiPorts:
@@ -907,6 +939,7 @@ class VbeDispiPorts:
             self.vga.vbe_index = value & 0xFFFF
         else:
             self.vga.vbe_write(value)
+            self.vga._changed()
 
 
 class VgaMemoryWindow:

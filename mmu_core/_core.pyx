@@ -137,11 +137,15 @@ cdef struct RomWindow:
     uint8_t *data
 
 
+include "devfast_defs.pxi"
+
+
 cdef struct MmioSlot:
     # One device's MMIO range: the C callbacks' user data.  Freed with the Core.
     void *st                 # the CoreState (declared below)
     int handler              # index in Core._mmio_handlers
     uint64_t base            # physical address of offset 0 (for Core.mmio_tracer)
+    bint vga                 # the VGA window: stores (and some loads) in C (devfast.pxi)
     uint64_t access_ns       # deterministic guest time per access
     void *next               # the Core's list of slots, freed in __dealloc__
 
@@ -179,6 +183,17 @@ cdef struct CoreState:
     # PIO data windows: port accesses served from a device's buffer in C
     PioWindow pio[4]
     uint64_t pio_fast_accesses
+    # Device registers answered in C (devfast.pxi); ``uart_pending``: a UART holds
+    # bytes that must reach its device before any other Python code runs.
+    UartFast uart[UART_FAST_MAX]
+    bint uart_pending
+    VgaFast vga
+    uint64_t dev_fast_accesses
+    # Posted port writes: ports whose writes may reach their device later (in order,
+    # before any other Python code runs), queued here.
+    uint8_t port_posted[65536]
+    PostedWrite posted[POSTED_MAX]
+    uint32_t posted_len
     # Deterministic time: every port access adds port_ns to *io_clock
     uint64_t *io_clock
     uint64_t port_ns
@@ -235,11 +250,14 @@ cdef class Core:
     cdef object _cpuid_handler
     cdef readonly int tlb_mode
     cdef list _pio_buffers
+    cdef list _uart_sinks
+    cdef object _vga_vram
     cdef object _io_clock_owner
     cdef void *_ctx
     cdef size_t _ctx_size
     cdef uint64_t _ctx_base[8]    # engine context counters at reset_mmu_stats
     cdef uint64_t _global_base[3] # engine global-page counters at reset_mmu_stats
+    cdef object __weakref__  # devices' on_change hooks must not keep the machine alive
 
     def __cinit__(self):
         self.st = <CoreState *>calloc(1, sizeof(CoreState))
@@ -264,6 +282,7 @@ cdef class Core:
         self._port_handlers = [None]
         self._mmio_handlers = []
         self._pio_buffers = [None, None, None, None]
+        self._uart_sinks = [None] * UART_FAST_MAX
         self.unclaimed_port_log = None
         self.port_tracer = None
         self.mmio_tracer = None
@@ -913,6 +932,87 @@ cdef class Core:
         self._pio_buffers[index] = None
         return w.pos
 
+    # -- device registers in C (devfast.pxi; qemu_lite/devfast.py keeps them true) ----
+
+    def uart_attach(self, int index, int port, sink):
+        """Let the port hooks serve the 16550 whose THR is ``port`` (``index`` 0-1) as
+        :meth:`uart_set` allows.  Queued THR bytes go to ``sink(data)`` on a newline or
+        a full buffer, before any other Python callback, and in :meth:`take_stop`."""
+        if not 0 <= index < UART_FAST_MAX or not 0 < port <= 0xFFF8:
+            raise ValueError("UART fast path: index 0-1, port 1-0xFFF8")
+        self.uart_flush()
+        self._uart_sinks[index] = sink
+        cdef UartFast *u = &self.st.uart[index]
+        u.lsr = -1
+        u.thr = False
+        u.base = port
+
+    def uart_set(self, int index, int lsr, bint thr):
+        """What the UART's device allows until its next change: LSR reads answer ``lsr``
+        (-1: the device answers), THR writes are queued when ``thr``."""
+        if not 0 <= index < UART_FAST_MAX or not -1 <= lsr <= 0xFF:
+            raise ValueError("UART fast path: index 0-1, LSR -1..255")
+        self.st.uart[index].lsr = lsr
+        self.st.uart[index].thr = thr
+
+    def uart_flush(self):
+        """Hand queued THR bytes to their sinks and posted port writes to their devices
+        now (an exception is re-raised)."""
+        if self.st.uart_pending or self.st.posted_len:
+            _flush_queued(self)
+            err = self.take_error()
+            self.st.stop_flags &= ~C_STOP_ERROR
+            if err is not None:
+                raise err
+
+    def vga_attach(self, handler, bytearray vram):
+        """Serve loads and stores of ``handler``'s MMIO range (the VGA window) from
+        ``vram`` as :meth:`vga_set` allows; until then, and for what it does not allow,
+        ``handler`` answers."""
+        cdef MmioSlot *slot = self.st.mmio_slots
+        while slot != NULL and self._mmio_handlers[slot.handler] is not handler:
+            slot = <MmioSlot *>slot.next
+        if slot == NULL:
+            raise ValueError(f"{handler!r} has no MMIO range")
+        self._vga_vram = vram  # kept alive while C points at it (never resized)
+        self.st.vga.kind = VGA_FAST_OFF
+        self.st.vga.vram = <uint8_t *>PyByteArray_AS_STRING(vram)
+        self.st.vga.vram_size = len(vram)
+        slot.vga = True
+
+    def vga_set(self, int kind, uint64_t lo=0, uint64_t hi=0, uint64_t bank=0,
+                int map_mask=0, int plane_hi=0):
+        """The window's addressing for accesses served in C (``VGA_FAST_*``): window
+        offsets ``lo .. hi-1`` decoded, ``a = offset - lo``; ``bank`` for VBE banks."""
+        if not VGA_FAST_OFF <= kind <= VGA_FAST_PLANAR or hi > 0x20000 or lo > hi:
+            raise ValueError("VGA fast path: bad kind or window")
+        if self.st.vga.vram == NULL and kind != VGA_FAST_OFF:
+            raise ValueError("VGA fast path: vga_attach() first")
+        cdef VgaFast *v = &self.st.vga
+        v.kind = kind
+        v.lo = lo
+        v.hi = hi
+        v.bank = bank
+        v.map_mask = map_mask & 0xF
+        v.plane_hi = plane_hi & 2
+
+    def post_port_writes(self, int base, int count, bint posted=True):
+        """Let writes to ports ``base .. base+count-1`` (claimed) reach their device
+        later: queued in C and replayed in order before any other Python callback, in
+        :meth:`take_stop` and when the queue fills.  For registers whose writes the
+        guest cannot observe but through the device's own Python paths (VGA DAC, CRTC)."""
+        cdef int p
+        if base < 0 or count <= 0 or base + count > 65536:
+            raise ValueError(f"bad port range {base:#x}+{count}")
+        self.uart_flush()
+        for p in range(base, base + count):
+            self.st.port_posted[p] = posted
+
+    @property
+    def dev_fast_accesses(self):
+        """Device register accesses served in C (UART LSR/THR, the VGA window)."""
+        return self.st.dev_fast_accesses
+
     def set_io_clock(self, owner, uintptr_t address, uint64_t port_ns):
         """Charge ``port_ns`` to the uint64 counter at ``address`` (owned by ``owner``,
         kept alive here) for every port access: the deterministic clock's I/O cost."""
@@ -971,7 +1071,10 @@ cdef class Core:
         return <uintptr_t>&self.st.stop_flags
 
     def take_stop(self):
-        """Return and clear ``(stop_flags, intno)``."""
+        """Return and clear ``(stop_flags, intno)``; first hands the UARTs' queued output
+        to their devices (a sink that raises adds STOP_ERROR)."""
+        if self.st.uart_pending or self.st.posted_len:
+            _flush_queued(self)
         cdef int flags = self.st.stop_flags | self.st.requested_flags
         cdef int n = self.st.intno
         self.st.requested_flags = 0
@@ -1072,6 +1175,8 @@ cdef inline uint32_t _port_in(CoreState *st, uint32_t port, int size) noexcept n
         w.pos += size
         st.pio_fast_accesses += 1
         return value
+    if _uart_read(st, port & 0xFFFF, size, &value):
+        return value
     if slot == 0:
         st.unclaimed_port_reads += 1
         if st.log_unclaimed:
@@ -1083,6 +1188,8 @@ cdef inline uint32_t _port_in(CoreState *st, uint32_t port, int size) noexcept n
 
 
 cdef uint32_t _py_port_read(Core core, int slot, uint32_t offset, int size) noexcept:
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         return <uint32_t>(core._port_handlers[slot].io_read(offset, size) & 0xFFFFFFFF)
     except BaseException as exc:
@@ -1110,6 +1217,11 @@ cdef inline void _port_out(CoreState *st, uint32_t port, int size, uint32_t valu
         w.pos += size
         st.pio_fast_accesses += 1
         return
+    if _uart_write(st, port & 0xFFFF, size, value):
+        return
+    if slot != 0 and st.port_posted[port & 0xFFFF] and st.port_posted[(port + size - 1) & 0xFFFF]:
+        _post_write(st, slot, port - st.port_base[port & 0xFFFF], size, value)
+        return
     if slot == 0:
         st.unclaimed_port_writes += 1
         if st.log_unclaimed:
@@ -1121,6 +1233,8 @@ cdef inline void _port_out(CoreState *st, uint32_t port, int size, uint32_t valu
 
 
 cdef void _py_port_write(Core core, int slot, uint32_t offset, int size, uint32_t value) noexcept:
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         core._port_handlers[slot].io_write(offset, size, value)
     except BaseException as exc:
@@ -1131,13 +1245,18 @@ cdef uint64_t _mmio_read(uc_engine *uc, uint64_t offset, unsigned size,
                          void *user_data) noexcept nogil:
     cdef MmioSlot *slot = <MmioSlot *>user_data
     cdef CoreState *st = <CoreState *>slot.st
+    cdef uint64_t value
     if st.io_clock != NULL:
         st.io_clock[0] += slot.access_ns
+    if slot.vga and _vga_read(st, offset, size, &value):
+        return value
     with gil:
         return _py_mmio_read(<Core>st.owner, slot, offset, size)
 
 
 cdef uint64_t _py_mmio_read(Core core, MmioSlot *slot, uint64_t offset, unsigned size) noexcept:
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     cdef uint64_t mask = 0xFFFFFFFFFFFFFFFFULL if size >= 8 else (1ULL << (8 * size)) - 1
     cdef uint64_t value
     try:
@@ -1156,12 +1275,16 @@ cdef void _mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t va
     cdef CoreState *st = <CoreState *>slot.st
     if st.io_clock != NULL:
         st.io_clock[0] += slot.access_ns
+    if slot.vga and _vga_write(st, offset, size, value):
+        return
     with gil:
         _py_mmio_write(<Core>st.owner, slot, offset, size, value)
 
 
 cdef void _py_mmio_write(Core core, MmioSlot *slot, uint64_t offset, unsigned size,
                          uint64_t value) noexcept:
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         core._mmio_handlers[slot.handler].io_write(offset, size, value)
         if core.mmio_tracer is not None:
@@ -1171,6 +1294,8 @@ cdef void _py_mmio_write(Core core, MmioSlot *slot, uint64_t offset, unsigned si
 
 
 cdef void _log_unclaimed(Core core, uint32_t port, int size, long value) noexcept:
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         core.unclaimed_port_log(port, size, value)
     except BaseException as exc:
@@ -1222,6 +1347,8 @@ cdef int _hook_cpuid(uc_engine *uc, void *user_data) noexcept nogil:
 
 
 cdef int _py_cpuid(Core core) noexcept:
+    if core.st.uart_pending or core.st.posted_len:  # what the guest did first
+        _flush_queued(core)
     try:
         return 1 if core._cpuid_handler() else 0
     except BaseException as exc:
@@ -1329,6 +1456,7 @@ cdef inline void dirty_filter(CoreState *st, uint64_t gpa, bint write,
         res.perms &= ~UC_PROT_WRITE
 
 
+include "devfast.pxi"
 include "mmu_walker.pxi"
 include "mmu_shadow.pxi"
 include "mmu_track.pxi"

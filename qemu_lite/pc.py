@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qemu_lite import devfast
 from qemu_lite.acpi import tables as acpi_tables
 from qemu_lite.acpi.platform import Platform as AcpiPlatform
 from qemu_lite.clock import VirtualClock
@@ -339,9 +340,11 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         terminal_keys = _keyboard_from_terminal(platform, kbc)
 
     com1 = Uart16550(irqs.line(IRQ_COM1), _open_serial(platform, serial, "serial0"), clock)
+    devfast.attach_uart(platform.core, 0, com1, COM1)
     com2 = None
     if serial2 is not None:
         com2 = Uart16550(irqs.line(IRQ_COM2), _open_serial(platform, serial2, "serial1"), clock)
+        devfast.attach_uart(platform.core, 1, com2, COM2)
 
     ide0 = IdeChannel(irqs.line(IRQ_IDE0), media[0], media[1])
     ide1 = IdeChannel(irqs.line(IRQ_IDE1), media[2], media[3], serial_base=3)
@@ -367,6 +370,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     pci_config = PciConfigPorts(pci, on_reset=platform.reset)
     fw_cfg = FwCfg(platform.memory_size)
     fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot), 2)
+    fw_cfg_ports = devfast.FwCfgStream(platform.core, fw_cfg, FW_CFG + 1)
     debugcon = DebugCon()
     post = PostCode()
     nic = _add_nic(platform, pci, irqs, nics or [], net_dump)
@@ -399,7 +403,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         Slot("pci", pci),
         Slot("bmdma", None, bars=[PciBar("io", BMDMA_PORTS, piix_ide.bmdma_ports, piix_ide,
                                          lambda: piix_ide.bmdma_base)]),
-        Slot("fw_cfg", fw_cfg, _ports((FW_CFG, 2, fw_cfg))),
+        Slot("fw_cfg", fw_cfg_ports, _ports((FW_CFG, 2, fw_cfg_ports))),
         Slot("debugcon", debugcon, _ports((DEBUGCON, 1, debugcon))),
         Slot("post", post, _ports((POST, 1, post))),
         Slot("isa-debug-exit", None, _ports((ISA_DEBUG_EXIT, 1, IsaDebugExit(platform.exit)))),

@@ -2,7 +2,8 @@
 
 - 0x3B0-0x3DF and 0x1CE-0x1CF go to the device's port objects;
 - 0xA0000-0xB7FFF is taken out of guest RAM and mapped as MMIO (planar modes
-  need the graphics controller on every access);
+  need the graphics controller on every access; ``devfast`` serves in C the
+  accesses that need no latches);
 - 0xB8000-0xBFFFF stays guest RAM: text stores run at RAM speed and the
   device reads the cells from RAM when it draws;
 - the framebuffer (the device's ``vram``) is mapped as RAM wherever BAR0 of
@@ -25,6 +26,7 @@ from unicorn import UcError
 from unicorn import unicorn_const as UCC
 
 from mmu_core._core import STOP_FAULT
+from qemu_lite import devfast
 from qemu_lite.devices.pci import PciBus
 from qemu_lite.devices.vga import (
     TEXT_BASE,
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: (first port, count) of the VGA ports whose writes may reach the device later
+#: (Core.post_port_writes): attribute 0x3C0-0x3C2, DAC 0x3C6-0x3C9, both CRTCs.
+POSTED_VGA_PORTS = ((0x3C0, 3), (0x3C6, 4), (0x3B4, 2), (0x3D4, 2))
 VGA_PCI_DEVICE = 2  # 00:02.0, where QEMU's pc machine puts the display
 OPTION_ROM_BASE = 0xC0000
 OPTION_ROM_MAX = 0x10000
@@ -149,6 +154,12 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     machine.add_device(VBE_DISPI_INDEX_PORT, 2, vga.dispi_ports)
     machine.uc.mem_unmap(WINDOW_BASE, WINDOW_SIZE)
     machine.add_mmio(WINDOW_BASE, WINDOW_SIZE, vga.window)
+    devfast.attach_vga(machine.core, vga)  # stores that need no latches, in C
+    # Palette, attribute, misc and CRTC writes only matter to the device's own reads and
+    # drawing: queued in C (a mode set loads 768 DAC bytes, every character moves the
+    # cursor).  Not the sequencer's or graphics controller's: the C window follows them.
+    for base, count in POSTED_VGA_PORTS:
+        machine.core.post_port_writes(base, count)
     machine.remove_from_memory_ranges(WINDOW_BASE, WINDOW_BASE + WINDOW_SIZE)
     function = VgaPci(vga.vram_size)
     lfb = _LfbMapping(machine, vga)

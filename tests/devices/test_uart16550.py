@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qemu_lite.devices.backends import SerialBackend
 from qemu_lite.devices.base import Clock, IrqLine, RecordingIrqSink
@@ -366,3 +368,72 @@ def test_reset_restores_power_on_values() -> None:
     assert rd(uart, LSR) == 0x60
     assert rd(uart, IIR) == 0x01
     assert rd(uart, MCR) == 0
+
+
+class _WakingBackend(SerialBackend):
+    """Input only through ``_feed`` (which notifies), as the real back ends have it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notify = lambda: None
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.sampled_from([THR, IER, FCR, LCR, MCR, SCR]),
+              st.integers(0, 255)),
+    st.tuples(st.just("read"), st.sampled_from([RBR, IIR, LSR, MSR])),
+    st.tuples(st.just("wire"), st.binary(min_size=1, max_size=20)),
+    st.tuples(st.just("host"), st.binary(min_size=1, max_size=4)),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_OPS, byte=st.integers(0, 255))
+def test_what_fast_path_allows_is_what_the_registers_do(ops, byte) -> None:
+    """At every point of a random register sequence: an LSR read that ``fast_path``
+    answers returns that value and changes nothing; a THR write it allows does exactly
+    what ``transmit`` does (state, output, interrupt line)."""
+    backends = _WakingBackend(), _WakingBackend()
+    (a, sink_a), (b, sink_b) = make_uart(backends[0]), make_uart(backends[1])
+    for op in ops + [("end",)]:
+        lsr, thr = a.fast_path()
+        assert (lsr, thr) == b.fast_path()
+        if lsr >= 0:
+            before, history = a.save_state(), list(sink_a.history)
+            assert rd(a, LSR) == lsr
+            assert a.save_state() == before and sink_a.history == history
+        if thr:
+            a.transmit(bytes([byte]))
+            wr(b, THR, byte)
+            assert a.save_state() == b.save_state()
+            assert backends[0].written == backends[1].written
+            assert sink_a.history == sink_b.history
+        for uart, backend in ((a, backends[0]), (b, backends[1])):
+            if op[0] == "write":
+                wr(uart, op[1], op[2])
+            elif op[0] == "read":
+                rd(uart, op[1])
+            elif op[0] == "wire":
+                uart.receive(op[1])
+            elif op[0] == "host":
+                backend._feed(op[1])
+                uart.pump()
+
+
+def test_on_change_hears_every_register_write_and_input() -> None:
+    uart, _ = make_uart(_WakingBackend())
+    seen: list[tuple[int, bool]] = []
+    uart.on_change = lambda: seen.append(uart.fast_path())
+    wr(uart, LCR, 0x80)  # DLAB: THR is the divisor latch now
+    assert seen[-1] == (0x60, False)
+    wr(uart, LCR, 0x03)
+    uart.receive(b"x")
+    assert seen[-1] == (0x61, True)
+    wr(uart, IER, IER_ETBEI)
+    assert seen[-1] == (0x61, False)
+    uart.receive(b"y")  # no FIFO: an overrun sets LSR.OE, which a read must clear
+    assert seen[-1] == (-1, False)
