@@ -87,7 +87,14 @@ def start_cli(kernel: Path, disk: Path, stdin: int | None = subprocess.DEVNULL,
         [sys.executable, "-m", "qemu_lite", "--kernel", str(kernel), "-m", "32M",
          str(disk), "--serial", "stdio"],
         stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        cwd=tempfile.gettempdir())
+        cwd=tempfile.gettempdir(), preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    """A signal ignored by whoever started pytest (``nohup``: SIGHUP) stays ignored in
+    qemu-lite, as it should; these tests want the signals delivered."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def wait_for_ready(proc: subprocess.Popen[bytes], deadline: float = 60) -> None:
