@@ -163,6 +163,7 @@ cdef struct CoreState:
     uint64_t unclaimed_port_writes
     bint log_unclaimed
     bint trace_ports        # call Core.port_tracer after every port access
+    bint trace_mmio         # call Core.mmio_tracer after every device-MMIO access
     int stop_flags
     # Stop requests from Python (any thread) land here, never in stop_flags:
     # the hooks update stop_flags without the GIL, so a read-modify-write from
@@ -1058,6 +1059,13 @@ cdef class Core:
         self.port_tracer = callback
         self.st.trace_ports = callback is not None
 
+    def set_mmio_tracer(self, callback):
+        """``callback(address, size, value, is_write)`` after every device-MMIO access,
+        C fast paths (the VGA window) included (None: off).  Off costs one test per
+        access in C; on, a Python call per access."""
+        self.mmio_tracer = callback
+        self.st.trace_mmio = callback is not None
+
     # -- stops ----------------------------------------------------------------
 
     def request_stop(self, int flag=C_STOP_REQUEST):
@@ -1248,22 +1256,29 @@ cdef uint64_t _mmio_read(uc_engine *uc, uint64_t offset, unsigned size,
     cdef uint64_t value
     if st.io_clock != NULL:
         st.io_clock[0] += slot.access_ns
-    if slot.vga and _vga_read(st, offset, size, &value):
-        return value
-    with gil:
-        return _py_mmio_read(<Core>st.owner, slot, offset, size)
+    if not (slot.vga and _vga_read(st, offset, size, &value)):
+        with gil:
+            value = _py_mmio_read(<Core>st.owner, slot, offset, size)
+    if st.trace_mmio:
+        with gil:
+            _trace_mmio(<Core>st.owner, slot.base + offset, size, value, False)
+    return value
+
+
+cdef void _trace_mmio(Core core, uint64_t address, unsigned size, uint64_t value,
+                      bint write) noexcept:
+    try:
+        core.mmio_tracer(address, size, value, write)
+    except BaseException as exc:
+        core._record_error(exc)
 
 
 cdef uint64_t _py_mmio_read(Core core, MmioSlot *slot, uint64_t offset, unsigned size) noexcept:
     if core.st.uart_pending or core.st.posted_len:  # what the guest did first
         _flush_queued(core)
     cdef uint64_t mask = 0xFFFFFFFFFFFFFFFFULL if size >= 8 else (1ULL << (8 * size)) - 1
-    cdef uint64_t value
     try:
-        value = <uint64_t>(core._mmio_handlers[slot.handler].io_read(offset, size) & mask)
-        if core.mmio_tracer is not None:
-            core.mmio_tracer(slot.base + offset, size, value, False)
-        return value
+        return <uint64_t>(core._mmio_handlers[slot.handler].io_read(offset, size) & mask)
     except BaseException as exc:
         core._record_error(exc)
         return mask
@@ -1275,10 +1290,12 @@ cdef void _mmio_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t va
     cdef CoreState *st = <CoreState *>slot.st
     if st.io_clock != NULL:
         st.io_clock[0] += slot.access_ns
-    if slot.vga and _vga_write(st, offset, size, value):
-        return
-    with gil:
-        _py_mmio_write(<Core>st.owner, slot, offset, size, value)
+    if not (slot.vga and _vga_write(st, offset, size, value)):
+        with gil:
+            _py_mmio_write(<Core>st.owner, slot, offset, size, value)
+    if st.trace_mmio:
+        with gil:
+            _trace_mmio(<Core>st.owner, slot.base + offset, size, value, True)
 
 
 cdef void _py_mmio_write(Core core, MmioSlot *slot, uint64_t offset, unsigned size,
@@ -1287,8 +1304,6 @@ cdef void _py_mmio_write(Core core, MmioSlot *slot, uint64_t offset, unsigned si
         _flush_queued(core)
     try:
         core._mmio_handlers[slot.handler].io_write(offset, size, value)
-        if core.mmio_tracer is not None:
-            core.mmio_tracer(slot.base + offset, size, value, True)
     except BaseException as exc:
         core._record_error(exc)
 

@@ -176,9 +176,9 @@ class TraceHooks:
         physical address and value; ``None`` turns it off.  RAM, ROM and
         unassigned space are not MMIO here.
 
-        Cost: off, one attribute test per MMIO access in Core's C dispatch (which
-        already calls the device in Python); on, a second Python call per access."""
-        self.core.mmio_tracer = callback
+        Cost: off, a flag test in Core's C MMIO callbacks; on, a Python call per
+        access (C fast paths such as the VGA window included)."""
+        self.core.set_mmio_tracer(callback)
 
     # -- system calls ----------------------------------------------------------------
 

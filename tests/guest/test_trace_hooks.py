@@ -156,3 +156,17 @@ def test_hook_errors(kernel: Path) -> None:
         m.trace_ports(boom)
         with pytest.raises(RuntimeError, match="tracer failed"):
             m.run(timeout=30)
+
+
+def test_mmio_trace_sees_vga_window_stores_handled_in_c() -> None:
+    """The video BIOS loads its font into plane 2 through the 0xA0000 window, stores that
+    Core's C VGA path makes without Python: the tracer is called from the C callback, so
+    it sees every one of them."""
+    stores: list[tuple[int, int, int, bool]] = []
+    with Machine(DEFAULT_IMAGE, snapshot=True) as m:
+        m.trace_mmio(lambda *a: stores.append(a) if a[3] and 0xA0000 <= a[0] < 0xC0000
+                     else None)
+        assert m.run(timeout=60).exit_status == 1
+        m.trace_mmio(None)
+    assert len(stores) >= 4096, len(stores)
+    assert min(a for a, *_ in stores) == 0xA0000
