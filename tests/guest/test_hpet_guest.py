@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from guestlib import protected_mode_guest, run_multiboot_guest
+from test_platform import PIC_INIT
 
 GUEST = r"""
     jmp start
@@ -64,24 +65,9 @@ start:
     call puthex
     mov al, 10
     call putc
-    mov al, 0x11                  ; 8259 pair: master at 0x20, slave at 0x28, IRQ 0 only
-    out 0x20, al
-    out 0xA0, al
-    mov al, 0x20
+""" + PIC_INIT + r"""
+    mov al, 0xFA                  ; IRQ 0 (and the cascade) unmasked
     out 0x21, al
-    mov al, 0x28
-    out 0xA1, al
-    mov al, 4
-    out 0x21, al
-    mov al, 2
-    out 0xA1, al
-    mov al, 1
-    out 0x21, al
-    out 0xA1, al
-    mov al, 0xFE
-    out 0x21, al
-    mov al, 0xFF
-    out 0xA1, al
     mov al, 0x34                  ; PIT counter 0, mode 2, count 100: IRQ 0 every 84 us
     out 0x43, al
     mov al, 100
