@@ -307,7 +307,9 @@ class Hpet(Device):
 
     def save_state(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "config": self.config, "isr": self.isr,
-                "counter": self.counter(),
+                # The counter's base and epoch as they are (guest time is restored with
+                # the clock): a tick's phase survives, so a restored run reads the same.
+                "counter_base": self._counter_at_halt, "epoch_ns": self._epoch_ns,
                 "timers": [[t.config, t.cmp, t.period, t.line_high] for t in self.timers]}
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -318,8 +320,8 @@ class Hpet(Device):
         self._drop_lines()
         self.config = int(state["config"]) & (ENABLE_CNF | LEG_RT_CNF)
         self.isr = int(state["isr"]) & ((1 << NUM_TIMERS) - 1)
-        self._counter_at_halt = int(state["counter"]) & MASK64
-        self._epoch_ns = self.clock.now()
+        self._counter_at_halt = int(state["counter_base"]) & MASK64
+        self._epoch_ns = int(state["epoch_ns"])
         if self.on_legacy is not None:
             self.on_legacy(bool(self.config & LEG_RT_CNF))
         for t, (config, cmp, period, high) in zip(self.timers, timers, strict=True):
