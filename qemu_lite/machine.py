@@ -605,11 +605,6 @@ class Machine(DebugHooks, TraceHooks):
     def no_reboot(self, value: bool) -> None:
         self.runloop.no_reboot = value
 
-    def _refuse_smp_state(self) -> None:
-        if self.vcpus is not None:
-            raise RuntimeError("saving the state of an -smp machine is not supported yet "
-                               "(one CPU context is saved)")
-
     def vcpu_stats(self) -> list[dict[str, object]]:
         """Per-vCPU counters (qemu_lite.smp.VcpuStats) of an ``smp`` machine; one CPU: []."""
         if self.board.apic_bus is None:
@@ -631,7 +626,6 @@ class Machine(DebugHooks, TraceHooks):
 
         Costs one copy of RAM; from then on the shadow MMU logs the frames written
         (``mmu="native"`` cannot: its restores copy all of RAM)."""
-        self._refuse_smp_state()
         return machine_state.take(self)
 
     def restore(self, token: Snapshot) -> None:
@@ -643,7 +637,6 @@ class Machine(DebugHooks, TraceHooks):
     def save_state(self, path: str | os.PathLike[str]) -> None:
         """Write the machine's state to a file (RAM deflated) that :meth:`restore_state`
         of a machine built with the same options loads, in this process or another."""
-        self._refuse_smp_state()
         machine_state.save_file(self, path)
 
     def restore_state(self, path: str | os.PathLike[str]) -> None:
