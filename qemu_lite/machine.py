@@ -11,7 +11,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -604,6 +605,30 @@ class Machine(DebugHooks, TraceHooks):
     @no_reboot.setter
     def no_reboot(self, value: bool) -> None:
         self.runloop.no_reboot = value
+
+    @contextmanager
+    def on_vcpu(self, index: int) -> Iterator[None]:
+        """Between runs, for the block: registers, control registers and virtual memory
+        (:meth:`reg`, :meth:`read_virtual`, the engine) are vCPU ``index``'s (``smp``;
+        CPU 0 alone otherwise).  Who runs next does not change.
+
+        >>> with Machine(memory="16M", vga="none", smp=2) as m, m.on_vcpu(1):
+        ...     hex(m.reg("eip")), m.vcpu_states()
+        ('0xfff0', ['running', 'wait-for-sipi'])
+        """
+        if self.vcpus is not None:
+            with self.vcpus.viewing(index):
+                yield
+            return
+        if index != 0:
+            raise ValueError(f"CPU {index!r} does not exist (this machine has CPU 0)")
+        yield
+
+    def vcpu_states(self) -> list[str]:
+        """Each vCPU's ``"running"``, ``"halted"`` or ``"wait-for-sipi"`` (an AP not started)."""
+        if self.vcpus is None:
+            return ["halted" if self.cpu.halted else "running"]
+        return [self.vcpus.run_state(i) for i in range(len(self.vcpus))]
 
     def vcpu_stats(self) -> list[dict[str, object]]:
         """Per-vCPU counters (qemu_lite.smp.VcpuStats) of an ``smp`` machine; one CPU: []."""

@@ -181,6 +181,7 @@ class _Client:
         self.number = number
         self.negotiated = False
         self.closed = False
+        self.hmp = hmp.Session()  # HMP's ``cpu N`` lasts for the connection
         self._out: queue.Queue[bytes | None] = queue.Queue(OUT_QUEUE)
         self._writer = threading.Thread(target=self._write_loop, name=f"qmp-writer-{number}",
                                         daemon=True)
@@ -315,6 +316,7 @@ class QmpServer(hmp.RunControl):
         self._migrate_to: str | None = None   # saved once the running guest stops
         self._migration: dict[str, Any] = {}  # query-migrate's answer
         self._vcpu_native_id = threading.get_native_id()
+        self._client: _Client | None = None  # whose command runs
         self._commands = self._command_table()
         self._listener = self._listen(spec)
         self._accepting = threading.Thread(target=self._accept, name="qmp-accept", daemon=True)
@@ -433,6 +435,7 @@ class QmpServer(hmp.RunControl):
                 client.negotiated = True
                 result: Any = {}
             else:
+                self._client = client
                 result = command.run(arguments)
             reply = {"return": {} if result is None else result}
         except QmpError as exc:
@@ -546,6 +549,9 @@ class QmpServer(hmp.RunControl):
     def status(self) -> str:
         return self.run_state
 
+    def vcpu_thread_id(self) -> int:
+        return self._vcpu_native_id
+
     def stop(self) -> None:
         if self.run_state == "running":
             self.run_state = "paused"
@@ -622,9 +628,12 @@ class QmpServer(hmp.RunControl):
                 "package": f"qemu-lite {text} ({engine_info().describe()})"}
 
     def _query_cpus_fast(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]",
+        # As QEMU's pc machine: -smp N is one socket of N cores, the CPUs its first
+        # devices; thread=single runs them all on one host thread.
+        return [{"cpu-index": i, "qom-path": f"/machine/unattached/device[{i}]",
                  "thread-id": self._vcpu_native_id, "target": "x86_64",
-                 "props": {"socket-id": 0, "core-id": 0, "thread-id": 0}}]
+                 "props": {"socket-id": 0, "core-id": i, "thread-id": 0}}
+                for i in range(self.machine.cpus)]
 
     def _quit(self, _args: dict[str, Any]) -> None:
         from qemu_lite.machine import RunResult
@@ -679,10 +688,18 @@ class QmpServer(hmp.RunControl):
         self.run_state = "postmigrate"
 
     def _human_monitor_command(self, args: dict[str, Any]) -> str:
-        if args.get("cpu-index", 0) != 0:
-            raise QmpError(f"CPU {args['cpu-index']} is not online (this machine has CPU 0)")
+        # QEMU makes a fresh monitor per command (CPU 0, or cpu-index); here a
+        # client's ``cpu N`` also lasts, as in one HMP session.
+        session = self._client.hmp if self._client is not None else hmp.Session()
+        if "cpu-index" in args:
+            index = args["cpu-index"]
+            if not 0 <= index < self.machine.cpus:
+                raise QmpError(f"CPU {index} is not online (this machine has CPUs 0 to "
+                               f"{self.machine.cpus - 1})" if self.machine.cpus > 1 else
+                               f"CPU {index} is not online (this machine has CPU 0)")
+            session = hmp.Session(index)
         version = self._version()["package"]
-        return hmp.execute(self.machine, self, args["command-line"], version)
+        return hmp.execute(self.machine, self, args["command-line"], version, session)
 
     def _screendump(self, args: dict[str, Any]) -> None:
         from qemu_lite.pc import check_outputs

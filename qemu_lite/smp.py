@@ -257,6 +257,7 @@ class VcpuSet:
         self._turn_started = time.monotonic_ns()
         self._yield = False
         self._slice_started = 0
+        self._viewed: tuple[int, bool] | None = None  # viewing(): (index, current's halted)
         bus.on_init_sipi = self._init_sipi
         bus.on_remote = self._remote
         self.reset()
@@ -422,6 +423,7 @@ class VcpuSet:
         """Put vCPU ``index`` on the engine now (between runs), as a switch does: the
         debugger's step of a chosen thread.  It keeps the engine for a full turn."""
         self._check_index(index)
+        self._not_viewing()
         if index != self.current:
             self._switch(self.vcpus[index], time.monotonic_ns())
 
@@ -434,12 +436,15 @@ class VcpuSet:
         state and drops them (its STARTUP sets its registers).  Costs two context
         switches and two flushes of Unicorn's TLB."""
         self._check_index(index)
+        if self._viewed is not None:
+            raise RuntimeError("viewing() does not nest")
         if index == self.current:
             yield
             return
         m = self._m
         v = self.vcpus[index]
         own_ctx, own_halted = m.uc.context_save(), m.cpu.halted
+        self._viewed = (index, own_halted)
         own_base = m.msrs.apic_base if m.msrs is not None else None
         m.uc.context_restore(v.context if v.context is not None else m.cpu.reset_context)
         m.cpu.halted = v.halted
@@ -458,10 +463,28 @@ class VcpuSet:
                     v.apic_base = m.msrs.apic_base
             m.uc.context_restore(own_ctx)
             m.cpu.halted = own_halted
+            self._viewed = None
             self.bus.current = self.current
             if m.msrs is not None and own_base is not None:
                 m.msrs.apic_base = own_base
             _flush_tlb(m.uc)
+
+    def run_state(self, index: int) -> str:
+        """``"running"``, ``"halted"`` or ``"wait-for-sipi"``."""
+        self._check_index(index)
+        v = self.vcpus[index]
+        if v.state == WAIT_FOR_SIPI:
+            return WAIT_FOR_SIPI
+        if self._viewed is not None and index in (self._viewed[0], self.current):
+            # Inside viewing(): the machine's flag is the viewed vCPU's.
+            halted = self._m.cpu.halted if index == self._viewed[0] else self._viewed[1]
+        else:
+            halted = self._m.cpu.halted if index == self.current else v.halted
+        return "halted" if halted else RUNNING
+
+    def _not_viewing(self) -> None:
+        if self._viewed is not None:
+            raise RuntimeError("not inside viewing(): the engine shows another vCPU")
 
     def _check_index(self, index: int) -> None:
         if isinstance(index, bool) or not isinstance(index, int) \
@@ -476,6 +499,7 @@ class VcpuSet:
         context and IA32_APIC_BASE too (the machine's CPU state and platform MSRs
         hold the current one's); which vCPU is on the engine.  The APICs are board
         slots of their own."""
+        self._not_viewing()
         m = self._m
         out = []
         for v in self.vcpus:
@@ -493,6 +517,7 @@ class VcpuSet:
         """Load :meth:`save_state`'s dict between runs, after the machine's CPU context
         and before the board's devices (the APIC page must show the current vCPU's
         APIC while the platform MSRs load); :meth:`finish_load` after them."""
+        self._not_viewing()
         values = check_state(state, "vcpus", (self.STATE_VERSION,))
         saved, current = values.get("vcpus"), values.get("current")
         if not isinstance(saved, list) or len(saved) != len(self.vcpus):

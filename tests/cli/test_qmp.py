@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import qmpclient
+import smpguest
 from qmpclient import hang_up, hmp, next_event, wait_for
 
 qmp = pytest.importorskip("qemu.qmp", reason="qemu.qmp (pip install qemu.qmp) drives the QMP "
@@ -416,3 +418,85 @@ def test_signal_while_waiting_for_a_client(disk: Path, tmp_path: Path) -> None:
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def _esp(registers: str) -> int:
+    found = re.search(r"ESP=([0-9a-f]{8})", registers)
+    assert found, registers
+    return int(found[1], 16)
+
+
+def test_smp_cpus_listed_selected_migrated_and_resumed(assemble, tmp_path: Path) -> None:
+    kernel = tmp_path / "pingpong.bin"
+    kernel.write_bytes(assemble(smpguest.source(work=3_000_000)))
+    sock, serial, state = tmp_path / "qmp.sock", tmp_path / "com1.txt", tmp_path / "smp.state"
+    machine = ("-smp", "2", "-m", "16M", "--vga", "none", "--kernel", str(kernel))
+    saved: dict[str, str] = {}
+    with qemu_lite(*machine, "--qmp", f"unix:{sock},server,wait=off",
+                   "--serial", f"file:{serial}") as proc:
+
+        async def session() -> None:
+            client = qmp.QMPClient("smp")
+            await client.connect(str(sock))
+            cpus = await client.execute("query-cpus-fast")
+            assert [(c["cpu-index"], c["qom-path"], c["props"], c["target"]) for c in cpus] == [
+                (i, f"/machine/unattached/device[{i}]",
+                 {"socket-id": 0, "core-id": i, "thread-id": 0}, "x86_64") for i in (0, 1)]
+            thread = cpus[0]["thread-id"]
+            assert cpus[1]["thread-id"] == thread  # thread=single: one host thread
+            assert os.path.isdir(f"/proc/{proc.pid}/task/{thread}")
+            wait_for(lambda: serial.read_text().count("\n") >= 2)
+            await client.execute("stop")
+            await next_event(client, "STOP")
+
+            assert await hmp(client, "info cpus") == (f"* CPU #0: thread_id={thread}\n"
+                                                      f"  CPU #1: thread_id={thread}\n")
+            bsp = await hmp(client, "info registers")
+            ap = await hmp(client, "info registers", cpu_index=1)
+            # smpguest's stacks: the BSP's below 0x90000, the AP's below 0x70000.
+            assert 0x80000 < _esp(bsp) <= 0x90000, bsp
+            assert 0x60000 < _esp(ap) <= 0x70000, ap
+            every = await hmp(client, "info registers -a")
+            assert every == f"\nCPU#0\n{bsp}\nCPU#1\n{ap}"
+            assert await hmp(client, "cpu 2") == "invalid CPU index\n"
+            with pytest.raises(qmp.ExecuteError, match="CPU 2 is not online"):
+                await hmp(client, "info registers", cpu_index=2)
+            assert await hmp(client, "cpu 1") == ""  # lasts for this client
+            assert await hmp(client, "info registers") == ap
+            assert await hmp(client, "info cpus") == (f"  CPU #0: thread_id={thread}\n"
+                                                      f"* CPU #1: thread_id={thread}\n")
+            stack = await hmp(client, "x /2xw $esp")  # through the AP's registers
+            assert stack.startswith(f"{_esp(ap):016x}:"), stack
+            assert stack == await hmp(client, f"xp /2xw {_esp(ap):#x}")  # no paging here
+            assert "CPU #1: protected mode" in await hmp(client, "info mmu")
+
+            assert await client.execute("migrate", {"uri": f"file:{state}"}) == {}
+            assert (await client.execute("query-migrate"))["status"] == "completed"
+            saved.update(bsp=bsp, ap=ap)
+            await client.execute("quit")
+            await next_event(client, "SHUTDOWN")
+            await hang_up(client)
+
+        asyncio.run(session())
+        assert proc.wait(timeout=30) == 0
+    head = serial.read_text()
+    assert 2 <= head.count("\n") < smpguest.LINES
+
+    # -incoming: both vCPUs where they were, and the guest finishes its lines.
+    serial2 = tmp_path / "com1-incoming.txt"
+    with qemu_lite(*machine, "-S", "-incoming", f"file:{state}",
+                   "--qmp", f"unix:{sock},server,wait=off", "--serial", f"file:{serial2}") as proc:
+
+        async def resumed() -> None:
+            client = qmp.QMPClient("incoming")
+            await client.connect(str(sock))
+            assert await hmp(client, "info registers") == saved["bsp"]
+            assert await hmp(client, "info registers", cpu_index=1) == saved["ap"]
+            await client.execute("cont")
+            shutdown = await next_event(client, "SHUTDOWN")
+            assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
+            await hang_up(client)
+
+        asyncio.run(resumed())
+        assert proc.wait(timeout=120) == 1
+    assert head + serial2.read_text() == smpguest.expected(work=3_000_000)
