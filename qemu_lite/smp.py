@@ -424,8 +424,11 @@ class VcpuSet:
         debugger's step of a chosen thread.  It keeps the engine for a full turn."""
         self._check_index(index)
         self._not_viewing()
+        now = time.monotonic_ns()
         if index != self.current:
-            self._switch(self.vcpus[index], time.monotonic_ns())
+            self._switch(self.vcpus[index], now)
+        self._turn_started = now  # a fresh turn, even for the vCPU already on the engine
+        self._yield = False
 
     @contextmanager
     def viewing(self, index: int) -> Iterator[None]:

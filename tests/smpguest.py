@@ -150,9 +150,21 @@ setup:
 """
 
 
-def source(work: int = WORK) -> str:
-    return (f"%define LINES {LINES}\n%define WORK {work}\n"
+def source(work: int = WORK, map_file: str | None = None) -> str:
+    """The nasm source; ``map_file``: where nasm writes the symbols' addresses."""
+    head = f"[map symbols {map_file}]\n" if map_file else ""
+    return (f"{head}%define LINES {LINES}\n%define WORK {work}\n"
             + protected_mode_guest(BODY))
+
+
+def symbols(map_file: str) -> dict[str, int]:
+    """Addresses from nasm's map of :func:`source`."""
+    out = {}
+    for line in open(map_file).read().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and all(c in "0123456789ABCDEF" for c in parts[0]):
+            out[parts[2]] = int(parts[1], 16)
+    return out
 
 
 def expected(work: int = WORK) -> str:
