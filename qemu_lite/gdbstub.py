@@ -246,6 +246,8 @@ class GdbStub:
 
     def _wake(self) -> None:
         self._input.set()
+        if self.on_input is not None:
+            self.on_input()
         self.machine.wake()
 
     def _poll(self) -> None:
@@ -300,13 +302,59 @@ class GdbStub:
             action = self._next_packet(remaining)
             if action == "kill":
                 return RunResult("stopped", None, "killed by gdb")
-            if action in ("continue", "step"):
+            if action in ("continue", "step", "detach"):
                 running = True
                 self._stepping = action == "step"
-                self._continuing = True
+                self._continuing = action != "detach"
 
     _stepping = False
     _continuing = False
+
+    # -- under a monitor (--qmp with -s): the QMP server's loop runs the machine ------
+
+    # Also called at every input from GDB: the monitor's own wake-up while paused.
+    on_input: Callable[[], None] | None = None
+
+    def run(self, timeout: float | None) -> RunResult:
+        """One ``Machine.run`` (or step, after GDB's ``s``) for the monitor's loop."""
+        return self._run(timeout)
+
+    def took_stop(self, result: RunResult) -> bool:
+        """Whether the run that gave ``result`` stopped for the debugger: a breakpoint,
+        step or watchpoint (the stop reply is sent) or input from GDB."""
+        if result.reason == "stopped" and self._interrupted:
+            self._interrupted = False
+            self._continuing = False
+            return True
+        if result.reason in ("breakpoint", "step", "watchpoint"):
+            self._continuing = False
+            if self.conn is not None:
+                self.conn.send(self._stop_reply(SIGTRAP, self._watch_stop(result)))
+            return True
+        return False
+
+    def notify_stopped(self) -> None:
+        """The monitor stopped the guest: a GDB waiting in ``continue`` gets its stop
+        reply (SIGINT, as QEMU's stub sends for a pause)."""
+        if self._continuing and self.conn is not None:
+            self.conn.send(self._stop_reply(SIGINT))
+        self._continuing = False
+
+    def pump(self) -> str | None:
+        """Handle the input queued so far without waiting (vCPU thread, guest stopped):
+        ``"continue"``, ``"step"``, ``"detach"`` (also when GDB went away) or ``"kill"``
+        when a packet asks for it, None otherwise."""
+        while self._pending_input():
+            action = self._next_packet(0)
+            if action is not None:
+                self._stepping = action == "step"
+                self._continuing = action in ("continue", "step")
+                return action
+        return None
+
+    def report_end(self, result: RunResult) -> None:
+        """The run is over: GDB hears the exit (W) or termination (X)."""
+        self._report_end(self._end_packet(result))
 
     def _run(self, timeout: float | None) -> RunResult:
         self._input.clear()
@@ -372,7 +420,8 @@ class GdbStub:
         return f"CPU#{tid - 1} [{state}]".encode().hex()
 
     def _next_packet(self, timeout: float | None) -> str | None:
-        """Wait for and handle one packet; returns "continue", "step", "kill" or None."""
+        """Wait for and handle one packet; returns "continue", "step", "detach", "kill"
+        or None."""
         if self.conn is None:
             try:
                 self.conn = self._conns.get(timeout=timeout)
@@ -385,7 +434,7 @@ class GdbStub:
             return None
         if packet is None:  # GDB went away: the guest goes on, as after a detach
             self._detach()
-            return "continue"
+            return "detach"
         if packet == b"\x03":
             self.conn.send(self._stop_reply(SIGINT))
             return None
@@ -394,7 +443,6 @@ class GdbStub:
             self.conn.send(reply)
         if action == "detach" or action == "kill":
             self._detach()
-            return "continue" if action == "detach" else "kill"
         return action
 
     def _watch_stop(self, result: RunResult) -> str:

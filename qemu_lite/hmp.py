@@ -252,8 +252,8 @@ def execute(machine: Machine, control: RunControl, command_line: str, version: s
                 return info_mmu(machine, cpu)
             if what == "status":
                 status = control.status()
-                shown = f"paused ({status})" if status in ("prelaunch", "postmigrate") \
-                    else status
+                shown = f"paused ({status})" if status in ("prelaunch", "postmigrate",
+                                                            "debug") else status
                 return f"VM status: {shown}\n"
             if what == "version":
                 return f"{version}\n"
