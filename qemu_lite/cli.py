@@ -461,8 +461,6 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             parse_spec(args.qmp)
         except QmpSpecError as exc:
             raise _InputError(str(exc)) from None
-        if args.gdb or args.gdb_default:
-            raise _InputError("--qmp cannot be combined with the GDB stub (-s, --gdb) yet")
 
     if args.incoming is not None:
         from qemu_lite.qmp import QmpError, parse_incoming
@@ -619,11 +617,20 @@ def _run_machine(machine: Machine, args: argparse.Namespace,
 
         server = QmpServer(machine, args.qmp, inputs,  # QmpSpecError: reported by the caller
                            no_shutdown=args.no_shutdown)
-        print(f"qemu-lite: QMP listening on {args.qmp}", file=sys.stderr, flush=True)
+        gdb_spec = args.gdb or ("tcp::1234" if args.gdb_default else None)
+        stub = None
         try:
+            print(f"qemu-lite: QMP listening on {args.qmp}", file=sys.stderr, flush=True)
+            if gdb_spec is not None:  # one loop serves both (QmpServer.attach_gdb)
+                stub = GdbStub(machine, gdb_spec)
+                server.attach_gdb(stub)
+                print(f"qemu-lite: gdb stub listening on {gdb_spec}", file=sys.stderr,
+                      flush=True)
             return server.serve(start_stopped=args.gdb_stopped, timeout=args.timeout,
                                 incoming=args.incoming is not None)
         finally:
+            if stub is not None:
+                stub.close()
             server.close()
     spec = args.gdb or ("tcp::1234" if args.gdb_default or args.gdb_stopped else None)
     if spec is None:

@@ -17,6 +17,11 @@ address through the guest's page tables (``Machine.read_virtual``), or
 physical after QEMU's ``maint packet Qqemu.PhyMemMode:1`` (``PhysMemMode``
 is accepted too) or ``monitor phys-mem-mode on``;
 watchpoints (Z2-Z4) are ``Machine.add_watchpoint``.
+
+Under ``-smp`` every vCPU is a thread (ids 1..N, as QEMU's stub numbers them):
+``Hg`` selects whose registers and page tables the ``g``/``p``/``m`` packets
+use (``Machine.on_vcpu``), ``Hc`` or a ``vCont`` action's thread the vCPU a
+step runs on, and stop replies name the vCPU that was on the engine.
 """
 
 from __future__ import annotations
@@ -223,6 +228,8 @@ class GdbStub:
         self._watches: dict[tuple[int, int, str], str] = {}  # (addr, len, access) -> Z type
         self._input = threading.Event()
         self._interrupted = False
+        self._g_thread = 1              # Hg: the thread registers and memory are read from
+        self._c_thread: int | None = None  # Hc / vCont: the thread a step runs; None: any
         threading.Thread(target=self._accept, name="gdb-accept", daemon=True).start()
         machine.add_poller(self._poll)
 
@@ -239,13 +246,24 @@ class GdbStub:
 
     def _wake(self) -> None:
         self._input.set()
+        if self.on_input is not None:
+            self.on_input()
         self.machine.wake()
 
     def _poll(self) -> None:
         # On the vCPU thread at every stop of a run: input from GDB ends the run.
         if self._input.is_set():
-            self._interrupted = True
-            self.machine.stop("stopped", None, "gdb")
+            self._input.clear()
+            if self._pending_input():
+                self._interrupted = True
+                self.machine.stop("stopped", None, "gdb")
+            # else: the EOF of a connection already detached: the guest runs on
+
+    def _pending_input(self) -> bool:
+        """A new connection, or a packet from the current one (queued before the
+        readers set ``_input``)."""
+        return not self._conns.empty() or (self.conn is not None
+                                           and not self.conn.packets.empty())
 
     def close(self) -> None:
         if self.conn is not None:
@@ -277,32 +295,133 @@ class GdbStub:
                     running = False
                     self._continuing = False
                     if self.conn is not None:
-                        self.conn.send(f"T{SIGTRAP:02x}{self._watch_stop(result)}thread:01;")
+                        self.conn.send(self._stop_reply(SIGTRAP, self._watch_stop(result)))
                     continue
                 self._report_end(self._end_packet(result))
                 return result
             action = self._next_packet(remaining)
             if action == "kill":
                 return RunResult("stopped", None, "killed by gdb")
-            if action in ("continue", "step"):
+            if action in ("continue", "step", "detach"):
                 running = True
                 self._stepping = action == "step"
-                self._continuing = True
+                self._continuing = action != "detach"
 
     _stepping = False
     _continuing = False
 
+    # -- under a monitor (--qmp with -s): the QMP server's loop runs the machine ------
+
+    # Also called at every input from GDB: the monitor's own wake-up while paused.
+    on_input: Callable[[], None] | None = None
+
+    def run(self, timeout: float | None) -> RunResult:
+        """One ``Machine.run`` (or step, after GDB's ``s``) for the monitor's loop."""
+        return self._run(timeout)
+
+    def took_stop(self, result: RunResult) -> bool:
+        """Whether the run that gave ``result`` stopped for the debugger: a breakpoint,
+        step or watchpoint (the stop reply is sent) or input from GDB."""
+        if result.reason == "stopped" and self._interrupted:
+            self._interrupted = False
+            self._continuing = False
+            return True
+        if result.reason in ("breakpoint", "step", "watchpoint"):
+            self._continuing = False
+            if self.conn is not None:
+                self.conn.send(self._stop_reply(SIGTRAP, self._watch_stop(result)))
+            return True
+        return False
+
+    def notify_stopped(self) -> None:
+        """The monitor stopped the guest: a GDB waiting in ``continue`` gets its stop
+        reply (SIGINT, as QEMU's stub sends for a pause)."""
+        if self._continuing and self.conn is not None:
+            self.conn.send(self._stop_reply(SIGINT))
+        self._continuing = False
+
+    def pump(self) -> str | None:
+        """Handle the input queued so far without waiting (vCPU thread, guest stopped):
+        ``"continue"``, ``"step"``, ``"detach"`` (also when GDB went away) or ``"kill"``
+        when a packet asks for it, None otherwise."""
+        while self._pending_input():
+            action = self._next_packet(0)
+            if action is not None:
+                self._stepping = action == "step"
+                self._continuing = action in ("continue", "step")
+                return action
+        return None
+
+    def report_end(self, result: RunResult) -> None:
+        """The run is over: GDB hears the exit (W) or termination (X)."""
+        self._report_end(self._end_packet(result))
+
     def _run(self, timeout: float | None) -> RunResult:
         self._input.clear()
-        if not self._conns.empty() or (self.conn is not None and not self.conn.packets.empty()):
+        if self._pending_input():
             self._input.set()  # input that came before this run: stop at once
         if self._stepping:
             self._stepping = False
-            return self.machine.step(timeout)
+            m = self.machine
+            if self._c_thread is not None and m.vcpus is not None:
+                m.vcpus.select(self._c_thread - 1)  # step the thread GDB chose
+            return m.step(timeout)
         return self.machine.run(timeout)
 
+    # -- threads: one per vCPU ---------------------------------------------------------
+
+    def _threads(self) -> int:
+        return self.machine.cpus
+
+    def _on_engine(self) -> int:
+        """The thread id of the vCPU on the engine (the one that stopped)."""
+        vcpus = self.machine.vcpus
+        return 1 if vcpus is None else vcpus.current + 1
+
+    def _stop_reply(self, signal: int, extra: str = "") -> str:
+        # As QEMU: after a stop, the thread that stopped is the one GDB looks at.
+        self._g_thread = self._on_engine()
+        return f"T{signal:02x}{extra}thread:{self._g_thread:02x};"
+
+    def _thread_id(self, text: str) -> int | None:
+        """A thread-id of H/T/vCont: its number, 0 ("any") or -1 ("all"); None: no such."""
+        number = -1 if text == "-1" else int(text, 16)
+        return number if number in (0, -1) or 1 <= number <= self._threads() else None
+
+    def _set_thread(self, pkt: str) -> str:
+        """``Hg``/``Hc`` (``H`` with an op and a thread-id)."""
+        op, tid = pkt[1:2], self._thread_id(pkt[2:])
+        if op not in ("g", "c") or tid is None:
+            return "E22"
+        if op == "g":
+            self._g_thread = self._on_engine() if tid in (0, -1) else tid
+        else:
+            self._c_thread = None if tid in (0, -1) else tid
+        return "OK"
+
+    def _vcont(self, actions: str) -> str:
+        """``vCont;ACTION[:TID]...`` -> "step" or "continue"; a step with a thread id
+        steps that vCPU (the other vCPUs do not run while it does)."""
+        for action in actions.split(";"):
+            kind, _, tid = action.partition(":")
+            if kind[:1] in ("s", "S"):
+                number = self._thread_id(tid) if tid else None
+                if number not in (None, 0, -1):
+                    self._c_thread = number
+                return "step"
+        return "continue"
+
+    def _extra_info(self, tid_hex: str) -> str:
+        tid = self._thread_id(tid_hex)
+        if tid in (None, 0, -1):
+            return "E22"
+        assert tid is not None
+        state = self.machine.vcpu_states()[tid - 1]
+        return f"CPU#{tid - 1} [{state}]".encode().hex()
+
     def _next_packet(self, timeout: float | None) -> str | None:
-        """Wait for and handle one packet; returns "continue", "step", "kill" or None."""
+        """Wait for and handle one packet; returns "continue", "step", "detach", "kill"
+        or None."""
         if self.conn is None:
             try:
                 self.conn = self._conns.get(timeout=timeout)
@@ -315,16 +434,15 @@ class GdbStub:
             return None
         if packet is None:  # GDB went away: the guest goes on, as after a detach
             self._detach()
-            return "continue"
+            return "detach"
         if packet == b"\x03":
-            self.conn.send(f"T{SIGINT:02x}thread:01;")
+            self.conn.send(self._stop_reply(SIGINT))
             return None
         reply, action = self._handle(packet.decode("latin-1"))
         if reply is not None:
             self.conn.send(reply)
         if action == "detach" or action == "kill":
             self._detach()
-            return "continue" if action == "detach" else "kill"
         return action
 
     def _watch_stop(self, result: RunResult) -> str:
@@ -362,11 +480,23 @@ class GdbStub:
     # -- packets -------------------------------------------------------------------
 
     def _handle(self, pkt: str) -> tuple[str | None, str | None]:
+        head = pkt[:1]
+        thread = None
+        if head in ("g", "G", "p", "P", "m", "M") or pkt.startswith("qRcmd,696e666f"):
+            thread = self._g_thread  # (monitor "info ...": the others change the machine)
+        elif head in ("c", "s", "C", "S"):  # with an address: that vCPU's RIP
+            thread = self._c_thread or self._on_engine()
+        if thread is not None and thread != self._on_engine():
+            with self.machine.on_vcpu(thread - 1):
+                return self._handle_packet(pkt)
+        return self._handle_packet(pkt)
+
+    def _handle_packet(self, pkt: str) -> tuple[str | None, str | None]:
         m = self.machine
         head = pkt[:1]
         try:
             if pkt == "?":
-                return f"T{SIGTRAP:02x}thread:01;", None
+                return self._stop_reply(SIGTRAP), None
             if head == "g":
                 return "".join(self._read_reg(r) for r in _layout(self._long_mode)), None
             if head == "G":
@@ -415,8 +545,7 @@ class GdbStub:
             if pkt.startswith("vCont?"):
                 return "vCont;c;C;s;S", None
             if pkt.startswith("vCont;"):
-                action = pkt[6:7].lower()
-                return (None, "step") if action == "s" else (None, "continue")
+                return None, self._vcont(pkt[6:])
             if head in "Zz" and head and pkt[1:2] in "234":
                 _, addr, length = pkt.split(",")[:3]
                 key = (int(addr, 16), int(length, 16), _WATCH_KINDS[pkt[1]])
@@ -448,13 +577,17 @@ class GdbStub:
             if pkt == "qAttached":
                 return "1", None
             if pkt == "qC":
-                return "QC01", None
+                return f"QC{self._g_thread:02x}", None
             if pkt == "qfThreadInfo":
-                return "m01", None
+                return "m" + ",".join(f"{t:02x}" for t in range(1, self._threads() + 1)), None
             if pkt == "qsThreadInfo":
                 return "l", None
-            if head in "HT":
-                return "OK", None
+            if pkt.startswith("qThreadExtraInfo,"):
+                return self._extra_info(pkt.partition(",")[2]), None
+            if head == "H":
+                return self._set_thread(pkt), None
+            if head == "T":
+                return ("OK" if self._thread_id(pkt[1:]) not in (None, 0, -1) else "E22"), None
             if pkt.startswith("qRcmd,"):
                 return self._monitor(bytes.fromhex(pkt[6:]).decode(errors="replace")), None
             if head == "D":

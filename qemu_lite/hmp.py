@@ -1,8 +1,9 @@
 """Human monitor commands (QEMU's HMP) for QMP's ``human-monitor-command``.
 
-``info registers``, ``info mmu``, ``info status``, ``info version``, ``x`` and
-``xp`` memory dumps, and the run-control words ``stop``, ``cont`` and
-``system_reset``.  Output follows QEMU's layout closely enough for a human or
+``info registers`` (``-a``: every CPU), ``info cpus``, ``info mmu``, ``info
+status``, ``info version``, ``x`` and ``xp`` memory dumps, ``cpu N`` (the CPU that
+``info registers``, ``x`` and ``info mmu`` use, kept in a :class:`Session`), and
+the run-control words ``stop``, ``cont`` and ``system_reset``.  Output follows QEMU's layout closely enough for a human or
 a script that greps it (``RIP=...``, ``CR3=...``); errors come back as text,
 as QEMU's monitor prints them, never as an exception.
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from unicorn import x86_const as X
 
@@ -32,21 +34,28 @@ _UNITS = {"b": 1, "h": 2, "w": 4, "g": 8}
 _MAX_DUMP = 64 << 10  # bytes one x/xp may show
 
 
-class RunControl:
-    """What HMP's ``stop``, ``cont``, ``system_reset`` and ``info status`` ask of the
-    monitor that owns the run state (the QMP server)."""
+class RunControl(Protocol):
+    """What HMP's ``stop``, ``cont``, ``system_reset``, ``info status`` and ``info cpus``
+    ask of the monitor that owns the run state (the QMP server)."""
 
-    def status(self) -> str:
-        raise NotImplementedError
+    def status(self) -> str: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    def stop(self) -> None: ...
 
-    def cont(self) -> None:
-        raise NotImplementedError
+    def cont(self) -> None: ...
 
-    def system_reset(self) -> None:
-        raise NotImplementedError
+    def system_reset(self) -> None: ...
+
+    def vcpu_thread_id(self) -> int:
+        """The host thread the vCPUs run on (one for all: ``thread=single``)."""
+        ...
+
+
+@dataclass
+class Session:
+    """One monitor's selection: the CPU its commands use (HMP's ``cpu N``)."""
+
+    cpu: int = 0
 
 
 def cpu_mode(machine: Machine) -> str:
@@ -101,12 +110,24 @@ def info_registers(machine: Machine) -> str:
     return "\n".join(lines) + "\n"
 
 
-def info_mmu(machine: Machine) -> str:
-    """The shadow MMU's mode and counters, one per line."""
+def info_mmu(machine: Machine, cpu: int = 0) -> str:
+    """The shadow MMU's mode and counters, one per line (every vCPU shares the one
+    shadow MMU), then the paging registers of CPU ``cpu``."""
     stats = machine.core.mmu_stats()
     width = max(map(len, stats), default=0)
+    with machine.on_vcpu(cpu):
+        regs = {n: machine.reg(n) for n in ("cr0", "cr3", "cr4")}
+        mode = cpu_mode(machine)
     return f"MMU mode {machine.mmu_mode}\n" + "".join(
-        f"{name:<{width}} {value}\n" for name, value in stats.items())
+        f"{name:<{width}} {value}\n" for name, value in stats.items()) + (
+        f"CPU #{cpu}: {mode} mode, CR0={regs['cr0']:08x} CR3={regs['cr3']:016x} "
+        f"CR4={regs['cr4']:08x}\n")
+
+
+def info_cpus(machine: Machine, selected: int, thread_id: int) -> str:
+    """QEMU's ``info cpus``: ``*`` marks the monitor's CPU."""
+    return "".join(f"{'*' if i == selected else ' '} CPU #{i}: thread_id={thread_id}\n"
+                   for i in range(len(machine.vcpu_states())))
 
 
 def _parse_address(machine: Machine, text: str) -> int:
@@ -176,8 +197,10 @@ def _format_unit(value: int, size: int, form: str) -> str:
 HELP = """\
 cont -- resume emulation
 help -- this list
+cpu index -- set the default CPU (for info registers, x, info mmu)
+info cpus -- show infos for each CPU
 info mmu -- the shadow MMU's mode and counters
-info registers -- the CPU state
+info registers [-a] -- the CPU state (-a: of every CPU)
 info status -- running or paused
 info version -- the qemu-lite version
 stop -- stop emulation
@@ -187,34 +210,54 @@ xp /fmt addr -- physical memory dump starting at addr
 """
 
 
-def execute(machine: Machine, control: RunControl, command_line: str, version: str) -> str:
-    """Run one HMP command line and return what QEMU's monitor would print."""
+def execute(machine: Machine, control: RunControl, command_line: str, version: str,
+            session: Session | None = None) -> str:
+    """Run one HMP command line and return what QEMU's monitor would print; the
+    commands that need a CPU use ``session``'s (``cpu N`` changes it)."""
+    session = session if session is not None else Session()
     words = command_line.split()
     if not words:
         return ""
     head = words[0]
+    cpu = session.cpu
     try:
         if head in ("x", "xp") or re.fullmatch(r"xp?/\S*", head):
             name, _, fmt = head.partition("/")
             rest = words[1:]
             if not fmt and rest and rest[0].startswith("/"):
                 fmt, rest = rest[0][1:], rest[1:]
-            address = _parse_address(machine, " ".join(rest))
-            return memory_dump(machine, fmt, address, physical=name == "xp")
+            with machine.on_vcpu(cpu):
+                address = _parse_address(machine, " ".join(rest))
+                return memory_dump(machine, fmt, address, physical=name == "xp")
+        if head == "cpu":
+            if len(words) != 2 or not words[1].isdigit() or \
+                    int(words[1]) >= len(machine.vcpu_states()):
+                return "invalid CPU index\n"
+            session.cpu = int(words[1])
+            return ""
         if head == "info":
             what = words[1] if len(words) > 1 else ""
+            if what == "registers" and words[2:] == ["-a"]:
+                out = []
+                for i in range(len(machine.vcpu_states())):
+                    with machine.on_vcpu(i):
+                        out.append(f"\nCPU#{i}\n{info_registers(machine)}")
+                return "".join(out)
             if what == "registers":
-                return info_registers(machine)
+                with machine.on_vcpu(cpu):
+                    return info_registers(machine)
+            if what == "cpus":
+                return info_cpus(machine, cpu, control.vcpu_thread_id())
             if what == "mmu":
-                return info_mmu(machine)
+                return info_mmu(machine, cpu)
             if what == "status":
                 status = control.status()
-                shown = f"paused ({status})" if status in ("prelaunch", "postmigrate") \
-                    else status
+                shown = f"paused ({status})" if status in ("prelaunch", "postmigrate",
+                                                            "debug") else status
                 return f"VM status: {shown}\n"
             if what == "version":
                 return f"{version}\n"
-            return f"info: unknown item {what!r} (registers, mmu, status, version)\n"
+            return f"info: unknown item {what!r} (registers, cpus, mmu, status, version)\n"
         if len(words) == 1 and head in ("stop", "cont", "c", "system_reset"):
             {"stop": control.stop, "cont": control.cont, "c": control.cont,
              "system_reset": control.system_reset}[head]()

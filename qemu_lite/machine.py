@@ -11,7 +11,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -606,10 +607,29 @@ class Machine(DebugHooks, TraceHooks):
     def no_reboot(self, value: bool) -> None:
         self.runloop.no_reboot = value
 
-    def _refuse_smp_state(self) -> None:
+    @contextmanager
+    def on_vcpu(self, index: int) -> Iterator[None]:
+        """Between runs, for the block: registers, control registers and virtual memory
+        (:meth:`reg`, :meth:`read_virtual`, the engine) are vCPU ``index``'s (``smp``;
+        CPU 0 alone otherwise).  Who runs next does not change.
+
+        >>> with Machine(memory="16M", vga="none", smp=2) as m, m.on_vcpu(1):
+        ...     hex(m.reg("eip")), m.vcpu_states()
+        ('0xfff0', ['running', 'wait-for-sipi'])
+        """
         if self.vcpus is not None:
-            raise RuntimeError("saving the state of an -smp machine is not supported yet "
-                               "(one CPU context is saved)")
+            with self.vcpus.viewing(index):
+                yield
+            return
+        if index != 0:
+            raise ValueError(f"CPU {index!r} does not exist (this machine has CPU 0)")
+        yield
+
+    def vcpu_states(self) -> list[str]:
+        """Each vCPU's ``"running"``, ``"halted"`` or ``"wait-for-sipi"`` (an AP not started)."""
+        if self.vcpus is None:
+            return ["halted" if self.cpu.halted else "running"]
+        return [self.vcpus.run_state(i) for i in range(len(self.vcpus))]
 
     def vcpu_stats(self) -> list[dict[str, object]]:
         """Per-vCPU counters (qemu_lite.smp.VcpuStats) of an ``smp`` machine; one CPU: []."""
@@ -632,7 +652,6 @@ class Machine(DebugHooks, TraceHooks):
 
         Costs one copy of RAM; from then on the shadow MMU logs the frames written
         (``mmu="native"`` cannot: its restores copy all of RAM)."""
-        self._refuse_smp_state()
         return machine_state.take(self)
 
     def restore(self, token: Snapshot) -> None:
@@ -644,7 +663,6 @@ class Machine(DebugHooks, TraceHooks):
     def save_state(self, path: str | os.PathLike[str]) -> None:
         """Write the machine's state to a file (RAM deflated) that :meth:`restore_state`
         of a machine built with the same options loads, in this process or another."""
-        self._refuse_smp_state()
         machine_state.save_file(self, path)
 
     def restore_state(self, path: str | os.PathLike[str]) -> None:

@@ -37,6 +37,7 @@ from qemu_lite import hmp
 from qemu_lite.devices.base import Device
 
 if TYPE_CHECKING:
+    from qemu_lite.gdbstub import GdbStub
     from qemu_lite.machine import Machine, RunResult
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class _Client:
         self.number = number
         self.negotiated = False
         self.closed = False
+        self.hmp = hmp.Session()  # HMP's ``cpu N`` lasts for the connection
         self._out: queue.Queue[bytes | None] = queue.Queue(OUT_QUEUE)
         self._writer = threading.Thread(target=self._write_loop, name=f"qmp-writer-{number}",
                                         daemon=True)
@@ -315,6 +317,9 @@ class QmpServer(hmp.RunControl):
         self._migrate_to: str | None = None   # saved once the running guest stops
         self._migration: dict[str, Any] = {}  # query-migrate's answer
         self._vcpu_native_id = threading.get_native_id()
+        self._client: _Client | None = None  # whose command runs
+        self._gdb: GdbStub | None = None  # -s with --qmp: the stub shares this loop
+        self._wakeup = threading.Event()  # input from a client or GDB while paused
         self._commands = self._command_table()
         self._listener = self._listen(spec)
         self._accepting = threading.Thread(target=self._accept, name="qmp-accept", daemon=True)
@@ -378,6 +383,7 @@ class QmpServer(hmp.RunControl):
         """From a reader thread: a JSON text, a stream error, or None (closed)."""
         self._queue.put((client, item))
         self._pending = True  # after the put: the poller may clear it, then drain
+        self._wakeup.set()
         self.machine.wake()
 
     def _poll(self) -> None:
@@ -433,6 +439,7 @@ class QmpServer(hmp.RunControl):
                 client.negotiated = True
                 result: Any = {}
             else:
+                self._client = client
                 result = command.run(arguments)
             reply = {"return": {} if result is None else result}
         except QmpError as exc:
@@ -494,11 +501,18 @@ class QmpServer(hmp.RunControl):
                 elif self.run_state != "running" and not self.machine.stop_pending:
                     self._wait_paused(remaining)
                 else:
-                    run = self.machine.run(remaining)
+                    gdb = self._gdb
+                    run = self.machine.run(remaining) if gdb is None else gdb.run(remaining)
                     if run.reason == "stopped" and self._pausing:
                         self._pausing = False  # stop: wait for cont (or quit) above
+                        if gdb is not None:
+                            gdb.took_stop(run)  # its input, if any, is read while paused
+                            gdb.notify_stopped()
                         if self._migrate_to is not None:
                             self._save_migration()
+                    elif gdb is not None and self._end is None and gdb.took_stop(run):
+                        self.run_state = "debug"  # stopped for the debugger, as QEMU's
+                        self.emit("STOP")
                     elif run.reason == "powered-off" and self.no_shutdown and self._end is None:
                         self.run_state = "shutdown"  # stopped until system_reset or quit
                         self.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
@@ -515,6 +529,8 @@ class QmpServer(hmp.RunControl):
                     exc, KeyboardInterrupt) else "host-error"})
             raise
         self.run_state = "shutdown"
+        if self._gdb is not None:
+            self._gdb.report_end(result)
         if self._end is not None and result is self._end:
             guest, reason = False, self._end_reason
         else:
@@ -525,14 +541,46 @@ class QmpServer(hmp.RunControl):
     _end_reason = "host-qmp-quit"
 
     def _wait_paused(self, remaining: float | None) -> None:
-        """Answer commands on this (the vCPU) thread until cont, quit, a signal's stop
-        request or the end of the time budget."""
+        """Answer commands (and GDB's packets) on this (the vCPU) thread until cont,
+        quit, a signal's stop request or the end of the time budget."""
         wait = PAUSE_POLL_S if remaining is None else max(0.0, min(PAUSE_POLL_S, remaining))
-        try:
-            client, item = self._queue.get(timeout=wait)
-        except queue.Empty:
+        if self._gdb is None:
+            try:
+                client, item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                return
+            self._dispatch(client, item)
             return
-        self._dispatch(client, item)
+        self._wakeup.wait(wait)
+        self._wakeup.clear()  # before draining: what comes later sets it again
+        while True:
+            try:
+                client, item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._dispatch(client, item)
+        self._gdb_action(self._gdb.pump())
+
+    def attach_gdb(self, stub: GdbStub) -> None:
+        """Serve ``stub`` from this loop too (``-s`` with ``--qmp``): GDB's continue and
+        step resume the guest (RESUME), its breakpoints, steps and Ctrl-C stop it in
+        state ``debug`` (STOP), and a QMP ``stop`` ends GDB's continue with SIGINT."""
+        self._gdb = stub
+        stub.on_input = self._wakeup.set
+
+    def _gdb_action(self, action: str | None) -> None:
+        from qemu_lite.machine import RunResult
+
+        if action == "kill":
+            self._finish(RunResult("stopped", None, "killed by gdb"), "host-ui")
+        elif action in ("continue", "step"):
+            if self.run_state == "shutdown":
+                assert self._gdb is not None
+                self._gdb.notify_stopped()  # nothing to run until system_reset
+            else:
+                self.cont()
+        elif action == "detach" and self.run_state == "debug":
+            self.cont()  # the debugger's stop ends with it; a QMP stop stays
 
     # -- run control (hmp.RunControl too) ----------------------------------------------
 
@@ -546,6 +594,9 @@ class QmpServer(hmp.RunControl):
     def status(self) -> str:
         return self.run_state
 
+    def vcpu_thread_id(self) -> int:
+        return self._vcpu_native_id
+
     def stop(self) -> None:
         if self.run_state == "running":
             self.run_state = "paused"
@@ -556,7 +607,7 @@ class QmpServer(hmp.RunControl):
     def cont(self) -> None:
         if self.run_state == "shutdown":
             raise QmpError("Resetting the Virtual Machine is required")
-        if self.run_state in ("paused", "prelaunch", "postmigrate"):
+        if self.run_state in ("paused", "prelaunch", "postmigrate", "debug"):
             self.run_state = "running"
             self.emit("RESUME")
 
@@ -622,9 +673,12 @@ class QmpServer(hmp.RunControl):
                 "package": f"qemu-lite {text} ({engine_info().describe()})"}
 
     def _query_cpus_fast(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]",
+        # As QEMU's pc machine: -smp N is one socket of N cores, the CPUs its first
+        # devices; thread=single runs them all on one host thread.
+        return [{"cpu-index": i, "qom-path": f"/machine/unattached/device[{i}]",
                  "thread-id": self._vcpu_native_id, "target": "x86_64",
-                 "props": {"socket-id": 0, "core-id": 0, "thread-id": 0}}]
+                 "props": {"socket-id": 0, "core-id": i, "thread-id": 0}}
+                for i in range(self.machine.cpus)]
 
     def _quit(self, _args: dict[str, Any]) -> None:
         from qemu_lite.machine import RunResult
@@ -679,10 +733,18 @@ class QmpServer(hmp.RunControl):
         self.run_state = "postmigrate"
 
     def _human_monitor_command(self, args: dict[str, Any]) -> str:
-        if args.get("cpu-index", 0) != 0:
-            raise QmpError(f"CPU {args['cpu-index']} is not online (this machine has CPU 0)")
+        # QEMU makes a fresh monitor per command (CPU 0, or cpu-index); here a
+        # client's ``cpu N`` also lasts, as in one HMP session.
+        session = self._client.hmp if self._client is not None else hmp.Session()
+        if "cpu-index" in args:
+            index = args["cpu-index"]
+            if not 0 <= index < self.machine.cpus:
+                raise QmpError(f"CPU {index} is not online (this machine has CPUs 0 to "
+                               f"{self.machine.cpus - 1})" if self.machine.cpus > 1 else
+                               f"CPU {index} is not online (this machine has CPU 0)")
+            session = hmp.Session(index)
         version = self._version()["package"]
-        return hmp.execute(self.machine, self, args["command-line"], version)
+        return hmp.execute(self.machine, self, args["command-line"], version, session)
 
     def _screendump(self, args: dict[str, Any]) -> None:
         from qemu_lite.pc import check_outputs

@@ -20,8 +20,10 @@ MMIO page at 0xFEE00000, which each CPU sees as its own APIC.
 
 from __future__ import annotations
 
+import ctypes
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +36,12 @@ from mmu_core._core import (
     STOP_FAULT,
     STOP_INTERRUPT,
     STOP_INVALID,
+    STOP_KICK,
     STOP_REQUEST,
     STOP_SYSCALL,
     STOP_SYSENTER,
 )
+from qemu_lite.devices.base import StateError, check_state
 from qemu_lite.devices.lapic import (
     DM_EXTINT,
     DM_FIXED,
@@ -71,9 +75,10 @@ WAIT_FOR_SIPI = "wait-for-sipi"
 class VcpuStats:
     """What one vCPU did (:meth:`qemu_lite.Machine.vcpu_stats`).
 
-    ``slices``: turns on the engine's ``emu_start``; ``exits``: slices that ended
-    for the vCPU's own reason (an exception, INT n, a #PF from the shadow MMU,
-    SYSCALL/SYSENTER, a device's stop request) and halts, by kind; ``ipis_sent`` / ``ipis_received``: interrupt
+    ``slices``: turns on the engine's ``emu_start``; ``exits``: why slices ended
+    (an exception, INT n, a #PF from the shadow MMU, SYSCALL/SYSENTER, a device's
+    stop request, ``kick``: the run loop's own exits for a deadline, the end of a
+    turn, an interrupt window or a wake-up) and halts, by kind; ``ipis_sent`` / ``ipis_received``: interrupt
     messages through the ICR; ``switches_in``: times it was given the engine,
     each a full flush of Unicorn's TLB (the only invalidation one vCPU causes in
     another's view: page-table and code stores reach the shared caches directly);
@@ -252,6 +257,7 @@ class VcpuSet:
         self._turn_started = time.monotonic_ns()
         self._yield = False
         self._slice_started = 0
+        self._viewed: tuple[int, bool] | None = None  # viewing(): (index, current's halted)
         bus.on_init_sipi = self._init_sipi
         bus.on_remote = self._remote
         self.reset()
@@ -411,6 +417,168 @@ class VcpuSet:
             if stop_flags & bit:
                 s.exits[kind] = s.exits.get(kind, 0) + 1
 
+    # -- between runs: another vCPU's view, saved state -----------------------------
+
+    def select(self, index: int) -> None:
+        """Put vCPU ``index`` on the engine now (between runs), as a switch does: the
+        debugger's step of a chosen thread.  It keeps the engine for a full turn."""
+        self._check_index(index)
+        self._not_viewing()
+        now = time.monotonic_ns()
+        if index != self.current:
+            self._switch(self.vcpus[index], now)
+        self._turn_started = now  # a fresh turn, even for the vCPU already on the engine
+        self._yield = False
+
+    @contextmanager
+    def viewing(self, index: int) -> Iterator[None]:
+        """Between runs, for the block: the engine shows vCPU ``index`` (registers,
+        paging, halted, its APIC in the page at 0xFEE00000), then the current vCPU
+        again; the schedule does not change.  Register writes made meanwhile stay
+        with ``index``, except for a vCPU waiting for SIPI, which shows its INIT
+        state and drops them (its STARTUP sets its registers).  Costs two context
+        switches and two flushes of Unicorn's TLB."""
+        self._check_index(index)
+        if self._viewed is not None:
+            raise RuntimeError("viewing() does not nest")
+        if index == self.current:
+            yield
+            return
+        m = self._m
+        v = self.vcpus[index]
+        own_ctx, own_halted = m.uc.context_save(), m.cpu.halted
+        self._viewed = (index, own_halted)
+        own_base = m.msrs.apic_base if m.msrs is not None else None
+        m.uc.context_restore(v.context if v.context is not None else m.cpu.reset_context)
+        m.cpu.halted = v.halted
+        self.bus.current = index
+        if m.msrs is not None and own_base is not None:
+            m.msrs.apic_base = v.apic_base if v.apic_base is not None \
+                else own_base & ~APIC_BASE_BSP
+        _flush_tlb(m.uc)
+        try:
+            yield
+        finally:
+            if v.context is not None:
+                v.context = m.uc.context_save()
+                v.halted = m.cpu.halted
+                if m.msrs is not None:
+                    v.apic_base = m.msrs.apic_base
+            m.uc.context_restore(own_ctx)
+            m.cpu.halted = own_halted
+            self._viewed = None
+            self.bus.current = self.current
+            if m.msrs is not None and own_base is not None:
+                m.msrs.apic_base = own_base
+            _flush_tlb(m.uc)
+
+    def run_state(self, index: int) -> str:
+        """``"running"``, ``"halted"`` or ``"wait-for-sipi"``."""
+        self._check_index(index)
+        v = self.vcpus[index]
+        if v.state == WAIT_FOR_SIPI:
+            return WAIT_FOR_SIPI
+        if self._viewed is not None and index in (self._viewed[0], self.current):
+            # Inside viewing(): the machine's flag is the viewed vCPU's.
+            halted = self._m.cpu.halted if index == self._viewed[0] else self._viewed[1]
+        else:
+            halted = self._m.cpu.halted if index == self.current else v.halted
+        return "halted" if halted else RUNNING
+
+    def _not_viewing(self) -> None:
+        if self._viewed is not None:
+            raise RuntimeError("not inside viewing(): the engine shows another vCPU")
+
+    def _check_index(self, index: int) -> None:
+        if isinstance(index, bool) or not isinstance(index, int) \
+                or not 0 <= index < len(self.vcpus):
+            raise ValueError(f"CPU {index!r} does not exist (this machine has CPUs 0 to "
+                             f"{len(self.vcpus) - 1})")
+
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict[str, Any]:
+        """Every vCPU's run state; for the vCPUs off the engine their saved engine
+        context and IA32_APIC_BASE too (the machine's CPU state and platform MSRs
+        hold the current one's); which vCPU is on the engine.  The APICs are board
+        slots of their own."""
+        self._not_viewing()
+        m = self._m
+        out = []
+        for v in self.vcpus:
+            current = v.index == self.current
+            base = v.apic_base
+            if current:
+                base = m.msrs.apic_base if m.msrs is not None else None
+            out.append({"state": v.state, "halted": m.cpu.halted if current else v.halted,
+                        "done": v.done, "sipi_vector": v.sipi_vector, "apic_base": base,
+                        "context": None if current or v.context is None else bytes(v.context)})
+        return {"version": self.STATE_VERSION, "current": self.current,
+                "yield": self._yield, "vcpus": out}
+
+    def load_state(self, state: object) -> None:
+        """Load :meth:`save_state`'s dict between runs, after the machine's CPU context
+        and before the board's devices (the APIC page must show the current vCPU's
+        APIC while the platform MSRs load); :meth:`finish_load` after them."""
+        self._not_viewing()
+        values = check_state(state, "vcpus", (self.STATE_VERSION,))
+        saved, current = values.get("vcpus"), values.get("current")
+        if not isinstance(saved, list) or len(saved) != len(self.vcpus):
+            raise StateError(f"vcpus: the state has {len(saved) if isinstance(saved, list) else '?'}"
+                             f" vCPUs, this machine {len(self.vcpus)}")
+        if isinstance(current, bool) or not isinstance(current, int) \
+                or not 0 <= current < len(self.vcpus):
+            raise StateError(f"vcpus: saved current vCPU {current!r} does not exist")
+        m = self._m
+        size = len(bytes(m.uc.context_save()))
+        loaded = []
+        for i, item in enumerate(saved):
+            loaded.append(self._check_vcpu(i, item, size, i == current))
+        for v, (run_state, halted, done, vector, base, data) in zip(self.vcpus, loaded,
+                                                                     strict=True):
+            v.state, v.halted, v.done, v.sipi_vector, v.apic_base = (run_state, halted, done,
+                                                                    vector, base)
+            v.context = None
+            if data is not None:
+                v.context = m.uc.context_save()
+                ctypes.memmove(v.context.context, data, size)
+        self.current = current
+        self.bus.current = current
+        self._yield = bool(values.get("yield"))
+        cur = self.vcpus[current]
+        m.cpuid.apic_id = cur.lapic.initial_apic_id
+        m.runloop.irq_source = cur.lapic
+        self._turn_started = time.monotonic_ns()
+
+    def finish_load(self) -> None:
+        """After the devices loaded: the platform MSRs hold the current vCPU's
+        IA32_APIC_BASE (their own load assumes one CPU, the BSP)."""
+        cur = self.vcpus[self.current]
+        if self._m.msrs is not None and cur.apic_base is not None:
+            self._m.msrs.apic_base = cur.apic_base
+        cur.apic_base = None
+
+    @staticmethod
+    def _check_vcpu(i: int, item: object, size: int, current: bool
+                    ) -> tuple[str, bool, bool, int | None, int | None, bytes | None]:
+        if not isinstance(item, dict):
+            raise StateError(f"vcpus: vCPU {i}'s state is not a mapping")
+        run_state, vector, base, data = (item.get("state"), item.get("sipi_vector"),
+                                         item.get("apic_base"), item.get("context"))
+        if run_state not in (RUNNING, WAIT_FOR_SIPI):
+            raise StateError(f"vcpus: vCPU {i}'s run state {run_state!r} is unknown")
+        if vector is not None and (isinstance(vector, bool) or not isinstance(vector, int)
+                                   or not 0 <= vector <= 0xFF):
+            raise StateError(f"vcpus: vCPU {i}'s STARTUP vector {vector!r} is not a byte")
+        if base is not None and (isinstance(base, bool) or not isinstance(base, int)
+                                 or not 0 <= base < 1 << 64):
+            raise StateError(f"vcpus: vCPU {i}'s IA32_APIC_BASE {base!r} is not a 64-bit value")
+        if data is not None and (not isinstance(data, bytes) or len(data) != size or current):
+            raise StateError(f"vcpus: vCPU {i}'s saved engine context does not fit this "
+                             "engine" if not current else
+                             f"vcpus: vCPU {i} is on the engine and has a parked context")
+        return run_state, bool(item.get("halted")), bool(item.get("done")), vector, base, data
+
 
 APIC_BASE_BSP = 1 << 8
 
@@ -421,4 +589,4 @@ def _flush_tlb(uc: Uc) -> None:
 _EXIT_KINDS = ((STOP_FAULT, "page-fault"), (STOP_INTERRUPT, "exception-or-int"),
                (STOP_INVALID, "invalid-opcode"), (STOP_SYSCALL, "syscall"),
                (STOP_SYSENTER, "sysenter"), (STOP_REQUEST, "device-stop"),
-               (STOP_ERROR, "callback-error"))
+               (STOP_ERROR, "callback-error"), (STOP_KICK, "kick"))

@@ -2,8 +2,9 @@
 
 A machine's state is its RAM plus :func:`capture`'s dict: the CPU (the engine's
 context, which holds the registers, segment caches, hflags with the interrupt
-shadow, and QEMU's pending-exception memory), whether the vCPU is halted, the
-A20 gate, every board slot's device (``save_state``), the clock (guest time
+shadow, and QEMU's pending-exception memory), whether the vCPU is halted, under
+``-smp`` the other vCPUs (``smp.VcpuSet.save_state``: their parked contexts, run
+states, IA32_APIC_BASE, and which vCPU is on the engine), the A20 gate, every board slot's device (``save_state``), the clock (guest time
 and every armed timer), the TSC, the serial back ends' unread input and the
 disks (their ``--snapshot`` overlays, and a hash of what they read).  The
 shadow MMU is a cache: it is dropped on restore, never saved.
@@ -40,7 +41,8 @@ _tokens = itertools.count(1)
 
 def config(m: Machine) -> dict[str, Any]:
     """What a state needs of the machine it is loaded into (checked on load)."""
-    return {"memory": m.memory_size, "mmu": m.mmu_mode, "deterministic": m.deterministic,
+    return {"memory": m.memory_size, "cpus": m.cpus, "mmu": m.mmu_mode,
+            "deterministic": m.deterministic,
             "slots": [slot.name for slot in m.board.slots if slot.device is not None],
             "disks": [d.size for d in m.board.disks],
             "context_size": len(m.core.context_save())}
@@ -65,6 +67,7 @@ def capture(m: Machine, *, hash_disks: bool) -> dict[str, Any]:
         "clock": m.clock.save_state(),
         "tsc": m.tsc.read(),
         "disks": [d.save_state(with_hash=hash_disks) for d in board.disks],
+        "vcpus": m.vcpus.save_state() if m.vcpus is not None else None,
     }
 
 
@@ -88,6 +91,8 @@ def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool) -> None
     m.core.a20_enabled = bool(cpu["a20"])
     m.runloop.guest_resets = int(cpu["guest_resets"])
     m.runloop.pending_reset = False
+    if m.vcpus is not None:  # the other vCPUs' contexts; the APIC page shows the current's
+        m.vcpus.load_state(state.get("vcpus"))
     # Power-on first, so that what a device does not save (its wires' levels, caches)
     # is what a freshly built machine has: loading into a used machine and into a new
     # one must give the same machine.
@@ -97,6 +102,8 @@ def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool) -> None
         if slot.device is not None:
             slot.device.load_state(state["devices"][slot.name])
     m.pci_bars.sync()  # where the loaded functions decode their BARs
+    if m.vcpus is not None:
+        m.vcpus.finish_load()
     for name, saved in state["backends"].items():
         uart = board.com1 if name == "com1" else board.com2
         if uart is not None and uart.backend is not None:
@@ -107,8 +114,9 @@ def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool) -> None
 
 
 def _check_config(saved: dict[str, Any], here: dict[str, Any]) -> None:
-    names = {"memory": "RAM size", "mmu": "MMU mode", "deterministic": "--deterministic",
-             "slots": "devices", "disks": "disk sizes", "context_size": "engine build"}
+    saved = {"cpus": 1, **saved}  # states written before -smp had one CPU
+    names = {"memory": "RAM size", "cpus": "CPUs (-smp)", "mmu": "MMU mode",
+             "deterministic": "--deterministic", "slots": "devices", "disks": "disk sizes", "context_size": "engine build"}
     for key, what in names.items():
         if saved.get(key) != here[key]:
             raise StateError(f"the saved state is for another machine: {what} "

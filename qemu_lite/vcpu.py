@@ -131,6 +131,11 @@ class VCpu:
     def in_real_mode(self) -> bool:
         return not self.reg("cr0") & CR0_PE
 
+    @property
+    def reset_context(self) -> object:
+        """The engine context of a CPU after RESET or INIT (real mode at F000:FFF0)."""
+        return self._reset_context
+
     def reset(self) -> None:
         """CPU reset (INIT): real mode at F000:FFF0, RAM untouched."""
         self.uc.context_restore(self._reset_context)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import smpguest
 
 # 32-bit entry, a variable, then long mode; prints one line in each mode and exits with 0x21.
 KERNEL = r"""
@@ -367,3 +368,57 @@ def test_gdb_on_debian_kernel_breaks_at_entry_and_start_kernel(tmp_path: Path):
     # start_kernel opens with `call __fentry__` (ftrace patches it out later in boot)
     assert after("@stepped")[0] == sym["__fentry__"]
     assert proc.returncode == 0 and "Linux version" not in out  # killed before any printk
+
+
+def test_gdb_sees_each_vcpu_as_a_thread(assemble, tmp_path: Path):
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb not installed (apt-get install gdb)")
+    map_file = tmp_path / "pingpong.map"
+    kernel = tmp_path / "pingpong.bin"
+    kernel.write_bytes(assemble(smpguest.source(map_file=str(map_file))))
+    sym = smpguest.symbols(str(map_file))
+    port = _free_port()
+    proc = _start(kernel, "-smp", "2", "-m", "16M", "--vga", "none", "-S",
+                  "--gdb", f"tcp::{port}")
+    script = [
+        "set pagination off", "set confirm off",
+        f"target remote 127.0.0.1:{port}",
+        "echo @threads-at-attach\\n", "info threads",
+        # Only the AP runs the request handler: the stop is on thread 2.
+        f"hbreak *{sym['ap_request']:#x}", "continue",
+        "echo @at-handler\\n", "info threads",
+        "thread 1", "echo @bsp\\n", "info registers eip esp",
+        "thread 2", "echo @ap\\n", "info registers eip esp",
+        "stepi", "echo @ap-stepped\\n", "info registers eip",
+        "thread 1", "echo @bsp-again\\n", "info registers eip",
+        "delete", "detach",
+    ]
+    cmd = [gdb, "-batch", "-nx", *sum((["-ex", c] for c in script), [])]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    text = result.stdout
+
+    def section(tag: str) -> str:
+        assert f"@{tag}\n" in text, text + "\n-----\n" + result.stderr
+        return text.split(f"@{tag}\n", 1)[1].split("@", 1)[0]
+
+    def reg(tag: str, name: str) -> int:
+        found = re.search(rf"^{name}\s+(0x[0-9a-f]+)", section(tag), re.M)
+        assert found, (tag, text, result.stderr)
+        return int(found[1], 16)
+
+    attach = section("threads-at-attach")
+    assert "CPU#0 [running]" in attach and "CPU#1 [wait-for-sipi]" in attach, text
+    threads = section("at-handler")
+    assert re.search(r"^\*\s+2\s+Thread 2 \(CPU#1 \[running\]\)", threads, re.M), threads
+    assert re.search(r"^\s+1\s+Thread 1 \(CPU#0", threads, re.M), threads
+    assert reg("ap", "eip") == sym["ap_request"]
+    assert 0x60000 < reg("ap", "esp") <= 0x70000  # the AP's stack
+    assert 0x80000 < reg("bsp", "esp") <= 0x90000  # the BSP's
+    assert reg("bsp", "eip") != sym["ap_request"]
+    assert reg("ap-stepped", "eip") == sym["ap_request"] + 1  # PUSHA: one byte
+    assert reg("bsp-again", "eip") == reg("bsp", "eip")  # the step ran the AP alone
+    # Detached: the guest goes on and its output is the undebugged one.
+    assert proc.returncode == 1, err
+    assert out == smpguest.expected()

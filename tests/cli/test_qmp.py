@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import qmpclient
+import smpguest
+from qmpclient import hang_up, hmp, next_event, wait_for
 
 qmp = pytest.importorskip("qemu.qmp", reason="qemu.qmp (pip install qemu.qmp) drives the QMP "
                           "tests; it is in the test extra")
@@ -81,50 +85,12 @@ def _free_port() -> int:
 
 @contextmanager
 def qemu_lite(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """``qemu-lite ARGS``, returned once it says its monitor listens; killed at the end."""
-    proc = subprocess.Popen([sys.executable, "-m", "qemu_lite", "--timeout", "120", *args],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "QMP listening" in line, line + proc.stderr.read()
+    with qmpclient.qemu_lite("--timeout", "120", *args) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=30)
-
-
-def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.05)
-
-
-async def _event(client: Any, name: str, timeout: float = 60.0) -> dict[str, Any]:
-    while True:
-        event = await asyncio.wait_for(client.events.get(), timeout)
-        if event["event"] == name:
-            return dict(event)
-
-
-async def _hang_up(client: Any) -> None:
-    """Disconnect after the run ended: the server may have hung up first, as QEMU does
-    when it exits (qemu.qmp then reports the EOF it saw)."""
-    try:
-        await client.disconnect()
-    except EOFError:
-        pass
-
-
-async def _hmp(client: Any, line: str) -> str:
-    return str(await client.execute("human-monitor-command", {"command-line": line}))
 
 
 async def _counter(client: Any) -> int:
-    out = await _hmp(client, f"xp /1xw {COUNTER:#x}")
+    out = await hmp(client, f"xp /1xw {COUNTER:#x}")
     return int(out.split()[1], 16)
 
 
@@ -149,23 +115,23 @@ def test_run_control_registers_memory_reset_and_quit(disk: Path, tmp_path: Path)
             assert serial.read_text() == ""  # -S: nothing ran before cont
 
             await client.execute("cont")
-            await _event(client, "RESUME")
-            _wait_for(lambda: "mbr: up" in serial.read_text())
+            await next_event(client, "RESUME")
+            wait_for(lambda: "mbr: up" in serial.read_text())
             assert (await client.execute("query-status"))["status"] == "running"
 
             await client.execute("stop")
-            await _event(client, "STOP")
+            await next_event(client, "STOP")
             assert (await client.execute("query-status")) == {"status": "paused",
                                                               "running": False}
             first = await _counter(client)
             time.sleep(0.3)
             assert await _counter(client) == first > 0  # paused: the guest does not count
-            registers = await _hmp(client, "info registers")
+            registers = await hmp(client, "info registers")
             assert "EBX=c0ffee00" in registers, registers
             assert "CS =0000 00000000" in registers and "CR0=" in registers
-            code = await _hmp(client, "x /4xb 0x7c00")
+            code = await hmp(client, "x /4xb 0x7c00")
             assert code.split()[1:] == [f"0x{b:02x}" for b in disk.read_bytes()[:4]]
-            assert "VM status: paused" in await _hmp(client, "info status")
+            assert "VM status: paused" in await hmp(client, "info status")
             assert (await client.execute("x-qemu-lite-query-cpu-mode"))["mode"] == "real"
             mmu = await client.execute("x-qemu-lite-query-mmu")
             assert mmu["mode"] == "cached" and mmu["stats"]["fills"] > 0
@@ -193,26 +159,26 @@ def test_run_control_registers_memory_reset_and_quit(disk: Path, tmp_path: Path)
             assert (await client.execute("query-migrate"))["status"] == "completed"
             assert await client.execute("query-status") == {"status": "postmigrate",
                                                             "running": False}
-            assert "VM status: paused (postmigrate)" in await _hmp(client, "info status")
+            assert "VM status: paused (postmigrate)" in await hmp(client, "info status")
             saved["counter"] = await _counter(client)
 
             # The power button's event; this guest has no ACPI driver, so it runs on.
             assert await client.execute("system_powerdown") == {}
-            await _event(client, "POWERDOWN")
+            await next_event(client, "POWERDOWN")
 
             await client.execute("cont")
-            await _event(client, "RESUME")
+            await next_event(client, "RESUME")
             time.sleep(0.2)
             assert await _counter(client) > first  # running again
             await client.execute("system_reset")
-            reset = await _event(client, "RESET")
+            reset = await next_event(client, "RESET")
             assert reset["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
-            _wait_for(lambda: serial.read_text().count("mbr: up") == 2)  # booted again
+            wait_for(lambda: serial.read_text().count("mbr: up") == 2)  # booted again
 
             await client.execute("quit")
-            shutdown = await _event(client, "SHUTDOWN")
+            shutdown = await next_event(client, "SHUTDOWN")
             assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
-            await _hang_up(client)
+            await hang_up(client)
 
         asyncio.run(session())
         assert proc.wait(timeout=30) == 0
@@ -231,16 +197,16 @@ def test_run_control_registers_memory_reset_and_quit(disk: Path, tmp_path: Path)
             assert await client.execute("query-status") == {"status": "paused",
                                                             "running": False}
             assert await _counter(client) == saved["counter"]
-            assert "EBX=c0ffee00" in await _hmp(client, "info registers")
+            assert "EBX=c0ffee00" in await hmp(client, "info registers")
             await client.execute("cont")
-            await _event(client, "RESUME")
+            await next_event(client, "RESUME")
             end = time.monotonic() + 60
             while await _counter(client) <= saved["counter"]:  # counting on from there
                 assert time.monotonic() < end, "the resumed guest does not run"
                 await asyncio.sleep(0.05)
             await client.execute("quit")
-            await _event(client, "SHUTDOWN")
-            await _hang_up(client)
+            await next_event(client, "SHUTDOWN")
+            await hang_up(client)
 
         asyncio.run(resumed())
         assert proc.wait(timeout=30) == 0
@@ -282,7 +248,7 @@ def test_protocol_by_hand_and_wait_on(disk: Path, tmp_path: Path) -> None:
         greeting = raw.recv()
         assert greeting["QMP"]["capabilities"] == []
         assert set(greeting["QMP"]["version"]["qemu"]) == {"major", "minor", "micro"}
-        _wait_for(lambda: "mbr: up" in serial.read_text())
+        wait_for(lambda: "mbr: up" in serial.read_text())
 
         assert raw.error({"execute": "query-status"}) == (
             "CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'")
@@ -369,8 +335,8 @@ def test_guest_exit_and_signal_send_shutdown(tmp_path: Path) -> None:
             client = qmp.QMPClient("test")
             await client.connect(str(sock))
             await client.execute("cont")
-            event = await _event(client, "SHUTDOWN")
-            await _hang_up(client)
+            event = await next_event(client, "SHUTDOWN")
+            await hang_up(client)
             return event
 
         event = asyncio.run(until_guest_exit())
@@ -385,8 +351,8 @@ def test_guest_exit_and_signal_send_shutdown(tmp_path: Path) -> None:
             await client.connect(str(sock))
             await client.execute("query-status")
             proc.send_signal(signal.SIGTERM)  # while paused in prelaunch
-            event = await _event(client, "SHUTDOWN")
-            await _hang_up(client)
+            event = await next_event(client, "SHUTDOWN")
+            await hang_up(client)
             return event
 
         event = asyncio.run(until_signal())
@@ -407,10 +373,10 @@ def test_guest_reset_sends_reset(assemble, tmp_path: Path) -> None:
                 await client.execute("system_powerdown")
             assert err.value.error_class == "GenericError" and "ACPI" in str(err.value)
             await client.execute("cont")
-            event = await _event(client, "RESET")
-            _wait_for(lambda: "mbr: up" in serial.read_text())
+            event = await next_event(client, "RESET")
+            wait_for(lambda: "mbr: up" in serial.read_text())
             await client.execute("quit")
-            await _hang_up(client)
+            await hang_up(client)
             return event
 
         assert asyncio.run(session())["data"] == {"guest": True, "reason": "guest-reset"}
@@ -425,7 +391,6 @@ def test_guest_reset_sends_reset(assemble, tmp_path: Path) -> None:
     (["--qmp", "unix:/tmp/x.sock,server,colour=red"], "invalid --qmp option"),
     (["-incoming", "tcp:127.0.0.1:4444"], "file:PATH only"),
     (["-incoming", "file:/nonexistent/vm.state"], "cannot open saved state"),
-    (["-s", "--qmp", "unix:/tmp/x.sock,server"], "cannot be combined with the GDB stub"),
 ])
 def test_bad_qmp_options_are_usage_errors(args: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "qemu_lite", *args], capture_output=True,
@@ -452,3 +417,85 @@ def test_signal_while_waiting_for_a_client(disk: Path, tmp_path: Path) -> None:
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def _esp(registers: str) -> int:
+    found = re.search(r"ESP=([0-9a-f]{8})", registers)
+    assert found, registers
+    return int(found[1], 16)
+
+
+def test_smp_cpus_listed_selected_migrated_and_resumed(assemble, tmp_path: Path) -> None:
+    kernel = tmp_path / "pingpong.bin"
+    kernel.write_bytes(assemble(smpguest.source(work=3_000_000)))
+    sock, serial, state = tmp_path / "qmp.sock", tmp_path / "com1.txt", tmp_path / "smp.state"
+    machine = ("-smp", "2", "-m", "16M", "--vga", "none", "--kernel", str(kernel))
+    saved: dict[str, str] = {}
+    with qemu_lite(*machine, "--qmp", f"unix:{sock},server,wait=off",
+                   "--serial", f"file:{serial}") as proc:
+
+        async def session() -> None:
+            client = qmp.QMPClient("smp")
+            await client.connect(str(sock))
+            cpus = await client.execute("query-cpus-fast")
+            assert [(c["cpu-index"], c["qom-path"], c["props"], c["target"]) for c in cpus] == [
+                (i, f"/machine/unattached/device[{i}]",
+                 {"socket-id": 0, "core-id": i, "thread-id": 0}, "x86_64") for i in (0, 1)]
+            thread = cpus[0]["thread-id"]
+            assert cpus[1]["thread-id"] == thread  # thread=single: one host thread
+            assert os.path.isdir(f"/proc/{proc.pid}/task/{thread}")
+            wait_for(lambda: serial.read_text().count("\n") >= 2)
+            await client.execute("stop")
+            await next_event(client, "STOP")
+
+            assert await hmp(client, "info cpus") == (f"* CPU #0: thread_id={thread}\n"
+                                                      f"  CPU #1: thread_id={thread}\n")
+            bsp = await hmp(client, "info registers")
+            ap = await hmp(client, "info registers", cpu_index=1)
+            # smpguest's stacks: the BSP's below 0x90000, the AP's below 0x70000.
+            assert 0x80000 < _esp(bsp) <= 0x90000, bsp
+            assert 0x60000 < _esp(ap) <= 0x70000, ap
+            every = await hmp(client, "info registers -a")
+            assert every == f"\nCPU#0\n{bsp}\nCPU#1\n{ap}"
+            assert await hmp(client, "cpu 2") == "invalid CPU index\n"
+            with pytest.raises(qmp.ExecuteError, match="CPU 2 is not online"):
+                await hmp(client, "info registers", cpu_index=2)
+            assert await hmp(client, "cpu 1") == ""  # lasts for this client
+            assert await hmp(client, "info registers") == ap
+            assert await hmp(client, "info cpus") == (f"  CPU #0: thread_id={thread}\n"
+                                                      f"* CPU #1: thread_id={thread}\n")
+            stack = await hmp(client, "x /2xw $esp")  # through the AP's registers
+            assert stack.startswith(f"{_esp(ap):016x}:"), stack
+            assert stack == await hmp(client, f"xp /2xw {_esp(ap):#x}")  # no paging here
+            assert "CPU #1: protected mode" in await hmp(client, "info mmu")
+
+            assert await client.execute("migrate", {"uri": f"file:{state}"}) == {}
+            assert (await client.execute("query-migrate"))["status"] == "completed"
+            saved.update(bsp=bsp, ap=ap)
+            await client.execute("quit")
+            await next_event(client, "SHUTDOWN")
+            await hang_up(client)
+
+        asyncio.run(session())
+        assert proc.wait(timeout=30) == 0
+    head = serial.read_text()
+    assert 2 <= head.count("\n") < smpguest.LINES
+
+    # -incoming: both vCPUs where they were, and the guest finishes its lines.
+    serial2 = tmp_path / "com1-incoming.txt"
+    with qemu_lite(*machine, "-S", "-incoming", f"file:{state}",
+                   "--qmp", f"unix:{sock},server,wait=off", "--serial", f"file:{serial2}") as proc:
+
+        async def resumed() -> None:
+            client = qmp.QMPClient("incoming")
+            await client.connect(str(sock))
+            assert await hmp(client, "info registers") == saved["bsp"]
+            assert await hmp(client, "info registers", cpu_index=1) == saved["ap"]
+            await client.execute("cont")
+            shutdown = await next_event(client, "SHUTDOWN")
+            assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
+            await hang_up(client)
+
+        asyncio.run(resumed())
+        assert proc.wait(timeout=120) == 1
+    assert head + serial2.read_text() == smpguest.expected(work=3_000_000)

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import smpguest
 from guestlib import protected_mode_guest
 
 # Prints "count N" for N = 1..LINES with some work between lines, then exits (status 1).
@@ -104,3 +105,36 @@ def test_restore_errors_are_one_line_and_status_2(assemble, tmp_path: Path):
                           cwd=tempfile.gettempdir(), timeout=120)
     assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr
     assert kernel.stat().st_size > 0
+
+
+def test_smp_guest_saved_on_a_signal_resumes_in_a_new_process(assemble, tmp_path: Path):
+    kernel = tmp_path / "pingpong.bin"
+    kernel.write_bytes(assemble(smpguest.source(work=3_000_000)))  # slower: time to signal
+    expected = smpguest.expected(work=3_000_000)
+    state, first, second = tmp_path / "smp.qlstate", tmp_path / "one.txt", tmp_path / "two.txt"
+    base = [sys.executable, "-m", "qemu_lite", "-m", "16M", "--vga", "none", "--kernel",
+            str(kernel)]
+    proc = subprocess.Popen([*base, "-smp", "2", "--serial", f"file:{first}",
+                             "--save-on-exit", str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+    deadline = time.monotonic() + 120
+    while not (first.exists() and first.read_text().count("\n") >= 2):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the guest printed nothing"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    head = first.read_text()
+    assert 2 <= head.count("\n") < smpguest.LINES, head
+
+    one = subprocess.run([*base, "--serial", "none", "--restore", str(state)],
+                         capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=120)
+    assert one.returncode == 2, one.stderr
+    assert "CPUs (-smp) 2 there, 1 here" in one.stderr and one.stderr.count("\n") == 1
+
+    proc2 = subprocess.run([*base, "-smp", "2", "--serial", f"file:{second}", "--restore",
+                            str(state)], capture_output=True, cwd=tempfile.gettempdir(),
+                           timeout=300)
+    assert proc2.returncode == 1, proc2.stderr
+    assert head + second.read_text() == expected

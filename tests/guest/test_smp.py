@@ -171,12 +171,6 @@ def test_aps_started_by_init_sipi_count_exactly(assemble, tmp_path, cpus):
         assert ap["exits"].get("hlt", 0) >= 1  # parked with HLT
 
 
-def test_smp_machine_refuses_snapshots_it_cannot_take():
-    with Machine(memory="16M", vga="none", smp=2) as m, \
-            pytest.raises(RuntimeError, match="-smp machine"):
-        m.snapshot()
-
-
 def test_smp_options_are_checked():
     with pytest.raises(ValueError, match="1 to 8"):
         Machine(smp=9)

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from images import kernel, power_button_initramfs
+from qmpclient import hang_up, next_event, qemu_lite
 
 qmp = pytest.importorskip("qemu.qmp", reason="qemu.qmp (pip install qemu.qmp) drives the QMP "
                           "tests; it is in the test extra")
@@ -46,13 +41,6 @@ busybox poweroff -f
 MARK = "qemu_lite init: userspace reached"
 
 
-async def _event(client: Any, name: str, timeout: float = 120.0) -> dict[str, Any]:
-    while True:
-        event = await asyncio.wait_for(client.events.get(), timeout)
-        if event["event"] == name:
-            return dict(event)
-
-
 async def _wait_for_text(path: Path, text: str, timeout: float) -> None:
     end = time.monotonic() + timeout
     while text not in path.read_text(errors="replace"):
@@ -60,32 +48,9 @@ async def _wait_for_text(path: Path, text: str, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _hang_up(client: Any) -> None:
-    try:
-        await client.disconnect()
-    except EOFError:  # the server hung up first, as QEMU does when it exits
-        pass
-
-
 def _ticks(path: Path) -> list[int]:
     text = path.read_text(errors="replace")
     return [int(n) for n in re.findall(r"^tick (\d+)\n", text, re.M)]  # whole lines only
-
-
-@contextmanager
-def _qemu_lite(args: list[str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "qemu_lite", *args],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert "QMP listening" in line, line + proc.stderr.read()
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=30)
 
 
 def test_linux_guest_over_qmp_migrates_and_powers_down(tmp_path: Path) -> None:
@@ -94,8 +59,8 @@ def test_linux_guest_over_qmp_migrates_and_powers_down(tmp_path: Path) -> None:
     sock, serial, state = tmp_path / "qmp.sock", tmp_path / "console.txt", tmp_path / "vm.state"
     machine = ["-m", "512M", "--kernel", vmlinuz, "--initrd", str(initrd),
                "--append", "console=ttyS0 panic=-1", "--timeout", "300"]
-    with _qemu_lite([*machine, "--qmp", f"unix:{sock},server,wait=off",
-                     "--serial", f"file:{serial}"]) as proc:
+    with qemu_lite(*machine, "--qmp", f"unix:{sock},server,wait=off",
+                     "--serial", f"file:{serial}") as proc:
 
         async def boot_and_migrate() -> None:
             client = qmp.QMPClient("linux")
@@ -105,17 +70,17 @@ def test_linux_guest_over_qmp_migrates_and_powers_down(tmp_path: Path) -> None:
 
             # Paused mid-boot: the kernel prints nothing while stopped.
             await client.execute("stop")
-            await _event(client, "STOP")
+            await next_event(client, "STOP", 120)
             assert (await client.execute("query-status"))["status"] == "paused"
             quiet = serial.stat().st_size
             await asyncio.sleep(1.0)
             assert serial.stat().st_size == quiet
             await client.execute("cont")
-            await _event(client, "RESUME")
+            await next_event(client, "RESUME", 120)
             await _wait_for_text(serial, "tick 3", 240)
 
             await client.execute("stop")
-            await _event(client, "STOP")
+            await next_event(client, "STOP", 120)
             regs = str(await client.execute("human-monitor-command",
                                             {"command-line": "info registers"}))
             rip = re.search(r"RIP=([0-9a-f]{16})", regs)
@@ -126,27 +91,27 @@ def test_linux_guest_over_qmp_migrates_and_powers_down(tmp_path: Path) -> None:
             mode = await client.execute("x-qemu-lite-query-cpu-mode")
             assert mode["mode"] == "long" and mode["paging"]
             await client.execute("cont")
-            await _event(client, "RESUME")
+            await next_event(client, "RESUME", 120)
 
             # Migrated while running: the guest stops, its state is written, the
             # source stays in postmigrate.
             assert await client.execute("migrate", {"uri": f"file:{state}"}) == {}
-            await _event(client, "STOP")
+            await next_event(client, "STOP", 120)
             assert (await client.execute("query-migrate"))["status"] == "completed"
             assert (await client.execute("query-status")) == {"status": "postmigrate",
                                                               "running": False}
 
             await client.execute("system_reset")
-            reset = await _event(client, "RESET")
+            reset = await next_event(client, "RESET", 120)
             assert reset["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
             regs = str(await client.execute("human-monitor-command",
                                             {"command-line": "info registers"}))
             assert "EIP=0000fff0" in regs and "CS =f000" in regs, regs  # the reset vector
 
             await client.execute("quit")
-            shutdown = await _event(client, "SHUTDOWN")
+            shutdown = await next_event(client, "SHUTDOWN", 120)
             assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
-            await _hang_up(client)
+            await hang_up(client)
 
         asyncio.run(boot_and_migrate())
         assert proc.wait(timeout=60) == 0
@@ -155,9 +120,9 @@ def test_linux_guest_over_qmp_migrates_and_powers_down(tmp_path: Path) -> None:
     saved_ticks = _ticks(serial)[-1]
 
     serial2 = tmp_path / "console2.txt"
-    with _qemu_lite([*machine, "-incoming", f"file:{state}", "-no-shutdown",
+    with qemu_lite(*machine, "-incoming", f"file:{state}", "-no-shutdown",
                      "--qmp", f"unix:{sock},server,wait=off",
-                     "--serial", f"file:{serial2}"]) as proc:
+                     "--serial", f"file:{serial2}") as proc:
 
         async def continue_and_power_down() -> None:
             client = qmp.QMPClient("incoming")
@@ -165,8 +130,8 @@ def test_linux_guest_over_qmp_migrates_and_powers_down(tmp_path: Path) -> None:
             assert (await client.execute("query-status"))["status"] == "running"
             await _wait_for_text(serial2, f"tick {saved_ticks + 3}\n", 120)
             assert await client.execute("system_powerdown") == {}
-            await _event(client, "POWERDOWN")
-            shutdown = await _event(client, "SHUTDOWN")
+            await next_event(client, "POWERDOWN", 120)
+            shutdown = await next_event(client, "SHUTDOWN", 120)
             assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
             assert await client.execute("query-status") == {"status": "shutdown",
                                                             "running": False}
@@ -174,8 +139,8 @@ def test_linux_guest_over_qmp_migrates_and_powers_down(tmp_path: Path) -> None:
                 await client.execute("cont")
             assert "Resetting the Virtual Machine is required" in str(err.value)
             await client.execute("quit")
-            await _event(client, "SHUTDOWN")
-            await _hang_up(client)
+            await next_event(client, "SHUTDOWN", 120)
+            await hang_up(client)
 
         asyncio.run(continue_and_power_down())
         assert proc.wait(timeout=60) == 0
