@@ -60,6 +60,8 @@ cdef uc_ql_tlb_ctx_stats_t uc_ql_tlb_ctx_stats = \
 cdef uc_ql_cpu_state_t uc_ql_cpu_state = <uc_ql_cpu_state_t>_fn_opt("uc_ql_cpu_state")
 cdef uc_ql_tlb_global_stats_t uc_ql_tlb_global_stats = \
     <uc_ql_tlb_global_stats_t>_fn_opt("uc_ql_tlb_global_stats")
+cdef uc_ql_tlb_flush_page_t uc_ql_tlb_flush_page = \
+    <uc_ql_tlb_flush_page_t>_fn_opt("uc_ql_tlb_flush_page")
 
 for _name, _ours in (("UC_X86_INS_IN", UC_X86_INS_IN), ("UC_X86_INS_OUT", UC_X86_INS_OUT),
                      ("UC_X86_INS_SYSCALL", UC_X86_INS_SYSCALL),
@@ -443,6 +445,28 @@ cdef class Core:
     def pte_prefetch(self):
         return self.st.mmu.prefetch
 
+    def set_unsync(self, bint on):
+        """Leave guest leaf page tables writable once written (KVM's unsync shadow pages)
+        instead of trapping every PTE store; they are resynced at the next CR3 load, and
+        a fill re-reads an unsync entry before it uses it (so INVLPG needs nothing more).
+        Turning it off resyncs and write-protects every unsync table now."""
+        if not on and self.st.mmu.n_unsync:
+            resync_all(self.st)
+        self.st.mmu.unsync_on = on and self.st.mmu.mode in (TLB_CACHED_C, TLB_NAIVE_C)
+
+    @property
+    def unsync(self):
+        """True when written leaf tables are left unsync (see :meth:`set_unsync`)."""
+        return bool(self.st.mmu.unsync_on)
+
+    def resync_mmu(self):
+        """Resync every unsync leaf table and write-protect it again, as a CR3 load does."""
+        resync_all(self.st)
+
+    def is_unsync(self, uint64_t gfn):
+        """Is guest frame ``gfn`` an unsync leaf table (its stores go to RAM untrapped)?"""
+        return gfn < self.st.mmu.nframes and bool(self.st.mmu.frame_flags[gfn] & FRAME_UNSYNC)
+
     @property
     def tlb_contexts(self):
         """The bound on parked address-space TLBs (0: every CR3 load flushes)."""
@@ -619,7 +643,7 @@ cdef class Core:
         For a machine reset or a CPU state loaded from outside (a snapshot):
         nothing cached under the old page tables survives."""
         zap_all(&self.st.mmu)
-        memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)
+        memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)   # no frame is unsync now
         self.st.mmu.fault_pending = False
         flush_unicorn_tlb(self.st)  # UC_CTL_TLB_FLUSH works in every TLB mode
 
@@ -705,6 +729,11 @@ cdef class Core:
             "phys_writes_notified": s.phys_writes_notified,
             "pte_prefetch": mmu.prefetch, "pte_prefetched": s.pte_prefetched,
             "pte_prefetch_used": s.pte_prefetch_used,
+            "unsync": int(mmu.unsync_on), "unsync_now": mmu.n_unsync,
+            "unsync_pages": s.unsync_pages, "wp_traps_avoided": s.wp_traps_avoided,
+            "resyncs": s.resyncs, "resync_updates": s.resync_updates,
+            "unsync_stale": s.unsync_stale, "unsync_page_flushes": s.unsync_page_flushes,
+            "unsync_full_flushes": s.unsync_full_flushes,
         }
         d.update(self._ctx_stats())
         for i in range(1, 5):
@@ -1476,6 +1505,7 @@ include "mmu_walker.pxi"
 include "mmu_shadow.pxi"
 include "mmu_track.pxi"
 include "mmu_fill.pxi"
+include "mmu_unsync.pxi"
 include "mmu_ctx.pxi"
 include "mmu_audit.pxi"
 
