@@ -62,6 +62,8 @@ cdef uc_ql_tlb_global_stats_t uc_ql_tlb_global_stats = \
     <uc_ql_tlb_global_stats_t>_fn_opt("uc_ql_tlb_global_stats")
 cdef uc_ql_tlb_flush_page_t uc_ql_tlb_flush_page = \
     <uc_ql_tlb_flush_page_t>_fn_opt("uc_ql_tlb_flush_page")
+cdef uc_ql_host_page_has_code_t uc_ql_host_page_has_code = \
+    <uc_ql_host_page_has_code_t>_fn_opt("uc_ql_host_page_has_code")
 
 for _name, _ours in (("UC_X86_INS_IN", UC_X86_INS_IN), ("UC_X86_INS_OUT", UC_X86_INS_OUT),
                      ("UC_X86_INS_SYSCALL", UC_X86_INS_SYSCALL),
@@ -316,6 +318,8 @@ cdef class Core:
                                _alias_write, <void *>st))
             uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
             self._add_hook(UC_HOOK_TLB_FILL, <void *>_hook_tlb_fill_mmu)
+            st.mmu.unsync_on = True   # measured: README, "Unsync leaf tables"
+            st.mmu.data_exec = uc_ql_host_page_has_code != NULL
             if tlb_mode == TLB_CACHED_C:
                 st.mmu.global_want = True
                 self.set_tlb_contexts(DEFAULT_TLB_CONTEXTS)
@@ -847,7 +851,28 @@ cdef class Core:
         _alias_write(self.st.uc, offset, size, value, <void *>self.st)
 
     def frame_has_code(self, uint64_t gfn):
-        return gfn < self.st.mmu.nframes and bool(self.st.mmu.frame_flags[gfn] & FRAME_CODE)
+        """Does RAM frame ``gfn`` hold translated code?  Asked of the engine when data
+        fills grant EXEC (patch m: it holds TBs now), else: was it ever fetched from."""
+        if gfn >= self.st.mmu.nframes:
+            return False
+        if self.st.mmu.data_exec:
+            return bool(uc_ql_host_page_has_code(self.st.uc, self.st.ram + (gfn << 12)))
+        return bool(self.st.mmu.frame_flags[gfn] & FRAME_CODE)
+
+    def set_data_fill_exec(self, bint on):
+        """Let data fills grant EXEC where the guest allows it (the default where the
+        engine tracks code pages, patches d and m); off, they leave it out as the stock
+        engine needs (ENGINE_FACTS.md fact 12).  For measuring the difference."""
+        if on and uc_ql_host_page_has_code == NULL:
+            raise ValueError("data fills can grant EXEC only on an engine with patches d and m")
+        if self.st.mmu.data_exec != on:
+            self.st.mmu.data_exec = on
+            flush_unicorn_tlb(self.st)   # entries made under the other rule
+
+    @property
+    def data_fill_exec(self):
+        """True when data fills grant EXEC (see :meth:`set_data_fill_exec`)."""
+        return bool(self.st.mmu.data_exec)
 
     def is_tracked(self, uint64_t gfn):
         """Does guest frame ``gfn`` have shadow pages (its writes are tracked)?"""

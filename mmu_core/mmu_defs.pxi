@@ -270,6 +270,7 @@ cdef struct Mmu:
     bint global_want          # carry global pages across CR3 loads when contexts allow
     bint global_on            # ... and they do (engine patch k, contexts on)
     bint unsync_on            # leave written leaf tables unsync (mmu_unsync.pxi)
+    bint data_exec            # data fills grant EXEC: the engine tracks code pages (patch d)
     UnsyncFrame unsync[UNSYNC_MAX]
     uint32_t n_unsync
     MmuStats stats

@@ -198,9 +198,11 @@ cdef void emit(CoreState *st, uint64_t gva, uint64_t gpa, int access, bint r, bi
     """Turn guest-granted rights on the 4 KiB frame at ``gpa`` (mapped at ``gva``) into
     Unicorn's entry.
 
-    Data fills leave EXEC out (fast stores, ENGINE_FACTS.md fact 12) unless the frame has
-    held code; writes to a shadowed page-table frame go through the alias, unless the
-    frame is (or now becomes) an unsync leaf table (mmu_unsync.pxi)."""
+    On the stock engine data fills leave EXEC out (fast stores, ENGINE_FACTS.md fact 12)
+    unless the frame has held code; where the engine tracks code pages itself (patches d
+    and m, ``mmu.data_exec``) they grant what the guest allows, which saves the fetch
+    fill of a page first read.  Writes to a shadowed page-table frame go through the
+    alias, unless the frame is (or now becomes) an unsync leaf table (mmu_unsync.pxi)."""
     cdef Mmu *mmu = &st.mmu
     cdef uint64_t gfn = gpa >> 12
     cdef int perms = 0
@@ -225,7 +227,7 @@ cdef void emit(CoreState *st, uint64_t gva, uint64_t gpa, int access, bint r, bi
         if not mmu.frame_flags[gfn] & FRAME_CODE:
             mmu.frame_flags[gfn] |= FRAME_CODE
             mmu.stats.code_frames += 1
-            if mmu.fgen[gfn] == mmu.tlb_gen:
+            if mmu.fgen[gfn] == mmu.tlb_gen and not mmu.data_exec:
                 # Unicorn may hold fast-store entries for this frame: drop them.
                 flush_unicorn_tlb(st)
                 mmu.stats.tlb_flushes_code += 1
@@ -247,7 +249,10 @@ cdef void emit(CoreState *st, uint64_t gva, uint64_t gpa, int access, bint r, bi
         if w and not tracked:
             perms |= UC_PROT_WRITE
             mmu.wgen[gfn] = mmu.tlb_gen
-        if mmu.frame_flags[gfn] & FRAME_CODE:
+        if mmu.data_exec:
+            if x:
+                perms |= UC_PROT_EXEC   # the engine traps stores once the page has code
+        elif mmu.frame_flags[gfn] & FRAME_CODE:
             if x:
                 perms |= UC_PROT_EXEC   # keeps stores on the code-invalidating path
             elif perms & UC_PROT_WRITE:

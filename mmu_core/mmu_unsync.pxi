@@ -18,6 +18,7 @@
 #   virtual pages are remembered; patch l flushes them from every TLB), or the
 #   whole TLB when the engine cannot or too many were granted.
 #
+# On by default in cached and naive (Core.set_unsync, --mmu-unsync).
 # Only frames that all shadow pages cache at level 1 become unsync; a frame
 # wanted as a higher-level table is resynced first (get_sp).  At most
 # UNSYNC_MAX frames are unsync at once.
