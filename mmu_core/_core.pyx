@@ -60,6 +60,10 @@ cdef uc_ql_tlb_ctx_stats_t uc_ql_tlb_ctx_stats = \
 cdef uc_ql_cpu_state_t uc_ql_cpu_state = <uc_ql_cpu_state_t>_fn_opt("uc_ql_cpu_state")
 cdef uc_ql_tlb_global_stats_t uc_ql_tlb_global_stats = \
     <uc_ql_tlb_global_stats_t>_fn_opt("uc_ql_tlb_global_stats")
+cdef uc_ql_tlb_flush_page_t uc_ql_tlb_flush_page = \
+    <uc_ql_tlb_flush_page_t>_fn_opt("uc_ql_tlb_flush_page")
+cdef uc_ql_host_page_has_code_t uc_ql_host_page_has_code = \
+    <uc_ql_host_page_has_code_t>_fn_opt("uc_ql_host_page_has_code")
 
 for _name, _ours in (("UC_X86_INS_IN", UC_X86_INS_IN), ("UC_X86_INS_OUT", UC_X86_INS_OUT),
                      ("UC_X86_INS_SYSCALL", UC_X86_INS_SYSCALL),
@@ -314,6 +318,8 @@ cdef class Core:
                                _alias_write, <void *>st))
             uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
             self._add_hook(UC_HOOK_TLB_FILL, <void *>_hook_tlb_fill_mmu)
+            st.mmu.unsync_on = True   # measured: README, "Unsync leaf tables"
+            st.mmu.data_exec = uc_ql_host_page_has_code != NULL
             if tlb_mode == TLB_CACHED_C:
                 st.mmu.global_want = True
                 self.set_tlb_contexts(DEFAULT_TLB_CONTEXTS)
@@ -442,6 +448,28 @@ cdef class Core:
     @property
     def pte_prefetch(self):
         return self.st.mmu.prefetch
+
+    def set_unsync(self, bint on):
+        """Leave guest leaf page tables writable once written (KVM's unsync shadow pages)
+        instead of trapping every PTE store; they are resynced at the next CR3 load, and
+        a fill re-reads an unsync entry before it uses it (so INVLPG needs nothing more).
+        Turning it off resyncs and write-protects every unsync table now."""
+        if not on and self.st.mmu.n_unsync:
+            resync_all(self.st)
+        self.st.mmu.unsync_on = on and self.st.mmu.mode in (TLB_CACHED_C, TLB_NAIVE_C)
+
+    @property
+    def unsync(self):
+        """True when written leaf tables are left unsync (see :meth:`set_unsync`)."""
+        return bool(self.st.mmu.unsync_on)
+
+    def resync_mmu(self):
+        """Resync every unsync leaf table and write-protect it again, as a CR3 load does."""
+        resync_all(self.st)
+
+    def is_unsync(self, uint64_t gfn):
+        """Is guest frame ``gfn`` an unsync leaf table (its stores go to RAM untrapped)?"""
+        return gfn < self.st.mmu.nframes and bool(self.st.mmu.frame_flags[gfn] & FRAME_UNSYNC)
 
     @property
     def tlb_contexts(self):
@@ -619,7 +647,7 @@ cdef class Core:
         For a machine reset or a CPU state loaded from outside (a snapshot):
         nothing cached under the old page tables survives."""
         zap_all(&self.st.mmu)
-        memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)
+        memset(self.st.mmu.frame_flags, 0, self.st.mmu.nframes)   # no frame is unsync now
         self.st.mmu.fault_pending = False
         flush_unicorn_tlb(self.st)  # UC_CTL_TLB_FLUSH works in every TLB mode
 
@@ -705,6 +733,11 @@ cdef class Core:
             "phys_writes_notified": s.phys_writes_notified,
             "pte_prefetch": mmu.prefetch, "pte_prefetched": s.pte_prefetched,
             "pte_prefetch_used": s.pte_prefetch_used,
+            "unsync": int(mmu.unsync_on), "unsync_now": mmu.n_unsync,
+            "unsync_pages": s.unsync_pages, "wp_traps_avoided": s.wp_traps_avoided,
+            "resyncs": s.resyncs, "resync_updates": s.resync_updates,
+            "unsync_stale": s.unsync_stale, "unsync_page_flushes": s.unsync_page_flushes,
+            "unsync_full_flushes": s.unsync_full_flushes,
         }
         d.update(self._ctx_stats())
         for i in range(1, 5):
@@ -818,7 +851,28 @@ cdef class Core:
         _alias_write(self.st.uc, offset, size, value, <void *>self.st)
 
     def frame_has_code(self, uint64_t gfn):
-        return gfn < self.st.mmu.nframes and bool(self.st.mmu.frame_flags[gfn] & FRAME_CODE)
+        """Does RAM frame ``gfn`` hold translated code?  Asked of the engine when data
+        fills grant EXEC (patch m: it holds TBs now), else: was it ever fetched from."""
+        if gfn >= self.st.mmu.nframes:
+            return False
+        if self.st.mmu.data_exec:
+            return bool(uc_ql_host_page_has_code(self.st.uc, self.st.ram + (gfn << 12)))
+        return bool(self.st.mmu.frame_flags[gfn] & FRAME_CODE)
+
+    def set_data_fill_exec(self, bint on):
+        """Let data fills grant EXEC where the guest allows it (the default where the
+        engine tracks code pages, patches d and m); off, they leave it out as the stock
+        engine needs (ENGINE_FACTS.md fact 12).  For measuring the difference."""
+        if on and uc_ql_host_page_has_code == NULL:
+            raise ValueError("data fills can grant EXEC only on an engine with patches d and m")
+        if self.st.mmu.data_exec != on:
+            self.st.mmu.data_exec = on
+            flush_unicorn_tlb(self.st)   # entries made under the other rule
+
+    @property
+    def data_fill_exec(self):
+        """True when data fills grant EXEC (see :meth:`set_data_fill_exec`)."""
+        return bool(self.st.mmu.data_exec)
 
     def is_tracked(self, uint64_t gfn):
         """Does guest frame ``gfn`` have shadow pages (its writes are tracked)?"""
@@ -1476,6 +1530,7 @@ include "mmu_walker.pxi"
 include "mmu_shadow.pxi"
 include "mmu_track.pxi"
 include "mmu_fill.pxi"
+include "mmu_unsync.pxi"
 include "mmu_ctx.pxi"
 include "mmu_audit.pxi"
 

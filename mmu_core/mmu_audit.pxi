@@ -4,7 +4,10 @@
 # caches (present, accessed, same target, same W/U/NX/D bits); rmap entries
 # are exactly the 4 KiB leaves mapping RAM; no spte that allows direct writes
 # maps a shadowed frame; the TLB the CPU uses is parked, if at all, under the
-# tag of the address space the CPU is in (TLB contexts).
+# tag of the address space the CPU is in (TLB contexts).  An unsync shadow page
+# may lag its guest table (a fill re-reads it first, a CR3 load resyncs it): it
+# must be a level-1 page of a frame listed unsync, every page of that frame
+# unsync, and its leaves in the rmap; Core.resync_mmu() then makes it exact.
 
 cdef list mmu_audit(CoreState *st):
     cdef Mmu *mmu = &st.mmu
@@ -14,7 +17,7 @@ cdef list mmu_audit(CoreState *st):
     cdef ShadowPage *csp
     cdef uint64_t spte, gfn, gpte, nrmap = 0, counted = 0, tgt
     cdef int levels, level, q, gi
-    cdef bint wide, found
+    cdef bint wide
     cdef uint16_t *count = <uint16_t *>calloc(mmu.nframes, sizeof(uint16_t))
     if count == NULL:
         raise MemoryError()
@@ -34,6 +37,10 @@ cdef list mmu_audit(CoreState *st):
             level = role_level(sp.role)
             q = role_quadrant(sp.role)
             wide = levels != 2
+            if sp.unsync != ((mmu.frame_flags[sp.gfn] & FRAME_UNSYNC) != 0):
+                errors.append(f"sp {spi} gfn {sp.gfn:#x}: unsync {sp.unsync}, frame flag differs")
+            if sp.unsync and (level != 1 or _unsync_find(mmu, sp.gfn) < 0):
+                errors.append(f"sp {spi} gfn {sp.gfn:#x}: unsync at level {level} or unlisted")
             for j in range(sp.nparents):
                 ref = sp.parents[j]
                 spte = mmu.sps[ref >> 9].spt[ref & 511]
@@ -45,6 +52,9 @@ cdef list mmu_audit(CoreState *st):
                 if not spte & SPTE_P:
                     continue
                 nrmap += 1
+                if sp.unsync:
+                    _audit_rmap_ref(mmu, spi, i, spte, errors)
+                    continue
                 # The guest entry this spte caches.
                 if levels == 2:
                     gi = <int>(q * 512 + i) if level == 1 else <int>(q * 256 + (i >> 1))
@@ -77,15 +87,7 @@ cdef list mmu_audit(CoreState *st):
                                 errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: leaf target differs")
                         elif tgt != (gpte & 0xFFFFF000ULL) >> 12:
                             errors.append(f"sp {spi} gfn {sp.gfn:#x}[{i}]: leaf target differs")
-                        if tgt < mmu.nframes:
-                            found = False
-                            for j in range(mmu.rmap[tgt].len):
-                                if mmu.rmap[tgt].refs[j] == _ref(spi, i):
-                                    found = True
-                            if not found:
-                                errors.append(f"sp {spi}[{i}]: leaf missing from rmap of {tgt:#x}")
-                            if spte & SPTE_HW_W and mmu.sp_count[tgt]:
-                                errors.append(f"sp {spi}[{i}]: writable spte maps shadowed gfn {tgt:#x}")
+                        _audit_rmap_ref(mmu, spi, i, spte, errors)
                 else:
                     child = <uint32_t>((spte & SPTE_ADDR) >> 12)
                     if child == 0 or child > mmu.sp_alloc or mmu.sps[child].role == SP_FREE:
@@ -104,6 +106,10 @@ cdef list mmu_audit(CoreState *st):
                         errors.append(f"sp {spi}[{i}]: child level {role_level(csp.role)}")
             if nrmap != sp.npresent:
                 errors.append(f"sp {spi}: npresent {sp.npresent}, counted {nrmap}")
+        for j in range(mmu.n_unsync):
+            gfn = mmu.unsync[j].gfn
+            if gfn >= mmu.nframes or not mmu.frame_flags[gfn] & FRAME_UNSYNC or not mmu.sp_count[gfn]:
+                errors.append(f"unsync list: frame {gfn:#x} is not an unsync shadowed table")
         if counted != mmu.n_sp:
             errors.append(f"n_sp {mmu.n_sp}, counted {counted}")
         for gfn in range(mmu.nframes):
@@ -119,6 +125,24 @@ cdef list mmu_audit(CoreState *st):
     finally:
         free(count)
     return errors
+
+
+cdef int _audit_rmap_ref(Mmu *mmu, uint32_t spi, uint32_t i, uint64_t spte,
+                         list errors) except -1:
+    """A 4 KiB leaf mapping RAM is in its target's rmap, and lets no store bypass tracking."""
+    cdef uint64_t tgt = (spte & SPTE_ADDR) >> 12
+    cdef uint32_t j
+    cdef bint found = False
+    if tgt >= mmu.nframes:
+        return 0
+    for j in range(mmu.rmap[tgt].len):
+        if mmu.rmap[tgt].refs[j] == _ref(spi, i):
+            found = True
+    if not found:
+        errors.append(f"sp {spi}[{i}]: leaf missing from rmap of {tgt:#x}")
+    if spte & SPTE_HW_W and mmu.sp_count[tgt]:
+        errors.append(f"sp {spi}[{i}]: writable spte maps shadowed gfn {tgt:#x}")
+    return 0
 
 
 cdef list _audit_ctx(CoreState *st):

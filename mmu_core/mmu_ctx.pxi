@@ -61,6 +61,8 @@ cdef uint64_t _ctx_tag_cb(void *opaque, uint64_t *current) noexcept nogil:
         current[0] = 0
         return 0
     st.mmu.stats.cr3_loads += 1
+    if st.mmu.n_unsync:
+        resync_all(st)   # before the tags: a stale spte drops the contexts above it
     read_mode(st, &m)
     tag = ctx_tag(st, &m)
     current[0] = st.mmu.cur_tag

@@ -114,6 +114,9 @@ cdef enum:
     SP_RESERVE = 6            # free pages guaranteed before a fill descends
     FLOOD_THRESHOLD = 3       # pte writes to an unused page before it is zapped
     FRAME_CODE = 1            # the frame has been fetched from (holds translated code)
+    FRAME_UNSYNC = 2          # a leaf table left writable: its shadow pages may be stale
+    UNSYNC_MAX = 256          # frames unsync at once (more are trapped as before)
+    UNSYNC_GVAS = 8           # writable virtual pages remembered per unsync frame
 
 # The paging state a fill works under (read from the CPU at each fill).
 cdef struct MmuMode:
@@ -163,7 +166,18 @@ cdef struct ShadowPage:
     uint32_t parents_cap
     uint32_t write_count     # pte writes since the page was last used (flood detection)
     uint32_t npresent
+    bint unsync              # level 1 only: entries may lag the guest's (mmu_unsync.pxi)
     uint64_t spt[SP_ENTRIES]
+
+cdef struct UnsyncFrame:
+    # A guest leaf table written directly (not trapped) since it became unsync, and
+    # the virtual pages through which it was granted write access: those TLB entries
+    # go when it is write-protected again.
+    uint64_t gfn
+    uint32_t ngva
+    bint overflow            # more than UNSYNC_GVAS: a whole flush re-protects it
+    uint64_t gva[UNSYNC_GVAS]
+
 
 cdef struct Rmap:
     uint32_t *refs
@@ -208,6 +222,13 @@ cdef struct MmuStats:
     uint64_t pte_prefetched     # leaf sptes made from neighbouring gptes at a shadow miss
     uint64_t pte_prefetch_used  # ... that a later fill hit
     uint64_t ctx_taints         # the current TLB lost its right to be parked
+    uint64_t unsync_pages       # frames left writable instead of trapping their stores
+    uint64_t wp_traps_avoided   # write fills on such frames answered with RAM, not the alias
+    uint64_t resyncs            # unsync frames resynced and write-protected again
+    uint64_t resync_updates     # sptes a resync found stale and changed or dropped
+    uint64_t unsync_stale       # fills that found an unsync leaf spte stale (refreshed first)
+    uint64_t unsync_page_flushes  # writable TLB pages dropped at a resync (patch l)
+    uint64_t unsync_full_flushes  # resyncs that had to flush the whole TLB
 
 cdef struct Mmu:
     int mode                  # TLB_* of the Core
@@ -248,4 +269,8 @@ cdef struct Mmu:
     int prefetch              # leaf gptes read around a shadow miss (aligned group; 0: off)
     bint global_want          # carry global pages across CR3 loads when contexts allow
     bint global_on            # ... and they do (engine patch k, contexts on)
+    bint unsync_on            # leave written leaf tables unsync (mmu_unsync.pxi)
+    bint data_exec            # data fills grant EXEC: the engine tracks code pages (patch d)
+    UnsyncFrame unsync[UNSYNC_MAX]
+    uint32_t n_unsync
     MmuStats stats

@@ -164,6 +164,8 @@ cdef void switch_mode(CoreState *st, MmuMode *m) noexcept nogil:
                 # restored, -smp): the TLB in use is not the tagged space's.
                 ctx_taint(mmu)
         if cr3_load:
+            if mmu.n_unsync:
+                resync_all(st)   # with contexts, _ctx_tag_cb did it (CR3 set behind it: -smp)
             if not mmu.ctx_on:
                 mmu.stats.cr3_loads += 1   # with contexts, _ctx_tag_cb sees every one
             if mmu.mode == TLB_NAIVE_C and mmu.n_sp:
@@ -191,12 +193,16 @@ cdef inline bint _is_ram(CoreState *st, uint64_t gpa) noexcept nogil:
     return gpa < st.ram_size and pam_attr(st, gpa) == 3  # 3: RAM, by PAM or outside the window
 
 
-cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
+cdef void emit(CoreState *st, uint64_t gva, uint64_t gpa, int access, bint r, bint w, bint x,
                ql_uc_tlb_entry *res) noexcept nogil:
-    """Turn guest-granted rights on the 4 KiB frame at ``gpa`` into Unicorn's entry.
+    """Turn guest-granted rights on the 4 KiB frame at ``gpa`` (mapped at ``gva``) into
+    Unicorn's entry.
 
-    Data fills leave EXEC out (fast stores, ENGINE_FACTS.md fact 12) unless the frame has
-    held code; writes to a shadowed page-table frame go through the alias."""
+    On the stock engine data fills leave EXEC out (fast stores, ENGINE_FACTS.md fact 12)
+    unless the frame has held code; where the engine tracks code pages itself (patches d
+    and m, ``mmu.data_exec``) they grant what the guest allows, which saves the fetch
+    fill of a page first read.  Writes to a shadowed page-table frame go through the
+    alias, unless the frame is (or now becomes) an unsync leaf table (mmu_unsync.pxi)."""
     cdef Mmu *mmu = &st.mmu
     cdef uint64_t gfn = gpa >> 12
     cdef int perms = 0
@@ -214,11 +220,14 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
         dirty_filter(st, gpa, access == ACC_WRITE and w, res)  # RAM the PAM opened
         return
     tracked = mmu.sp_count[gfn] != 0
+    if tracked and access == ACC_WRITE and w and mmu.unsync_on and unsync_write(st, gfn, gva):
+        tracked = False   # stores go to RAM; the next CR3 load resyncs the frame
+        mmu.stats.wp_traps_avoided += 1
     if access == ACC_FETCH:
         if not mmu.frame_flags[gfn] & FRAME_CODE:
             mmu.frame_flags[gfn] |= FRAME_CODE
             mmu.stats.code_frames += 1
-            if mmu.fgen[gfn] == mmu.tlb_gen:
+            if mmu.fgen[gfn] == mmu.tlb_gen and not mmu.data_exec:
                 # Unicorn may hold fast-store entries for this frame: drop them.
                 flush_unicorn_tlb(st)
                 mmu.stats.tlb_flushes_code += 1
@@ -240,7 +249,10 @@ cdef void emit(CoreState *st, uint64_t gpa, int access, bint r, bint w, bint x,
         if w and not tracked:
             perms |= UC_PROT_WRITE
             mmu.wgen[gfn] = mmu.tlb_gen
-        if mmu.frame_flags[gfn] & FRAME_CODE:
+        if mmu.data_exec:
+            if x:
+                perms |= UC_PROT_EXEC   # the engine traps stores once the page has code
+        elif mmu.frame_flags[gfn] & FRAME_CODE:
             if x:
                 perms |= UC_PROT_EXEC   # keeps stores on the code-invalidating path
             elif perms & UC_PROT_WRITE:
@@ -458,7 +470,7 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
         switch_mode(st, m)
     if m.levels == 0:
         gpa = (gva & 0xFFFFFFFFULL & ~0xFFFULL) & m.a20_mask
-        emit(st, gpa, access, True, True, True, res)
+        emit(st, gva, gpa, access, True, True, True, res)
         return 0
     if mmu.mode != TLB_IDENTITY_C:
         # Fast path: descend the shadow tree of the current root.
@@ -486,6 +498,10 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
                 break
             spi = <uint32_t>((spte & SPTE_ADDR) >> 12)
             level -= 1
+        if spi and spte & SPTE_LEAF and level == 1 and sp.unsync and \
+                _sync_spte(st, spi, <int>((gva >> 12) & 511)):
+            mmu.stats.unsync_stale += 1   # the guest rewrote it untrapped: walk
+            spi = 0
         if spi and spte & SPTE_LEAF:
             if not u_ok or m.smep or m.smap or not (w_ok or m.wp):
                 user = _cpl_is_user(st, m)
@@ -506,7 +522,7 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
                     sp.spt[(gva >> (12 + 9 * (level - 1))) & 511] = spte & ~SPTE_PREFETCH
                 size = 1ULL << (12 + 9 * (level - 1))
                 gpa = ((spte & SPTE_ADDR) + (gva & (size - 1))) & ~0xFFFULL
-                emit(st, gpa, access, r, wr, x, res)
+                emit(st, gva, gpa, access, r, wr, x, res)
                 if mmu.global_on and spte & SPTE_G and m.cr4 & CR4_PGE:
                     res.perms |= UC_PROT_GLOBAL
                 return 0
@@ -530,7 +546,7 @@ cdef int mmu_fill(CoreState *st, MmuMode *m, uint64_t gva, int access,
     if mmu.mode != TLB_IDENTITY_C and not install(st, m, gva, &w):
         ctx_taint(mmu)   # an entry no shadow page backs: its table changes go unseen
     _rights(st, m, user, w.user, w.writable, w.nx, &r, &wr, &x)
-    emit(st, w.gpa, access, r, wr and w.dirty, x, res)
+    emit(st, gva, w.gpa, access, r, wr and w.dirty, x, res)
     if mmu.global_on and not implicit and w.gpte[w.leaf_level] & PT_GLOBAL and m.cr4 & CR4_PGE:
         res.perms |= UC_PROT_GLOBAL
     return 0

@@ -180,6 +180,7 @@ cdef uint32_t _alloc_sp(Mmu *mmu) noexcept nogil:
     sp.write_count = 0
     sp.npresent = 0
     sp.hash_next = 0
+    sp.unsync = False
     return spi
 
 
@@ -210,12 +211,15 @@ cdef uint32_t get_sp(CoreState *st, uint64_t gfn, uint32_t role) noexcept nogil:
         return spi
     if gfn >= mmu.nframes:
         return 0
+    if mmu.frame_flags[gfn] & FRAME_UNSYNC and role_level(role) != 1:
+        resync_gfn(st, gfn)   # a table above the leaves is never unsync
     spi = _alloc_sp(mmu)
     if spi == 0:
         return 0
     sp = mmu.sps[spi]
     sp.gfn = gfn
     sp.role = role
+    sp.unsync = (mmu.frame_flags[gfn] & FRAME_UNSYNC) != 0   # another leaf role of it
     b = _hash_gfn(gfn)
     sp.hash_next = mmu.hash[b]
     mmu.hash[b] = spi
@@ -262,6 +266,9 @@ cdef void zap_sp(Mmu *mmu, uint32_t spi) noexcept nogil:
         cur = mmu.sps[cur].hash_next
     _lru_unlink(mmu, spi)
     mmu.sp_count[sp.gfn] -= 1
+    if mmu.sp_count[sp.gfn] == 0:
+        unsync_forget(mmu, sp.gfn)
+    sp.unsync = False
     for i in range(4):
         if mmu.cur_roots[i] == spi:
             mmu.have_mode = False  # reload the roots at the next fill

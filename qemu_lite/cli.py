@@ -168,6 +168,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mmu-prefetch", type=int, choices=[0, 2, 4, 8, 16, 32, 64], metavar="N",
                    help="at a shadow miss also shadow the N-entry aligned group of leaf page "
                         "table entries around it (KVM's pte prefetch; 0, the default, is off)")
+    p.add_argument("--mmu-unsync", choices=["on", "off"],
+                   help="shadow MMU: leave a written guest leaf page table writable until "
+                        "the next CR3 load instead of trapping each PTE store (KVM's unsync "
+                        "shadow pages; default on)")
     p.add_argument("--mmu-stats", action="store_true",
                    help="print the shadow MMU's statistics to stderr at exit")
     p.add_argument("--deterministic", action="store_true",
@@ -506,6 +510,8 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
             machine.core.set_tlb_contexts(args.mmu_contexts)
         if args.mmu_prefetch:
             machine.core.set_pte_prefetch(args.mmu_prefetch)
+        if args.mmu_unsync is not None:
+            machine.core.set_unsync(args.mmu_unsync == "on")
         try:
             if args.restore is not None:
                 machine.restore_state(args.restore)  # RAM and CPU: no kernel to load

@@ -52,6 +52,8 @@ ctypedef int (*uc_ql_tlb_ctx_stats_t)(uc_engine *uc, uint64_t *out, int n) noexc
 ctypedef void *(*uc_ql_cpu_state_t)(uc_engine *uc) noexcept nogil
 # patch k
 ctypedef void (*uc_ql_tlb_global_stats_t)(uc_engine *uc, uint64_t *out, int n) noexcept nogil
+ctypedef void (*uc_ql_tlb_flush_page_t)(uc_engine *uc, uint64_t vaddr) noexcept nogil
+ctypedef bint (*uc_ql_host_page_has_code_t)(uc_engine *uc, void *host) noexcept nogil
 ctypedef uint64_t (*uc_cb_mmio_read_t)(uc_engine *uc, uint64_t offset, unsigned size,
                                        void *user_data) noexcept nogil
 ctypedef void (*uc_cb_mmio_write_t)(uc_engine *uc, uint64_t offset, unsigned size,

@@ -30,13 +30,16 @@ MMU_MODES = ["cached", "naive", "native"]
 
 
 def run_guest(assemble, tmp_path: Path, source: str, mmu: str,
-              timeout: float = 10) -> tuple[RunResult, str, dict, list]:
-    """Like guestlib.run_multiboot_guest, also returning mmu_stats() and audit() at exit."""
+              timeout: float = 10, unsync: bool = True) -> tuple[RunResult, str, dict, list]:
+    """Like guestlib.run_multiboot_guest, also returning mmu_stats() and audit() at exit
+    (``unsync=False``: every store to a shadowed table trapped, as before unsync)."""
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(source))
     out = bytearray()
     with Machine(serial="none", memory="32M", mmu=mmu) as m:
         m.board.com1.add_output_listener(out.extend)
+        if mmu != "native":
+            m.core.set_unsync(unsync)
         multiboot.load(m, kernel)
         result = m.run(timeout=timeout)
         stats = m.core.mmu_stats()
@@ -504,10 +507,12 @@ def two_modes_expected() -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("mmu", MMU_MODES)
-def test_same_tables_in_pae_and_long_mode(assemble, tmp_path, mmu):
+@pytest.mark.parametrize(("mmu", "unsync"), [("cached", False), ("cached", True),
+                                             ("naive", True), ("native", False)])
+def test_same_tables_in_pae_and_long_mode(assemble, tmp_path, mmu, unsync):
     result, out, stats, audit = run_guest(
-        assemble, tmp_path, protected_mode_guest(TWO_MODES_BODY, long_mode=True), mmu)
+        assemble, tmp_path, protected_mode_guest(TWO_MODES_BODY, long_mode=True), mmu,
+        unsync=unsync)
     assert out == two_modes_expected()
     assert result.exit_status == 1
     assert audit == []
@@ -517,8 +522,13 @@ def test_same_tables_in_pae_and_long_mode(assemble, tmp_path, mmu):
         assert (stats["roots_created"], stats["roots_reused"]) == (2, 6)
         assert stats["sp_created"] == 7
         assert stats["sp_zapped"] == 0
+    if mmu == "cached" and not unsync:
         # Each remap reached the shadow PT of both roles (only one existed in phase 0).
         assert stats["pte_updated"] + stats["pte_zapped"] == 1 + 7 * 2
+    elif mmu == "cached":
+        # The PT is left unsync: the remaps are seen at the fills and resyncs after them.
+        assert stats["pte_updated"] + stats["pte_zapped"] == 0
+        assert stats["unsync_pages"] > 0 and stats["resync_updates"] > 0
     elif mmu == "naive":
         assert stats["roots_reused"] == 0
         assert stats["naive_zap_all"] == 7

@@ -6,7 +6,9 @@ guest's #PF handler, copy-on-write through write-protected pages (CR0.WP),
 remapping a live page with and without INVLPG where the architecture defines
 the result, a page directory that is also a page table (recursive mapping),
 4 MiB PSE pages, and self-modifying code written through one virtual alias and
-run through another.
+run through another, and (smc2) code whose runner's view is first read as data, so
+that on the patched engine the TLB entry that runs it came from a data fill (EXEC
+granted there, engine patch d tracking the code), patched through both views.
 """
 
 from __future__ import annotations
@@ -129,6 +131,31 @@ BODY = r"""
     jne fail
     loop .smc
     PRINT "smc ok", 10
+
+    ; -- smc2: frame 0x321000, the runner's view read as data before it runs
+    mov dword [pt1 + 10 * 4], 0x321000 + 3       ; 0x40A000: the writer's view
+    mov dword [pt1 + 11 * 4], 0x321000 + 3       ; 0x40B000: the runner's view
+    mov dword [0x40A000], 0x000002B8    ; mov eax, 2
+    mov word [0x40A004], 0xC300         ; ... ; ret
+    mov eax, [0x40B000]                 ; a data fill of the runner's page first
+    cmp eax, 0x000002B8
+    jne fail
+    call 0x40B000
+    cmp eax, 2
+    jne fail
+    mov ecx, 100
+.smc2:
+    mov [0x40B001], ecx                 ; patched through the runner's own view
+    call 0x40B000
+    cmp eax, ecx
+    jne fail
+    lea edx, [ecx + 1000]
+    mov [0x40A001], edx                 ; and through the writer's
+    call 0x40B000
+    cmp eax, edx
+    jne fail
+    loop .smc2
+    PRINT "smc2 ok", 10
     mov al, 0
     jmp exit
 
@@ -196,7 +223,7 @@ pt1: times 1024 dd 0
 """
 
 EXPECTED = ("demand faults=00000003\ncow faults=00000001\nremap ok\nunmap ok\n"
-            "recursive ok\nsmc ok\n")
+            "recursive ok\nsmc ok\nsmc2 ok\n")
 
 
 @pytest.mark.parametrize("mmu", ["cached", "naive", "native"])

@@ -174,6 +174,43 @@ def test_restore_copies_only_what_the_guest_dirtied(assemble, tmp_path):
         assert m.core.dirty_log_take() == [0x300]
 
 
+# Code at X written and run through data-filled TLB entries only: each round reads X
+# as data before it calls it, so on the patched engine (data fills grant EXEC) the
+# call never needs a fetch fill and only the engine knows X holds translated code.
+X = 0x300000
+CODE_SWAP = r"""
+main:
+    mov dword [X], 0x000001B8           ; mov eax, 1
+    mov word [X + 4], 0xC300            ; ... ; ret
+.round:
+    mov eax, [X]
+    call X
+    mov [0x200000], eax
+    cmp dword [0x200004], 0
+    je .round
+    mov dword [0x200004], 0
+    mov dword [X + 1], 2                ; mov eax, 2: the host asked for new code
+    jmp .round
+""".replace("X", str(X))
+
+
+def test_restore_of_rewritten_code_runs_the_snapshots_code(assemble, tmp_path):
+    kernel = tmp_path / "swap.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(CODE_SWAP)))
+    with Machine(vga="none", deterministic=True) as m:
+        multiboot.load(m, kernel)
+        m.run(timeout=60, guest_ns=100_000)
+        assert m.read_memory(0x200000, 4) == (1).to_bytes(4, "little")
+        token = m.snapshot()
+        m.write_memory(0x200004, (1).to_bytes(4, "little"))
+        m.run(timeout=60, guest_ns=m.clock.now() + 50_000)
+        assert m.read_memory(0x200000, 4) == (2).to_bytes(4, "little")
+        m.restore(token)    # X's old code is back in RAM: its translations must go
+        m.write_memory(0x200000, bytes(4))
+        m.run(timeout=60, guest_ns=m.clock.now() + 50_000)
+        assert m.read_memory(0x200000, 4) == (1).to_bytes(4, "little")
+
+
 def test_snapshot_and_restore_refuse_what_they_cannot_do(assemble, tmp_path):
     with Machine(memory="16M", vga="none") as m:
         with pytest.raises(TypeError, match="token"):

@@ -16,7 +16,9 @@ after a CR3 load:
    stores to it must reach B's shadow (the write tracking sees them).
 7. Every space in turn, four rounds: with a bound of one parked context, evictions.
 
-It runs under cached with contexts (and with PTE prefetch), cached without them,
+It runs under cached with contexts (and with PTE prefetch, and with unsync leaf
+tables: A's and B's page tables are written through the 4 MiB page, so their
+stores go to RAM untrapped once unsync), cached without them, naive with unsync,
 and native; all must print the same line, which is also checked against the
 expected values.
 """
@@ -163,12 +165,13 @@ EXPECTED = ["00001111", "00003333", "00002222", None, "00001111", "00002222", "0
             "00002222", "PF", "00005555", "00003333", "00004444"] + \
     ["00005555", "00003333", "00004444"] * 4
 
-CONFIGS = [("cached", 32, 0), ("cached", 1, 0), ("cached", 0, 0), ("cached", 32, 8),
-           ("native", None, 0)]
+CONFIGS = [("cached", 32, 0, False), ("cached", 1, 0, False), ("cached", 0, 0, False),
+           ("cached", 32, 8, False), ("cached", 32, 0, True), ("cached", 1, 8, True),
+           ("cached", 0, 0, True), ("naive", None, 0, True), ("native", None, 0, False)]
 
 
 def run(assemble, tmp_path: Path, mmu: str, contexts: int | None,
-        prefetch: int = 0) -> tuple[list[str], dict]:
+        prefetch: int = 0, unsync: bool = False) -> tuple[list[str], dict]:
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(protected_mode_guest(BODY)))
     out = bytearray()
@@ -177,6 +180,8 @@ def run(assemble, tmp_path: Path, mmu: str, contexts: int | None,
             m.core.set_tlb_contexts(contexts)
         if prefetch:
             m.core.set_pte_prefetch(prefetch)
+        if mmu != "native":
+            m.core.set_unsync(unsync)
         m.board.com1.add_output_listener(out.extend)
         multiboot.load(m, kernel)
         result = m.run(timeout=20)
@@ -187,11 +192,12 @@ def run(assemble, tmp_path: Path, mmu: str, contexts: int | None,
     return out.decode().split(), stats
 
 
-@pytest.mark.parametrize(("mmu", "contexts", "prefetch"), CONFIGS,
-                         ids=[f"{m}-{c}-prefetch{p}" for m, c, p in CONFIGS])
+@pytest.mark.parametrize(("mmu", "contexts", "prefetch", "unsync"), CONFIGS,
+                         ids=[f"{m}-{c}-prefetch{p}{'-unsync' if u else ''}"
+                              for m, c, p, u in CONFIGS])
 def test_guest_sees_every_table_change_after_a_cr3_load(assemble, tmp_path, mmu, contexts,
-                                                        prefetch):
-    words, stats = run(assemble, tmp_path, mmu, contexts, prefetch)
+                                                        prefetch, unsync):
+    words, stats = run(assemble, tmp_path, mmu, contexts, prefetch, unsync)
     assert len(words) == len(EXPECTED), words
     for got, want in zip(words, EXPECTED, strict=True):
         if want is not None:
@@ -200,6 +206,9 @@ def test_guest_sees_every_table_change_after_a_cr3_load(assemble, tmp_path, mmu,
         assert stats["ctx_restored"] > 0 and stats["ctx_root_drops"] > 0
         if contexts == 1:
             assert stats["ctx_evicted"] > 0
+    if unsync:
+        # A's table was written untrapped and resynced at CR3 loads
+        assert stats["unsync_pages"] > 0 and stats["resyncs"] > 0
 
 
 @pytest.mark.requires_patched_engine("i")

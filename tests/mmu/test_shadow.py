@@ -46,6 +46,7 @@ def test_hits_after_first_walk_and_audit_clean():
 
 def test_write_to_tracked_table_goes_through_alias_and_updates_spte():
     core = make_core()
+    core.set_unsync(False)   # the trapped path (tests/mmu/test_unsync.py has the other)
     fill(core, 0x1000)
     # a write fill on the page-table frame itself (identity-mapped below) is redirected
     struct.pack_into("<Q", core.ram, PT0 + 32 * 8, PT0 | 0x67)   # map the PT at 0x20000
