@@ -332,8 +332,12 @@ bsp_after:
 ITER = 20_000
 
 
-@pytest.mark.parametrize("mmu", ("cached", "native"))
+@pytest.mark.parametrize("mmu", ("cached", "cached-unsync", "native"))
 def test_no_vcpu_reads_through_a_page_table_entry_another_rewrote(assemble, tmp_path, mmu):
+    """Under ``cached`` with unsync off every rewrite is a trapped store; with unsync on
+    (the default) the table is left writable and resynced, and no read may be stale."""
+    unsync = mmu == "cached-unsync"
+    mmu = mmu.removesuffix("-unsync")
     cpus = 4
     source = f"%define CPUS {cpus}\n%define ITER {ITER}\n" + protected_mode_guest(PT_BODY)
     kernel = tmp_path / "pt.bin"
@@ -341,9 +345,11 @@ def test_no_vcpu_reads_through_a_page_table_entry_another_rewrote(assemble, tmp_
     out = bytearray()
     with Machine(memory="32M", serial="none", vga="none", smp=cpus, mmu=mmu) as m:
         m.board.com1.add_output_listener(out.extend)
+        if mmu == "cached":
+            m.core.set_unsync(unsync)
         multiboot.load(m, kernel)
         result = m.run(timeout=120)
-        tracked = m.core.mmu_stats() if mmu == "cached" else None
+        tracked = m.core.mmu_stats() if mmu == "cached" and not unsync else None
     text = out.decode(errors="replace")
     assert result.reason == "exit", (result, text)
     assert f"stale=00000000 checks={2 * cpus * ITER:08X}" in text, text
