@@ -225,3 +225,67 @@ def test_every_rearmed_one_shot_interrupt_arrives_once(assemble, tmp_path, deter
                                       timeout=60, deterministic=deterministic)
     assert (result.reason, result.exit_status) == ("exit", 1), (result, out)
     assert out == EXPECTED
+
+
+# The slice's deadline hand-off: the local APIC's timer (masked) is armed 3 s ahead, so
+# the running slice's alarm sleeps towards it; then the PIT is armed 1 ms ahead from
+# inside the same slice, and the guest spins with no HLT, so only that earlier deadline
+# can end the slice for IRQ 0.  A deadline brought forward while the alarm sleeps on a
+# later one must wake it: the handler sees under a second of TSC (2 GHz) since the arming.
+HANDOFF = r"""
+    jmp start
+armed_at: dq 0
+pit_irq:
+    rdtsc
+    sub eax, [armed_at]
+    sbb edx, [armed_at + 4]
+    cmp edx, 0
+    jne .slow
+    cmp eax, 2000000000
+    jae .slow
+    PRINT "irq0 within 1 s"
+    jmp .done
+.slow:
+    PRINT "irq0 late"
+.done:
+    mov al, 0
+    call exit
+ignore:
+    iret
+start:
+    LOAD_GDT
+    SET_GATE 0x20, pit_irq
+    SET_GATE 0x27, ignore
+    SET_GATE 0xFF, ignore
+    lidt [idtr]
+    PIC_INIT 0xFE, 0xFF
+    mov dword [APIC + 0xF0], 0x1FF
+    mov dword [APIC + 0x350], 0x700      ; LINT0: ExtINT
+    mov dword [APIC + 0x3E0], 0xB        ; divide by 1: 1 ns ticks
+    mov dword [APIC + 0x320], 0x10040    ; one-shot, masked
+    mov dword [APIC + 0x380], 3000000000 ; 3 s
+    mov ecx, 1000000
+.spin:
+    dec ecx
+    jnz .spin
+    rdtsc
+    mov [armed_at], eax
+    mov [armed_at + 4], edx
+    mov al, 0x30                         ; PIT counter 0, mode 0: 1193 clocks (1 ms)
+    out 0x43, al
+    mov al, 1193 & 0xFF
+    out 0x40, al
+    mov al, 1193 >> 8
+    out 0x40, al
+    sti
+.wait:
+    jmp .wait
+"""
+
+
+def test_a_deadline_brought_forward_ends_the_running_slice(assemble, tmp_path):
+    result, out = run_multiboot_guest(assemble, tmp_path,
+                                      protected_mode_guest(HANDOFF, interrupts=True),
+                                      timeout=60)
+    assert (result.reason, result.exit_status) == ("exit", 1), (result, out)
+    assert out == "irq0 within 1 s"
