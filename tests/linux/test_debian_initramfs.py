@@ -8,7 +8,8 @@ virtual wire (ExtINT on LINT0): ``nolapic_timer`` keeps the APIC's timer out of 
 ``noapic`` the IOAPIC, and ``lapic=notscdeadline`` is what makes Linux use the PIT at all.
 Linux 6.1's ``apic_needs_pit()`` skips the PIT on a CPU with ARAT and the TSC-deadline
 timer, whatever ``nolapic_timer`` says ("the deadline timer is based on TSC"); with our
-CPUID offering both and no HPET on the board, plain ``nolapic_timer`` left the kernel
+CPUID offering both and no HPET (``hpet=False`` here: the board has one by default, and
+Linux would tick on it), plain ``nolapic_timer`` left the kernel
 without any clock event device: it stopped the PIT (``clockevent_i8253_disable``) and
 idled for good in the libata probe's first sleep, every time, whatever the host's load.
 The test checks in the guest that the tick is the PIT's and that IRQ 0 arrived through
@@ -90,7 +91,8 @@ def test_debian_initramfs_mounts_ext4_root_on_ide_and_root_logs_in(root_disk, de
          "$(busybox grep ' timer' /proc/interrupts) end-$((6 * 7))\r"),
         ("end-42", "poweroff -f\r"),  # the output, not the echo of the command
     ]
-    with Machine(disk=root_disk, memory="512M", serial="pty", snapshot=True) as m:
+    with Machine(disk=root_disk, memory="512M", serial="pty", snapshot=True,
+                 hpet=False) as m:
         pts = capfd.readouterr().err.split("redirected to ")[1].split()[0]
         fd = os.open(pts, os.O_RDWR | os.O_NOCTTY)
         typist = Typist(fd, script, time.monotonic() + 600)
