@@ -25,8 +25,10 @@ hypervisor owns:
 - IA32_TSC_DEADLINE (0x6E0): the local APIC's TSC-deadline timer (SDM vol. 3
   10.5.4.1).  A write converts the TSC value into the guest time at which the
   virtual TSC reaches it (a deadline already passed fires at once) and hands
-  both to the LAPIC; a read gives the armed deadline, 0 once it fired.  A later
-  write of IA32_TSC does not move an armed deadline.
+  both to the LAPIC; a read gives the armed deadline, 0 once it fired.  The
+  deadline compares against the TSC, so a write of IA32_TSC or TSC_ADJUST
+  moves when an armed one fires (converted again from the new count; one the
+  TSC jumped past fires at once).
 
 Unknown MSRs are left to the engine (patch h decides about #GP for them).  On
 an engine without patch f nothing here runs: a guest then sees Unicorn's own
@@ -111,6 +113,12 @@ class TscDeadline:
         ahead = value - int(self._tsc.read())
         due = now + (-(-ahead * 1_000_000 // self._tsc.khz) if ahead > 0 else 0)
         self._timer.write_tsc_deadline(value, due)
+
+    def retarget(self) -> None:
+        """The TSC was written: an armed deadline now falls at another guest time."""
+        value = self._timer.tsc_deadline  # one already due fires first, and reads 0
+        if value:
+            self.write(value)
 
 
 class MsrModel:
@@ -206,10 +214,12 @@ class MsrModel:
         elif msr == MSR_IA32_TSC:
             self.tsc_adjust = (self.tsc_adjust + value - int(self._tsc.read())) % (1 << 64)
             self._tsc.write(value)
+            self._tsc_written()
         elif msr == MSR_IA32_TSC_ADJUST:
             delta = value - self.tsc_adjust
             self.tsc_adjust = value
             self._tsc.write((int(self._tsc.read()) + delta) % (1 << 64))
+            self._tsc_written()
         elif msr == MSR_IA32_MISC_ENABLE:
             self.misc_enable = value
         elif msr == MSR_IA32_TSC_DEADLINE and self._deadline is not None:
@@ -219,6 +229,10 @@ class MsrModel:
         else:
             return False
         return True
+
+    def _tsc_written(self) -> None:
+        if self._deadline is not None:
+            self._deadline.retarget()
 
     def _write_apic_base(self, value: int) -> None:
         was_enabled = bool(self.apic_base & APIC_BASE_ENABLE)

@@ -5,6 +5,8 @@ wraps a body in a Multiboot a.out-kludge header, so the guest starts in flat
 32-bit protected mode at 1 MiB with a stack, and provides ``putc``,
 ``puts`` (ESI), ``puthex`` (EAX) and ``exit`` (AL -> isa-debug-exit); the
 64-bit variants ``putc64`` etc. are available after the guest enters long mode.
+``interrupts=True`` adds the interrupt plumbing of :data:`INTERRUPT_HELPERS`: a
+256-gate IDT, the 8259 pair, IOAPIC routes and PIT-timed waits.
 """
 
 from __future__ import annotations
@@ -149,6 +151,93 @@ gdtr:
 %endmacro
 """
 
+INTERRUPT_HELPERS = r"""
+%define APIC 0xFEE00000
+%define IOAPIC 0xFEC00000
+align 8
+idt: times 256 dq 0
+idtr:
+    dw 256 * 8 - 1
+    dd idt
+
+%macro SET_GATE 2           ; vector, handler: a 32-bit interrupt gate (IF cleared)
+    mov eax, %2
+    mov word [idt + %1 * 8], ax
+    mov word [idt + %1 * 8 + 2], 0x08
+    mov word [idt + %1 * 8 + 4], 0x8E00
+    shr eax, 16
+    mov word [idt + %1 * 8 + 6], ax
+%endmacro
+
+%macro PIC_INIT 2           ; master mask, slave mask: IRQ 0-7 at 0x20, 8-15 at 0x28
+    mov al, 0x11
+    out 0x20, al
+    out 0xA0, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x28
+    out 0xA1, al
+    mov al, 4
+    out 0x21, al
+    mov al, 2
+    out 0xA1, al
+    mov al, 1
+    out 0x21, al
+    out 0xA1, al
+    mov al, %1
+    out 0x21, al
+    mov al, %2
+    out 0xA1, al
+%endmacro
+
+%macro PIC_MASK_ALL 0
+    mov al, 0xFF
+    out 0x21, al
+    out 0xA1, al
+%endmacro
+
+%macro IOAPIC_ROUTE 3       ; pin, low dword (vector, mode, trigger, mask), high dword
+    mov dword [IOAPIC], 0x10 + 2 * %1
+    mov dword [IOAPIC + 0x10], %2
+    mov dword [IOAPIC], 0x11 + 2 * %1
+    mov dword [IOAPIC + 0x10], %3
+%endmacro
+
+wait_110ms:                 ; two full mode 0 runs of PIT counter 2, polled on port 0x61
+    push eax
+    push ecx
+    mov ecx, 2
+.again:
+    in al, 0x61
+    and al, 0xFC            ; speaker off
+    or al, 1                ; gate 2 on
+    out 0x61, al
+    mov al, 0xB0            ; counter 2, LSB then MSB, mode 0: OUT2 low until 65535 clocks
+    out 0x43, al
+    mov al, 0xFF
+    out 0x42, al
+    out 0x42, al
+.poll:
+    in al, 0x61
+    test al, 0x20
+    jz .poll
+    loop .again
+    pop ecx
+    pop eax
+    ret
+
+%macro WAIT_UNTIL 2         ; with IF=0: sti; hlt until the dword at %1 reaches %2
+%%loop:
+    cmp dword [%1], %2
+    jae %%done
+    sti                     ; the interrupt is taken after the HLT (STI shadow)
+    hlt
+    cli
+    jmp %%loop
+%%done:
+%endmacro
+"""
+
 LONG_MODE_HELPERS = r"""
 bits 64
 putc64:
@@ -249,8 +338,9 @@ pd:   times 512 dq 0
 """
 
 
-def protected_mode_guest(body: str, long_mode: bool = False) -> str:
-    src = PROLOGUE + (LONG_MODE_HELPERS if long_mode else "") + "\nmain:\n" + body
+def protected_mode_guest(body: str, long_mode: bool = False, interrupts: bool = False) -> str:
+    src = (PROLOGUE + (INTERRUPT_HELPERS if interrupts else "")
+           + (LONG_MODE_HELPERS if long_mode else "") + "\nmain:\n" + body)
     if long_mode:
         src += LONG_MODE_TABLES
     return src

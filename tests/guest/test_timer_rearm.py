@@ -19,20 +19,6 @@ from guestlib import protected_mode_guest, run_multiboot_guest
 
 GUEST = r"""
     jmp start
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
-%macro SET_GATE 2             ; vector, handler
-    mov eax, %2
-    mov word [idt + %1 * 8], ax
-    mov word [idt + %1 * 8 + 2], 0x08
-    mov word [idt + %1 * 8 + 4], 0x8E00
-    shr eax, 16
-    mov word [idt + %1 * 8 + 6], ax
-%endmacro
-%define APIC 0xFEE00000
 %define TMICT (APIC + 0x380)
 
 pit_count: dd 0
@@ -85,40 +71,6 @@ ignore_pic:                   ; 8259 spurious IRQ 7: no EOI
 ignore_apic:                  ; APIC spurious vector: no EOI
     iret
 
-wait_110ms:                   ; two full mode 0 runs of PIT counter 2, polled on port 0x61
-    push eax
-    push ecx
-    mov ecx, 2
-.again:
-    in al, 0x61
-    and al, 0xFC              ; speaker off
-    or al, 1                  ; gate 2 on
-    out 0x61, al
-    mov al, 0xB0              ; counter 2, LSB then MSB, mode 0: OUT2 low until 65535 clocks
-    out 0x43, al
-    mov al, 0xFF
-    out 0x42, al
-    out 0x42, al
-.poll:
-    in al, 0x61
-    test al, 0x20
-    jz .poll
-    loop .again
-    pop ecx
-    pop eax
-    ret
-
-%macro WAIT_UNTIL 2           ; with IF=0: sti; hlt until the dword at %1 reaches %2
-%%loop:
-    cmp dword [%1], %2
-    jae %%done
-    sti                       ; the interrupt is taken after the HLT (STI shadow)
-    hlt
-    cli
-    jmp %%loop
-%%done:
-%endmacro
-
 %macro REPORT 2               ; label, dword: "label XXXXXXXX\n" after the quiet wait
     sti
     call wait_110ms
@@ -140,24 +92,7 @@ start:
     lidt [idtr]
     mov al, 0x30              ; PIT counter 0 mode 0 without a count: OUT0 low
     out 0x43, al
-    mov al, 0x11              ; 8259 pair: master at 0x20, slave at 0x28
-    out 0x20, al
-    out 0xA0, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x28
-    out 0xA1, al
-    mov al, 4
-    out 0x21, al
-    mov al, 2
-    out 0xA1, al
-    mov al, 1
-    out 0x21, al
-    out 0xA1, al
-    mov al, 0xFE              ; IRQ 0 only
-    out 0x21, al
-    mov al, 0xFF
-    out 0xA1, al
+    PIC_INIT 0xFE, 0xFF       ; IRQ 0 only
     mov dword [APIC + 0xF0], 0x1FF    ; APIC on, spurious vector 0xFF
     mov dword [APIC + 0x350], 0x700   ; LINT0: ExtINT, the 8259 passes through
     mov dword [APIC + 0x3E0], 0xB     ; timer divide by 1
@@ -257,10 +192,7 @@ start:
     ; 8. The PIT through the IOAPIC (pin 2, vector 0x50, edge), the 8259 masked.
     mov al, 0xFF
     out 0x21, al
-    mov dword [0xFEC00000], 0x14
-    mov dword [0xFEC00010], 0x50
-    mov dword [0xFEC00000], 0x15
-    mov dword [0xFEC00010], 0
+    IOAPIC_ROUTE 2, 0x50, 0
     mov dword [pit_via_ioapic], 1
     mov dword [pit_goal], 521
     mov al, 10
@@ -289,7 +221,71 @@ pit-ioapic 00000209
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["real-time", "deterministic"])
 def test_every_rearmed_one_shot_interrupt_arrives_once(assemble, tmp_path, deterministic):
-    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST),
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST, interrupts=True),
                                       timeout=60, deterministic=deterministic)
     assert (result.reason, result.exit_status) == ("exit", 1), (result, out)
     assert out == EXPECTED
+
+
+# The slice's deadline hand-off: the local APIC's timer (masked) is armed 3 s ahead, so
+# the running slice's alarm sleeps towards it; then the PIT is armed 1 ms ahead from
+# inside the same slice, and the guest spins with no HLT, so only that earlier deadline
+# can end the slice for IRQ 0.  A deadline brought forward while the alarm sleeps on a
+# later one must wake it: the handler sees under a second of TSC (2 GHz) since the arming.
+HANDOFF = r"""
+    jmp start
+armed_at: dq 0
+pit_irq:
+    rdtsc
+    sub eax, [armed_at]
+    sbb edx, [armed_at + 4]
+    cmp edx, 0
+    jne .slow
+    cmp eax, 2000000000
+    jae .slow
+    PRINT "irq0 within 1 s"
+    jmp .done
+.slow:
+    PRINT "irq0 late"
+.done:
+    mov al, 0
+    call exit
+ignore:
+    iret
+start:
+    LOAD_GDT
+    SET_GATE 0x20, pit_irq
+    SET_GATE 0x27, ignore
+    SET_GATE 0xFF, ignore
+    lidt [idtr]
+    PIC_INIT 0xFE, 0xFF
+    mov dword [APIC + 0xF0], 0x1FF
+    mov dword [APIC + 0x350], 0x700      ; LINT0: ExtINT
+    mov dword [APIC + 0x3E0], 0xB        ; divide by 1: 1 ns ticks
+    mov dword [APIC + 0x320], 0x10040    ; one-shot, masked
+    mov dword [APIC + 0x380], 3000000000 ; 3 s
+    mov ecx, 1000000
+.spin:
+    dec ecx
+    jnz .spin
+    rdtsc
+    mov [armed_at], eax
+    mov [armed_at + 4], edx
+    mov al, 0x30                         ; PIT counter 0, mode 0: 1193 clocks (1 ms)
+    out 0x43, al
+    mov al, 1193 & 0xFF
+    out 0x40, al
+    mov al, 1193 >> 8
+    out 0x40, al
+    sti
+.wait:
+    jmp .wait
+"""
+
+
+def test_a_deadline_brought_forward_ends_the_running_slice(assemble, tmp_path):
+    result, out = run_multiboot_guest(assemble, tmp_path,
+                                      protected_mode_guest(HANDOFF, interrupts=True),
+                                      timeout=60)
+    assert (result.reason, result.exit_status) == ("exit", 1), (result, out)
+    assert out == "irq0 within 1 s"

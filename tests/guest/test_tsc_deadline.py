@@ -3,7 +3,9 @@
 The guest finds CPUID.1:ECX.TSC_DEADLINE, puts the LVT timer in mode 10b, arms
 IA32_TSC_DEADLINE (0x6E0) from RDTSC, re-arms it from inside the handler, re-arms it
 before it fires, gives a deadline already passed, cancels it with 0, leaves the mode
-(which disarms it) and writes the MSR in one-shot mode (ignored).  After each step it
+(which disarms it), writes the MSR in one-shot mode (ignored), and moves the TSC
+under an armed deadline with IA32_TSC and IA32_TSC_ADJUST (the deadline follows the
+TSC: back, it waits; forward past it, it fires at once).  After each step it
 waits 110 ms (PIT counter 2, polled) for interrupts that should not come and prints the
 count of timer interrupts and what the MSR reads."""
 
@@ -14,20 +16,6 @@ from guestlib import protected_mode_guest, run_multiboot_guest
 
 GUEST = r"""
     jmp start
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
-%macro SET_GATE 2
-    mov eax, %2
-    mov word [idt + %1 * 8], ax
-    mov word [idt + %1 * 8 + 2], 0x08
-    mov word [idt + %1 * 8 + 4], 0x8E00
-    shr eax, 16
-    mov word [idt + %1 * 8 + 6], ax
-%endmacro
-%define APIC 0xFEE00000
 %define LVTT (APIC + 0x320)
 %define TSC_DEADLINE 0x6E0
 
@@ -66,40 +54,6 @@ timer_irq:
 ignore:
     iret
 
-wait_110ms:                   ; two full mode 0 runs of PIT counter 2, polled
-    push eax
-    push ecx
-    mov ecx, 2
-.again:
-    in al, 0x61
-    and al, 0xFC
-    or al, 1
-    out 0x61, al
-    mov al, 0xB0
-    out 0x43, al
-    mov al, 0xFF
-    out 0x42, al
-    out 0x42, al
-.poll:
-    in al, 0x61
-    test al, 0x20
-    jz .poll
-    loop .again
-    pop ecx
-    pop eax
-    ret
-
-%macro WAIT_COUNT 1           ; with IF=0: sti; hlt until count reaches %1
-%%loop:
-    cmp dword [count], %1
-    jae %%done
-    sti
-    hlt
-    cli
-    jmp %%loop
-%%done:
-%endmacro
-
 %macro REPORT 1               ; "label count msr-low\n" after the quiet wait
     sti
     call wait_110ms
@@ -122,9 +76,7 @@ start:
     SET_GATE 0x40, timer_irq
     SET_GATE 0xFF, ignore
     lidt [idtr]
-    mov al, 0xFF              ; 8259 pair masked
-    out 0x21, al
-    out 0xA1, al
+    PIC_MASK_ALL
     mov eax, 1
     cpuid
     shr ecx, 24
@@ -163,14 +115,14 @@ start:
     call putc
     mov eax, 20000
     call arm_in
-    WAIT_COUNT 1
+    WAIT_UNTIL count, 1
     REPORT "early "
 
     ; 2. re-armed from inside the handler, 200 times
     mov dword [goal], 201
     mov eax, 100
     call arm_in
-    WAIT_COUNT 201
+    WAIT_UNTIL count, 201
     REPORT "rearm "
     mov dword [goal], 0
 
@@ -180,7 +132,7 @@ start:
     sbb edx, 0
     mov ecx, TSC_DEADLINE
     wrmsr
-    WAIT_COUNT 202
+    WAIT_UNTIL count, 202
     REPORT "past "
 
     ; 4. cancelled by writing 0
@@ -202,8 +154,64 @@ start:
     mov eax, 20000
     call arm_in
     REPORT "ignored "
+
+    ; 7. the deadline compares against the TSC: writing IA32_TSC moves it.  The TSC
+    ; first jumps to 2^48; a deadline 10 ms ahead is armed; the TSC goes back 2^32
+    ; ticks (2.1 s): the deadline is still armed, unchanged, after the quiet wait.
+    mov dword [LVTT], 0x40040
+    xor eax, eax
+    mov edx, 0x10000
+    mov ecx, 0x10             ; IA32_TSC
+    wrmsr
+    mov eax, 20000000
+    call arm_in
+    mov ecx, TSC_DEADLINE
+    rdmsr
+    mov [saved], eax
+    mov [saved + 4], edx
+    rdtsc
+    sub edx, 1
+    mov ecx, 0x10
+    wrmsr
+    sti
+    call wait_110ms
+    cli
+    PRINT "tsc-back "
+    mov eax, [count]
+    call puthex
+    mov al, ' '
+    call putc
+    mov ecx, TSC_DEADLINE
+    rdmsr
+    xor eax, [saved]
+    xor edx, [saved + 4]
+    or eax, edx
+    setz al
+    movzx eax, al             ; 1: the MSR still reads the deadline
+    call puthex
+    mov al, 10
+    call putc
+
+    ; 8. IA32_TSC_ADJUST forward by 2^32: the TSC passes the deadline, which fires.
+    mov ecx, 0x3B
+    rdmsr
+    add edx, 1
+    wrmsr
+    WAIT_UNTIL count, 0xCB
+    REPORT "adjust-forward "
+
+    ; 9. armed 2.1 s ahead, then IA32_TSC written past it: it fires at once.
+    mov eax, 0xFFFFFFFF
+    call arm_in
+    rdtsc
+    add edx, 2
+    mov ecx, 0x10
+    wrmsr
+    WAIT_UNTIL count, 0xCC
+    REPORT "tsc-forward "
     mov al, 0
     call exit
+saved: dq 0
 """
 
 EXPECTED = """\
@@ -216,13 +224,16 @@ past 000000CA 00000000
 cancel 000000CA 00000000
 mode-off 000000CA 00000000
 ignored 000000CA 00000000
+tsc-back 000000CA 00000001
+adjust-forward 000000CB 00000000
+tsc-forward 000000CC 00000000
 """
 
 
 @pytest.mark.requires_patched_engine("f")
 @pytest.mark.parametrize("deterministic", [False, True], ids=["real-time", "deterministic"])
 def test_tsc_deadline_timer_fires_at_each_deadline_once(assemble, tmp_path, deterministic):
-    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST),
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST, interrupts=True),
                                       timeout=60, deterministic=deterministic)
     assert (result.reason, result.exit_status) == ("exit", 1), (result, out)
     assert out == EXPECTED
