@@ -149,6 +149,11 @@ def make_parser() -> argparse.ArgumentParser:
                         "instead of exiting, until system_reset or quit")
     p.add_argument("--no-acpi", "-no-acpi", action="store_true",
                    help="no ACPI tables, PM block or MP table (the machine before ACPI)")
+    p.add_argument("-M", "-machine", "--machine", dest="machine", metavar="pc[,hpet=on|off]",
+                   help="the machine: pc, with or without the HPET (hpet=off; on by default, "
+                        "with ACPI, which describes it) and ACPI (acpi=off is --no-acpi)")
+    p.add_argument("--no-hpet", "-no-hpet", action="store_true",
+                   help="no HPET (-machine pc,hpet=off)")
     p.add_argument("--mmu", default="cached", choices=["cached", "naive", "native", "identity"],
                    help="guest MMU: cached shadow page tables (default), naive (shadow pages "
                         "dropped at every CR3 load), native (Unicorn's own MMU), identity "
@@ -405,7 +410,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
     from qemu_lite.gdbstub import GdbSpecError
     from qemu_lite.loaders import linux, multiboot
     from qemu_lite.machine import Machine, bundled_firmware_path
-    from qemu_lite.pc import parse_drive
+    from qemu_lite.pc import parse_drive, parse_machine
     from qemu_lite.qmp import QmpSpecError
     from qemu_lite.vcpu import GuestError, TripleFault
 
@@ -417,6 +422,14 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         raise _InputError("--append is only allowed with --kernel")
     disk = args.disk if args.disk is not None else args.hda
     snapshot = args.snapshot
+    try:
+        machine_opts = parse_machine(args.machine) if args.machine is not None else {}
+    except ValueError as exc:
+        raise _InputError(str(exc)) from None
+    acpi = machine_opts.get("acpi", True) and not args.no_acpi
+    hpet = machine_opts.get("hpet", acpi) and not args.no_hpet
+    if hpet and not acpi:
+        raise _InputError("-machine hpet=on needs ACPI (the HPET is described by its tables)")
     drives: list[Drive] = []
     for spec in args.drive:
         try:
@@ -467,7 +480,7 @@ def _boot(args: argparse.Namespace, signals: _Signals) -> int:
         machine = Machine(disk, hdb=args.hdb, cdrom=args.cdrom, drives=drives, boot=args.boot,
                           memory=args.memory, serial=args.serial, serial2=args.serial2,
                           bios=args.bios, mmu=args.mmu, snapshot=snapshot,
-                          no_reboot=args.no_reboot, acpi=not args.no_acpi,
+                          no_reboot=args.no_reboot, acpi=acpi, hpet=hpet,
                           deterministic=args.deterministic,
                           rtc_base=rtc_base, vga=args.vga, vnc=vnc, nics=nics,
                           net_dump=args.net_dump, option_roms=args.option_rom,

@@ -148,6 +148,7 @@ class Machine(DebugHooks, TraceHooks):
         nics: list[Nic] | None = None,
         net_dump: str | os.PathLike[str] | None = None,
         acpi: bool = True,
+        hpet: bool | None = None,
         option_roms: list[str | os.PathLike[str]] | None = None,
         smp: int | str = 1,
         accel: str = "tcg",
@@ -216,7 +217,7 @@ class Machine(DebugHooks, TraceHooks):
             self.board = pc.build(self, drives=all_drives, serial=serial, serial2=serial2,
                                   snapshot=snapshot, boot=boot, vga=vga, vga_bios=vga_bios,
                                   nics=nics, net_dump=net_dump, acpi=acpi,
-                                  option_roms=option_roms, cpus=self.cpus)
+                                  hpet=acpi if hpet is None else hpet, option_roms=option_roms, cpus=self.cpus)
         except BaseException:
             self.close()  # a half-built machine must not keep the disks it opened locked
             raise

@@ -28,6 +28,7 @@ from qemu_lite.devices.debugport import DebugCon, FirmwareEvents, IsaDebugExit, 
 from qemu_lite.devices.e1000 import E1000
 from qemu_lite.devices.e1000 import MMIO_SIZE as E1000_MMIO_SIZE
 from qemu_lite.devices.fw_cfg import FwCfg
+from qemu_lite.devices.hpet import HPET_BASE, Hpet
 from qemu_lite.devices.i8042 import I8042
 from qemu_lite.devices.i8254 import Pit8254
 from qemu_lite.devices.i8259 import PicPair
@@ -80,18 +81,54 @@ class IsaIrqs:
     """The ISA interrupt lines, wired to both the 8259 pair and the IOAPIC as on a PC.
 
     IRQ 0 reaches IOAPIC pin 2 (the interrupt source override QEMU's tables announce);
-    every other ISA IRQ n reaches pin n."""
+    every other ISA IRQ n reaches pin n.  While the HPET's legacy replacement routing is
+    on, the HPET drives IRQ 0 and 8 and the PIT's and RTC's outputs are disconnected."""
 
     def __init__(self, pic: PicPair, ioapic: IoApic) -> None:
         self.pic = pic
         self.ioapic = ioapic
+        self.hpet_legacy = False
+        self._device_levels = {IRQ_PIT: False, IRQ_RTC: False}
+        self._hpet_levels = {IRQ_PIT: False, IRQ_RTC: False}
 
-    def set_irq(self, irq: int, level: bool) -> None:
+    def _drive(self, irq: int, level: bool) -> None:
         self.pic.set_irq(irq, level)
         self.ioapic.set_irq(2 if irq == 0 else irq, level)
 
+    def set_irq(self, irq: int, level: bool) -> None:
+        if irq in self._device_levels:
+            self._device_levels[irq] = level
+            if self.hpet_legacy:
+                return
+        self._drive(irq, level)
+
     def line(self, irq: int) -> IrqLine:
         return IrqLine(self, irq)
+
+    # The HPET's side (devices/hpet.py's legacy_irqs and on_legacy).
+
+    def set_hpet_irq(self, irq: int, level: bool) -> None:
+        self._hpet_levels[irq] = level
+        if self.hpet_legacy:
+            self._drive(irq, level)
+
+    def set_hpet_legacy(self, enabled: bool) -> None:
+        if enabled == self.hpet_legacy:
+            return
+        self.hpet_legacy = enabled
+        levels = self._hpet_levels if enabled else self._device_levels
+        for irq, level in levels.items():
+            self._drive(irq, level)
+
+
+class _HpetLegacyLines:
+    """IRQ 0 and 8 as the HPET drives them under legacy replacement routing."""
+
+    def __init__(self, irqs: IsaIrqs) -> None:
+        self._irqs = irqs
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        self._irqs.set_hpet_irq(irq, level)
 
 
 @dataclass(frozen=True)
@@ -105,13 +142,38 @@ class Drive:
     readonly: bool = False
 
 
-def parse_bool(name: str, value: str) -> bool:
+def parse_bool(name: str, value: str, option: str = "--drive") -> bool:
     """A boolean option value as QEMU spells it (on/yes/true/y, off/no/false/n)."""
     if value in ("on", "yes", "true", "y"):
         return True
     if value in ("off", "no", "false", "n"):
         return False
-    raise ValueError(f"--drive: parameter {name!r} expects 'on' or 'off', not {value!r}")
+    raise ValueError(f"{option}: parameter {name!r} expects 'on' or 'off', not {value!r}")
+
+
+MACHINE_TYPES = ("pc", "pc-i440fx")
+
+
+def parse_machine(spec: str) -> dict[str, bool]:
+    """QEMU's ``-machine [type=]pc[,hpet=on|off][,acpi=on|off]`` -> the booleans given."""
+    out: dict[str, bool] = {}
+    for i, part in enumerate(spec.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            if i == 0:
+                key, value = "type", part
+            else:
+                raise ValueError(f"-machine: expected key=value, got {part!r}")
+        if key == "type":
+            if value not in MACHINE_TYPES:
+                raise ValueError(f"-machine: only the pc machine is emulated, not {value!r}")
+        elif key in ("hpet", "acpi"):
+            if key in out:
+                raise ValueError(f"-machine: {key!r} given twice")
+            out[key] = parse_bool(key, value, "-machine")
+        else:
+            raise ValueError(f"-machine: unknown property {key!r} (hpet, acpi)")
+    return out
 
 
 def parse_drive(spec: str) -> Drive:
@@ -258,6 +320,7 @@ class Board:
     vga: Vga | None = None
     nic: E1000 | None = None
     acpi_pm: AcpiPm | None = None
+    hpet: Hpet | None = None
     # ACPI and MP tables as (physical address, bytes), for loaders that skip the BIOS.
     firmware_tables: list[tuple[int, bytes]] = field(default_factory=list)
     # Every CPU's local APIC (lapic is the first's), the bus between them (-smp N > 1)
@@ -281,7 +344,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
           serial2: str | None = None, snapshot: bool = False, boot: str = "c",
           vga: str = "std", vga_bios: str | os.PathLike[str] | None = None,
           nics: list[Nic] | None = None, net_dump: str | os.PathLike[str] | None = None,
-          acpi: bool = True,
+          acpi: bool = True, hpet: bool = False,
           option_roms: list[str | os.PathLike[str]] | None = None, cpus: int = 1) -> Board:
     """The devices of QEMU's ``pc`` machine, as a table the machine walks.
 
@@ -423,18 +486,27 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     board = Board(slots, pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci,
                   piix_ide, fw_cfg, debugcon, post, port92, disks, display, nic,
                   lapics=lapics, apic_bus=apic_bus, apic_page=apic_page)
+    if hpet and not acpi:
+        raise ValueError("the HPET is described to the guest by ACPI: hpet=on needs ACPI")
     if acpi:
-        _add_acpi(platform, board, irqs)
+        _add_acpi(platform, board, irqs, hpet)
     return board
 
 
-def _add_acpi(platform: Platform, board: Board, irqs: IsaIrqs) -> None:
-    """The PM block (SCI on IRQ 9) and the ACPI and MP tables, handed to the BIOS in fw_cfg."""
+def _add_acpi(platform: Platform, board: Board, irqs: IsaIrqs, hpet: bool) -> None:
+    """The PM block (SCI on IRQ 9), the HPET if asked for, and the ACPI and MP tables,
+    handed to the BIOS in fw_cfg."""
     pm = AcpiPm(platform.clock, irqs.line(IRQ_SCI), on_power_off=platform.power_off)
     board.slots.append(Slot("acpi-pm", pm, _ports((PM_BASE, PM_SIZE, pm)), (IRQ_SCI,)))
+    if hpet:
+        board.hpet = Hpet(platform.clock, _HpetLegacyLines(irqs), board.ioapic,
+                          on_legacy=irqs.set_hpet_legacy)
+        board.slots.append(Slot("hpet", board.hpet, mmio=[
+            # Unicorn maps whole pages; the registers fill the first 1 KiB of this one.
+            MmioRange(HPET_BASE, 0x1000, board.hpet, VirtualClock.MMIO_NS)]))
     ram = platform.memory_size
     tables = AcpiPlatform(cpus=len(board.lapics), ram_below_4g=ram if ram < LOWMEM_LIMIT else LOWMEM_SPLIT,
-                          com2=board.com2 is not None)
+                          com2=board.com2 is not None, hpet=hpet)
     placements = acpi_tables.build(tables)
     board.fw_cfg.add_file(FW_CFG_TABLES_FILE, acpi_tables.fw_cfg_blob(placements))
     board.acpi_pm = pm

@@ -162,6 +162,11 @@ def irq_no_flags(*irqs: int) -> bytes:
     return struct.pack("<BH", 0x22, mask)
 
 
+def memory32_fixed(base: int, length: int, writable: bool = True) -> bytes:
+    """Memory32Fixed(ReadWrite|ReadOnly, base, length): a fixed memory range."""
+    return struct.pack("<BHBII", 0x86, 9, 1 if writable else 0, base, length)
+
+
 # Address space descriptor fields: a producer range whose ends are fixed.
 _GENERAL_FLAGS = 0x0C  # MinFixed | MaxFixed, producer, positive decode
 _SPACE_MEMORY, _SPACE_IO, _SPACE_BUS = 0, 1, 2

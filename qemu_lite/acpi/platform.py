@@ -26,5 +26,6 @@ class Platform:
     cpus: int = 1
     ram_below_4g: int = 64 << 20
     com2: bool = False
+    hpet: bool = False
     cpu_signature: int = 0x000306C3   # CPUID.1 EAX, for the MP table's processor entries
     cpu_features: int = 0x0781ABFD    # CPUID.1 EDX

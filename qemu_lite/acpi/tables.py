@@ -8,6 +8,7 @@ writes itself for ``--kernel`` boots.
 
     RSDP (rev 2) -> RSDT, XSDT -> FADT -> FACS, DSDT
                                -> MADT
+                               -> HPET (with the HPET device)
                                -> MP floating pointer -> MP table (mptable.py)
 
 Layouts follow the ACPI 6.4 specification, chapter 5 (FADT revision 3, the
@@ -31,6 +32,7 @@ from qemu_lite.acpi.platform import (
     Platform,
 )
 from qemu_lite.devices.acpi_pm import PM1_CNT, PM1_EVT, PM_BASE, PM_TMR, SLP_TYP_S5
+from qemu_lite.devices.hpet import GCAP_ID_LOW, HPET_BASE, HPET_SIZE
 
 OEM_ID = b"QLITE "
 OEM_TABLE_ID = b"QEMULITE"
@@ -126,6 +128,14 @@ def madt(platform: Platform) -> bytes:
     return sdt(b"APIC", 1, body)
 
 
+def hpet() -> bytes:
+    """The HPET description table (IA-PC HPET specification 1.0a, 3.2.4): the block's
+    GCAP_ID low half, its base as a Generic Address Structure in system memory, HPET
+    number 0, no minimum periodic tick, no page protection."""
+    base = struct.pack("<BBBBQ", 0, 64, 0, 0, HPET_BASE)
+    return sdt(b"HPET", 1, struct.pack("<I", GCAP_ID_LOW) + base + struct.pack("<BHB", 0, 0, 0))
+
+
 def dsdt(platform: Platform) -> bytes:
     """The DSDT: the PCI root with the ISA devices under the PIIX3, and \\_S5."""
 
@@ -153,6 +163,14 @@ def dsdt(platform: Platform) -> bytes:
         aml.dword_memory(0x000A0000, 0x000BFFFF),
         aml.dword_memory(platform.ram_below_4g, 0xFEBFFFFF),
     )
+    hpet_device = [aml.device(
+        "HPET",
+        aml.name("_HID", aml.eisa_id("PNP0103")),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_STA", aml.integer(0x0F)),
+        aml.name("_CRS", aml.resource_template(aml.memory32_fixed(HPET_BASE, HPET_SIZE,
+                                                                   writable=False))),
+    )] if platform.hpet else []
     pci0 = aml.device(
         "PCI0",
         aml.name("_HID", aml.eisa_id("PNP0A03")),
@@ -160,6 +178,7 @@ def dsdt(platform: Platform) -> bytes:
         aml.name("_UID", aml.integer(0)),
         aml.name("_CRS", pci_windows),
         aml.device("ISA", aml.name("_ADR", aml.integer(0x00010000)), *isa),
+        *hpet_device,
     )
     body = aml.scope("\\_SB", pci0)
     body += aml.name("\\_S5", aml.package(*(aml.integer(SLP_TYP_S5),) * 2,
@@ -186,6 +205,8 @@ def build(platform: Platform) -> list[tuple[int, bytes]]:
     fadt_addr = place("fadt", fadt(facs_addr, dsdt_addr))
     madt_addr = place("madt", madt(platform))
     entries = [fadt_addr, madt_addr]
+    if platform.hpet:
+        entries.append(place("hpet", hpet()))
     rsdt_addr = place("rsdt", sdt(b"RSDT", 1, struct.pack(f"<{len(entries)}I", *entries)))
     xsdt_addr = place("xsdt", sdt(b"XSDT", 1, struct.pack(f"<{len(entries)}Q", *entries)))
     window[0:36] = rsdp(rsdt_addr, xsdt_addr)

@@ -43,7 +43,7 @@ BMDMA_BASE = 0xC000
 MACHINES_KEPT_FOR = 500  # inputs before a fresh machine
 TIMEOUT = 20.0
 GUEST_REASONS = {"exit", "halted", "reset", "triple-fault", "no-boot", "no-boot-after-reset",
-                 "timeout"}
+                 "powered-off", "timeout"}
 
 GUEST = r"""
 bits 32
@@ -107,8 +107,9 @@ PORT_WINDOWS = [("pic-master", 0x20, 2), ("pic-slave", 0xA0, 2), ("elcr", 0x4D0,
                 ("ide1", 0x170, 8), ("ide1-ctl", 0x376, 1), ("pci", 0xCF8, 8),
                 ("fw_cfg", 0x510, 2), ("debugcon", 0xE9, 1), ("post", 0x80, 1),
                 ("vga", 0x3B0, 0x30), ("dispi", 0x1CE, 2), ("bmdma", BMDMA_BASE, 16),
-                ("e1000-io", 0xC080, 8), ("unclaimed", 0x300, 0x40)]
+                ("e1000-io", 0xC080, 8), ("acpi-pm", 0x600, 0x10), ("unclaimed", 0x300, 0x40)]
 MMIO_WINDOWS = [("lapic", 0xFEE00000, 0x1000), ("ioapic", 0xFEC00000, 0x1000),
+                ("hpet", 0xFED00000, 0x1000),
                 ("e1000", 0xFEBC0000, 0x20000), ("vga-window", 0xA0000, 0x18000),
                 ("dma-ram", DMA_AT, DMA_SIZE), ("unassigned", 0xE0000000, 0x1000)]
 

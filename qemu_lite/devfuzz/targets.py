@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from qemu_lite.devfuzz.harness import HostEvent, Target, Window
+from qemu_lite.devices.acpi_pm import PM_SIZE, AcpiPm
 from qemu_lite.devices.backends import SerialBackend
 from qemu_lite.devices.base import Clock, IrqLine
 from qemu_lite.devices.block import SECTOR_SIZE, BlockImage
@@ -20,6 +21,7 @@ from qemu_lite.devices.debugport import DebugCon, FirmwareEvents, IsaDebugExit, 
 from qemu_lite.devices.e1000 import E1000
 from qemu_lite.devices.e1000 import MMIO_SIZE as E1000_MMIO_SIZE
 from qemu_lite.devices.fw_cfg import FwCfg
+from qemu_lite.devices.hpet import Hpet
 from qemu_lite.devices.i8042 import I8042
 from qemu_lite.devices.i8254 import Pit8254
 from qemu_lite.devices.i8259 import PicPair
@@ -120,6 +122,34 @@ class PitTarget(_ClockTarget):
         self.windows = [Window("pit", pit.ports, 4), Window("port61", pit.port61, 1)]
         self.events = [self.time_event()]
         self.stateful = self.roots = [pit]
+
+
+class HpetTarget(_ClockTarget):
+    """The HPET's register window, with time passing; IRQ 0/8 and routed pins recorded."""
+
+    name = "hpet"
+
+    def build(self) -> None:
+        hpet = self.hpet = Hpet(self.clock, self.irqs, self.irqs)
+        self.windows = [Window("hpet", hpet, 0x1000)]
+        self.events = [self.time_event()]
+        self.stateful = self.roots = [hpet]
+
+
+class AcpiPmTarget(_ClockTarget):
+    """The ACPI PM block (PM1 event/control, PM timer), with time and the power button."""
+
+    name = "acpi_pm"
+
+    def build(self) -> None:
+        pm = self.pm = AcpiPm(self.clock, self.line(9), on_power_off=lambda: None)
+
+        def button(_arg: int, _payload: bytes) -> None:
+            pm.press_power_button()
+
+        self.windows = [Window("pm", pm, PM_SIZE)]
+        self.events = [self.time_event(), HostEvent("power-button", button)]
+        self.stateful = self.roots = [pm]
 
 
 class RtcTarget(_ClockTarget):
@@ -405,6 +435,6 @@ class VgaTarget(Target):
 
 
 TARGETS: dict[str, type[Target]] = {t.name: t for t in (
-    PicTarget, PitTarget, RtcTarget, UartTarget, I8042Target, LapicTarget, IoApicTarget,
+    PicTarget, PitTarget, HpetTarget, AcpiPmTarget, RtcTarget, UartTarget, I8042Target, LapicTarget, IoApicTarget,
     FwCfgTarget, Port92Target, DebugPortsTarget, PciTarget, IdeTarget, E1000Target,
     VgaTarget)}

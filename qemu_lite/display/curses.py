@@ -37,7 +37,10 @@ class CursesDisplay:
 
     def _loop(self, screen: curses.window) -> None:
         last: bytes | None = None
-        while not self._stop.is_set():
+        while True:
+            # Asked to stop: one last look first, so the screen the guest left is drawn
+            # even when the run ended between two refreshes.
+            stopping = self._stop.is_set()
             try:
                 fp = self.vga.fingerprint()
                 if fp != last:
@@ -45,6 +48,8 @@ class CursesDisplay:
                     self._draw(screen)
             except (IndexError, ValueError):
                 pass  # the guest is half-way through a mode change: next time
+            if stopping:
+                return
             self._stop.wait(REFRESH_S)
 
     def _draw(self, screen: curses.window) -> None:

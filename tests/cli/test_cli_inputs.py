@@ -105,6 +105,27 @@ def test_non_finite_and_out_of_range_numbers_are_usage_errors(capsys, args):
     one_line_error(capsys, *args, "--serial", "none")
 
 
+@pytest.mark.parametrize("spec, words", [
+    ("q35", "only the pc machine"), ("pc,hpet=maybe", "'on' or 'off'"),
+    ("pc,vmport=off", "unknown property"), ("pc,hpet=on,hpet=off", "given twice"),
+    ("pc,hpet", "key=value"),
+])
+def test_bad_machine_options_are_one_line(capsys, spec, words):
+    assert words in one_line_error(capsys, "-machine", spec, "--serial", "none")
+
+
+def test_hpet_without_acpi_is_refused(capsys):
+    err = one_line_error(capsys, "-M", "pc,hpet=on,acpi=off", "--serial", "none")
+    assert "needs ACPI" in err
+
+
+@pytest.mark.parametrize("args", [["-machine", "pc,hpet=off"], ["-no-hpet"],
+                                  ["-machine", "acpi=off"], ["-M", "pc-i440fx"]])
+def test_machine_options_boot_the_default_image(capsys, args):
+    status, err = run(capsys, *args, "--serial", "none", "--timeout", "60")
+    assert status == 1, err
+
+
 @pytest.mark.parametrize("n", [1, 8, 15])
 def test_mmu_pages_below_the_real_minimum_names_the_real_range(capsys, n):
     err = one_line_error(capsys, "--mmu-pages", str(n), "--serial", "none")

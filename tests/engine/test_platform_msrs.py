@@ -38,20 +38,20 @@ main:
     call puthex
     mov eax, [0xFEE00030]           ; APIC version at the default page
     call puthex
-    mov ecx, 0x1B                   ; move the page to 0xFED00000
-    mov eax, 0xFED00900
+    mov ecx, 0x1B                   ; move the page to 0xFEA00000
+    mov eax, 0xFEA00900
     xor edx, edx
     wrmsr
     jmp .moved                      ; the move applies at the next block
 .moved:
-    mov eax, [0xFED00030]
+    mov eax, [0xFEA00030]
     call puthex
     mov eax, [0xFEE00030]           ; the old page: unassigned
     call puthex
     mov ecx, 0x1B                   ; clear the global enable
-    mov eax, 0xFED00100
+    mov eax, 0xFEA00100
     wrmsr
-    mov eax, [0xFED00030]
+    mov eax, [0xFEA00030]
     call puthex
     mov ecx, 0x1B
     rdmsr
@@ -77,5 +77,5 @@ def test_guest_sees_the_platform_msrs(assemble, tmp_path):
     words = [out[i:i + 8] for i in range(0, len(out), 8)]
     version = words[4]
     assert words == ["FEE00900", "00001801", "00000003", "00000001", version, version,
-                     "FFFFFFFF", "FFFFFFFF", "FED00100", "00000028"], out
+                     "FFFFFFFF", "FFFFFFFF", "FEA00100", "00000028"], out
     assert version != "FFFFFFFF"

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.requires_patched_engine("f")
 GO = 0x7000  # the host writes 1 here to let the guest read its MSRs back
 
 BODY = rf"""
-    mov ecx, 0x1B                   ; IA32_APIC_BASE: move the page to 0xFED00000
-    mov eax, 0xFED00900
+    mov ecx, 0x1B                   ; IA32_APIC_BASE: move the page to 0xFEA00000
+    mov eax, 0xFEA00900
     xor edx, edx
     wrmsr
     mov ecx, 0x3B                   ; IA32_TSC_ADJUST := 5 << 32 (the TSC moves with it)
@@ -63,7 +63,7 @@ BODY = rf"""
     add ebx, 4
     jmp .next
 .done:
-    mov eax, [0xFED00030]           ; the APIC's version register, at the moved page
+    mov eax, [0xFEA00030]           ; the APIC's version register, at the moved page
     call puthex
     mov eax, [0xFEE00030]           ; the default page: unassigned
     call puthex
@@ -99,7 +99,7 @@ msrs: dd 0x1B, 0x3B, 0x1A0, 0xC0000080, 0xC0000081, 0x175, 0
 # What the guest prints after the restore: each MSR as EDX:EAX, then the APIC's version
 # at the moved page (compared with the default page's before the move), the old page,
 # and the TSC's high half.
-EXPECTED_MSRS = ("00000000FED00900 0000000500000000 0000000000041801 0000000000000001 "
+EXPECTED_MSRS = ("00000000FEA00900 0000000500000000 0000000000041801 0000000000000001 "
                  "0023001012345678 000000008BADF00D ")
 
 

@@ -48,7 +48,7 @@ def _run(assemble, tmp_path, source: str, mmu: str, long_mode: bool = False):
 def test_unassigned_reads_all_ones_and_ignores_writes_with_paging_off(assemble, tmp_path, mmu):
     body = PROBE32 + r"""
     PROBE 0x10000000          ; above the 32 MiB of RAM
-    PROBE 0xFED00000          ; between the IOAPIC and the local APIC
+    PROBE 0xFED40000          ; between the HPET and the local APIC
     mov dword [0x200000], 0x600D   ; RAM still works
     mov eax, [0x200000]
     call puthex
