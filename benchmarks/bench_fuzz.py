@@ -5,6 +5,11 @@ over N Ray actors (``pip install '.[scale]'``), each holding its own machine and
 on the local cluster.  ``extra_info`` carries executions per second; the ratio of the two
 is the scaling (2 workers on 2 idle cores should approach 2x).
 
+The one-process row runs twice: with the harness as it is (its hang budget is the
+engine's guest-time deadline: nothing per block) and with the Python block hook over the
+guest's code that counted the budget before (``python-block-hook``, re-added here only to
+compare, in the same run).
+
     pytest benchmarks/bench_fuzz.py --benchmark-only
 """
 
@@ -37,14 +42,39 @@ pytestmark = pytest.mark.skipif(shutil.which("nasm") is None,
                                 reason="the TLV example guest is assembled with nasm")
 
 
-def test_fuzz_executions_one_process(benchmark: Any) -> None:
+def _python_block_budget(harness: Any, blocks: int = 200_000) -> Any:
+    """The previous hang budget: a Python block hook counting the guest's blocks."""
+    from unicorn import UC_HOOK_BLOCK
+
+    m, lo, hi = harness.machine, *harness.config.code
+    seen = [0]
+
+    def block(_uc: Any, _address: int, _size: int, _user: Any) -> None:
+        seen[0] += 1
+        if seen[0] == blocks:
+            m.stop_at_next_block("budget")
+
+    m.uc.hook_add(UC_HOOK_BLOCK, block, None, lo, hi - 1)
+
+    def run(data: bytes) -> Any:
+        seen[0] = 0
+        return harness.run(data)
+
+    return run
+
+
+@pytest.mark.parametrize("budget", ["engine-deadline", "python-block-hook"])
+def test_fuzz_executions_one_process(benchmark: Any, budget: str) -> None:
     from qemu_lite.fuzz.harness import Harness, example_config
 
     harness = Harness(example_config())
+    run = harness.run if budget == "engine-deadline" else _python_block_budget(harness)
     batch = _inputs()
     benchmark.group = "snapshot fuzzing (TLV guest)"
-    benchmark.pedantic(lambda: [harness.run(d) for d in batch], rounds=3, iterations=1)
-    benchmark.extra_info.update(inputs=len(batch), workers=1,
+    verdicts = benchmark.pedantic(lambda: [run(d).verdict for d in batch], rounds=3,
+                                  iterations=1)
+    assert "hang" not in verdicts  # every input ran to its end
+    benchmark.extra_info.update(inputs=len(batch), workers=1, budget=budget,
                                 exec_per_s=round(len(batch) / benchmark.stats.stats.min))
     harness.close()
 

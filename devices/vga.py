@@ -232,22 +232,33 @@ class Vga:
         self.window = VgaMemoryWindow(self)
         #: Called after register writes, reset and load_state (see :meth:`fast_window`).
         self.on_change: Callable[[], None] | None = None
+        #: Called as ``(offset, length)`` after this model writes VRAM itself (window
+        #: accesses it serves, a VBE mode set clearing memory): the machine's dirty log.
+        self.on_vram_write: Callable[[int, int], None] | None = None
         self.reset()
 
     STATE_VERSION = 1
 
-    def save_state(self) -> dict[str, Any]:
-        """Registers, DAC and latches, and the whole VRAM (the text cells are guest RAM)."""
-        state: dict[str, Any] = {"version": self.STATE_VERSION, "vram": bytes(self.vram)}
+    def save_state(self, *, vram: bool = True) -> dict[str, Any]:
+        """Registers, DAC and latches, and the whole VRAM (the text cells are guest RAM).
+
+        ``vram=False`` leaves VRAM out, for a caller that keeps it itself (in-memory
+        snapshots copy back only its written pages)."""
+        state: dict[str, Any] = {"version": self.STATE_VERSION}
+        if vram:
+            state["vram"] = bytes(self.vram)
         for name in _VGA_STATE_FIELDS:
             value = getattr(self, name)
             state[name] = bytes(value) if isinstance(value, (bytes, bytearray)) else value
         state["vbe"] = list(self.vbe)
         return state
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any], *, vram: bool = True) -> None:
+        """Load :meth:`save_state`'s dict; ``vram=False``: VRAM is not in it and stays."""
         check_state(state, "vga", (self.STATE_VERSION,))
-        if len(state["vram"]) != self.vram_size or len(state["vbe"]) != len(self.vbe):
+        if vram and not isinstance(state.get("vram"), (bytes, bytearray)):
+            raise StateError("vga: the saved state has no VRAM")
+        if (vram and len(state["vram"]) != self.vram_size) or len(state["vbe"]) != len(self.vbe):
             raise StateError("vga: saved VRAM or DISPI registers have the wrong size")
         for name in _VGA_STATE_FIELDS:
             old = getattr(self, name)
@@ -257,7 +268,8 @@ class Vga:
                     raise StateError(f"vga: saved {name} has the wrong size")
                 value = type(old)(value)
             setattr(self, name, value)
-        self.vram[:] = state["vram"]
+        if vram:
+            self.vram[:] = state["vram"]
         self.vbe: list[int] = [int(v) & 0xFFFF for v in state["vbe"]]
         self._changed()
 
@@ -292,6 +304,10 @@ class Vga:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+    def _vram_written(self, offset: int, length: int) -> None:
+        if self.on_vram_write is not None:
+            self.on_vram_write(offset, length)
 
     def fast_window(self) -> tuple[str, int, int, int, int, int] | None:
         """How window accesses reach VRAM when they need no latches, for a caller that
@@ -755,6 +771,7 @@ class Vga:
                 at = (self.vbe[VBE_DISPI_INDEX_BANK] << 16) + offset
                 if at < self.vram_size:
                     self.vram[at] = value
+                    self._vram_written(at, 1)
             return
         a = self._window_target(offset)
         if a is None:
@@ -764,11 +781,14 @@ class Vga:
         if sr4 & SR_MEM_CHAIN4:
             if mask & (1 << (a & 3)):
                 self.vram[a] = value
+                self._vram_written(a, 1)
             return
         if not sr4 & SR_MEM_ODD_EVEN_DISABLE or self.gr[GR_MODE] & GR_MODE_ODD_EVEN:
             plane = (self.gr[GR_READ_MAP_SELECT] & 2) | (a & 1)
             if mask & (1 << plane):
-                self.vram[((a & ~1) << 2) | plane] = value
+                at = ((a & ~1) << 2) | plane
+                self.vram[at] = value
+                self._vram_written(at, 1)
             return
         self._planar_write(a, value, mask)
 
@@ -807,6 +827,7 @@ class Vga:
         for p in range(4):
             if mask & (1 << p):
                 self.vram[base + p] = planes[p]
+        self._vram_written(base, 4)
 
     # -- Bochs VBE DISPI ---------------------------------------------------------------------
 
@@ -882,6 +903,7 @@ class Vga:
                 if not value & VBE_DISPI_NOCLEARMEM:
                     n = self.vbe_line_offset * yres
                     self.vram[:n] = bytes(n)
+                    self._vram_written(0, n)
                 # As QEMU: a VBE mode set makes the VGA core a 256-colour graphics mode.
                 self.gr[GR_MISC] = (self.gr[GR_MISC] & ~0x0C) | 0x05
                 self.sr[SR_MEMORY_MODE] |= SR_MEM_CHAIN4

@@ -221,6 +221,14 @@ cdef struct CoreState:
     uint8_t *dirty           # one byte per RAM frame
     uint32_t *dirty_list     # the frames logged, in order
     uint64_t dirty_count
+    # The VGA's memory has a log of its own under the same switch, in 4 KiB pages of
+    # VRAM: the C window path, the device's Python path (vram_log_mark) and write
+    # fills of the framebuffer while it is mapped at lfb_base (lfb_size 0: nowhere).
+    uint8_t *vram_dirty      # one byte per VRAM page (NULL until vga_attach)
+    uint32_t *vram_dirty_list
+    uint64_t vram_dirty_count
+    uint64_t lfb_base
+    uint64_t lfb_size
     # The CPU state read in place by the fill (patched engine), else NULL:
     # offsets from mmu_core.cpu_layout, checked against uc_reg_read.
     uint8_t *cpu
@@ -354,6 +362,8 @@ cdef class Core:
             slot = next_slot
         free(self.st.dirty)
         free(self.st.dirty_list)
+        free(self.st.vram_dirty)
+        free(self.st.vram_dirty_list)
         if self.st.ram != NULL:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
@@ -666,11 +676,13 @@ cdef class Core:
         if self.tlb_mode == TLB_NATIVE_C:
             raise RuntimeError("the dirty-page log needs a TLB fill (not mmu='native')")
         self.dirty_log_take()
+        self.vram_log_take()
         self.st.dirty_log = True
         flush_unicorn_tlb(self.st)
 
     def dirty_log_stop(self):
         self.dirty_log_take()
+        self.vram_log_take()
         self.st.dirty_log = False
 
     @property
@@ -689,6 +701,32 @@ cdef class Core:
             flush_unicorn_tlb(st)
         st.dirty_count = 0
         return out
+
+    def vram_log_take(self):
+        """The VRAM pages (4 KiB, numbered from 0) written since the last take, under
+        the dirty log; emptied as :meth:`dirty_log_take` empties its own."""
+        cdef CoreState *st = self.st
+        cdef uint64_t i
+        if st.vram_dirty == NULL:
+            return []
+        out = [st.vram_dirty_list[i] for i in range(st.vram_dirty_count)]
+        for i in range(st.vram_dirty_count):
+            st.vram_dirty[st.vram_dirty_list[i]] = 0
+        if st.vram_dirty_count and st.lfb_size:
+            flush_unicorn_tlb(st)  # framebuffer entries that gained WRITE
+        st.vram_dirty_count = 0
+        return out
+
+    def vram_log_mark(self, uint64_t offset, uint64_t length):
+        """The host or the device's Python code wrote ``vram[offset:offset+length]``."""
+        cdef uint64_t page, end
+        if not self.st.dirty_log or self.st.vram_dirty == NULL or length == 0:
+            return
+        end = min(offset + length, self.st.vga.vram_size)
+        page = offset >> 12
+        while (page << 12) < end:
+            mark_vram_dirty(self.st, page)
+            page += 1
 
     def set_max_shadow_pages(self, int n):
         """Bound the shadow page count; least recently used pages are recycled."""
@@ -1029,11 +1067,47 @@ cdef class Core:
             slot = <MmioSlot *>slot.next
         if slot == NULL:
             raise ValueError(f"{handler!r} has no MMIO range")
+        if len(vram) < PAGE_SIZE or len(vram) % PAGE_SIZE or len(vram) >> 12 > 0xFFFFFFFF:
+            raise ValueError("VRAM must be a whole number of 4 KiB pages")
+        if self.st.vga.vram != NULL:
+            raise ValueError("a VGA is attached already")
+        self.st.vram_dirty = <uint8_t *>calloc(len(vram) >> 12, 1)
+        self.st.vram_dirty_list = <uint32_t *>calloc(len(vram) >> 12, sizeof(uint32_t))
+        if self.st.vram_dirty == NULL or self.st.vram_dirty_list == NULL:
+            raise MemoryError("cannot allocate the VRAM dirty log")
         self._vga_vram = vram  # kept alive while C points at it (never resized)
         self.st.vga.kind = VGA_FAST_OFF
         self.st.vga.vram = <uint8_t *>PyByteArray_AS_STRING(vram)
         self.st.vga.vram_size = len(vram)
         slot.vga = True
+
+    def map_vram(self, uint64_t base):
+        """Map the attached VRAM as RAM at physical ``base`` (the framebuffer BAR): stores
+        at RAM speed, logged under the dirty log through their write fills.  UcError
+        when it overlaps something; at most one mapping at a time."""
+        cdef CoreState *st = self.st
+        if st.vga.vram == NULL:
+            raise ValueError("map_vram: vga_attach() first")
+        if st.lfb_size:
+            raise ValueError(f"VRAM is mapped at {st.lfb_base:#x} already")
+        if base % PAGE_SIZE or base + st.vga.vram_size > (1ULL << 52):
+            raise ValueError(f"bad framebuffer base {base:#x}")
+        _check(uc_mem_map_ptr(st.uc, base, st.vga.vram_size, 7, st.vga.vram))
+        st.lfb_base = base
+        st.lfb_size = st.vga.vram_size
+
+    def unmap_vram(self):
+        """Undo :meth:`map_vram` (nothing when VRAM is not mapped)."""
+        cdef CoreState *st = self.st
+        if not st.lfb_size:
+            return
+        _check(uc_mem_unmap(st.uc, st.lfb_base, st.vga.vram_size))
+        st.lfb_size = 0
+
+    @property
+    def vram_base(self):
+        """Where :meth:`map_vram` mapped VRAM, or None."""
+        return self.st.lfb_base if self.st.lfb_size else None
 
     def vga_set(self, int kind, uint64_t lo=0, uint64_t hi=0, uint64_t bank=0,
                 int map_mask=0, int plane_hi=0):
@@ -1510,12 +1584,31 @@ cdef inline void mark_dirty(CoreState *st, uint64_t gfn) noexcept nogil:
         st.dirty_count += 1
 
 
+cdef inline void mark_vram_dirty(CoreState *st, uint64_t page) noexcept nogil:
+    if st.dirty_log and st.vram_dirty != NULL and page < (st.vga.vram_size >> 12) \
+            and not st.vram_dirty[page]:
+        st.vram_dirty[page] = 1
+        st.vram_dirty_list[st.vram_dirty_count] = <uint32_t>page
+        st.vram_dirty_count += 1
+
+
 cdef inline void dirty_filter(CoreState *st, uint64_t gpa, bint write,
                               ql_uc_tlb_entry *res) noexcept nogil:
-    """Under the dirty log, a RAM frame gets WRITE only from a write fill, which logs it."""
+    """Under the dirty log, a RAM frame or framebuffer page gets WRITE only from a write
+    fill, which logs it."""
     cdef uint64_t gfn
-    if not st.dirty_log or gpa >= st.ram_size or (res.paddr >> 12) != (gpa >> 12):
-        return  # off, not RAM, or sent elsewhere (the page-table alias logs its own stores)
+    if not st.dirty_log or (res.paddr >> 12) != (gpa >> 12):
+        return  # off, or sent elsewhere (the page-table alias logs its own stores)
+    if gpa >= st.ram_size:
+        if st.lfb_size and st.lfb_base <= gpa < st.lfb_base + st.lfb_size:
+            gfn = (gpa - st.lfb_base) >> 12
+            if st.vram_dirty[gfn]:
+                return
+            if write and res.perms & UC_PROT_WRITE:
+                mark_vram_dirty(st, gfn)
+            else:
+                res.perms &= ~UC_PROT_WRITE
+        return
     gfn = gpa >> 12
     if st.dirty[gfn]:
         return

@@ -79,21 +79,26 @@ cdef bint _vga_write(CoreState *st, uint64_t offset, unsigned size,
             at = v.bank + offset + i
             if offset + i < 0x10000 and at < v.vram_size:
                 v.vram[at] = byte
+                mark_vram_dirty(st, at >> 12)
         elif not _vga_target(v, offset + i, &a):
             continue  # not decoded by this memory map: the store is lost
         elif v.kind == VGA_FAST_CHAIN4:
             if v.map_mask & (1 << (a & 3)):
                 v.vram[a] = byte
+                mark_vram_dirty(st, a >> 12)
         elif v.kind == VGA_FAST_ODD_EVEN:
             p = v.plane_hi | (a & 1)
             if v.map_mask & (1 << p):
-                v.vram[((a & ~1ULL) << 2) | p] = byte
+                at = ((a & ~1ULL) << 2) | p
+                v.vram[at] = byte
+                mark_vram_dirty(st, at >> 12)
         else:  # VGA_FAST_PLANAR
             at = a << 2
             if at + 4 <= v.vram_size:
                 for p in range(4):
                     if v.map_mask & (1 << p):
                         v.vram[at + p] = byte
+                mark_vram_dirty(st, at >> 12)  # the four planes share a page
     st.dev_fast_accesses += 1
     return True
 

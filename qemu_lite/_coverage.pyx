@@ -16,7 +16,7 @@ once :meth:`EdgeCoverage.close` removed the hook.
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from mmu_core.includes.unicorn cimport uc_engine, uc_hook, uc_hook_add_t, uc_hook_del_t
 
@@ -241,6 +241,19 @@ cdef class EdgeCoverage:
             if self.st.map[i]:
                 n += 1
         return n
+
+    def hits(self):
+        """The non-zero edge counters as ``{edge index: count}`` (a C scan of the map:
+        a fuzzer reads this after every input)."""
+        cdef uint64_t w, i, word
+        out = {}
+        for w in range(self.map_size // 8):  # a power of two of at least 256: whole words
+            memcpy(&word, self.st.map + 8 * w, 8)
+            if word:  # most are zero
+                for i in range(8 * w, 8 * w + 8):
+                    if self.st.map[i]:
+                        out[i] = self.st.map[i]
+        return out
 
     def novel(self, bytearray virgin not None):
         """AFL's new-coverage test: for every counter whose hit-count class

@@ -47,7 +47,8 @@ def attach_uart(core: Core, index: int, uart: Uart16550, port: int) -> None:
 
 
 def attach_vga(core: Core, vga: Vga) -> None:
-    """Serve ``vga.window`` (already mapped) in C where its addressing mode allows."""
+    """Serve ``vga.window`` (already mapped) in C where its addressing mode allows, and
+    log VRAM pages written on either path for snapshots (``Core.vram_log_take``)."""
     last: list[object] = []
     core_ref = weakref.ref(core)  # display threads hold the Vga: not the machine through it
 
@@ -62,8 +63,14 @@ def attach_vga(core: Core, vga: Vga) -> None:
                 kind, lo, hi, bank, mask, plane_hi = window
                 live.vga_set(_VGA_KINDS[kind], lo, hi, bank, mask, plane_hi)
 
+    def vram_written(offset: int, length: int) -> None:
+        live = core_ref()
+        if live is not None:
+            live.vram_log_mark(offset, length)  # the stores the C path leaves to Python
+
     core.vga_attach(vga.window, vga.vram)
     vga.on_change = changed
+    vga.on_vram_write = vram_written
     changed()
 
 

@@ -13,6 +13,7 @@ import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from qemu_lite import devfast
 from qemu_lite.acpi import tables as acpi_tables
@@ -428,7 +429,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     pci.add(1, 0, Piix3IsaBridge())
     piix_ide = PiixIde(GuestPhysicalMemory(platform), ide0, ide1)
     pci.add(1, 1, piix_ide)
-    display = attach_vga(platform, pci, vga_bios) if vga == "std" else None
+    vga_slot = attach_vga(platform, pci, vga_bios) if vga == "std" else None
+    display = None if vga_slot is None else cast(Vga, vga_slot.device)
 
     pci_config = PciConfigPorts(pci, on_reset=platform.reset)
     fw_cfg = FwCfg(platform.memory_size)
@@ -472,8 +474,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         Slot("isa-debug-exit", None, _ports((ISA_DEBUG_EXIT, 1, IsaDebugExit(platform.exit)))),
         Slot("fw-event", None, _ports((FW_EVENT, 4, FirmwareEvents(platform.firmware_event)))),
     ]
-    if display is not None:
-        slots.append(Slot("vga", display))
+    if vga_slot is not None:
+        slots.append(vga_slot)  # BAR0, the framebuffer: a RAM BAR (pcibars)
     if roms:  # after the video BIOS, whose size says where the first one goes
         slots.append(Slot("option-roms", OptionRoms(platform, fw_cfg, roms)))
     if nic is not None:

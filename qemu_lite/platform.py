@@ -49,14 +49,27 @@ class BarOwner(Protocol):
     on_bar_change: Any
 
 
+class RamBar(Protocol):
+    """Memory behind a BAR that the guest reaches as RAM (a framebuffer), not through
+    callbacks: ``map(base)`` puts it at a physical base (UcError when that overlaps
+    something), ``unmap()`` takes it away again."""
+
+    name: str
+
+    def map(self, base: int) -> None: ...
+
+    def unmap(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class PciBar:
     """A PCI BAR: ``handler`` answers ``size`` ports (``space`` "io") or bytes ("mmio")
-    at the base ``function`` decodes now (``decoded()``; None while it decodes none)."""
+    at the base ``function`` decodes now (``decoded()``; None while it decodes none);
+    with ``space`` "ram" it is a :class:`RamBar` mapped there as memory."""
 
     space: str
     size: int
-    handler: Device
+    handler: Device | RamBar
     function: BarOwner
     decoded: Callable[[], int | None]
 

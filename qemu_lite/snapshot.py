@@ -9,10 +9,10 @@ and every armed timer), the TSC, the serial back ends' unread input and the
 disks (their ``--snapshot`` overlays, and a hash of what they read).  The
 shadow MMU is a cache: it is dropped on restore, never saved.
 
-In-memory snapshots (:class:`Snapshot`) keep a copy of RAM and, through
-mmu_core's dirty-page log, restore only the frames written since the last
-snapshot or restore: a restore costs time in proportion to what the guest
-changed (docs/SNAPSHOTS.md).  State files (:func:`save_file`,
+In-memory snapshots (:class:`Snapshot`) keep a copy of RAM and of the VGA's
+memory and, through mmu_core's dirty-page logs, restore only the RAM frames and
+VRAM pages written since the last snapshot or restore: a restore costs time in
+proportion to what the guest changed (docs/SNAPSHOTS.md).  State files (:func:`save_file`,
 :func:`load_file`) are zip archives: ``state.json`` and the deflated RAM.
 """
 
@@ -27,6 +27,7 @@ import zipfile
 from typing import TYPE_CHECKING, Any
 
 from qemu_lite.devices.base import StateError, check_state
+from qemu_lite.devices.vga import Vga
 from qemu_lite.platform import reset_order
 
 if TYPE_CHECKING:
@@ -48,8 +49,21 @@ def config(m: Machine) -> dict[str, Any]:
             "context_size": len(m.core.context_save())}
 
 
-def capture(m: Machine, *, hash_disks: bool) -> dict[str, Any]:
-    """Everything but RAM, as plain values, at a slice boundary."""
+def _device_states(m: Machine, *, vram: bool) -> dict[str, Any]:
+    out = {}
+    for slot in m.board.slots:
+        if slot.device is None:
+            continue
+        if not vram and isinstance(slot.device, Vga):
+            out[slot.name] = slot.device.save_state(vram=False)
+        else:
+            out[slot.name] = slot.device.save_state()
+    return out
+
+
+def capture(m: Machine, *, hash_disks: bool, vram: bool = True) -> dict[str, Any]:
+    """Everything but RAM, as plain values, at a slice boundary (``vram=False``: the
+    VGA's memory left out, for a snapshot that keeps it as it keeps RAM)."""
     _check_stopped(m)
     board = m.board
     backends = {}
@@ -61,8 +75,7 @@ def capture(m: Machine, *, hash_disks: bool) -> dict[str, Any]:
         "cpu": {"version": 1, "context": bytes(m.core.context_save()),
                 "halted": m.cpu.halted, "a20": bool(m.core.a20_enabled),
                 "guest_resets": m.runloop.guest_resets},
-        "devices": {slot.name: slot.device.save_state() for slot in board.slots
-                    if slot.device is not None},
+        "devices": _device_states(m, vram=vram),
         "backends": backends,
         "clock": m.clock.save_state(),
         "tsc": m.tsc.read(),
@@ -71,8 +84,10 @@ def capture(m: Machine, *, hash_disks: bool) -> dict[str, Any]:
     }
 
 
-def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool) -> None:
-    """Load :func:`capture`'s dict (RAM already in place); drop the MMU's caches."""
+def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool,
+          vram: bool = True) -> None:
+    """Load :func:`capture`'s dict (RAM already in place, and VRAM too with
+    ``vram=False``); drop the MMU's caches."""
     _check_stopped(m)
     check_state(state, "machine state", (VERSION,))
     if state.get("format") != FORMAT:
@@ -99,7 +114,11 @@ def apply(m: Machine, state: dict[str, Any], *, check_disk_hashes: bool) -> None
     for owner in reset_order(board.slots):
         owner.reset()
     for slot in board.slots:
-        if slot.device is not None:
+        if slot.device is None:
+            continue
+        if not vram and isinstance(slot.device, Vga):
+            slot.device.load_state(state["devices"][slot.name], vram=False)
+        else:
             slot.device.load_state(state["devices"][slot.name])
     m.pci_bars.sync()  # where the loaded functions decode their BARs
     if m.vcpus is not None:
@@ -132,28 +151,32 @@ def _check_stopped(m: Machine) -> None:
 # -- in-memory snapshots ----------------------------------------------------------------
 
 class Snapshot:
-    """A token from :meth:`Machine.snapshot`: RAM, CPU and devices at that moment.
+    """A token from :meth:`Machine.snapshot`: RAM, VRAM, CPU and devices at that moment.
 
     Restore it any number of times with :meth:`Machine.restore`.  Restoring the
-    snapshot taken (or restored) last copies back only the frames the guest or
-    the host wrote since; another token costs a full copy of RAM once."""
+    snapshot taken (or restored) last copies back only the RAM frames and VRAM
+    pages the guest or the host wrote since; another token costs a full copy of
+    both once."""
 
-    def __init__(self, ram: bytearray, state: bytes, disk_writes: list[int]):
+    def __init__(self, ram: bytearray, vram: bytearray | None, state: bytes,
+                 disk_writes: list[int]):
         self.id = next(_tokens)
         self.ram = ram
+        self.vram = vram  # the VGA's memory (None: no VGA), kept out of ``state``
         self.state = state  # pickle of capture(): loaded fresh at each restore
         self.disk_writes = disk_writes  # each disk's writes to its backing, then
 
     @property
     def size(self) -> int:
-        return len(self.ram) + len(self.state)
+        return len(self.ram) + len(self.vram or b"") + len(self.state)
 
 
 def take(m: Machine) -> Snapshot:
-    state = capture(m, hash_disks=False)
+    state = capture(m, hash_disks=False, vram=False)
     disk_writes = [d.writes_to_backing for d in m.board.disks]
-    token = Snapshot(bytearray(m.core.ram), pickle.dumps(state, pickle.HIGHEST_PROTOCOL),
-                     disk_writes)
+    vga = m.board.vga
+    token = Snapshot(bytearray(m.core.ram), None if vga is None else bytearray(vga.vram),
+                     pickle.dumps(state, pickle.HIGHEST_PROTOCOL), disk_writes)
     if m.mmu_mode != "native":
         m.core.dirty_log_start()
     m._snapshot_base = token
@@ -171,6 +194,9 @@ def restore(m: Machine, token: Snapshot) -> None:
                              "a --snapshot overlay): its file cannot be rolled back")
     _check_stopped(m)
     ram, core = m.core.ram, m.core
+    vram = None if m.board.vga is None else m.board.vga.vram
+    if (vram is None) != (token.vram is None):
+        raise ValueError("this snapshot belongs to a machine with another display")
     if m._snapshot_base is token and core.dirty_logging:
         frames = core.dirty_log_take()
         code = False
@@ -180,13 +206,19 @@ def restore(m: Machine, token: Snapshot) -> None:
             code = code or core.frame_has_code(gfn)
         if frames and (code or m.mmu_mode == "identity"):
             _flush_translations(m)  # translations of code the guest rewrote since
+        if vram is not None and token.vram is not None:
+            for page in core.vram_log_take():  # VRAM holds no code: no flush
+                start = page * PAGE
+                vram[start:start + PAGE] = token.vram[start:start + PAGE]
     else:
         ram[:] = token.ram
+        if vram is not None and token.vram is not None:
+            vram[:] = token.vram
         _flush_translations(m)
         if m.mmu_mode != "native":
             core.dirty_log_start()
         m._snapshot_base = token
-    apply(m, pickle.loads(token.state), check_disk_hashes=False)
+    apply(m, pickle.loads(token.state), check_disk_hashes=False, vram=False)
 
 
 # -- state files -----------------------------------------------------------------------

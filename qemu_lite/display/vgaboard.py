@@ -7,7 +7,8 @@
 - 0xB8000-0xBFFFF stays guest RAM: text stores run at RAM speed and the
   device reads the cells from RAM when it draws;
 - the framebuffer (the device's ``vram``) is mapped as RAM wherever BAR0 of
-  the PCI function points, so LFB stores need no Python either;
+  the PCI function points (a "ram" row of the board table, which
+  ``pcibars.BarClaims`` moves between slices), so LFB stores need no Python either;
 - the video BIOS (SeaVGABIOS ``vgabios-stdvga.bin``, for 1234:1111) is copied
   to 0xC0000 at power-on and every reset, where our BIOS's option-ROM scan
   finds it.  It lives in RAM (SeaVGABIOS writes its own variables during
@@ -16,16 +17,10 @@
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from unicorn import UcError
-from unicorn import unicorn_const as UCC
-
-from mmu_core._core import STOP_FAULT
 from qemu_lite import devfast
 from qemu_lite.devices.pci import PciBus
 from qemu_lite.devices.vga import (
@@ -38,11 +33,10 @@ from qemu_lite.devices.vga import (
     Vga,
     VgaPci,
 )
+from qemu_lite.platform import PciBar, Slot
 
 if TYPE_CHECKING:
     from qemu_lite.platform import Platform as Machine
-
-log = logging.getLogger(__name__)
 
 #: (first port, count) of the VGA ports whose writes may reach the device later
 #: (Core.post_port_writes): attribute 0x3C0-0x3C2, DAC 0x3C6-0x3C9, both CRTCs.
@@ -87,63 +81,29 @@ class _RomLoader:
         self._machine.write_memory(OPTION_ROM_BASE, self._data)
 
 
-class _LfbMapping:
-    """Keeps the framebuffer mapped at BAR0 (RAM-speed stores; unmapped while disabled).
+class Framebuffer:
+    """BAR0's memory (:class:`~qemu_lite.platform.RamBar`): the device's VRAM mapped as
+    RAM by ``Core.map_vram``, so LFB stores run at RAM speed and are still logged for
+    snapshots.  The board's BAR claims move it (between slices, never in a hook)."""
 
-    A BAR write arrives in a port callback, in the middle of a slice, where
-    changing Unicorn's memory map corrupted the guest (a spurious #PF at the old
-    base during Linux's BAR sizing).  So the callback only records the wish and
-    ends the slice; the machine's poller applies it between slices."""
+    name = "vga-framebuffer"
 
-    def __init__(self, machine: Machine, vga: Vga) -> None:
-        self._machine = machine
-        self._size = vga.vram_size
-        self._buffer = (ctypes.c_char * vga.vram_size).from_buffer(vga.vram)
-        self._mapped: int | None = None
-        self._wanted: int | None = None
-        machine.add_poller(self.apply)
+    def __init__(self, core: Any) -> None:
+        self._core = core
 
-    def _machine_built(self) -> bool:
-        # fill_gaps runs once at the end of Machine.__init__; before that, leave gaps alone.
-        return hasattr(self._machine, "host_input")
+    def map(self, base: int) -> None:
+        self._core.map_vram(base)
 
-    def __call__(self, old: int | None, new: int | None) -> None:
-        self._wanted = new
-        self._machine.wake()
-
-    def apply(self) -> None:
-        new = self._wanted
-        if new == self._mapped:
-            return
-        uc = self._machine.uc
-        if self._mapped is not None:
-            uc.mem_unmap(self._mapped, self._size)
-            self._mapped = None
-        unassigned = getattr(self._machine, "unassigned", None)
-        if new is not None and new >= self._machine.memory_size:
-            if unassigned is not None:
-                unassigned.release(new, self._size)  # the gap filler gives the BAR room
-            try:
-                uc.mem_map_ptr(new, self._size, UCC.UC_PROT_ALL, ctypes.addressof(self._buffer))
-                self._mapped = new
-            except UcError:
-                # Overlaps the BIOS, an APIC or the top of 4 GiB (a BAR being sized):
-                # a real bus would decode garbage there; this one decodes nothing.
-                log.debug("VGA framebuffer not mapped at %#x (overlap)", new)
-        if unassigned is not None and self._machine_built():
-            unassigned.fill_gaps()  # where the framebuffer was: unassigned again
-        # Every unmap above (ours, and the gap filler's release) invalidates translated
-        # code in the range by looking the address up as a *virtual* fetch through our TLB
-        # fill, which records a guest #PF that no guest instruction caused: drop it (this
-        # runs between slices, after the run loop took the previous slice's stop).
-        flags, _ = self._machine.core.take_stop()
-        if flags & STOP_FAULT:
-            self._machine.core.take_fault()
-        # Unicorn flushes its TLB on map changes; the shadow MMU caches no memory types.
+    def unmap(self) -> None:
+        self._core.unmap_vram()
 
 
-def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] | None) -> Vga:
-    """Build the std-vga adapter on ``machine``; ``vga_bios`` None means the default ROM."""
+def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] | None) -> Slot:
+    """Build the std-vga adapter on ``machine``; ``vga_bios`` None means the default ROM.
+
+    Returns its board row: the device, and BAR0 (the framebuffer) for the machine's
+    BAR claims; ports and the legacy window are claimed here, before the fast paths
+    that need them."""
     ram = machine.core.ram
 
     def text_memory(offset: int, n: int) -> bytes:
@@ -162,14 +122,12 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
         machine.core.post_port_writes(base, count)
     machine.remove_from_memory_ranges(WINDOW_BASE, WINDOW_BASE + WINDOW_SIZE)
     function = VgaPci(vga.vram_size)
-    lfb = _LfbMapping(machine, vga)
-    function.on_bar_change = lfb
-    function.reset()  # map BAR0 now that someone listens
-    lfb.apply()
     pci.add(VGA_PCI_DEVICE, 0, function)
     path = vga_bios if vga_bios is not None else find_vga_bios()
     if path is not None:
         loader = _RomLoader(machine, load_vga_bios(path))
         loader.reset()
         machine.add_resettable(loader)
-    return vga
+    # Its PCI function's state is saved with the bus; the Vga's here.
+    return Slot("vga", vga, bars=[PciBar("ram", vga.vram_size, Framebuffer(machine.core),
+                                         function, lambda: function.lfb_base)])

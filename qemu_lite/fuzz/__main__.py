@@ -67,7 +67,7 @@ def _config(args: argparse.Namespace) -> FuzzConfig:
                       input_at=args.input_at, max_input=args.max_input, code=args.code,
                       save=args.save, length_at=args.length_at, panic_port=args.panic_port,
                       oops=args.oops.encode() if args.oops else None,
-                      block_budget=args.budget)
+                      insn_budget=args.budget)
 
 
 def _libfuzzer(harness: Harness, argv: list[str]) -> None:
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--code", type=_range)
         p.add_argument("--save", type=_range, action="append", default=[])
         p.add_argument("--oops")
-        p.add_argument("--budget", type=int, default=200_000, help="blocks per input")
+        p.add_argument("--budget", type=int, default=1_000_000,
+                       help="instructions (of deterministic guest time) per input")
     args = parser.parse_args(argv)
     if args.command == "campaign":
         return _campaign(args)

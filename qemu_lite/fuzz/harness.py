@@ -3,8 +3,13 @@
 :class:`Harness` builds a machine for a Multiboot kernel, runs it until the guest writes
 its ready port, takes a snapshot, and for every input restores it, writes the input into
 guest memory (its length as a dword at ``length_at`` when given), runs to the guest's end
-(isa-debug-exit), a crash or the block budget, and returns the :class:`Outcome`: the
+(isa-debug-exit), a crash or the instruction budget, and returns the :class:`Outcome`: the
 verdict and the guest's edge coverage.
+
+The budget is deterministic guest time (``Machine.run(guest_ns=)``), which the engine counts
+at every block start and stops on by itself (engine patch b; a C block hook on the stock
+engine): ``insn_budget`` instructions of ``VirtualClock.NS_PER_INSN`` each, a port or MMIO
+access costing its bus time of it.  No Python runs per block.
 
 Crashes: the guest's panic port (a guest-defined panic hook), a triple fault, any other
 way the run ends that the guest did not choose (a reset, a halt with interrupts off
@@ -21,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from qemu_lite.clock import VirtualClock
 from qemu_lite.fuzz.interface import coverage_for, snapshots_for
 
 OK, HANG = "ok", "hang"
@@ -39,7 +45,7 @@ class FuzzConfig:
     length_at: int | None = None
     panic_port: int | None = None
     oops: bytes | None = None
-    block_budget: int = 200_000
+    insn_budget: int = 1_000_000  # instructions of guest time per input (a hang past it)
     memory: str = "16M"
     timeout: float = 30.0
 
@@ -86,9 +92,7 @@ class Harness:
         if result.reason != "ready":
             raise RuntimeError(f"the guest never reached its ready port {config.ready_port:#x}"
                                f" ({result.reason}: {result.message})")
-        self._blocks = 0
-        self._over_budget = False
-        self.coverage = coverage_for(m, config.code, self._count_block)
+        self.coverage = coverage_for(m, config.code)
         self.snapshots = snapshots_for(m, config.save)
         self.snapshot = self.snapshots.take()
         self.executions = 0
@@ -96,12 +100,6 @@ class Harness:
     def _console_output(self, data: bytes) -> None:
         self._console += data
         del self._console[:-4096]
-
-    def _count_block(self) -> None:
-        self._blocks += 1
-        if self._blocks > self.config.block_budget and not self._over_budget:
-            self._over_budget = True
-            self.machine.stop_at_next_block("budget")
 
     def run(self, data: bytes) -> Outcome:
         """One input from the snapshot: its verdict and coverage."""
@@ -112,16 +110,16 @@ class Harness:
             m.write_memory(c.length_at, len(data).to_bytes(4, "little"))
         m.write_memory(c.input_at, data)
         self.coverage.reset()
-        self._blocks, self._over_budget = 0, False
         self._console.clear()
-        result = m.run(timeout=c.timeout)
+        result = m.run(timeout=c.timeout,
+                       guest_ns=m.clock.now() + c.insn_budget * VirtualClock.NS_PER_INSN)
         self.executions += 1
         edges = self.coverage.edges()
         if c.oops is not None and c.oops in self._console:
             return Outcome(f"crash: {c.oops.decode(errors='replace')} on the console", edges)
         if result.reason == "exit":
             return Outcome(OK, edges)
-        if result.reason in ("budget", "timeout"):
+        if result.reason in ("guest-time", "timeout"):
             return Outcome(HANG, edges)
         return Outcome(f"crash: {result.reason} ({result.message})", edges)
 

@@ -11,14 +11,12 @@ stand-in until then:
 - :func:`coverage_for` uses ``Machine.coverage()`` (the C edge recorder, ``_coverage.pyx``)
   when there, else :class:`BlockEdgeCoverage`: a Python block hook over the guest's code
   range that counts AFL-style edges (previous block, this block), about a microsecond a
-  block.  The harness's block budget (``on_block``) is a Python block hook over the code
-  range either way: the C recorder counts blocks but cannot end a run.
+  block.  (The harness's instruction budget is the machine's guest-time deadline, which
+  the engine keeps: no hook.)
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from typing import Any, Protocol
 
 EDGE_MAP = 1 << 16
@@ -77,15 +75,13 @@ def snapshots_for(machine: Any, ranges: list[tuple[int, int]]) -> Snapshots:
 
 class BlockEdgeCoverage:
     """Edges between translation blocks in ``code`` (a [start, end) linear range), from a
-    Python block hook; ``on_block`` (the harness's instruction budget) sees each block."""
+    Python block hook."""
 
-    def __init__(self, machine: Any, code: tuple[int, int],
-                 on_block: Callable[[], None] | None = None) -> None:
+    def __init__(self, machine: Any, code: tuple[int, int]) -> None:
         from unicorn import UC_HOOK_BLOCK
 
         self.counts: dict[int, int] = {}
         self._prev = 0
-        self._on_block = on_block
         self._handle = machine.uc.hook_add(UC_HOOK_BLOCK, self._block, None, code[0],
                                            code[1] - 1)
 
@@ -94,8 +90,6 @@ class BlockEdgeCoverage:
         edge = cur ^ self._prev
         self.counts[edge] = self.counts.get(edge, 0) + 1
         self._prev = cur >> 1
-        if self._on_block is not None:
-            self._on_block()
 
     def reset(self) -> None:
         self.counts = {}
@@ -105,31 +99,20 @@ class BlockEdgeCoverage:
         return self.counts
 
 
-_NONZERO = re.compile(rb"[^\x00]")
-
-
 class _MachineCoverage:
     """The machine's C edge bitmap (EDGE_MAP counters, AFL's hash), read after each input."""
 
-    def __init__(self, machine: Any, code: tuple[int, int],
-                 on_block: Callable[[], None] | None) -> None:
-        from unicorn import UC_HOOK_BLOCK
-
+    def __init__(self, machine: Any) -> None:
         self.recorder = machine.coverage(map_size=EDGE_MAP, record_blocks=False)
-        if on_block is not None:
-            machine.uc.hook_add(UC_HOOK_BLOCK, lambda *_: on_block(), None, code[0],
-                                code[1] - 1)
 
     def reset(self) -> None:
         self.recorder.clear()
 
     def edges(self) -> dict[int, int]:
-        counts = bytes(self.recorder.bitmap)
-        return {m.start(): counts[m.start()] for m in _NONZERO.finditer(counts)}
+        return dict(self.recorder.hits())
 
 
-def coverage_for(machine: Any, code: tuple[int, int],
-                 on_block: Callable[[], None] | None = None) -> Coverage:
+def coverage_for(machine: Any, code: tuple[int, int]) -> Coverage:
     if callable(getattr(machine, "coverage", None)):
-        return _MachineCoverage(machine, code, on_block)
-    return BlockEdgeCoverage(machine, code, on_block)
+        return _MachineCoverage(machine)
+    return BlockEdgeCoverage(machine, code)

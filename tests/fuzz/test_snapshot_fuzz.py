@@ -42,14 +42,20 @@ def test_coverage_tells_inputs_apart(harness) -> None:  # type: ignore[no-untype
     assert harness.run(b"TLVS\x03abc").edges == record  # the same input, the same edges
 
 
-def test_block_budget_ends_a_run_as_a_hang(harness) -> None:  # type: ignore[no-untyped-def]
-    budget = harness.config.block_budget
-    harness.config.block_budget = 20
+def test_instruction_budget_ends_a_run_as_a_hang(harness) -> None:  # type: ignore[no-untyped-def]
+    budget = harness.config.insn_budget
+    long_record = b"TLVS\xff" + bytes(255)
+    m = harness.machine
+    harness.snapshots.restore(harness.snapshot)
+    start = m.clock.now()  # guest time at the ready point
+    harness.config.insn_budget = 100
     try:
-        assert harness.run(b"TLVS\xff" + bytes(255)).verdict == "hang"
+        assert harness.run(long_record).verdict == "hang"
+        # the engine stopped at the first block start past the budget (100 x 2 ns)
+        assert 200 <= m.clock.now() - start < 200 + 2 * 512, m.clock.now() - start
     finally:
-        harness.config.block_budget = budget
-    assert harness.run(b"TLVS\xff" + bytes(255)).verdict == "ok"
+        harness.config.insn_budget = budget
+    assert harness.run(long_record).verdict == "ok"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,8 @@
 """PCI BARs are rows of the board table that the machine claims wherever the guest
-programs them: the PIIX IDE's bus-master ports and the e1000's registers (memory BAR0,
-I/O BAR1) answer at the base the guest wrote, the old base goes quiet, clearing the
-command register's decode bits silences them; a saved state brings the claims back."""
+programs them: the PIIX IDE's bus-master ports, the e1000's registers (memory BAR0,
+I/O BAR1) and the VGA's framebuffer (BAR0, VRAM mapped as RAM) answer at the base the
+guest wrote, the old base goes quiet, clearing the command register's decode bits
+silences them; a saved state or a snapshot brings the claims back."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from qemu_lite.loaders import multiboot
 
 GO = 0x7000  # the host writes 1 here once it has saved the state
 
-BODY = rf"""
+MACROS = r"""
 %macro CONFIG 2                     ; write dword %2 to config address %1
     mov dx, 0xCF8
     mov eax, %1
@@ -37,6 +38,9 @@ BODY = rf"""
     mov al, ' '
     call putc
 %endmacro
+"""
+
+BODY = MACROS + rf"""
     SHOW_PORT 0xC004                ; BAR4 powers on unassigned: nothing there
     CONFIG 0x80000920, 0xC001       ; 00:01.1 BAR4 := 0xC000
     CONFIG 0x80000904, 0x5          ; I/O space, bus master
@@ -146,3 +150,41 @@ def test_bars_follow_the_guest_and_a_saved_state(assemble, tmp_path, nic):
         m.restore_state(state)
         assert _go(m, out) == after
         assert ("io", 0xD000, 16) not in m.pci_bars.claimed()  # decode now off
+
+
+VGA_BODY = MACROS + r"""
+    SHOW_MEM 0xFD001000             ; VRAM through BAR0 at its power-on base
+    mov dword [0xFD001000], 0x11223344
+    CONFIG 0x80001010, 0xE0000008   ; 00:02.0 BAR0 := 0xE0000000
+    jmp .moved                      ; a RAM BAR moves at the next block
+.moved:
+    SHOW_MEM 0xE0001000             ; the same VRAM at the new base
+    SHOW_MEM 0xFD001000             ; the old base: unassigned
+    CONFIG 0x80001004, 0            ; no decode
+    jmp .off
+.off:
+    SHOW_MEM 0xE0001000
+    mov al, 0
+    call exit
+"""
+
+
+def test_the_vga_framebuffer_is_a_ram_bar_of_the_board(assemble, tmp_path):
+    kernel = tmp_path / "vga-bar.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(VGA_BODY)))
+    out = bytearray()
+    with Machine(memory="32M", deterministic=True) as m:
+        m.board.com1.add_output_listener(out.extend)
+        assert [bar.space for bar in m.board.slot("vga").bars] == ["ram"]
+        lfb = ("ram", 0xFD000000, 16 << 20)
+        assert lfb in m.pci_bars.claimed()
+        multiboot.load(m, kernel)
+        token = m.snapshot()
+        result = m.run(timeout=60)
+        assert (result.reason, result.exit_status) == ("exit", 1), (result, out)
+        assert out.decode() == f"00000000 11223344 {QUIET} {QUIET} "
+        assert m.board.vga.vram[0x1000:0x1004] == bytes.fromhex("44332211")
+        assert not [c for c in m.pci_bars.claimed() if c[0] == "ram"]
+        m.restore(token)  # the BAR back at its base, the store through it undone
+        assert lfb in m.pci_bars.claimed()
+        assert m.board.vga.vram[0x1000:0x1004] == bytes(4)

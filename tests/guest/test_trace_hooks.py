@@ -85,6 +85,7 @@ def test_coverage_records_blocks_and_edges(kernel: Path) -> None:
         assert cov.executed >= 10  # the loop alone runs its block ten times
         maps.append(bytes(cov.bitmap))
         assert cov.edge_count() == sum(1 for b in maps[-1] if b)
+        assert cov.hits() == {i: b for i, b in enumerate(maps[-1]) if b}
     assert maps[0] == maps[1]  # the same guest covers the same edges
     # The first pass falls into loop_top from the block before it, then the jne
     # makes loop_top a block: 9 runs of it, the edge loop_top -> loop_top 8 times.
@@ -95,6 +96,7 @@ def test_coverage_records_blocks_and_edges(kernel: Path) -> None:
     assert cov.novel(virgin) == 0  # nothing new the second time
     cov.clear(blocks=True)
     assert cov.edge_count() == 0 and cov.blocks() == set() and cov.executed == 0
+    assert cov.hits() == {}
     cov.close()
     assert not cov.active
     with pytest.raises(ValueError):
