@@ -10,20 +10,9 @@ from __future__ import annotations
 
 import pytest
 from guestlib import protected_mode_guest, run_multiboot_guest
-from test_platform import PIC_INIT
 
 GUEST = r"""
     jmp start
-align 8
-idt:
-    times 0x20 dq 0
-    GATE32 irq0, 0x08, 0x8E       ; 0x20: IRQ 0
-    times 6 dq 0
-    GATE32 spurious, 0x08, 0x8E   ; 0x27: the 8259's spurious IRQ 7
-idt_end:
-idtr:
-    dw idt_end - idt - 1
-    dd idt
 %define HPET 0xFED00000
 %define PERIOD 100000             ; ticks of 10 ns: 1 ms
 %define WANT 12
@@ -50,6 +39,8 @@ spurious:
 
 start:
     LOAD_GDT
+    SET_GATE 0x20, irq0
+    SET_GATE 0x27, spurious       ; the 8259's spurious IRQ 7
     lidt [idtr]
     mov eax, [HPET + 4]
     cmp eax, 0xFFFFFFFF
@@ -65,9 +56,7 @@ start:
     call puthex
     mov al, 10
     call putc
-""" + PIC_INIT + r"""
-    mov al, 0xFA                  ; IRQ 0 (and the cascade) unmasked
-    out 0x21, al
+    PIC_INIT 0xFA, 0xFF           ; IRQ 0 (and the cascade) unmasked
     mov al, 0x34                  ; PIT counter 0, mode 2, count 100: IRQ 0 every 84 us
     out 0x43, al
     mov al, 100
@@ -108,7 +97,7 @@ start:
 
 @pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "realtime"])
 def test_hpet_timer_0_replaces_the_pit_on_irq_0(assemble, tmp_path, deterministic):
-    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST),
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST, interrupts=True),
                                       deterministic=deterministic, timeout=60)
     assert "done" in out, (result, out)
     assert "period fs 00989680" in out  # 10,000,000 fs: 100 MHz
@@ -116,19 +105,22 @@ def test_hpet_timer_0_replaces_the_pit_on_irq_0(assemble, tmp_path, deterministi
     assert gcap & 0xFF == 1 and (gcap >> 8) & 0x1F == 2 and gcap >> 16 == 0x8086
     intervals = [int(word, 16) for word in out.split("intervals ")[1].split("\n")[0].split()]
     assert len(intervals) == 11, intervals
-    # One period per interrupt; in real time a slow host may make the comparator skip
-    # periods it missed (one interrupt for them, as the hardware gives).
-    if deterministic:
+    if deterministic:  # one period per interrupt
         assert intervals == [100_000] * 11, intervals
     else:
-        # One real-time run of ~60 showed a step that was not a whole period (its value
-        # was cut off in the report): under investigation (issue 18's note). A PIT-driven
-        # IRQ 0 would make nearly every step 0.
-        whole = [i for i in intervals if i and i % 100_000 == 0]
-        assert len(whole) >= 9, intervals
+        # In real time a host late by more than a period makes the comparator skip the
+        # periods it missed (one interrupt for them, as the hardware gives).  A match
+        # that comes due while the handler runs, before its comparator read, moves the
+        # comparator on: the handler records the new value and the interrupt that match
+        # latched in the 8259 records it again, a step of 0 (seen under load).  The
+        # first interrupt may be a PIT edge latched before legacy routing took IRQ 0.
+        # Every step is still whole periods, and the steps span at least 10 matches;
+        # a PIT-driven IRQ 0 (every 84 us) would span about one.
+        assert all(i % 100_000 == 0 for i in intervals), intervals
+        assert sum(intervals) >= 10 * 100_000, intervals
 
 
 def test_without_the_hpet_nothing_answers_at_its_address(assemble, tmp_path):
-    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST),
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(GUEST, interrupts=True),
                                       hpet=False)
     assert "no hpet" in out, (result, out)

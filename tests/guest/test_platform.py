@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-from guestlib import protected_mode_guest, run_multiboot_guest
+from guestlib import INTERRUPT_HELPERS, protected_mode_guest, run_multiboot_guest
 
 # Remap the 8259 pair to 0x20/0x28 and mask everything but the cascade.
-PIC_INIT = r"""
-    mov al, 0x11
-    out 0x20, al
-    out 0xA0, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x28
-    out 0xA1, al
-    mov al, 4
-    out 0x21, al
-    mov al, 2
-    out 0xA1, al
-    mov al, 1
-    out 0x21, al
-    out 0xA1, al
-    mov al, 0xFB
-    out 0x21, al
-    mov al, 0xFF
-    out 0xA1, al
+PIC_INIT = """
+    PIC_INIT 0xFB, 0xFF
 """
 
-IDT_256 = r"""
-    jmp idt_code
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
-idt_code:
-%macro SET_GATE 2             ; vector, handler
-    mov eax, %2
-    mov word [idt + %1 * 8], ax
-    mov word [idt + %1 * 8 + 2], 0x08
-    mov word [idt + %1 * 8 + 4], 0x8E00
-    shr eax, 16
-    mov word [idt + %1 * 8 + 6], ax
-%endmacro
-"""
+# guestlib's 256-gate IDT, SET_GATE and PIC_INIT macros, jumped over where a body starts.
+IDT_256 = "    jmp idt_code\n" + INTERRUPT_HELPERS + "idt_code:\n"
 
 
 def test_pit_interrupts_wake_hlt_at_the_programmed_rate(assemble, tmp_path):
