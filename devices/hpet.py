@@ -72,7 +72,7 @@ STATE_VERSION = 1
 class _Comparator:
     """One timer's registers and its clock timer."""
 
-    __slots__ = ("index", "config", "cmp", "period", "timer", "line_high")
+    __slots__ = ("index", "config", "cmp", "period", "line_high")
 
     def __init__(self, index: int) -> None:
         self.index = index
