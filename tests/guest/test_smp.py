@@ -114,14 +114,15 @@ setup:
     lock xadd [counter], eax
     dec ecx
     jnz .add
-    sti
-.wait:
-    cmp dword [aps_done], CPUS - 1
+.wait:                                 ; IF=0 while checking: an IPI handled between
+    cmp dword [aps_done], CPUS - 1     ; the check and HLT would leave the BSP asleep
     jne .idle
     cmp dword [ipis], CPUS - 1
     je .report
 .idle:
-    hlt                                ; woken by the APs' IPIs
+    sti
+    hlt                                ; STI's shadow: woken by the next AP's IPI
+    cli
     jmp .wait
 .report:
     cli
