@@ -6,7 +6,9 @@ wraps a body in a Multiboot a.out-kludge header, so the guest starts in flat
 ``puts`` (ESI), ``puthex`` (EAX) and ``exit`` (AL -> isa-debug-exit); the
 64-bit variants ``putc64`` etc. are available after the guest enters long mode.
 ``interrupts=True`` adds the interrupt plumbing of :data:`INTERRUPT_HELPERS`: a
-256-gate IDT, the 8259 pair, IOAPIC routes and PIT-timed waits.
+256-gate IDT, the 8259 pair, IOAPIC routes and PIT-timed waits.  ``smp=True`` adds
+the AP start-up macros of ``benchmarks/guests/ap_startup.inc`` (``AP_TRAMPOLINE``,
+``COPY_AP_TRAMPOLINE``, ``START_APS``), which the SMP benchmark guest shares.
 """
 
 from __future__ import annotations
@@ -338,8 +340,12 @@ pd:   times 512 dq 0
 """
 
 
-def protected_mode_guest(body: str, long_mode: bool = False, interrupts: bool = False) -> str:
-    src = (PROLOGUE + (INTERRUPT_HELPERS if interrupts else "")
+AP_STARTUP = (Path(__file__).parents[1] / "benchmarks" / "guests" / "ap_startup.inc").read_text()
+
+
+def protected_mode_guest(body: str, long_mode: bool = False, interrupts: bool = False,
+                         smp: bool = False) -> str:
+    src = (PROLOGUE + (INTERRUPT_HELPERS if interrupts else "") + (AP_STARTUP if smp else "")
            + (LONG_MODE_HELPERS if long_mode else "") + "\nmain:\n" + body)
     if long_mode:
         src += LONG_MODE_TABLES

@@ -50,26 +50,7 @@ bsp_wakeup:
     mov dword [0xFEE000B0], 0
     iret
 
-ap_tramp:
-bits 16
-    cli
-    xor ax, ax
-    mov ds, ax
-    o32 lgdt [0x8000 + ap_gdtr - ap_tramp]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:ap32
-ap_gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-ap_tramp_end:
-bits 32
-ap32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+    AP_TRAMPOLINE
     mov esp, 0x70000
     lidt [idtr]
     mov dword [0xFEE000F0], 0x1FF      ; this AP's APIC on
@@ -97,10 +78,7 @@ setup:
     out 0x21, al
     out 0xA1, al
     mov dword [0xFEE000F0], 0x1FF
-    mov esi, ap_tramp
-    mov edi, 0x8000
-    mov ecx, ap_tramp_end - ap_tramp
-    rep movsb
+    COPY_AP_TRAMPOLINE
     mov dword [0xFEE00310], 1 << 24
     mov dword [0xFEE00300], 0x4500     ; INIT to APIC ID 1
     mov dword [0xFEE00300], 0x4608     ; STARTUP at 0x8000
@@ -154,7 +132,7 @@ def source(work: int = WORK, map_file: str | None = None) -> str:
     """The nasm source; ``map_file``: where nasm writes the symbols' addresses."""
     head = f"[map symbols {map_file}]\n" if map_file else ""
     return (f"{head}%define LINES {LINES}\n%define WORK {work}\n"
-            + protected_mode_guest(BODY))
+            + protected_mode_guest(BODY, smp=True))
 
 
 def symbols(map_file: str) -> dict[str, int]:

@@ -3,6 +3,7 @@
 ; shared cache lines), adds its result to a shared sum with LOCK XADD and the BSP
 ; reports the sum once all CPUs are done.  CPUS=1 runs every worker on the BSP.
 %include "prologue.inc"
+%include "ap_startup.inc"
 %ifndef CPUS
 %define CPUS 2
 %endif
@@ -15,13 +16,7 @@
 main:
     mov dword [0xFEE000F0], 0x1FF
 %if CPUS > 1
-    mov esi, ap_tramp
-    mov edi, 0x8000
-    mov ecx, ap_tramp_end - ap_tramp
-    rep movsb
-    mov dword [0xFEE00310], 0
-    mov dword [0xFEE00300], 0xC4500    ; INIT, all but self
-    mov dword [0xFEE00300], 0xC4608    ; STARTUP at 0x8000
+    START_APS
 %endif
     mov esi, bsp_done
     jmp work
@@ -48,26 +43,7 @@ work:                                  ; esi: continuation (no stack on the APs)
     lock inc dword [cpus_done]
     jmp esi
 
-ap_tramp:
-bits 16
-    cli
-    xor ax, ax
-    mov ds, ax
-    o32 lgdt [0x8000 + ap_gdtr - ap_tramp]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:ap32
-ap_gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-ap_tramp_end:
-bits 32
-ap32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+    AP_TRAMPOLINE
     mov esi, ap_park
     jmp work
 ap_park:

@@ -32,26 +32,7 @@ ipi_handler:
     mov dword [0xFEE000B0], 0          ; EOI
     iret
 
-ap_tramp:
-bits 16
-    cli
-    xor ax, ax
-    mov ds, ax
-    o32 lgdt [0x8000 + ap_gdtr - ap_tramp]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:ap32
-ap_gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-ap_tramp_end:
-bits 32
-ap32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+    AP_TRAMPOLINE
     mov dword [0xFEE000F0], 0x1FF      ; this AP's APIC on
     mov ecx, [0xFEE00020]
     shr ecx, 24
@@ -93,10 +74,7 @@ setup:
     out 0x21, al
     out 0xA1, al
     mov dword [0xFEE000F0], 0x1FF
-    mov esi, ap_tramp
-    mov edi, 0x8000
-    mov ecx, ap_tramp_end - ap_tramp
-    rep movsb
+    COPY_AP_TRAMPOLINE
     mov dword [0xFEE00310], 0
     mov dword [0xFEE00300], 0xC4500    ; INIT, assert, all but self
     mov dword [0xFEE00300], 0xC8500    ; INIT de-assert (level): no effect
@@ -142,7 +120,7 @@ setup:
 
 
 def _run(assemble, tmp_path, cpus: int) -> tuple[str, object, list[dict[str, object]]]:
-    source = f"%define CPUS {cpus}\n%define ADDS {ADDS}\n" + protected_mode_guest(SMP_BODY)
+    source = f"%define CPUS {cpus}\n%define ADDS {ADDS}\n" + protected_mode_guest(SMP_BODY, smp=True)
     kernel = tmp_path / "smp.bin"
     kernel.write_bytes(assemble(source))
     out = bytearray()
@@ -199,26 +177,7 @@ stale: dd 0
 checks: dd 0
 aps_done: dd 0
 
-ap_tramp:
-bits 16
-    cli
-    xor ax, ax
-    mov ds, ax
-    o32 lgdt [0x8000 + ap_gdtr - ap_tramp]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:ap32
-ap_gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-ap_tramp_end:
-bits 32
-ap32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+    AP_TRAMPOLINE
     mov eax, PD
     mov cr3, eax
     mov eax, cr4
@@ -306,13 +265,7 @@ setup:
     or eax, 0x80000000
     mov cr0, eax
     mov dword [0xFEE000F0], 0x1FF
-    mov esi, ap_tramp
-    mov edi, 0x8000
-    mov ecx, ap_tramp_end - ap_tramp
-    rep movsb
-    mov dword [0xFEE00310], 0
-    mov dword [0xFEE00300], 0xC4500    ; INIT, all but self
-    mov dword [0xFEE00300], 0xC4608    ; STARTUP at 0x8000
+    START_APS
     mov esi, bsp_after
     jmp worker
 bsp_after:
@@ -340,7 +293,7 @@ def test_no_vcpu_reads_through_a_page_table_entry_another_rewrote(assemble, tmp_
     unsync = mmu == "cached-unsync"
     mmu = mmu.removesuffix("-unsync")
     cpus = 4
-    source = f"%define CPUS {cpus}\n%define ITER {ITER}\n" + protected_mode_guest(PT_BODY)
+    source = f"%define CPUS {cpus}\n%define ITER {ITER}\n" + protected_mode_guest(PT_BODY, smp=True)
     kernel = tmp_path / "pt.bin"
     kernel.write_bytes(assemble(source))
     out = bytearray()
