@@ -17,11 +17,6 @@ WORK = 150_000  # iterations of each side's loop per line
 
 BODY = r"""
     jmp setup
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
 request: dd 0
 answer: dd 0
 answered: dd 0
@@ -60,23 +55,12 @@ bsp_wakeup:
     hlt
     jmp .idle
 
-%macro SET_GATE 2                      ; vector, handler
-    mov eax, %2
-    mov word [idt + %1 * 8], ax
-    mov word [idt + %1 * 8 + 2], 0x08
-    mov word [idt + %1 * 8 + 4], 0x8E00
-    shr eax, 16
-    mov word [idt + %1 * 8 + 6], ax
-%endmacro
-
 setup:
     LOAD_GDT
     SET_GATE 0x50, ap_request
     SET_GATE 0x51, bsp_wakeup
     lidt [idtr]
-    mov al, 0xFF                       ; PIC masked: only the APIC interrupts
-    out 0x21, al
-    out 0xA1, al
+    PIC_MASK_ALL                       ; only the APIC interrupts
     mov dword [0xFEE000F0], 0x1FF
     COPY_AP_TRAMPOLINE
     mov dword [0xFEE00310], 1 << 24
@@ -132,7 +116,7 @@ def source(work: int = WORK, map_file: str | None = None) -> str:
     """The nasm source; ``map_file``: where nasm writes the symbols' addresses."""
     head = f"[map symbols {map_file}]\n" if map_file else ""
     return (f"{head}%define LINES {LINES}\n%define WORK {work}\n"
-            + protected_mode_guest(BODY, smp=True))
+            + protected_mode_guest(BODY, interrupts=True, smp=True))
 
 
 def symbols(map_file: str) -> dict[str, int]:

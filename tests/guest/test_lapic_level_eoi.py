@@ -11,29 +11,14 @@ from guestlib import protected_mode_guest, run_multiboot_guest
 def test_level_line_is_redelivered_after_eoi_until_the_source_clears(assemble, tmp_path, mmu):
     body = r"""
     jmp setup
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
 count: dd 0
 setup:
     LOAD_GDT
-    mov eax, serial_irq
-    mov word [idt + 0x44 * 8], ax
-    mov word [idt + 0x44 * 8 + 2], 0x08
-    mov word [idt + 0x44 * 8 + 4], 0x8E00
-    shr eax, 16
-    mov word [idt + 0x44 * 8 + 6], ax
+    SET_GATE 0x44, serial_irq
     lidt [idtr]
-    mov al, 0xFF
-    out 0x21, al
-    out 0xA1, al
+    PIC_MASK_ALL
     mov dword [0xFEE000F0], 0x1FF     ; local APIC on
-    mov dword [0xFEC00000], 0x18      ; IOAPIC pin 4: vector 0x44, level, active high
-    mov dword [0xFEC00010], 0x8044
-    mov dword [0xFEC00000], 0x19
-    mov dword [0xFEC00010], 0
+    IOAPIC_ROUTE 4, 0x8044, 0         ; vector 0x44, level, active high
     mov dx, 0x3FC
     mov al, 0x08              ; OUT2: the UART drives IRQ4
     out dx, al
@@ -79,6 +64,6 @@ remote_seen: dd 0
     body = body.replace("    call puthex\n    mov al, 0\n    call exit",
                         "    call puthex\n    mov eax, [remote_seen]\n    call puthex\n"
                         "    mov al, 0\n    call exit")
-    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body), mmu=mmu)
+    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body, interrupts=True), mmu=mmu)
     assert out == "000000000000000300000003"
     assert result.exit_status == 1

@@ -11,29 +11,12 @@ from guestlib import protected_mode_guest, run_multiboot_guest
 MMU_MODES = ("cached", "naive", "native")
 
 SETUP = r"""
-    jmp idt_code
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
-idt_code:
-%macro SET_GATE 2             ; vector, handler
-    mov eax, %2
-    mov word [idt + %1 * 8], ax
-    mov word [idt + %1 * 8 + 2], 0x08
-    mov word [idt + %1 * 8 + 4], 0x8E00
-    shr eax, 16
-    mov word [idt + %1 * 8 + 6], ax
-%endmacro
 %macro SELF_IPI 1
     mov dword [0xFEE00300], 0x40000 | %1   ; ICR: fixed, shorthand self
 %endmacro
 %define EOI mov dword [0xFEE000B0], 0
     LOAD_GDT
-    mov al, 0xFF              ; 8259 pair masked: only the local APIC interrupts
-    out 0x21, al
-    out 0xA1, al
+    PIC_MASK_ALL              ; only the local APIC interrupts
     mov dword [0xFEE000F0], 0x1FF     ; APIC on, spurious vector 0xFF
     jmp body
 
@@ -78,8 +61,8 @@ body:
 
 
 def _run(assemble, tmp_path, body: str, mmu: str) -> str:
-    result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(SETUP + body),
-                                      mmu=mmu)
+    source = protected_mode_guest(SETUP + body, interrupts=True)
+    result, out = run_multiboot_guest(assemble, tmp_path, source, mmu=mmu)
     assert result.exit_status == 1, (result, out)
     return out
 

@@ -17,11 +17,6 @@ ADDS = 1_000_000  # per CPU
 # for a stack-free 32-bit path: counter, their APIC ID bit, one IPI to the BSP.
 SMP_BODY = r"""
     jmp setup
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
 counter: dd 0
 aps_done: dd 0
 ipis: dd 0
@@ -70,9 +65,7 @@ setup:
     cmp ebx, idt + 0x48 * 8
     jne .gate
     lidt [idtr]
-    mov al, 0xFF                       ; PIC masked: only the APIC interrupts
-    out 0x21, al
-    out 0xA1, al
+    PIC_MASK_ALL                       ; only the APIC interrupts
     mov dword [0xFEE000F0], 0x1FF
     COPY_AP_TRAMPOLINE
     mov dword [0xFEE00310], 0
@@ -120,7 +113,7 @@ setup:
 
 
 def _run(assemble, tmp_path, cpus: int) -> tuple[str, object, list[dict[str, object]]]:
-    source = f"%define CPUS {cpus}\n%define ADDS {ADDS}\n" + protected_mode_guest(SMP_BODY, smp=True)
+    source = f"%define CPUS {cpus}\n%define ADDS {ADDS}\n" + protected_mode_guest(SMP_BODY, interrupts=True, smp=True)
     kernel = tmp_path / "smp.bin"
     kernel.write_bytes(assemble(source))
     out = bytearray()

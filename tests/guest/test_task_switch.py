@@ -20,19 +20,6 @@ EXTRA_GDT = ("gdt2: dq 0\ngdt3: dq 0\ngdt4: dq 0x00CF9A100000FFFF\n"
 
 SETUP = r"""
     jmp setup
-align 8
-idt: times 256 dq 0
-idtr:
-    dw 256 * 8 - 1
-    dd idt
-%macro INT_GATE 2             ; vector, handler
-    mov eax, %2
-    mov word [idt + %1 * 8], ax
-    mov word [idt + %1 * 8 + 2], 0x08
-    mov word [idt + %1 * 8 + 4], 0x8E00
-    shr eax, 16
-    mov word [idt + %1 * 8 + 6], ax
-%endmacro
 %macro TASK_GATE 2            ; vector, TSS selector
     mov word [idt + %1 * 8], 0
     mov word [idt + %1 * 8 + 2], %2
@@ -97,7 +84,7 @@ body:
 
 
 def _guest(body: str) -> str:
-    src = protected_mode_guest(SETUP + body)
+    src = protected_mode_guest(SETUP + body, interrupts=True)
     return src.replace("gdt_end:\ngdtr:", EXTRA_GDT + "gdt_end:\ngdtr:")
 
 
@@ -116,7 +103,7 @@ def test_double_fault_task_gate_catches_a_kernel_stack_overflow(assemble, tmp_pa
     TSS_DESC gdt2, tss_b, 0x67
     TASK tss_b, df_task, 0x80000
     TASK_GATE 8, 0x48
-    INT_GATE 14, pf_handler
+    SET_GATE 14, pf_handler
     ; identity-map 4 MiB with 4 KiB pages, the page at 0x300000 not present
     mov edi, ptab
     mov eax, 0x3
@@ -246,8 +233,8 @@ def test_task_gate_faults_short_tss_and_busy_tss(assemble, tmp_path, mmu):
     TSS_DESC gdt2, tss_b, 0x40  ; limit 0x40 < 0x67
     TASK_GATE 0x40, 0x48
     TASK_GATE 0x41, 0x28        ; the current task: busy
-    INT_GATE 10, ts_handler
-    INT_GATE 13, gp_handler
+    SET_GATE 10, ts_handler
+    SET_GATE 13, gp_handler
     int 0x40
     int 0x41
     PRINT "done", 10
