@@ -340,6 +340,35 @@ pd:   times 512 dq 0
 """
 
 
+# Indexed VGA registers: the sequencer, the graphics controller and Bochs' DISPI
+# (index, value; they use DX and AL/AX).
+VGA_HELPERS = r"""
+%macro SEQ 2
+    mov dx, 0x3C4
+    mov al, %1
+    out dx, al
+    inc dx
+    mov al, %2
+    out dx, al
+%endmacro
+%macro GFX 2
+    mov dx, 0x3CE
+    mov al, %1
+    out dx, al
+    inc dx
+    mov al, %2
+    out dx, al
+%endmacro
+%macro DISPI 2
+    mov dx, 0x1CE
+    mov ax, %1
+    out dx, ax
+    inc dx
+    mov ax, %2
+    out dx, ax
+%endmacro
+"""
+
 AP_STARTUP = (Path(__file__).parents[1] / "benchmarks" / "guests" / "ap_startup.inc").read_text()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from guestlib import protected_mode_guest
+from guestlib import VGA_HELPERS, protected_mode_guest
 from test_platform import IDT_256, PIC_INIT
 
 from mmu_core._core import VGA_OFF
@@ -164,30 +164,6 @@ def test_serial_output_and_state_are_the_same_with_the_c_path(assemble, tmp_path
 
 
 VGA_MODES = r"""
-%macro SEQ 2
-    mov dx, 0x3C4
-    mov al, %1
-    out dx, al
-    inc dx
-    mov al, %2
-    out dx, al
-%endmacro
-%macro GFX 2
-    mov dx, 0x3CE
-    mov al, %1
-    out dx, al
-    inc dx
-    mov al, %2
-    out dx, al
-%endmacro
-%macro DISPI 2
-    mov dx, 0x1CE
-    mov ax, %1
-    out dx, ax
-    inc dx
-    mov ax, %2
-    out dx, ax
-%endmacro
 %macro SUM 2                  ; sum of %2 bytes from %1 -> eax
     mov esi, %1
     mov ecx, %2
@@ -368,7 +344,7 @@ def _run_vga(kernel, fast: bool):
 
 def test_vga_window_accesses_are_the_same_with_the_c_path(assemble, tmp_path):
     kernel = tmp_path / "vga.bin"
-    kernel.write_bytes(assemble(protected_mode_guest(VGA_MODES)))
+    kernel.write_bytes(assemble(protected_mode_guest(VGA_HELPERS + VGA_MODES)))
     out, vram, latch, served = _run_vga(kernel, fast=True)
     slow_out, slow_vram, slow_latch, slow_served = _run_vga(kernel, fast=False)
     assert (out, latch) == (slow_out, slow_latch)

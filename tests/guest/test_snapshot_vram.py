@@ -6,7 +6,7 @@ copying only the pages written (the VRAM dirty log)."""
 from __future__ import annotations
 
 import pytest
-from guestlib import protected_mode_guest
+from guestlib import VGA_HELPERS, protected_mode_guest
 
 from qemu_lite import Machine
 from qemu_lite.devices.vga import LFB_DEFAULT_BASE
@@ -31,28 +31,12 @@ def lfb_at(n: int) -> int:
 
 
 GUEST = rf"""
-%macro SEQ 2
-    mov dx, 0x3C4
-    mov al, %1
-    out dx, al
-    inc dx
-    mov al, %2
-    out dx, al
-%endmacro
-%macro GRC 2
-    mov dx, 0x3CE
-    mov al, %1
-    out dx, al
-    inc dx
-    mov al, %2
-    out dx, al
-%endmacro
     ; the state the snapshot keeps: chain-4, map 1 (0xA0000, 64 KiB), a 0x5A pattern
     ; over the window (VRAM 0 .. 64 KiB) and 0xC3 over VRAM 1 .. 3 MiB through the
     ; framebuffer
     SEQ 2, 0x0F
     SEQ 4, 0x0E
-    GRC 6, 0x05
+    GFX 6, 0x05
     mov edi, 0xA0000
     mov ecx, 0x10000 / 4
     mov eax, 0x5A5A5A5A
@@ -74,13 +58,13 @@ GUEST = rf"""
     call text
     ; ... through the device's Python path (planar, bit mask 7F: needs the latches) ...
     SEQ 4, 0x06
-    GRC 8, 0x7F
+    GFX 8, 0x7F
     mov eax, ebx
     and eax, 15
     shl eax, 10
     lea edi, [0xA8000 + eax]
     call text
-    GRC 8, 0xFF
+    GFX 8, 0xFF
     SEQ 4, 0x0E
     ; ... and through the framebuffer
     movzx eax, bl
@@ -117,7 +101,7 @@ class _ReadyPort:
 @pytest.mark.parametrize("mmu", ["cached", "native"])
 def test_vram_restored_a_thousand_times_after_all_three_write_paths(assemble, tmp_path, mmu):
     kernel = tmp_path / "vram.bin"
-    kernel.write_bytes(assemble(protected_mode_guest(GUEST)))
+    kernel.write_bytes(assemble(protected_mode_guest(VGA_HELPERS + GUEST)))
     rounds = 1000 if mmu == "cached" else 20  # native copies all of VRAM: the slow path
     with Machine(memory="32M", mmu=mmu, deterministic=True) as m:
         m.add_device(READY_PORT, 1, _ReadyPort(m))
