@@ -165,8 +165,6 @@ class Machine(DebugHooks, TraceHooks):
         if self.accel_thread == "multi":
             raise ValueError("-accel tcg,thread=multi is not implemented yet (thread=single "
                              "runs the vCPUs in turns on one host thread)")
-        if self.cpus > 1 and deterministic:
-            raise ValueError("-smp with --deterministic is not supported yet")
         self.mmu_mode = mmu
         bios_data = _bios_bytes(bios)
         self.uc, reset_ctx = new_engine()

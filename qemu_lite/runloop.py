@@ -208,7 +208,10 @@ class RunLoop:
             if cpu.halted:
                 self._wait_while_halted(wall_deadline)
                 continue
-            due = self._next_due(wall_deadline, self.clock.next_deadline())
+            guest_due = self.clock.next_deadline()
+            if self.vcpus is not None:
+                guest_due = self.vcpus.guest_deadline(guest_due)
+            due = self._next_due(wall_deadline, guest_due)
             if self.vcpus is not None:
                 due = self.vcpus.slice_deadline(due)
                 self.vcpus.begin_slice()

@@ -254,7 +254,14 @@ class VcpuSet:
         self.quantum_ns = quantum_ns
         self.vcpus = [_Vcpu(i, apic) for i, apic in enumerate(bus.lapics)]
         self.current = 0
-        self._turn_started = time.monotonic_ns()
+        # Turns are measured in guest time under --deterministic (the virtual clock
+        # counts instructions, so the same guest switches at the same instructions),
+        # in host time otherwise.
+        self._deterministic = bool(machine.deterministic)
+        self._now: Callable[[], int] = machine.clock.now if self._deterministic \
+            else time.monotonic_ns
+        self._turn_started = self._now()
+        self._turn_used_on_load: int | None = None  # load_state: the clock loads after
         self._yield = False
         self._slice_started = 0
         self._viewed: tuple[int, bool] | None = None  # viewing(): (index, current's halted)
@@ -302,7 +309,7 @@ class VcpuSet:
         self.bus.current = 0
         self._m.cpuid.apic_id = self.vcpus[0].lapic.initial_apic_id
         self._m.runloop.irq_source = self.vcpus[0].lapic
-        self._turn_started = time.monotonic_ns()
+        self._turn_started = self._now()
 
     def _wants_cpu(self, v: _Vcpu) -> bool:
         """Could ``v`` do anything if given the engine now?"""
@@ -333,7 +340,7 @@ class VcpuSet:
         cur.halted = self._m.cpu.halted
         if not cur.halted:
             cur.done = False
-        now = time.monotonic_ns()
+        now = self._turn_clock()
         expired = now - self._turn_started >= self.quantum_ns
         keep = self._wants_cpu(cur)
         if keep and not expired and not self._yield:
@@ -398,9 +405,25 @@ class VcpuSet:
         self.vcpus[self.current].done = True
         return not any(v.state == RUNNING and not v.done for v in self.vcpus)
 
+    def _turn_clock(self) -> int:
+        now = self._now()
+        if self._turn_used_on_load is not None:
+            self._turn_started = now - self._turn_used_on_load
+            self._turn_used_on_load = None
+        return now
+
     def slice_deadline(self, due: int | None) -> int | None:
-        """The host deadline of the next slice: the turn's end when others wait."""
-        if not self.others_can_run():
+        """The host deadline of the next slice: the turn's end when others wait
+        (under --deterministic the turn ends at a guest time: :meth:`guest_deadline`)."""
+        if self._deterministic or not self.others_can_run():
+            return due
+        end = self._turn_started + self.quantum_ns
+        return end if due is None else min(due, end)
+
+    def guest_deadline(self, due: int | None) -> int | None:
+        """Under --deterministic, the guest-time deadline of the next slice: the
+        next timer's or the turn's end when others wait."""
+        if not self._deterministic or not self.others_can_run():
             return due
         end = self._turn_started + self.quantum_ns
         return end if due is None else min(due, end)
@@ -424,7 +447,7 @@ class VcpuSet:
         debugger's step of a chosen thread.  It keeps the engine for a full turn."""
         self._check_index(index)
         self._not_viewing()
-        now = time.monotonic_ns()
+        now = self._turn_clock()
         if index != self.current:
             self._switch(self.vcpus[index], now)
         self._turn_started = now  # a fresh turn, even for the vCPU already on the engine
@@ -514,7 +537,8 @@ class VcpuSet:
                         "done": v.done, "sipi_vector": v.sipi_vector, "apic_base": base,
                         "context": None if current or v.context is None else bytes(v.context)})
         return {"version": self.STATE_VERSION, "current": self.current,
-                "yield": self._yield, "vcpus": out}
+                "yield": self._yield, "turn_ns": self._turn_clock() - self._turn_started,
+                "vcpus": out}
 
     def load_state(self, state: object) -> None:
         """Load :meth:`save_state`'s dict between runs, after the machine's CPU context
@@ -548,7 +572,10 @@ class VcpuSet:
         cur = self.vcpus[current]
         m.cpuid.apic_id = cur.lapic.initial_apic_id
         m.runloop.irq_source = cur.lapic
-        self._turn_started = time.monotonic_ns()
+        used = values.get("turn_ns", 0)  # absent in states saved before it was kept
+        if isinstance(used, bool) or not isinstance(used, int) or used < 0:
+            raise StateError(f"vcpus: turn_ns {used!r} is not a duration in ns")
+        self._turn_used_on_load = min(used, self.quantum_ns)
 
     def finish_load(self) -> None:
         """After the devices loaded: the platform MSRs hold the current vCPU's
