@@ -77,3 +77,31 @@ def test_debian_kernel_saved_mid_boot_continues_exactly(initrd, tmp_path):
         m.restore(snap)
         assert m.run(timeout=900).reason == "powered-off"
     assert head + tail == whole
+
+
+def test_debian_kernel_on_two_cpus_saved_mid_boot_continues_exactly(initrd, tmp_path):
+    """-smp 2 under --deterministic: the vCPUs' turns are guest time, so a state saved
+    once both CPUs run (the AP's context parked or on the engine) replays the rest of
+    the boot byte for byte in a new machine."""
+    state = tmp_path / "linux-smp.qlstate"
+    out = bytearray()
+    with Machine(memory="512M", deterministic=True, vga="none", smp=2) as m:
+        m.board.com1.add_output_listener(out.extend)
+        linux.load(m, kernel(), APPEND, initrd)
+        until = MID_BOOT_NS
+        while b"Brought up 1 node, 2 CPUs" not in out:
+            assert m.run(timeout=900, guest_ns=until).reason == "guest-time"
+            until += MID_BOOT_NS // 8
+        head = bytes(out)
+        m.save_state(state)
+        assert m.run(timeout=900).reason == "powered-off"
+    whole = bytes(out)
+    assert b"qemu_lite init: userspace reached" in whole and b"userspace reached" not in head
+
+    tail = bytearray()
+    with Machine(memory="512M", deterministic=True, vga="none", smp=2) as m:
+        m.board.com1.add_output_listener(tail.extend)
+        m.restore_state(state)
+        assert "wait-for-sipi" not in m.vcpu_states()  # saved with both CPUs up
+        assert m.run(timeout=900).reason == "powered-off"
+    assert head + tail == whole
