@@ -763,6 +763,7 @@ cdef class Core:
             "sp_found": s.sp_found, "sp_live": mmu.n_sp, "sp_max": mmu.sp_cap,
             "tracked_frames": tracked,
             "wp_traps": s.wp_traps, "alias_reads": s.alias_reads, "alias_writes": s.alias_writes,
+            "alias_writes_untracked": s.alias_writes_untracked,
             "pte_writes": s.pte_writes, "pte_updated": s.pte_updated, "pte_zapped": s.pte_zapped,
             "flood_zaps": s.flood_zaps, "rmap_write_protect": s.rmap_write_protect,
             "rmap_entries": entries, "rmap_longest": longest,

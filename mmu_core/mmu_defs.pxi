@@ -205,6 +205,7 @@ cdef struct MmuStats:
     uint64_t wp_traps
     uint64_t alias_reads
     uint64_t alias_writes
+    uint64_t alias_writes_untracked  # ... to a frame no shadow page caches any more
     uint64_t pte_writes
     uint64_t pte_updated
     uint64_t pte_zapped

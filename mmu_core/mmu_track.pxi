@@ -145,5 +145,7 @@ cdef void _alias_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t v
     st.mmu.stats.alias_writes += 1
     if size > 8 or offset >= st.ram_size or size > st.ram_size - offset:
         return
+    if st.mmu.sp_count[offset >> 12] == 0:
+        st.mmu.stats.alias_writes_untracked += 1   # an alias entry outlived the tracking
     memcpy(st.ram + offset, &value, size)
     track_phys_write(st, offset, size, True)
