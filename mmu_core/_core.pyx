@@ -764,6 +764,8 @@ cdef class Core:
             "tracked_frames": tracked,
             "wp_traps": s.wp_traps, "alias_reads": s.alias_reads, "alias_writes": s.alias_writes,
             "alias_writes_untracked": s.alias_writes_untracked,
+            "alias_page_flushes": s.alias_page_flushes, "alias_grants_lost": s.alias_grants_lost,
+            "retrack_page_flushes": s.retrack_page_flushes,
             "pte_writes": s.pte_writes, "pte_updated": s.pte_updated, "pte_zapped": s.pte_zapped,
             "flood_zaps": s.flood_zaps, "rmap_write_protect": s.rmap_write_protect,
             "rmap_entries": entries, "rmap_longest": longest,
