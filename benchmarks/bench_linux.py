@@ -43,7 +43,7 @@ busybox poweroff -f
 TIMEOUT = 240
 # Counters that follow Unicorn's TLB refills (its size changes by wall clock).
 TLB_SIZE_DEPENDENT = {"fills", "fills_read", "fills_write", "fills_fetch", "guest_walks",
-                      "shadow_hits", "shadow_misses", "wp_traps", "alias_writes",
+                      "shadow_hits", "shadow_misses", "wp_traps", "alias_writes", "alias_writes_untracked",
                       "tlb_flushes_wp", "tlb_flushes_code"}
 
 

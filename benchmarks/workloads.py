@@ -168,6 +168,7 @@ def summarize(stats: dict[str, Any], mmu: str, wall_s: float) -> dict[str, Any]:
         "recycles": stats.get("sp_recycled") if shadowed else None,
         "write_traps": stats.get("wp_traps") if shadowed else None,
         "alias_writes": stats.get("alias_writes") if shadowed else None,
+        "alias_writes_untracked": stats.get("alias_writes_untracked") if shadowed else None,
         "pte_writes": stats.get("pte_writes") if shadowed else None,
         "flood_zaps": stats.get("flood_zaps") if shadowed else None,
         "guest_faults": stats.get("faults") if shadowed else None,

@@ -117,6 +117,11 @@ cdef enum:
     FRAME_UNSYNC = 2          # a leaf table left writable: its shadow pages may be stale
     UNSYNC_MAX = 256          # frames unsync at once (more are trapped as before)
     UNSYNC_GVAS = 8           # writable virtual pages remembered per unsync frame
+    ALIAS_SLOTS = 4096        # frames whose alias TLB grants are remembered (by gfn, direct-mapped)
+    ALIAS_GVAS = 4            # virtual pages remembered per frame
+    ALIAS_EMPTY = 0
+    ALIAS_TRACKED = 1
+    ALIAS_UNTRACKED = 2
 
 # The paging state a fill works under (read from the CPU at each fill).
 cdef struct MmuMode:
@@ -178,6 +183,19 @@ cdef struct UnsyncFrame:
     bint overflow            # more than UNSYNC_GVAS: a whole flush re-protects it
     uint64_t gva[UNSYNC_GVAS]
 
+cdef struct AliasFrame:
+    # The virtual pages through which one frame was mapped (mmu_track.pxi):
+    # ALIAS_TRACKED, a tracked frame's alias TLB entries (its stores go to the
+    # page-table alias), dropped when it stops being tracked; ALIAS_UNTRACKED,
+    # every writable RAM entry of a frame since it stopped being tracked, dropped
+    # when it is tracked again instead of flushing the whole TLB.
+    uint64_t gfn
+    uint32_t gen             # tlb_gen of the pages: after a full flush none is left
+    uint32_t kind            # ALIAS_EMPTY / ALIAS_TRACKED / ALIAS_UNTRACKED
+    uint32_t ngva
+    bint overflow            # ALIAS_TRACKED: more than ALIAS_GVAS, the rest are not dropped
+    uint64_t gva[ALIAS_GVAS]
+
 
 cdef struct Rmap:
     uint32_t *refs
@@ -205,6 +223,10 @@ cdef struct MmuStats:
     uint64_t wp_traps
     uint64_t alias_reads
     uint64_t alias_writes
+    uint64_t alias_writes_untracked  # ... to a frame no shadow page caches any more
+    uint64_t alias_page_flushes  # alias TLB pages dropped as their frame stopped being tracked
+    uint64_t alias_grants_lost   # alias grants forgotten (slot taken, overflow): left in the TLB
+    uint64_t retrack_page_flushes  # writable pages dropped as their frame was tracked again
     uint64_t pte_writes
     uint64_t pte_updated
     uint64_t pte_zapped
@@ -272,5 +294,7 @@ cdef struct Mmu:
     bint unsync_on            # leave written leaf tables unsync (mmu_unsync.pxi)
     bint data_exec            # data fills grant EXEC: the engine tracks code pages (patch d)
     UnsyncFrame unsync[UNSYNC_MAX]
+    AliasFrame *alias         # ALIAS_SLOTS records of alias TLB grants (mmu_track.pxi)
+    bint alias_quiet          # inside zap_all: its caller flushes the whole TLB
     uint32_t n_unsync
     MmuStats stats

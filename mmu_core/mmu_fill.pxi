@@ -237,9 +237,11 @@ cdef void emit(CoreState *st, uint64_t gva, uint64_t gpa, int access, bint r, bi
         if w and not tracked:
             perms |= UC_PROT_WRITE
             mmu.wgen[gfn] = mmu.tlb_gen
+            alias_note_writable(mmu, gfn, gva)
     elif access == ACC_WRITE and tracked:
         mmu.stats.wp_traps += 1
         res.paddr = ALIAS_BASE + gpa
+        alias_note(mmu, gfn, gva)
         perms = UC_PROT_WRITE
         if r:
             perms |= UC_PROT_READ
@@ -249,6 +251,7 @@ cdef void emit(CoreState *st, uint64_t gva, uint64_t gpa, int access, bint r, bi
         if w and not tracked:
             perms |= UC_PROT_WRITE
             mmu.wgen[gfn] = mmu.tlb_gen
+            alias_note_writable(mmu, gfn, gva)
         if mmu.data_exec:
             if x:
                 perms |= UC_PROT_EXEC   # the engine traps stores once the page has code

@@ -229,7 +229,7 @@ cdef uint32_t get_sp(CoreState *st, uint64_t gfn, uint32_t role) noexcept nogil:
     mmu.sp_count[gfn] += 1
     if mmu.sp_count[gfn] == 1:
         rmap_write_protect(mmu, gfn)
-        if mmu.wgen[gfn] == mmu.tlb_gen:
+        if mmu.wgen[gfn] == mmu.tlb_gen and not alias_retrack(mmu, gfn):
             flush_unicorn_tlb(st)
             mmu.stats.tlb_flushes_wp += 1
     return spi
@@ -268,6 +268,7 @@ cdef void zap_sp(Mmu *mmu, uint32_t spi) noexcept nogil:
     mmu.sp_count[sp.gfn] -= 1
     if mmu.sp_count[sp.gfn] == 0:
         unsync_forget(mmu, sp.gfn)
+        alias_untrack(mmu, sp.gfn)
     sp.unsync = False
     for i in range(4):
         if mmu.cur_roots[i] == spi:
@@ -282,11 +283,16 @@ cdef void zap_sp(Mmu *mmu, uint32_t spi) noexcept nogil:
 
 
 cdef void zap_all(Mmu *mmu) noexcept nogil:
+    """Drop every shadow page.  Alias TLB entries are left: the callers flush the whole
+    TLB after (flush_mmu, flush_shadow) or QEMU did before (naive's CR3 load); a shrink
+    of the pool leaves them to take the alias path until the next flush."""
     ctx_drop_all(mmu)
     mmu.ctx_quiet = True
+    mmu.alias_quiet = True
     while mmu.lru_head:
         zap_sp(mmu, mmu.lru_head)
     mmu.ctx_quiet = False
+    mmu.alias_quiet = False
     mmu.have_mode = False
 
 
@@ -317,8 +323,9 @@ cdef int mmu_init(CoreState *st, uint32_t max_pages) except -1:
     mmu.wgen = <uint32_t *>calloc(mmu.nframes, sizeof(uint32_t))
     mmu.fgen = <uint32_t *>calloc(mmu.nframes, sizeof(uint32_t))
     mmu.rmap = <Rmap *>calloc(mmu.nframes, sizeof(Rmap))
+    mmu.alias = <AliasFrame *>calloc(ALIAS_SLOTS, sizeof(AliasFrame))
     mmu.tlb_gen = 1
-    if not (mmu.sp_count and mmu.frame_flags and mmu.wgen and mmu.fgen and mmu.rmap):
+    if not (mmu.sp_count and mmu.frame_flags and mmu.wgen and mmu.fgen and mmu.rmap and mmu.alias):
         raise MemoryError()
     mmu_set_capacity(mmu, max_pages)
     return 0
@@ -369,3 +376,4 @@ cdef void mmu_free(Mmu *mmu) noexcept nogil:
     free(mmu.frame_flags)
     free(mmu.wgen)
     free(mmu.fgen)
+    free(mmu.alias)

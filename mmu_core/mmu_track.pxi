@@ -9,9 +9,111 @@
 # RAM, so the final state is exact; misaligned and partial writes touch every
 # entry they overlap.  A page written again and again without being used for
 # a translation is zapped (write-flood detection), which ends its tracking.
+#
+# The alias TLB entries must end with it: left in place they keep sending the
+# frame's stores through the callbacks long after no shadow page caches it
+# (alias_writes_untracked).  The write fills that map the alias note their
+# virtual page (alias_note), and when the frame's last shadow page goes the
+# engine drops those pages from the TLB in use and every parked one (patch l),
+# so the next store fills a plain RAM mapping.  Those writable RAM entries must
+# go in turn when the frame is tracked again (a guest reuses its tables), which
+# used to take a whole flush with every parked context: the fills that grant
+# them note their pages too (alias_note_writable), and the re-tracking drops
+# just those (alias_retrack).  The notes are a bounded hint, as the unsync
+# frames' are: an alias note lost to another frame or past ALIAS_GVAS leaves
+# that entry on the alias path (slow, never wrong); a writable list that is
+# lost or overflows makes the re-tracking flush the whole TLB as before; a
+# page dropped that no longer maps the frame costs one fill.
 
 cdef enum:
     MAX_SP_PER_GFN = 64
+
+
+cdef inline AliasFrame *_alias_slot(Mmu *mmu, uint64_t gfn) noexcept nogil:
+    return &mmu.alias[gfn & (ALIAS_SLOTS - 1)]
+
+
+cdef inline void _alias_claim(Mmu *mmu, AliasFrame *a, uint64_t gfn, uint32_t kind) noexcept nogil:
+    if a.kind != ALIAS_EMPTY and a.gfn != gfn and a.gen == mmu.tlb_gen:
+        mmu.stats.alias_grants_lost += 1   # that frame's pages stay (or its re-track flushes all)
+    a.gfn = gfn
+    a.gen = mmu.tlb_gen
+    a.kind = kind
+    a.ngva = 0
+    a.overflow = False
+
+
+cdef inline bint _alias_add(AliasFrame *a, uint64_t gva) noexcept nogil:
+    """Remember page ``gva``; False when there is no room."""
+    cdef uint32_t j
+    gva &= ~0xFFFULL
+    for j in range(a.ngva):
+        if a.gva[j] == gva:
+            return True
+    if a.ngva == ALIAS_GVAS:
+        return False
+    a.gva[a.ngva] = gva
+    a.ngva += 1
+    return True
+
+
+cdef void alias_note(Mmu *mmu, uint64_t gfn, uint64_t gva) noexcept nogil:
+    """A write fill maps virtual page ``gva`` of tracked frame ``gfn`` to the alias."""
+    cdef AliasFrame *a = _alias_slot(mmu, gfn)
+    if uc_ql_tlb_flush_page == NULL:
+        return   # stock engine: only a whole flush could drop them
+    if a.kind != ALIAS_TRACKED or a.gfn != gfn or a.gen != mmu.tlb_gen:
+        _alias_claim(mmu, a, gfn, ALIAS_TRACKED)
+    if not _alias_add(a, gva) and not a.overflow:
+        a.overflow = True
+        mmu.stats.alias_grants_lost += 1
+
+
+cdef void alias_untrack(Mmu *mmu, uint64_t gfn) noexcept nogil:
+    """Frame ``gfn`` lost its last shadow page: drop the TLB entries that send its
+    stores to the alias, from the TLB in use and every parked one (patch l).  When
+    no writable RAM entry of the frame is left then, start the list of the ones to
+    come, so that tracking it again needs no whole flush (alias_retrack)."""
+    cdef AliasFrame *a = _alias_slot(mmu, gfn)
+    cdef uint32_t j
+    if mmu.alias_quiet or uc_ql_tlb_flush_page == NULL:
+        return
+    if a.kind == ALIAS_TRACKED and a.gfn == gfn:
+        if a.gen == mmu.tlb_gen:
+            for j in range(a.ngva):
+                uc_ql_tlb_flush_page(mmu.uc, a.gva[j])
+            mmu.stats.alias_page_flushes += a.ngva
+        a.kind = ALIAS_EMPTY
+    if mmu.wgen[gfn] != mmu.tlb_gen and (a.kind == ALIAS_EMPTY or a.gen != mmu.tlb_gen):
+        _alias_claim(mmu, a, gfn, ALIAS_UNTRACKED)
+
+
+cdef void alias_note_writable(Mmu *mmu, uint64_t gfn, uint64_t gva) noexcept nogil:
+    """A fill maps page ``gva`` of untracked frame ``gfn`` writable in RAM."""
+    cdef AliasFrame *a = _alias_slot(mmu, gfn)
+    if a.kind != ALIAS_UNTRACKED or a.gfn != gfn:
+        return
+    if a.gen != mmu.tlb_gen:
+        # A whole flush since: no writable entry of the frame is left, start again.
+        a.gen = mmu.tlb_gen
+        a.ngva = 0
+    if not _alias_add(a, gva):
+        a.kind = ALIAS_EMPTY   # too many: tracking it again flushes the whole TLB
+
+
+cdef bint alias_retrack(Mmu *mmu, uint64_t gfn) noexcept nogil:
+    """Frame ``gfn`` is tracked again and may have writable RAM entries: drop them
+    page by page if they are all known (True), else the caller flushes everything."""
+    cdef AliasFrame *a = _alias_slot(mmu, gfn)
+    cdef uint32_t j
+    if a.kind != ALIAS_UNTRACKED or a.gfn != gfn or a.gen != mmu.tlb_gen:
+        return False
+    for j in range(a.ngva):
+        uc_ql_tlb_flush_page(mmu.uc, a.gva[j])
+    mmu.stats.retrack_page_flushes += a.ngva
+    a.kind = ALIAS_EMPTY
+    mmu.wgen[gfn] = mmu.tlb_gen - 1   # no writable RAM entry of it is left anywhere
+    return True
 
 
 cdef inline bint _gpte_rsvd(MmuMode *m, ShadowPage *sp, uint64_t gpte) noexcept nogil:
@@ -145,5 +247,7 @@ cdef void _alias_write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t v
     st.mmu.stats.alias_writes += 1
     if size > 8 or offset >= st.ram_size or size > st.ram_size - offset:
         return
+    if st.mmu.sp_count[offset >> 12] == 0:
+        st.mmu.stats.alias_writes_untracked += 1   # an alias entry outlived the tracking
     memcpy(st.ram + offset, &value, size)
     track_phys_write(st, offset, size, True)

@@ -156,6 +156,10 @@ cdef bint _resync_frame(CoreState *st, int i) noexcept nogil:
             for j in range(u.ngva):
                 uc_ql_tlb_flush_page(mmu.uc, u.gva[j])
                 mmu.stats.unsync_page_flushes += 1
+            # Those were all its writable RAM entries (a tracked frame gets them only
+            # here): none is left, so losing its tracking later can note the next
+            # ones and tracking it again needs no whole flush (alias_retrack).
+            mmu.wgen[gfn] = mmu.tlb_gen - 1
     mmu.stats.resyncs += 1
     _unsync_remove(mmu, i)
     return full

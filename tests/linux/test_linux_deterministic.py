@@ -25,7 +25,7 @@ APPEND = "console=ttyS0 panic=-1"
 # identical guest executions on the stock engine.  Everything else must match.
 TLB_SIZE_DEPENDENT = {
     "fills", "fills_read", "fills_write", "fills_fetch", "guest_walks", "shadow_hits",
-    "shadow_misses", "sp_found", "wp_traps", "alias_reads", "alias_writes",
+    "shadow_misses", "sp_found", "wp_traps", "alias_reads", "alias_writes", "alias_writes_untracked",
     "shadow_hits_l1", "shadow_misses_l1", "shadow_hits_l2", "shadow_misses_l2",
     # a flush when a frame gains a shadow page or code, if a writable/fast-store
     # entry was filled since the last flush: which depends on refills too
