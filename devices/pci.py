@@ -81,7 +81,7 @@ DEVICE_PIIX3_ISA = 0x7000
 CLASS_HOST_BRIDGE = 0x060000
 CLASS_ISA_BRIDGE = 0x060100
 
-# PIIX3 PIRQ route control (82371SB 2.2.11): bit 7 disconnects, bits 3:0 the ISA IRQ.
+# PIIX3 PIRQ route control (82371SB PIRQRC[A:D]): bit 7 disconnects, bits 3:0 the ISA IRQ.
 PIRQ_DISABLED = 0x80
 PIRQ_IRQ_MASK = 0x0F
 PIRQ_ROUTABLE = frozenset({3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15})
@@ -258,8 +258,8 @@ class I440fxHostBridge(PciFunction):
 class Piix3IsaBridge(PciFunction):
     """82371SB PIIX3 PCI-to-ISA bridge, function 0 of a multi-function device.
 
-    The PIRQ route control registers (PIRQRC, 0x60-0x63; 82371SB data sheet
-    2.2.11) steer the four PCI interrupt lines PIRQA-D onto ISA IRQs: bits 3:0
+    The PIRQ route control registers (PIRQRC[A:D], 0x60-0x63, of the 82371SB
+    data sheet) steer the four PCI interrupt lines PIRQA-D onto ISA IRQs: bits 3:0
     name the IRQ, bit 7 set disconnects the line.  Devices drive PIRQ n through
     :meth:`pirq_line`; the bridge drives ``isa_irqs`` (an ``IrqSink``: the board's
     8259 pair and IOAPIC) with the OR of the PIRQs routed to each IRQ.  A value
@@ -294,7 +294,7 @@ class Piix3IsaBridge(PciFunction):
         # The PIRQ inputs are wires driven by the devices: a reset of the bridge
         # leaves them (the devices lower their own lines as they reset).
         self.pirq_levels = [False] * self.PIRQ_COUNT
-        self._driven: dict[int, bool] = {}
+        self._driven: set[int] = set()  # the ISA IRQs held high
         super().__init__()
         self.set_writable(0x4C, 0xB4, (1 << (8 * 0xB4)) - 1)  # 0x4C-0xFF
 
@@ -338,12 +338,12 @@ class Piix3IsaBridge(PciFunction):
             irq = self.route(pirq)
             if irq is not None:
                 levels[irq] = levels.get(irq, False) or self.pirq_levels[pirq]
-        old, self._driven = self._driven, {irq: True for irq, high in levels.items() if high}
+        old, self._driven = self._driven, {irq for irq, high in levels.items() if high}
         if self.isa_irqs is None:
             return
-        for irq in sorted(old.keys() - self._driven.keys()):
+        for irq in sorted(old - self._driven):
             self.isa_irqs.set_irq(irq, False)
-        for irq in sorted(self._driven.keys() - old.keys()):
+        for irq in sorted(self._driven - old):
             self.isa_irqs.set_irq(irq, True)
 
     def config_written(self, offset: int, size: int) -> None:
