@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .base import Device
+from .base import Device, IrqLine, IrqSink
 
 CONFIG_ADDRESS = 0xCF8
 CONFIG_PORTS = 8  # 0xCF8-0xCFF
@@ -81,8 +81,23 @@ DEVICE_PIIX3_ISA = 0x7000
 CLASS_HOST_BRIDGE = 0x060000
 CLASS_ISA_BRIDGE = 0x060100
 
+# PIIX3 PIRQ route control (82371SB PIRQRC[A:D]): bit 7 disconnects, bits 3:0 the ISA IRQ.
+PIRQ_DISABLED = 0x80
+PIRQ_IRQ_MASK = 0x0F
+PIRQ_ROUTABLE = frozenset({3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15})
+PIRQ_RESET_ROUTES = (10, 10, 11, 11)  # PIRQA-D where SeaBIOS leaves them on QEMU's pc
+
 ALL_ONES = 0xFFFFFFFF
 STATE_VERSION = 1
+
+
+def slot_pirq(slot: int, pin: int) -> int:
+    """The PIRQ (0-3: A-D) that interrupt pin ``pin`` (1-4: INTA#-INTD#, as
+    PCI_INTERRUPT_PIN) of a device in ``slot`` reaches: the board rotates the pins by
+    slot, INTA# of slot 1 on PIRQA (QEMU's ``pc`` wiring, which its DSDT describes)."""
+    if not (0 <= slot < 32 and 1 <= pin <= 4):
+        raise ValueError(f"bad PCI slot {slot} or interrupt pin {pin}")
+    return (slot + pin - 2) & 3
 
 
 def devfn(device: int, function: int) -> int:
@@ -243,10 +258,23 @@ class I440fxHostBridge(PciFunction):
 class Piix3IsaBridge(PciFunction):
     """82371SB PIIX3 PCI-to-ISA bridge, function 0 of a multi-function device.
 
-    Its registers from 0x4C on (ISA clock, X-bus chip select, PIRQ routing
-    0x60-0x63, top of memory, motherboard IRQ and DMA routing, APIC base,
-    SMI control) are stored with their power-on values and change nothing:
-    the ISA interrupts are wired by the board, and no PCI device here uses INTx.
+    The PIRQ route control registers (PIRQRC[A:D], 0x60-0x63, of the 82371SB
+    data sheet) steer the four PCI interrupt lines PIRQA-D onto ISA IRQs: bits 3:0
+    name the IRQ, bit 7 set disconnects the line.  Devices drive PIRQ n through
+    :meth:`pirq_line`; the bridge drives ``isa_irqs`` (an ``IrqSink``: the board's
+    8259 pair and IOAPIC) with the OR of the PIRQs routed to each IRQ.  A value
+    naming an IRQ the PIIX3 cannot route (0-2, 8, 13) routes nowhere.  As in
+    QEMU, a PIRQ steered onto an IRQ an ISA device also drives is not ORed with
+    that device's level: the last change wins.
+
+    At reset the routes are where SeaBIOS leaves them on QEMU's ``pc`` (PIRQA-D on
+    IRQ 10, 10, 11, 11; the data sheet's power-on value is 0x80, disconnected),
+    as the e1000's BARs are: our BIOS and the ``--kernel`` loader program no PCI
+    device, and an OS without ACPI reads the IRQ from the interrupt line register.
+
+    The other registers from 0x4C on (ISA clock, X-bus chip select, top of
+    memory, motherboard IRQ and DMA routing, APIC base, SMI control) are stored
+    with their power-on values and change nothing.
     """
 
     name = "piix3-isa"
@@ -258,9 +286,15 @@ class Piix3IsaBridge(PciFunction):
     command_reset = CMD_IO | CMD_MEMORY | CMD_MASTER
     status_reset = STATUS_DEVSEL_MEDIUM
 
-    PIRQRC = 0x60  # PIRQA-D route control, 0x60-0x63; bit 7 = disabled
+    PIRQRC = 0x60  # PIRQA-D route control, 0x60-0x63
+    PIRQ_COUNT = 4
 
-    def __init__(self) -> None:
+    def __init__(self, isa_irqs: IrqSink | None = None) -> None:
+        self.isa_irqs = isa_irqs
+        # The PIRQ inputs are wires driven by the devices: a reset of the bridge
+        # leaves them (the devices lower their own lines as they reset).
+        self.pirq_levels = [False] * self.PIRQ_COUNT
+        self._driven: set[int] = set()  # the ISA IRQs held high
         super().__init__()
         self.set_writable(0x4C, 0xB4, (1 << (8 * 0xB4)) - 1)  # 0x4C-0xFF
 
@@ -268,7 +302,7 @@ class Piix3IsaBridge(PciFunction):
         super().reset()
         self.config[0x4C] = 0x4D  # IORT: ISA I/O recovery timer
         self.config[0x4E] = 0x03  # XBCS: RTC and keyboard controller decoded
-        self.config[self.PIRQRC:self.PIRQRC + 4] = b"\x80\x80\x80\x80"
+        self.config[self.PIRQRC:self.PIRQRC + 4] = bytes(PIRQ_RESET_ROUTES)
         self.config[0x69] = 0x02  # TOM
         self.config[0x70] = 0x80  # MBIRQ0 disabled
         self.config[0x71] = 0x80  # MBIRQ1 disabled
@@ -276,6 +310,48 @@ class Piix3IsaBridge(PciFunction):
         self.config[0x77] = 0x0C
         self.config[0x78] = 0x02  # PCSC
         self.config[0xA0] = 0x08  # SMICNTL
+        self._update_irqs()
+
+    # -- PCI interrupt routing ----------------------------------------------------
+
+    def pirq_line(self, pirq: int) -> IrqLine:
+        """The wire a device's INTx# drives into PIRQ ``pirq`` (0-3: A-D)."""
+        if not 0 <= pirq < self.PIRQ_COUNT:
+            raise ValueError(f"no PIRQ {pirq}")
+        return IrqLine(self, pirq)
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        """IrqSink: PIRQ ``irq`` went to ``level``."""
+        self.pirq_levels[irq] = level
+        self._update_irqs()
+
+    def route(self, pirq: int) -> int | None:
+        """The ISA IRQ that PIRQ ``pirq`` reaches now, or None."""
+        value = self.config[self.PIRQRC + pirq]
+        if value & PIRQ_DISABLED or value & PIRQ_IRQ_MASK not in PIRQ_ROUTABLE:
+            return None
+        return value & PIRQ_IRQ_MASK
+
+    def _update_irqs(self) -> None:
+        levels: dict[int, bool] = {}
+        for pirq in range(self.PIRQ_COUNT):
+            irq = self.route(pirq)
+            if irq is not None:
+                levels[irq] = levels.get(irq, False) or self.pirq_levels[pirq]
+        old, self._driven = self._driven, {irq for irq, high in levels.items() if high}
+        if self.isa_irqs is None:
+            return
+        for irq in sorted(old - self._driven):
+            self.isa_irqs.set_irq(irq, False)
+        for irq in sorted(self._driven - old):
+            self.isa_irqs.set_irq(irq, True)
+
+    def config_written(self, offset: int, size: int) -> None:
+        if offset < self.PIRQRC + self.PIRQ_COUNT and self.PIRQRC < offset + size:
+            self._update_irqs()
+
+    def state_loaded(self) -> None:
+        self._update_irqs()
 
 
 class PciBus:

@@ -37,7 +37,14 @@ from qemu_lite.devices.ioapic import IoApic, route_to_lapic
 from qemu_lite.devices.lapic import LocalApic
 from qemu_lite.devices.mc146818 import Rtc
 from qemu_lite.devices.netbackends import NetBackend, Nic, PcapWriter, open_netdev
-from qemu_lite.devices.pci import I440fxHostBridge, PciBus, PciConfigPorts, Piix3IsaBridge
+from qemu_lite.devices.pci import (
+    PIRQ_RESET_ROUTES,
+    I440fxHostBridge,
+    PciBus,
+    PciConfigPorts,
+    Piix3IsaBridge,
+    slot_pirq,
+)
 from qemu_lite.devices.port92 import SystemControlPortA
 from qemu_lite.devices.uart16550 import Uart16550
 from qemu_lite.devices.vga import Vga
@@ -71,9 +78,12 @@ IRQ_PIT, IRQ_KBD, IRQ_COM2, IRQ_COM1, IRQ_RTC, IRQ_MOUSE, IRQ_IDE0, IRQ_IDE1 = 0
 IRQ_SCI = 9  # the ACPI SCI, as on QEMU's pc (FADT SCI_INT)
 # RAM below 4 GiB: all of it under 3.5 GiB, else 3 GiB (our BIOS splits it so).
 LOWMEM_LIMIT, LOWMEM_SPLIT = 0xE0000000, 0xC0000000
-# The NIC, where SeaBIOS leaves QEMU's e1000: PCI 00:03.0, its BARs programmed, INTA# on IRQ 11.
+# The NIC, where SeaBIOS leaves QEMU's e1000: PCI 00:03.0, its BARs programmed; its INTA#
+# reaches PIRQC, which the PIIX3 routes to IRQ 11 until the guest re-routes it.
 NIC_PCI_SLOT = 3
-NIC_MMIO, NIC_IO, IRQ_NIC = 0xFEBC0000, 0xC080, 11
+NIC_MMIO, NIC_IO = 0xFEBC0000, 0xC080
+NIC_PIRQ = slot_pirq(NIC_PCI_SLOT, 1)
+IRQ_NIC = PIRQ_RESET_ROUTES[NIC_PIRQ]
 DEFAULT_MAC = bytes.fromhex("525400123456")
 
 
@@ -426,7 +436,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     host.on_pam_change = platform.core.set_pam  # firmware shadowing itself (SeaBIOS)
     host.reset()
     pci.add(0, 0, host)
-    pci.add(1, 0, Piix3IsaBridge())
+    isa_bridge = Piix3IsaBridge(irqs)  # PIRQA-D onto ISA IRQs (its registers 0x60-0x63)
+    pci.add(1, 0, isa_bridge)
     piix_ide = PiixIde(GuestPhysicalMemory(platform), ide0, ide1)
     pci.add(1, 1, piix_ide)
     vga_slot = attach_vga(platform, pci, vga_bios) if vga == "std" else None
@@ -438,7 +449,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     fw_cfg_ports = devfast.FwCfgStream(platform.core, fw_cfg, FW_CFG + 1)
     debugcon = DebugCon()
     post = PostCode()
-    nic = _add_nic(platform, pci, irqs, nics or [], net_dump)
+    nic = _add_nic(platform, pci, isa_bridge, nics or [], net_dump)
 
     lapic_ns, chipset_ns = VirtualClock.LAPIC_MMIO_NS, VirtualClock.MMIO_NS
     slots = [
@@ -480,7 +491,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
         slots.append(Slot("option-roms", OptionRoms(platform, fw_cfg, roms)))
     if nic is not None:
         # Its state is the PCI function's, saved with the bus.
-        slots.append(Slot("nic", None, irqs=(IRQ_NIC,), poll=nic.poll, bars=[
+        # Its INTA# drives PIRQC: the PIIX3 steers it onto an ISA IRQ (pci slot).
+        slots.append(Slot("nic", None, poll=nic.poll, bars=[
             PciBar("mmio", E1000_MMIO_SIZE, nic, nic, lambda: nic.mmio_base),
             PciBar("io", 8, nic.io_ports, nic, lambda: nic.io_base)]))
     board = Board(slots, pic, pit, rtc, kbc, lapic, ioapic, com1, com2, ide0, ide1, pci,
@@ -513,7 +525,7 @@ def _add_acpi(platform: Platform, board: Board, irqs: IsaIrqs, hpet: bool) -> No
     board.firmware_tables = placements
 
 
-def _add_nic(platform: Platform, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
+def _add_nic(platform: Platform, pci: PciBus, isa_bridge: Piix3IsaBridge, nics: list[Nic],
              net_dump: str | os.PathLike[str] | None) -> E1000 | None:
     """The e1000 at 00:03.0 and its back end; the pcap file opens last, once all else worked."""
     if len(nics) > 1:
@@ -524,7 +536,7 @@ def _add_nic(platform: Platform, pci: PciBus, irqs: IsaIrqs, nics: list[Nic],
         return None
     backend: NetBackend = open_netdev(nics[0].netdev)
     platform.add_closer(backend.close)
-    nic = E1000(GuestPhysicalMemory(platform), irqs.line(IRQ_NIC), platform.clock,
+    nic = E1000(GuestPhysicalMemory(platform), isa_bridge.pirq_line(NIC_PIRQ), platform.clock,
                 mac=nics[0].mac or DEFAULT_MAC, port=backend, mmio_base=NIC_MMIO,
                 io_base=NIC_IO, irq_line_number=IRQ_NIC)
     pci.add(NIC_PCI_SLOT, 0, nic)

@@ -8,8 +8,11 @@ a device reads as it would in ASL::
            name("_CRS", resource_template(io(0x3F8, 8), irq_no_flags(4))))
 
 Only what qemu_lite's tables use is here: names and paths, integers,
-strings, packages, buffers, Scope, Device, Method, Return, Notify, and the
-small and large resource descriptors of a _CRS.
+strings, packages, buffers, Scope, Device, Method, Return, Notify, an
+OperationRegion with a Field, the few statements and operators of the PCI
+interrupt links' methods (If/Else, Store, And, Or, LEqual, LOr,
+CreateDWordField, Arg0-6 and Local0-7), and the small and large resource
+descriptors of a _CRS.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ ZERO_OP, ONE_OP, ONES_OP = 0x00, 0x01, 0xFF
 BYTE_PREFIX, WORD_PREFIX, DWORD_PREFIX, STRING_PREFIX, QWORD_PREFIX = 0x0A, 0x0B, 0x0C, 0x0D, 0x0E
 NAME_OP, SCOPE_OP, BUFFER_OP, PACKAGE_OP, METHOD_OP = 0x08, 0x10, 0x11, 0x12, 0x14
 RETURN_OP, NOTIFY_OP = 0xA4, 0x86
-EXT_OP_PREFIX, DEVICE_OP = 0x5B, 0x82
+EXT_OP_PREFIX, DEVICE_OP, OP_REGION_OP, FIELD_OP = 0x5B, 0x82, 0x80, 0x81
+IF_OP, ELSE_OP, STORE_OP, AND_OP, OR_OP = 0xA0, 0xA1, 0x70, 0x7B, 0x7D
+LOR_OP, LEQUAL_OP, CREATE_DWORD_FIELD_OP = 0x91, 0x93, 0x8A
+LOCAL0_OP, ARG0_OP = 0x60, 0x68
+NULL_NAME = 0x00
 ROOT_CHAR, PARENT_PREFIX, DUAL_NAME_PREFIX, MULTI_NAME_PREFIX = 0x5C, 0x5E, 0x2E, 0x2F
 
 _LEAD = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_")
@@ -137,6 +144,80 @@ def buffer(data: bytes) -> bytes:
     return bytes([BUFFER_OP]) + pkg_length(len(body)) + body
 
 
+# -- operation regions, statements and operators (ACPI 6.4, 20.2.5) ----------------
+
+REGION_PCI_CONFIG = 0x02
+FIELD_BYTE_ACC = 0x01  # AccessType ByteAcc, NoLock, Preserve
+
+
+def operation_region(path: str, space: int, offset: int, length: int) -> bytes:
+    """OperationRegion(path, space, offset, length)."""
+    return (bytes([EXT_OP_PREFIX, OP_REGION_OP]) + name_string(path) + bytes([space])
+            + integer(offset) + integer(length))
+
+
+def field(region: str, *units: tuple[str, int], flags: int = FIELD_BYTE_ACC) -> bytes:
+    """Field(region, ByteAcc, NoLock, Preserve){name, bits, ...}: consecutive named fields."""
+    body = name_string(region) + bytes([flags])
+    for seg, bits in units:
+        if not 0 < bits < 0x40:
+            raise ValueError("only fields narrower than 64 bits are encoded here")
+        body += name_seg(seg) + bytes([bits])  # a PkgLength holding the width itself
+    return bytes([EXT_OP_PREFIX, FIELD_OP]) + pkg_length(len(body)) + body
+
+
+def arg(n: int) -> bytes:
+    if not 0 <= n <= 6:
+        raise ValueError("Arg0-Arg6")
+    return bytes([ARG0_OP + n])
+
+
+def local(n: int) -> bytes:
+    if not 0 <= n <= 7:
+        raise ValueError("Local0-Local7")
+    return bytes([LOCAL0_OP + n])
+
+
+def ref(path: str) -> bytes:
+    """A named object used as an operand or target."""
+    return name_string(path)
+
+
+def if_(predicate: bytes, *terms: bytes) -> bytes:
+    body = predicate + b"".join(terms)
+    return bytes([IF_OP]) + pkg_length(len(body)) + body
+
+
+def else_(*terms: bytes) -> bytes:
+    body = b"".join(terms)
+    return bytes([ELSE_OP]) + pkg_length(len(body)) + body
+
+
+def store(value: bytes, target: bytes) -> bytes:
+    return bytes([STORE_OP]) + value + target
+
+
+def and_(a: bytes, b: bytes, target: bytes = bytes([NULL_NAME])) -> bytes:
+    return bytes([AND_OP]) + a + b + target
+
+
+def or_(a: bytes, b: bytes, target: bytes = bytes([NULL_NAME])) -> bytes:
+    return bytes([OR_OP]) + a + b + target
+
+
+def lequal(a: bytes, b: bytes) -> bytes:
+    return bytes([LEQUAL_OP]) + a + b
+
+
+def lor(a: bytes, b: bytes) -> bytes:
+    return bytes([LOR_OP]) + a + b
+
+
+def create_dword_field(source: bytes, byte_index: int, seg: str) -> bytes:
+    """CreateDWordField(source, byte_index, seg)."""
+    return bytes([CREATE_DWORD_FIELD_OP]) + source + integer(byte_index) + name_string(seg)
+
+
 # -- resource descriptors (ACPI 6.4, 6.4 "Resource Data Types") -------------------
 
 END_TAG = bytes([0x79, 0x00])  # checksum 0: "the checksum is to be ignored"
@@ -160,6 +241,20 @@ def irq_no_flags(*irqs: int) -> bytes:
             raise ValueError(f"ISA IRQ out of range: {irq}")
         mask |= 1 << irq
     return struct.pack("<BH", 0x22, mask)
+
+
+# Extended Interrupt Descriptor flags (ACPI 6.4, 6.4.3.6).
+INT_CONSUMER, INT_EDGE, INT_ACTIVE_LOW, INT_SHARED = 0x01, 0x02, 0x04, 0x08
+INT_LEVEL_HIGH_SHARED = INT_CONSUMER | INT_SHARED
+
+
+def interrupt(*irqs: int, flags: int = INT_LEVEL_HIGH_SHARED) -> bytes:
+    """Interrupt(ResourceConsumer, Level, ActiveHigh, Shared){...} by default: the
+    Extended Interrupt Descriptor; each interrupt is a DWord, the first at byte 5."""
+    if not 1 <= len(irqs) <= 255:
+        raise ValueError("an Interrupt descriptor lists 1-255 interrupts")
+    return (struct.pack("<BHBB", 0x89, 2 + 4 * len(irqs), flags, len(irqs))
+            + struct.pack(f"<{len(irqs)}I", *irqs))
 
 
 def memory32_fixed(base: int, length: int, writable: bool = True) -> bytes:

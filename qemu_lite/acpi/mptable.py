@@ -13,6 +13,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from qemu_lite.acpi.platform import IOAPIC_BASE, IOAPIC_ID, LAPIC_BASE, LEVEL_IRQS
+from qemu_lite.devices.pci import PIRQ_RESET_ROUTES, slot_pirq
 
 if TYPE_CHECKING:
     from qemu_lite.acpi.platform import Platform
@@ -24,7 +25,10 @@ BUS_PCI, BUS_ISA = 0, 1
 INT, NMI, EXTINT = 0, 1, 3
 # Polarity (bits 0-1) and trigger (bits 2-3): 0 = as the bus defines; 0x0D = level, high.
 CONFORMS, LEVEL_HIGH = 0x0000, 0x000D
-NIC_SLOT, NIC_IRQ = 3, 11
+# The NIC's INTA# (PCI 00:03.0) on the IRQ the PIIX3 routes its PIRQ to at reset: a kernel
+# reading this table does not re-route (the DSDT's links are how an OS moves it).
+NIC_SLOT = 3
+NIC_IRQ = PIRQ_RESET_ROUTES[slot_pirq(NIC_SLOT, 1)]
 
 
 def _checksum(data: bytes | bytearray) -> int:

@@ -17,6 +17,8 @@ SCI_IRQ = 9
 # ISA IRQs that QEMU's MADT marks level-triggered, active high: the SCI and
 # the PCI interrupt lines (our lines assert high, as the PIIX presents them).
 LEVEL_IRQS = (5, 9, 10, 11)
+# The ISA IRQs the DSDT's PCI interrupt links offer (_PRS): the level ones but the SCI.
+LINK_IRQS = (5, 10, 11)
 
 
 @dataclass(frozen=True)

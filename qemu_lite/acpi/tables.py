@@ -25,6 +25,7 @@ from qemu_lite.acpi.platform import (
     IOAPIC_ID,
     LAPIC_BASE,
     LEVEL_IRQS,
+    LINK_IRQS,
     MP_FLOATING_POINTER,
     SCI_IRQ,
     TABLES_BASE,
@@ -33,6 +34,7 @@ from qemu_lite.acpi.platform import (
 )
 from qemu_lite.devices.acpi_pm import PM1_CNT, PM1_EVT, PM_BASE, PM_TMR, SLP_TYP_S5
 from qemu_lite.devices.hpet import GCAP_ID_LOW, HPET_BASE, HPET_SIZE
+from qemu_lite.devices.pci import PIRQ_DISABLED, PIRQ_IRQ_MASK, Piix3IsaBridge, slot_pirq
 
 OEM_ID = b"QLITE "
 OEM_TABLE_ID = b"QEMULITE"
@@ -136,8 +138,57 @@ def hpet() -> bytes:
     return sdt(b"HPET", 1, struct.pack("<I", GCAP_ID_LOW) + base + struct.pack("<BHB", 0, 0, 0))
 
 
+LINKS = ("LNKA", "LNKB", "LNKC", "LNKD")
+PIRQ_FIELDS = ("PRQA", "PRQB", "PRQC", "PRQD")  # \_SB.PCI0.ISA: PIIX3 0x60-0x63
+_STA_ENABLED, _STA_DISABLED = 0x0B, 0x09  # present, functioning, (enabled), not shown in UI
+
+
+def pci_routing_table() -> bytes:
+    """_PRT of the PCI root: INTA#-INTD# of every slot to the link of its PIRQ."""
+    entries = [aml.package(aml.integer(slot << 16 | 0xFFFF), aml.integer(pin - 1),
+                           aml.ref("\\_SB." + LINKS[slot_pirq(slot, pin)]), aml.integer(0))
+               for slot in range(32) for pin in range(1, 5)]
+    return aml.name("_PRT", aml.package(*entries))
+
+
+def interrupt_link(pirq: int) -> bytes:
+    """A PCI interrupt link device (PNP0C0F) over PIIX3 register PIRQRC[pirq].
+
+    _STA: disabled while bit 7 is set.  _CRS: the routed IRQ.  _PRS: the IRQs of
+    LINK_IRQS, level-triggered active high and shared, as the PIIX3 drives a PIRQ
+    (and as the MADT's overrides describe those IOAPIC pins).  _SRS stores the IRQ
+    asked for if _PRS offers it (anything else leaves the route as it was, which
+    _CRS then shows); _DIS sets bit 7, which disconnects the PIRQ."""
+    reg = aml.ref("\\_SB.PCI0.ISA." + PIRQ_FIELDS[pirq])
+    offered = aml.lequal(aml.ref("IRQV"), aml.integer(LINK_IRQS[0]))
+    for irq in LINK_IRQS[1:]:
+        offered = aml.lor(offered, aml.lequal(aml.ref("IRQV"), aml.integer(irq)))
+    return aml.device(
+        LINKS[pirq],
+        aml.name("_HID", aml.eisa_id("PNP0C0F")),
+        aml.name("_UID", aml.integer(pirq)),
+        aml.name("_PRS", aml.resource_template(aml.interrupt(*LINK_IRQS))),
+        aml.method("_STA", 0,
+                   aml.if_(aml.and_(reg, aml.integer(PIRQ_DISABLED)),
+                           aml.return_(aml.integer(_STA_DISABLED))),
+                   aml.return_(aml.integer(_STA_ENABLED))),
+        aml.method("_CRS", 0,
+                   aml.name("RES", aml.resource_template(aml.interrupt(0))),
+                   aml.create_dword_field(aml.ref("RES"), 5, "IRQV"),
+                   aml.store(aml.and_(reg, aml.integer(PIRQ_IRQ_MASK)), aml.ref("IRQV")),
+                   aml.return_(aml.ref("RES")),
+                   serialized=True),
+        aml.method("_SRS", 1,
+                   aml.create_dword_field(aml.arg(0), 5, "IRQV"),
+                   aml.if_(offered, aml.store(aml.ref("IRQV"), reg)),
+                   serialized=True),
+        aml.method("_DIS", 0, aml.or_(reg, aml.integer(PIRQ_DISABLED), reg)),
+    )
+
+
 def dsdt(platform: Platform) -> bytes:
-    """The DSDT: the PCI root with the ISA devices under the PIIX3, and \\_S5."""
+    """The DSDT: the PCI root with its _PRT and the ISA devices under the PIIX3, the
+    PCI interrupt links, and \\_S5."""
 
     def isa_device(seg: str, hid: str, *resources: bytes, uid: int | None = None) -> bytes:
         terms = [aml.name("_HID", aml.eisa_id(hid))]
@@ -177,10 +228,16 @@ def dsdt(platform: Platform) -> bytes:
         aml.name("_ADR", aml.integer(0)),
         aml.name("_UID", aml.integer(0)),
         aml.name("_CRS", pci_windows),
-        aml.device("ISA", aml.name("_ADR", aml.integer(0x00010000)), *isa),
+        pci_routing_table(),
+        aml.device("ISA", aml.name("_ADR", aml.integer(0x00010000)),
+                   aml.operation_region("PIRQ", aml.REGION_PCI_CONFIG, Piix3IsaBridge.PIRQRC,
+                                        Piix3IsaBridge.PIRQ_COUNT),
+                   aml.field("PIRQ", *((seg, 8) for seg in PIRQ_FIELDS)),
+                   *isa),
         *hpet_device,
     )
-    body = aml.scope("\\_SB", pci0)
+    links = [interrupt_link(pirq) for pirq in range(Piix3IsaBridge.PIRQ_COUNT)]
+    body = aml.scope("\\_SB", pci0, *links)
     body += aml.name("\\_S5", aml.package(*(aml.integer(SLP_TYP_S5),) * 2,
                                             aml.integer(0), aml.integer(0)))
     return sdt(b"DSDT", 1, body)

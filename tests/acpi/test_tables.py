@@ -64,3 +64,52 @@ def test_iasl_disassembles_the_dsdt(tmp_path):
     for needle in ('Device (PCI0)', 'EisaId ("PNP0A03")', 'Device (COM2)', 'EisaId ("PNP0303")',
                    'Name (\\_S5, Package (0x04)', 'IRQNoFlags ()'):
         assert needle in asl, asl
+
+
+def test_the_prt_sends_each_slot_pin_to_the_link_of_its_pirq():
+    dsdt = _tables(Platform())[b"DSDT"]
+
+    def entry(slot: int, pin: int, link: str) -> bytes:
+        return aml.package(aml.integer(slot << 16 | 0xFFFF), aml.integer(pin),
+                           aml.ref(f"\\_SB.{link}"), aml.integer(0))
+
+    # The e1000 (slot 3, INTA#) is on PIRQC; slot 1's INTA# on PIRQA; slot 0's on PIRQD.
+    for slot, pin, link in ((3, 0, "LNKC"), (3, 1, "LNKD"), (1, 0, "LNKA"), (0, 0, "LNKD"),
+                            (31, 3, "LNKB")):
+        assert entry(slot, pin, link) in dsdt, (slot, pin, link)
+    prt = aml.name_string("_PRT") + bytes([aml.PACKAGE_OP])
+    at = dsdt.index(prt) + len(prt)
+    length_bytes = (dsdt[at] >> 6) + 1
+    assert dsdt[at + length_bytes] == 128  # NumElements: 32 slots x 4 pins
+
+
+@pytest.mark.skipif(shutil.which("iasl") is None,
+                    reason="iasl not installed (apt-get install acpica-tools)")
+def test_iasl_reads_the_interrupt_links_and_recompiles_them(tmp_path):
+    (tmp_path / "dsdt.dat").write_bytes(_tables(Platform())[b"DSDT"])
+    proc = subprocess.run(["iasl", "-d", "dsdt.dat"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    asl = (tmp_path / "dsdt.dsl").read_text()
+    for needle in ("Name (_PRT, Package (0x80)",
+                   "0x0003FFFF, \n                    Zero, \n                    \\_SB.LNKC,",
+                   "OperationRegion (PIRQ, PCI_Config, 0x60, 0x04)",
+                   "PRQA,   8, \n                    PRQB,   8,",
+                   'Name (_HID, EisaId ("PNP0C0F")',
+                   "Interrupt (ResourceConsumer, Level, ActiveHigh, Shared, ,, )\n"
+                   "                {\n                    0x00000005,\n"
+                   "                    0x0000000A,\n                    0x0000000B,\n",
+                   "If ((\\_SB.PCI0.ISA.PRQC & 0x80))",
+                   "IRQV = (\\_SB.PCI0.ISA.PRQC & 0x0F)",
+                   "If ((((IRQV == 0x05) || (IRQV == 0x0A)) || (IRQV == 0x0B)))",
+                   "\\_SB.PCI0.ISA.PRQC = IRQV",
+                   "\\_SB.PCI0.ISA.PRQC |= 0x80"):
+        assert needle in asl, needle
+    for link in ("LNKA", "LNKB", "LNKC", "LNKD"):
+        assert f"Device ({link})" in asl, link
+        body = asl.split(f"Device ({link})")[1].split("Device (")[0]
+        for method in ("_STA", "_CRS", "_SRS", "_DIS"):
+            assert f"Method ({method}, " in body, (link, method)
+    # What iasl wrote back compiles without errors: every reference resolves.
+    proc = subprocess.run(["iasl", "dsdt.dsl"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0 and " 0 Errors," in proc.stdout, proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ from qemu_lite.devices.pci import (
     PciBus,
     PciConfigPorts,
     Piix3IsaBridge,
+    slot_pirq,
 )
 
 
@@ -166,11 +167,77 @@ def test_idetim_decode_enable_and_timing_registers(board: Board) -> None:
 
 
 def test_isa_bridge_registers(board: Board) -> None:
-    assert board.read(1, 0, 0x60) == 0x80808080  # PIRQ routing disabled
-    board.write(1, 0, 0x60, 0x0B0B0A0A)
-    assert board.read(1, 0, 0x60) == 0x0B0B0A0A
-    board.bus.reset()
+    assert board.read(1, 0, 0x60) == 0x0B0B0A0A  # PIRQA-D on 10, 10, 11, 11 (SeaBIOS's)
+    board.write(1, 0, 0x60, 0x80808080)
     assert board.read(1, 0, 0x60) == 0x80808080
+    board.bus.reset()
+    assert board.read(1, 0, 0x60) == 0x0B0B0A0A
+
+
+class Levels:
+    """An IrqSink that keeps the last level of each input and every change."""
+
+    def __init__(self) -> None:
+        self.level: dict[int, bool] = {}
+        self.changes: list[tuple[int, bool]] = []
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        self.level[irq] = level
+        self.changes.append((irq, level))
+
+    def high(self) -> set[int]:
+        return {irq for irq, level in self.level.items() if level}
+
+
+def test_slots_rotate_their_pins_onto_the_pirqs() -> None:
+    assert [slot_pirq(1, pin) for pin in (1, 2, 3, 4)] == [0, 1, 2, 3]
+    assert [slot_pirq(3, pin) for pin in (1, 2, 3, 4)] == [2, 3, 0, 1]  # the e1000: PIRQC
+    assert slot_pirq(0, 1) == 3 and slot_pirq(31, 1) == 2
+    with pytest.raises(ValueError):
+        slot_pirq(3, 0)
+
+
+def test_pirq_routing_follows_the_route_control_registers() -> None:
+    isa = Levels()
+    bus, bridge = PciBus(), Piix3IsaBridge(isa)
+    bus.add(1, 0, bridge)
+    ports = PciConfigPorts(bus)
+    a, c = bridge.pirq_line(0), bridge.pirq_line(2)
+
+    def write(reg: int, value: int) -> None:
+        ports.io_write(0, 4, 0x80000000 | 1 << 11 | reg & 0xFC)
+        ports.io_write(4 + (reg & 3), 1, value)
+
+    c.raise_()
+    assert isa.high() == {11}
+    write(0x62, 0x05)  # re-routed while asserted: IRQ 11 drops, IRQ 5 rises
+    assert isa.high() == {5} and isa.changes[-2:] == [(11, False), (5, True)]
+    c.lower()
+    assert isa.high() == set()
+    write(0x62, 0x0A)  # PIRQA and PIRQC share IRQ 10: the OR of both
+    a.raise_()
+    c.raise_()
+    a.lower()
+    assert isa.high() == {10}
+    c.lower()
+    assert isa.high() == set()
+    c.raise_()
+    write(0x62, 0x8A)  # bit 7: disconnected
+    assert isa.high() == set()
+    write(0x62, 0x08)  # IRQ 8 is not routable: still nowhere
+    assert isa.high() == set() and bridge.route(2) is None
+    write(0x62, 0x0B)
+    assert isa.high() == {11}
+    bus.reset()  # routes back to the reset ones; the wire is still high
+    assert isa.high() == {11} and bridge.pirq_levels[2]
+    write(0x62, 0x05)
+    saved = bus.save_state()
+    write(0x62, 0x0A)
+    assert isa.high() == {10}
+    bus.load_state(saved)  # the loaded route takes the asserted PIRQ back to IRQ 5
+    assert isa.high() == {5}
+    with pytest.raises(ValueError):
+        bridge.pirq_line(4)
 
 
 def test_host_bridge_pam_registers_are_stored(board: Board) -> None:

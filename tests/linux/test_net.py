@@ -1,7 +1,10 @@
 """Debian's kernel drives the e1000 with its own module: DHCP, HTTP both ways, pcap, socket wiring.
 
 The initramfs holds busybox and the kernel's e1000 module (and whatever
-modules.dep says it needs), copied from /lib/modules at test time.
+modules.dep says it needs), copied from /lib/modules at test time.  The first
+two boots also check the DSDT's PCI interrupt routing (_PRT, links LNKA-D over
+the PIIX3's PIRQ registers): the e1000's INTA# through LNKC, on the IRQ the
+board routes it to and then on one Linux chose and set with _SRS.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pytest
 from images import kernel
 
 from qemu_lite import Machine, imagebuild
+from qemu_lite.devices.ioapic import REDIR_LEVEL_TRIGGER, REDIR_MASKED, REDIR_POLARITY_LOW
 from qemu_lite.devices.netbackends import Nic, parse_nic
 from qemu_lite.devices.netbackends import open_netdev as nb_open_netdev
 from qemu_lite.devices.netbackends import parse_netdev as nb_parse_netdev
@@ -52,6 +56,35 @@ for m in $(busybox cat /modules.order); do busybox insmod /$m || echo "insmod $m
 busybox ifconfig lo 127.0.0.1 up
 busybox ifconfig eth0 up
 """
+
+
+# What the kernel said about PCI interrupt routing ("quiet" keeps it off the console),
+# and the e1000's line in /proc/interrupts.
+SHOW_IRQ_ROUTING = """\
+busybox dmesg | busybox grep -E "Interrupt link|LNK|routing|PCI INT" | busybox sed 's/^/dmesg: /'
+busybox grep eth0 /proc/interrupts | busybox sed 's/^/interrupts: /'
+"""
+
+
+def check_irq_routing(text: str, redir: dict[int, int], irq: int, *, chosen: bool) -> None:
+    """The e1000 took its interrupts through LNKC on ``irq``: Linux used the DSDT's links,
+    programmed IOAPIC pin ``irq`` level-triggered active high as _CRS says (a wrong
+    polarity is a dead NIC), and counted the e1000's interrupts there.  ``chosen``: Linux
+    moved LNKC off its reset route (IRQ 11) with _SRS."""
+    assert "can't derive routing" not in text and "no GSI" not in text, text[-3000:]
+    assert "nobody cared" not in text, text[-3000:]  # a storm: the line's polarity is wrong
+    for link, reset_irq in (("LNKA", 10), ("LNKB", 10), ("LNKC", 11), ("LNKD", 11)):
+        assert f"ACPI: PCI: Interrupt link {link} configured for IRQ {reset_irq}" in text, link
+    assert "PCI: Using ACPI for IRQ routing" in text
+    assert f"ACPI: \\_SB_.LNKC: Enabled at IRQ {irq}" in text, text[-3000:]
+    assert (irq != 11) == chosen
+    line = next(ln for ln in text.splitlines() if ln.startswith("interrupts: "))
+    fields = line.split()
+    assert fields[1] == f"{irq}:" and fields[-2:] == [f"{irq}-fasteoi", "eth0"], line
+    assert int(fields[2]) > 0, line  # one vCPU: one count column
+    entry = redir[irq]
+    assert entry & REDIR_LEVEL_TRIGGER and not entry & REDIR_POLARITY_LOW, hex(entry)
+    assert not entry & REDIR_MASKED, hex(entry)
 
 
 def _module_files(version: str) -> list[tuple[str, bytes]]:
@@ -148,13 +181,22 @@ class FileServer:
 
 
 def run_guest(initrd: Path, nic: Nic, *, net_dump: Path | None = None, timeout: float = 600,
-              on_output=None) -> tuple[str, object]:
+              on_output=None, append: str = "",
+              redir: dict[int, int] | None = None) -> tuple[str, object]:
+    """Boot; ``redir``, if given, gets the IOAPIC's redirection entries as they were when
+    the guest printed its e1000 line of /proc/interrupts (SHOW_IRQ_ROUTING): power-off
+    clears them."""
     out = bytearray()
     with Machine(memory="256M", nics=[nic], net_dump=net_dump) as m:
         m.board.com1.add_output_listener(out.extend)
         if on_output is not None:
             m.board.com1.add_output_listener(lambda data: on_output(out))
-        linux.load(m, kernel(), APPEND, initrd)
+        if redir is not None:
+            def grab(data: bytes) -> None:
+                if not redir and b"interrupts: " in out:
+                    redir.update(enumerate(m.board.ioapic.save_state()["redir"]))
+            m.board.com1.add_output_listener(grab)
+        linux.load(m, kernel(), f"{APPEND} {append}".strip(), initrd)
         result = m.run(timeout=timeout)
     return out.decode(errors="replace"), result
 
@@ -169,7 +211,7 @@ def test_dhcp_then_wget_from_host_and_serve_back_through_hostfwd(tmp_path):
 busybox udhcpc -i eth0 -s /udhcpc.sh -n -q -t 20 -T 2 -f
 busybox wget -q -O /www/file http://10.0.2.2:{server.port}/file && echo "wget: ok"
 busybox sha256sum /www/file
-busybox httpd -p 8080 -h /www
+{SHOW_IRQ_ROUTING}busybox httpd -p 8080 -h /www
 echo "guest: serving"
 i=0
 while ! busybox wget -q -O /dev/null http://10.0.2.2:{server.port}/done; do
@@ -194,13 +236,15 @@ busybox poweroff -f
             threading.Thread(target=fetch_back, daemon=True).start()
 
     nic = parse_nic(f"user,hostfwd=tcp:127.0.0.1:{hostfwd}-:8080")
+    redir: dict[int, int] = {}
     try:
-        text, result = run_guest(initrd, nic, on_output=watch)
+        text, result = run_guest(initrd, nic, on_output=watch, redir=redir)
     finally:
         server.close()
     assert "dhcp: bound 10.0.2.15 router 10.0.2.2" in text, text[-3000:]
     assert "wget: ok" in text and f"{digest}  /www/file" in text, text[-3000:]
     assert fetched and hashlib.sha256(fetched[0]).hexdigest() == digest
+    check_irq_routing(text, redir, 11, chosen=False)  # Linux kept the board's route
     assert result.reason == "powered-off", (result, text[-2000:])
 
 
@@ -209,13 +253,20 @@ def test_pcap_of_dhcp_exchange_reads_in_tcpdump(tmp_path):
     tcpdump = shutil.which("tcpdump")
     if tcpdump is None:
         pytest.skip("tcpdump not installed: apt-get install tcpdump")
-    initrd = net_initramfs(tmp_path / "initrd", """\
+    initrd = net_initramfs(tmp_path / "initrd", f"""\
 busybox udhcpc -i eth0 -s /udhcpc.sh -n -q -t 20 -T 2 -f
-busybox poweroff -f
+{SHOW_IRQ_ROUTING}busybox poweroff -f
 """)
     dump = tmp_path / "dhcp.pcap"
-    text, result = run_guest(initrd, parse_nic("user"), net_dump=dump)
+    # acpi_irq_isa=11 tells Linux IRQ 11 is an ISA device's: it moves LNKC (the e1000's
+    # PIRQC) to another IRQ of _PRS through _SRS, and the PIIX3 follows.
+    redir: dict[int, int] = {}
+    text, result = run_guest(initrd, parse_nic("user"), net_dump=dump, append="acpi_irq_isa=11",
+                             redir=redir)
     assert "dhcp: bound 10.0.2.15" in text, text[-3000:]
+    irq = int(text.split("ACPI: \\_SB_.LNKC: Enabled at IRQ ")[1].split()[0])
+    assert irq in (5, 10), irq
+    check_irq_routing(text, redir, irq, chosen=True)
     proc = subprocess.run([tcpdump, "-n", "-v", "-r", str(dump)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     for kind in ("Discover", "Offer", "Request", "ACK"):
