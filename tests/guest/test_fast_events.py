@@ -1,0 +1,290 @@
+"""INT n and SYSCALL of a 64-bit guest: the C path in the engine's hooks
+(mmu_core/fastevent.pxi) gives the guest exactly what the Python path
+(qemu_lite/events.py, VCpu.do_syscall) gives.
+
+One guest takes software interrupts through every gate kind the C path handles
+(interrupt and trap gates, DPL 0 and 3, same privilege, RSP0 and IST stacks,
+INT3), one it hands back to Python (a ring-3 INT n through a DPL-0 gate: #GP),
+and a SYSCALL whose SFMASK clears arithmetic flags and DF.  Each handler prints
+the frame the CPU pushed, its own stack pointer, EFLAGS and the flags as
+conditional instructions see them on entry; the run with the C path and the run
+forced through Python must print the same, and the C path must have done the work.
+"""
+
+from __future__ import annotations
+
+import pytest
+from guestlib import protected_mode_guest
+
+from qemu_lite import Machine
+from qemu_lite.loaders import multiboot
+
+pytestmark = pytest.mark.requires_patched_engine("i")  # the CPU state in place
+
+BODY = r"""
+    LOAD_GDT
+    ENTER_LONG_MODE long_entry
+bits 64
+long_entry:
+    mov ax, 0x10
+    mov ds, ax
+    mov ss, ax
+    mov rsp, 0x80000
+    SET_TSS64 tss64
+    mov qword [tss64 + 4], 0x90000          ; RSP0
+    mov qword [tss64 + 0x24], ist1_top + 8  ; IST1 (misaligned: the CPU aligns it)
+    lidt [idtr64]
+    mov ecx, 0xC0000080       ; EFER.SCE
+    rdmsr
+    or eax, 1
+    wrmsr
+    mov ecx, 0xC0000081       ; STAR: kernel CS 0x38 (SS 0x40), user base 0x30
+    xor eax, eax
+    mov edx, 0x00300038
+    wrmsr
+    mov ecx, 0xC0000082       ; LSTAR
+    mov rax, syscall_entry
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    mov ecx, 0xC0000084       ; SFMASK: AC, DF, IF, ZF, CF
+    mov eax, 0x40641
+    xor edx, edx
+    wrmsr
+    mov al, 0xFF              ; no device interrupt may come in between
+    out 0x21, al
+    out 0xA1, al
+    sti
+    stc
+    int 0x50                  ; ring 0, interrupt gate: IF cleared
+    int 0x51                  ; ring 0, trap gate: IF kept
+    xor eax, eax              ; ZF PF
+    int 0x52                  ; ring 0, interrupt gate on IST1
+    push 0x23                 ; to ring 3
+    push 0x70003              ; odd: RSP0's frame is not aligned for us
+    push 0x202
+    push 0x43
+    push user_code
+    iretq
+
+user_code:
+    mov eax, 0x80000000
+    add eax, eax              ; CF ZF PF OF
+    int 0x60                  ; ring 3 -> 0, interrupt gate, RSP0
+    int 0x61                  ; ring 3 -> 0, trap gate on IST1
+    int3                      ; ring 3 -> 0, vector 3
+    int 0x50                  ; DPL 0 gate from ring 3: #GP(0x282)
+after_gp:
+    push 0xED7                ; OF DF IF SF ZF AF PF CF
+    popfq
+    syscall
+after_syscall:
+    int 0x81                  ; exit
+
+%macro HANDLER 1
+h%1:
+    pushfq
+    push %1
+    jmp report
+%endmacro
+    HANDLER 0x50
+    HANDLER 0x51
+    HANDLER 0x52
+    HANDLER 0x60
+    HANDLER 0x61
+    HANDLER 3
+
+report:                       ; [rsp] vector, [rsp+8] EFLAGS on entry, [rsp+16] the frame
+    PRINT64 "int "
+    mov rax, [rsp]
+    call puthex64
+    PRINT64 " fl="
+    mov rax, [rsp + 8]
+    call puthex64
+    PRINT64 " frame="
+    mov rbx, 16
+.frame:
+    mov rax, [rsp + rbx]
+    call puthex64
+    mov al, ' '
+    call putc64
+    add rbx, 8
+    cmp rbx, 56
+    jne .frame
+    PRINT64 "rsp="
+    lea rax, [rsp + 16]
+    call puthex64
+    PRINT64 " cs="
+    mov ax, cs
+    movzx eax, ax
+    call puthex64
+    PRINT64 " ss="
+    mov ax, ss
+    movzx eax, ax
+    call puthex64
+    mov al, 10
+    call putc64
+    add rsp, 16
+    iretq
+
+hgp:
+    PRINT64 "gp err="
+    mov rax, [rsp]
+    call puthex64
+    mov al, 10
+    call putc64
+    add rsp, 8
+    mov rax, after_gp         ; on past the INT
+    mov [rsp], rax
+    iretq
+
+syscall_entry:
+    pushfq
+    setc r8b
+    setz r9b
+    sets r10b
+    seto r12b
+    setp r13b
+    PRINT64 "syscall fl="
+    pop rax
+    call puthex64
+    PRINT64 " r11="
+    mov rax, r11
+    call puthex64
+    PRINT64 " rcx-ok="
+    mov rax, after_syscall
+    cmp rcx, rax
+    sete al
+    add al, '0'
+    call putc64
+    PRINT64 " c z s o p="
+    mov al, r8b
+    add al, '0'
+    call putc64
+    mov al, r9b
+    add al, '0'
+    call putc64
+    mov al, r10b
+    add al, '0'
+    call putc64
+    mov al, r12b
+    add al, '0'
+    call putc64
+    mov al, r13b
+    add al, '0'
+    call putc64
+    PRINT64 " cs="
+    mov ax, cs
+    movzx eax, ax
+    call puthex64
+    PRINT64 " ss="
+    mov ax, ss
+    movzx eax, ax
+    call puthex64
+    PRINT64 " rsp="
+    mov rax, rsp
+    call puthex64
+    mov al, 10
+    call putc64
+    and r11, ~0x400           ; ring 3 gets DF clear back (the exit handler prints)
+    o64 sysret
+
+hexit:
+    PRINT64 "exit rsp="
+    mov rax, rsp
+    call puthex64
+    mov al, 10
+    call putc64
+    mov al, 0
+    out 0xF4, al
+
+align 16
+idt64:
+%assign v 0
+%rep 0x82
+  %if v == 3
+    GATE64 h3, 0x38, 0xEE, 0
+  %elif v == 13
+    GATE64 hgp, 0x38, 0x8E, 0
+  %elif v == 0x50
+    GATE64 h0x50, 0x38, 0x8E, 0
+  %elif v == 0x51
+    GATE64 h0x51, 0x38, 0x8F, 0
+  %elif v == 0x52
+    GATE64 h0x52, 0x38, 0x8E, 1
+  %elif v == 0x60
+    GATE64 h0x60, 0x38, 0xEE, 0
+  %elif v == 0x61
+    GATE64 h0x61, 0x38, 0xEF, 1
+  %elif v == 0x81
+    GATE64 hexit, 0x38, 0xEE, 0
+  %else
+    dq 0, 0
+  %endif
+  %assign v v + 1
+%endrep
+idt64_end:
+idtr64:
+    dw idt64_end - idt64 - 1
+    dq idt64
+align 16
+tss64: times 0x68 db 0
+align 16
+    times 512 db 0
+ist1_top:
+    times 64 db 0
+"""
+
+
+def _run(kernel, fast: bool) -> tuple[str, tuple[int, int], int | None]:
+    out = bytearray()
+    with Machine(serial="none", memory="32M") as m:
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        m.cpu.fast_events = fast
+        assert m.cpu.fast_events == fast
+        result = m.run(timeout=20)
+        counts = m.core.fast_event_counts()
+    return out.decode(errors="replace"), counts, result.exit_status
+
+
+def test_int_gates_and_syscall_same_on_c_and_python_paths(assemble, tmp_path):
+    kernel = tmp_path / "guest.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(BODY, long_mode=True)))
+    c_out, c_counts, c_status = _run(kernel, True)
+    py_out, py_counts, py_status = _run(kernel, False)
+    assert c_out == py_out
+    assert c_status == py_status == 1
+    assert py_counts == (0, 0)
+    # Seven software interrupts in C (0x50-0x52, 0x60, 0x61, INT3, the exit), one
+    # handed to Python (#GP), the SYSCALL in C.
+    assert c_counts == (7, 1)
+    lines = c_out.splitlines()
+    assert len(lines) == 9, c_out
+    # ring 0, interrupt gate: IF (0x200) pushed set, clear on entry, CF ZF PF kept;
+    # the same stack, 16-byte aligned
+    assert lines[0].startswith("int 0000000000000050 fl=0000000000000047 frame=")
+    assert lines[0].endswith(" 0000000000000038 0000000000000247 0000000000080000 "
+                             "0000000000000010 rsp=000000000007FFD8 cs=0000000000000038 "
+                             "ss=0000000000000010")
+    # trap gate: IF stays set
+    assert lines[1].startswith("int 0000000000000051 fl=0000000000000247 ")
+    # IST1: its top aligned down, no privilege change so SS kept
+    assert lines[2].startswith("int 0000000000000052 fl=0000000000000046 ")
+    assert lines[2].endswith(" cs=0000000000000038 ss=0000000000000010")
+    assert lines[2].split()[-3] != "rsp=000000000007FFD8"
+    # ring 3 -> 0 through RSP0: SS null with RPL 0; the user's SS:RSP (odd) pushed
+    assert lines[3].startswith("int 0000000000000060 fl=0000000000000847 ")
+    assert lines[3].endswith(" 0000000000000043 0000000000000A47 0000000000070003 "
+                             "0000000000000023 rsp=000000000008FFD8 cs=0000000000000038 "
+                             "ss=0000000000000000")
+    # ring 3 -> 0 trap gate on IST1: IF kept, the IST stack as for vector 0x52
+    assert lines[4].startswith("int 0000000000000061 fl=0000000000000A47 ")
+    assert lines[4].split()[-3] == lines[2].split()[-3]
+    assert lines[5].startswith("int 0000000000000003 fl=0000000000000847 ")
+    assert lines[6] == "gp err=0000000000000282"
+    # SYSCALL: SFMASK cleared CF ZF DF IF; OF SF AF PF stay, as flags and as conditions
+    assert lines[7] == ("syscall fl=0000000000000896 r11=0000000000000ED7 rcx-ok=1 "
+                        "c z s o p=00111 cs=0000000000000038 ss=0000000000000040 "
+                        "rsp=0000000000070003")
+    assert lines[8] == "exit rsp=000000000008FFD8"
