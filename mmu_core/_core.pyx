@@ -1507,7 +1507,7 @@ cdef void _hook_intr(uc_engine *uc, uint32_t intno, void *user_data) noexcept no
         memcpy(&is_int, st.cpu + st.fe_off_is_int, 4)
         if is_int:
             memcpy(&next_eip, st.cpu + st.fe_off_next_eip, 8)
-            if fast_int64(st, intno, next_eip):
+            if fast_int(st, intno, next_eip):
                 return  # delivered: the slice goes on at the handler
     uc_emu_stop(uc)
     if st.stop_flags & C_STOP_INTERRUPT:

@@ -21,6 +21,7 @@ cdef enum:
     FE_HF_CS32 = 1 << 4
     FE_HF_SS32 = 1 << 5
     FE_HF_ADDSEG = 1 << 6
+    FE_HF_PE = 1 << 7
     FE_HF_LMA = 1 << 14
     FE_HF_CS64 = 1 << 15
     FE_CC_OP_EFLAGS = 1       # QEMU's CCOp: CC_OP_DYNAMIC, CC_OP_EFLAGS, ...
@@ -31,6 +32,9 @@ cdef uint64_t FE_DF = 1ULL << 10
 cdef uint64_t FE_NT = 1ULL << 14
 cdef uint64_t FE_RF = 1ULL << 16
 cdef uint64_t FE_VM = 1ULL << 17
+cdef uint64_t FE_AC = 1ULL << 18
+cdef uint32_t FE_DESC_B = 1 << 22
+cdef uint32_t FE_DESC_L = 1 << 21
 cdef uint64_t FE_CC = 0x8D5ULL   # OF SF ZF AF PF CF
 cdef uint64_t FE_EFER_SCE = 1
 cdef uint32_t FE_FLAT_CODE64 = 0x00A09B00   # as qemu_lite.vcpu.FLAT_CODE64 / FLAT_DATA
@@ -71,7 +75,8 @@ cdef bint _fe_xlate(CoreState *st, MmuMode *m, uint64_t linear, int acc, bint us
     cdef Walker w
     cdef int failed
     if m.levels == 0:
-        return False
+        gpa[0] = linear & 0xFFFFFFFFULL   # paging off: Core.walk's answer
+        return True
     failed = walk_addr(st, m, linear, acc, user, True, &w)
     st.mmu.stats.guest_walks -= 1    # delivery's walks are not the fills' (as Core.walk)
     if failed:
@@ -126,18 +131,41 @@ cdef inline void _fe_put_seg(CoreState *st, int seg, FeSeg *s) noexcept nogil:
     memcpy(p + 20, &s.flags, 4)
 
 
-cdef void _fe_commit64(CoreState *st, FeSeg *cs, FeSeg *ss, uint64_t rip) noexcept nogil:
-    """Load CS (and SS) of a 64-bit entry, the hflags they imply, RIP; clear the
-    interrupt shadow and QEMU's nested-exception memory (SegmentEditor.commit)."""
-    cdef uint32_t hf
+cdef void _fe_commit(CoreState *st, FeSeg *cs, FeSeg *ss, uint64_t rip) noexcept nogil:
+    """Load CS (and SS), recompute the hflags that follow them (qemu_lite.cpustate's
+    segment_hflags, EFLAGS.VM clear), set RIP; clear the interrupt shadow and QEMU's
+    nested-exception memory, as SegmentEditor.commit does."""
+    cdef uint32_t hf, cs_flags, ss_flags
+    cdef uint64_t base, bases = 0
     cdef int32_t none = -1
+    cdef bint protected
+    cdef int seg
     _fe_put_seg(st, FE_SEG_CS, cs)
     if ss != NULL:
         _fe_put_seg(st, FE_SEG_SS, ss)
+    memcpy(&ss_flags, st.cpu + st.fe_off_segs + 24 * FE_SEG_SS + 20, 4)
+    cs_flags = cs.flags
+    for seg in range(4):    # ES, SS, DS (not CS)
+        if seg == FE_SEG_CS:
+            continue
+        memcpy(&base, st.cpu + st.fe_off_segs + 24 * seg + 8, 8)
+        bases |= base
     memcpy(&hf, st.cpu + st.off_hflags, 4)
+    protected = (hf & FE_HF_PE) != 0
     hf &= ~<uint32_t>(FE_HF_INHIBIT | FE_HF_CS32 | FE_HF_SS32 | FE_HF_CS64 | FE_HF_ADDSEG |
                       FE_HF_CPL)
-    hf |= FE_HF_CS32 | FE_HF_SS32 | FE_HF_CS64 | (cs.selector & 3)   # callers check L=1
+    if hf & FE_HF_LMA and cs_flags & FE_DESC_L:
+        hf |= FE_HF_CS32 | FE_HF_SS32 | FE_HF_CS64
+    else:
+        if cs_flags & FE_DESC_B:
+            hf |= FE_HF_CS32
+        if ss_flags & FE_DESC_B:
+            hf |= FE_HF_SS32
+    if protected:
+        hf |= cs.selector & 3
+    if not hf & FE_HF_CS64:
+        if not protected or not hf & FE_HF_CS32 or bases:
+            hf |= FE_HF_ADDSEG
     memcpy(st.cpu + st.off_hflags, &hf, 4)
     memcpy(st.cpu + st.fe_off_old_exception, &none, 4)
     memcpy(st.cpu + st.fe_off_eip, &rip, 8)
@@ -239,11 +267,200 @@ cdef bint fast_int64(CoreState *st, uint32_t vector, uint64_t next_eip) noexcept
         ss.base = 0
         ss.limit = 0
         ss.flags = new_cpl << 13
-        _fe_commit64(st, &cs, &ss, offset)
+        _fe_commit(st, &cs, &ss, offset)
     else:
-        _fe_commit64(st, &cs, NULL, offset)
+        _fe_commit(st, &cs, NULL, offset)
     st.fe_ints += 1
     return True
+
+
+cdef inline void _fe_get_seg(CoreState *st, int seg, FeSeg *s) noexcept nogil:
+    cdef uint8_t *p = st.cpu + st.fe_off_segs + 24 * seg
+    memcpy(&s.selector, p, 4)
+    memcpy(&s.base, p + 8, 8)
+    memcpy(&s.limit, p + 16, 4)
+    memcpy(&s.flags, p + 20, 4)
+
+
+cdef bint fast_int_real(CoreState *st, uint32_t vector, uint64_t next_eip) noexcept nogil:
+    """INT n through the IVT, as EventDelivery._deliver_real; False: Python."""
+    cdef ql_uc_x86_mmr idtr
+    cdef uint64_t linear, rflags, rsp, eflags_env
+    cdef uint64_t gpa[3]
+    cdef uint16_t entry[2]
+    cdef uint16_t words[3]
+    cdef uint32_t sp
+    cdef FeSeg cs, ss
+    cdef int i
+    uc_reg_read(st.uc, REG_IDTR, &idtr)
+    if vector * 4 + 3 > idtr.limit:
+        return False
+    linear = (idtr.base + vector * 4) & 0xFFFFFFFFULL
+    if not _fe_plain_ram(st, linear, 4):
+        return False
+    memcpy(entry, st.ram + linear, 4)
+    _fe_get_seg(st, FE_SEG_CS, &cs)
+    _fe_get_seg(st, FE_SEG_SS, &ss)
+    uc_reg_read(st.uc, FE_REG_RFLAGS, &rflags)
+    uc_reg_read(st.uc, FE_REG_RSP, &rsp)
+    words[0] = <uint16_t>rflags
+    words[1] = <uint16_t>cs.selector
+    words[2] = <uint16_t>next_eip
+    sp = rsp & 0xFFFF
+    for i in range(3):
+        sp = (sp - 2) & 0xFFFF
+        gpa[i] = (ss.base + sp) & 0xFFFFFFFFULL
+        if not _fe_plain_ram(st, gpa[i], 2):
+            return False
+    for i in range(3):
+        uc_mem_write(st.uc, gpa[i], &words[i], 2)
+        track_phys_write(st, gpa[i], 2, False)
+    memcpy(&eflags_env, st.cpu + st.off_eflags, 8)
+    eflags_env &= ~(FE_IF | FE_TF | FE_AC)
+    memcpy(st.cpu + st.off_eflags, &eflags_env, 8)
+    rsp = (rsp & ~<uint64_t>0xFFFF) | sp
+    uc_reg_write(st.uc, FE_REG_RSP, &rsp)
+    cs.selector = entry[1]
+    cs.base = <uint64_t>entry[1] << 4
+    _fe_commit(st, &cs, NULL, entry[0])
+    st.fe_ints += 1
+    return True
+
+
+cdef bint fast_int32(CoreState *st, uint32_t vector, uint64_t next_eip) noexcept nogil:
+    """INT n through a 32-bit interrupt or trap gate, as EventDelivery._deliver_protected
+    (no task gate, no 16-bit gate or TSS, no virtual-8086 mode); False: Python."""
+    cdef MmuMode m
+    cdef ql_uc_x86_mmr idtr, tr
+    cdef uint64_t lo, desc, ss_desc, tr_desc, esp, rflags, eflags_env, linear, full_sp
+    cdef uint64_t gpa[2]
+    cdef uint32_t frame[5]
+    cdef uint32_t hf, gtype, dpl, selector, offset, cpl, new_cpl, hi, new_esp, sp, sp_mask
+    cdef uint32_t n, nbytes, first
+    cdef uint16_t new_ss_sel
+    cdef uint8_t tss_entry[6]
+    cdef FeSeg cs, ss_new, old_cs, old_ss
+    cdef FeSeg *stack
+    cdef bint switch
+    memcpy(&hf, st.cpu + st.off_hflags, 4)
+    memcpy(&eflags_env, st.cpu + st.off_eflags, 8)
+    if hf & FE_HF_LMA or not hf & FE_HF_PE or eflags_env & FE_VM:
+        return False
+    cpl = hf & FE_HF_CPL
+    read_mode(st, &m)
+    m.cpl = 0
+    uc_reg_read(st.uc, REG_IDTR, &idtr)
+    if vector * 8 + 7 > idtr.limit:
+        return False
+    if not _fe_read(st, &m, idtr.base + vector * 8, <uint8_t *>&lo, 8, ACC_READ, False):
+        return False
+    gtype = (lo >> 40) & 0xF
+    dpl = (lo >> 45) & 3
+    selector = (lo >> 16) & 0xFFFF
+    offset = <uint32_t>((lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000ULL))
+    if (gtype != 0xE and gtype != 0xF) or dpl < cpl or not (lo >> 47) & 1:
+        return False
+    if selector & ~3 == 0 or not _fe_descriptor(st, &m, selector, &desc):
+        return False
+    hi = <uint32_t>(desc >> 32)
+    if not hi & (1 << 12) or not hi & (1 << 11) or not hi & (1 << 15):
+        return False
+    dpl = (hi >> 13) & 3
+    if dpl > cpl:
+        return False
+    new_cpl = cpl if hi & (1 << 10) else dpl
+    _fe_seg_from_desc(&cs, (selector & ~3) | new_cpl, desc)
+    _fe_get_seg(st, FE_SEG_CS, &old_cs)
+    _fe_get_seg(st, FE_SEG_SS, &old_ss)
+    uc_reg_read(st.uc, FE_REG_RSP, &esp)
+    uc_reg_read(st.uc, FE_REG_RFLAGS, &rflags)
+    switch = new_cpl < cpl
+    n = 0
+    if switch:
+        uc_reg_read(st.uc, REG_TR, &tr)
+        if not tr.selector:
+            return False
+        if not _fe_descriptor(st, &m, tr.selector, &tr_desc):
+            return False
+        if ((tr_desc >> 40) & 0xF) != 0x9 and ((tr_desc >> 40) & 0xF) != 0xB:
+            return False           # a 16-bit TSS
+        if 8 + new_cpl * 8 + 1 > tr.limit:
+            return False
+        if not _fe_read(st, &m, tr.base + 4 + new_cpl * 8, tss_entry, 6, ACC_READ, False):
+            return False
+        memcpy(&new_esp, tss_entry, 4)
+        memcpy(&new_ss_sel, tss_entry + 4, 2)
+        if not new_ss_sel & ~3 or (new_ss_sel & 3) != new_cpl:
+            return False
+        if not _fe_descriptor(st, &m, new_ss_sel, &ss_desc):
+            return False
+        hi = <uint32_t>(ss_desc >> 32)
+        if ((hi >> 13) & 3) != new_cpl or (hi >> 11) & 1 or not (hi >> 9) & 1 \
+                or not hi & (1 << 15):
+            return False
+        _fe_seg_from_desc(&ss_new, new_ss_sel, ss_desc)
+        frame[4] = old_ss.selector
+        frame[3] = <uint32_t>esp
+        n = 2
+        stack = &ss_new
+        sp = new_esp
+    else:
+        stack = &old_ss
+        sp = <uint32_t>esp
+    frame[2] = <uint32_t>rflags
+    frame[1] = old_cs.selector
+    frame[0] = <uint32_t>next_eip
+    n += 3
+    nbytes = 4 * n
+    sp_mask = 0xFFFFFFFFU if stack.flags & FE_DESC_B else 0xFFFF
+    sp = (sp - nbytes) & sp_mask
+    if <uint64_t>sp + nbytes > <uint64_t>sp_mask + 1:
+        return False               # the frame wraps around a 16-bit stack
+    linear = stack.base + sp
+    if linear + nbytes > 0x100000000ULL:
+        return False
+    # the frame's slots, lowest first: frame[0] is the return EIP
+    if n == 3:
+        frame[3] = 0
+    first = 4096 - (linear & 0xFFF)
+    if first > nbytes:
+        first = nbytes
+    if not _fe_xlate(st, &m, linear, ACC_WRITE, False, &gpa[0]) or \
+            not _fe_plain_ram(st, gpa[0], first):
+        return False
+    if first < nbytes and (not _fe_xlate(st, &m, linear + first, ACC_WRITE, False, &gpa[1])
+                           or not _fe_plain_ram(st, gpa[1], nbytes - first)):
+        return False
+    uc_mem_write(st.uc, gpa[0], frame, first)
+    track_phys_write(st, gpa[0], first, False)
+    if first < nbytes:
+        uc_mem_write(st.uc, gpa[1], (<uint8_t *>frame) + first, nbytes - first)
+        track_phys_write(st, gpa[1], nbytes - first, False)
+    eflags_env &= ~(FE_TF | FE_NT | FE_RF | FE_VM)
+    if gtype == 0xE:
+        eflags_env &= ~FE_IF
+    memcpy(st.cpu + st.off_eflags, &eflags_env, 8)
+    if switch:
+        full_sp = sp
+    else:
+        full_sp = (esp & ~<uint64_t>sp_mask) | sp
+    uc_reg_write(st.uc, FE_REG_RSP, &full_sp)
+    _fe_commit(st, &cs, &ss_new if switch else NULL, offset)
+    st.fe_ints += 1
+    return True
+
+
+cdef inline bint fast_int(CoreState *st, uint32_t vector, uint64_t next_eip) noexcept nogil:
+    """A software interrupt in whatever mode the CPU is in; False: Python."""
+    cdef uint64_t cr0
+    cdef uint32_t hf
+    memcpy(&cr0, st.cpu + st.off_cr0, 8)
+    if not cr0 & 1:
+        return fast_int_real(st, vector, next_eip)
+    memcpy(&hf, st.cpu + st.off_hflags, 4)
+    if hf & FE_HF_LMA:
+        return fast_int64(st, vector, next_eip)
+    return fast_int32(st, vector, next_eip)
 
 
 cdef bint fast_syscall64(CoreState *st) noexcept nogil:
@@ -300,7 +517,7 @@ cdef bint fast_syscall64(CoreState *st) noexcept nogil:
     ss.limit = 0xFFFFFFFFULL
     ss.flags = FE_FLAT_DATA
     target = lstar.value - 2        # helper_syscall adds the length after us
-    _fe_commit64(st, &cs, &ss, target)
+    _fe_commit(st, &cs, &ss, target)
     st.fe_syscalls += 1
     return True
 
