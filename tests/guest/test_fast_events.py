@@ -288,3 +288,179 @@ def test_int_gates_and_syscall_same_on_c_and_python_paths(assemble, tmp_path):
                         "c z s o p=00111 cs=0000000000000038 ss=0000000000000040 "
                         "rsp=0000000000070003")
     assert lines[8] == "exit rsp=000000000008FFD8"
+
+
+BODY32 = r"""
+    LOAD_GDT
+    SET_TSS tss32, 0x89
+    mov dword [tss32 + 4], 0x90000          ; ESP0
+    mov word [tss32 + 8], 0x10              ; SS0
+    lidt [idtr32]
+    mov esp, 0x80000
+    mov al, 0xFF              ; no device interrupt may come in between
+    out 0x21, al
+    out 0xA1, al
+    sti
+    stc
+    int 0x50                  ; ring 0, interrupt gate: IF cleared
+    int 0x51                  ; ring 0, trap gate: IF kept
+    mov dword [resume], after_np
+    int 0x52                  ; ring 0, gate not present: #NP(0x292), Python's
+after_np:
+    push 0x23                 ; to ring 3
+    push 0x70003
+    push 0x202
+    push 0x1B
+    push user32
+    iret
+
+user32:
+    mov eax, 0x80000000
+    add eax, eax              ; CF ZF PF OF
+    int 0x60                  ; ring 3 -> 0, interrupt gate, SS0:ESP0
+    int 0x61                  ; ring 3 -> 0, trap gate
+    int3
+    int 0x50                  ; DPL 0 gate from ring 3: #GP(0x282), Python's
+after_gp32:
+    int 0x81                  ; exit
+
+%macro HANDLER32 1
+g%1:
+    pushfd
+    push ds
+    push %1
+    mov ax, 0x10
+    mov ds, ax
+    jmp report32
+%endmacro
+    HANDLER32 0x50
+    HANDLER32 0x51
+    HANDLER32 0x60
+    HANDLER32 0x61
+    HANDLER32 3
+
+report32:                     ; [esp] vector, DS, EFLAGS on entry, then the frame
+    PRINT "int "
+    mov eax, [esp]
+    call puthex
+    PRINT " fl="
+    mov eax, [esp + 8]
+    call puthex
+    PRINT " frame="
+    mov ebx, 12
+.frame:
+    mov eax, [esp + ebx]
+    call puthex
+    mov al, ' '
+    call putc
+    add ebx, 4
+    cmp ebx, 32
+    jne .frame
+    PRINT "esp="
+    lea eax, [esp + 12]
+    call puthex
+    PRINT " cs="
+    mov ax, cs
+    movzx eax, ax
+    call puthex
+    PRINT " ss="
+    mov ax, ss
+    movzx eax, ax
+    call puthex
+    mov al, 10
+    call putc
+    add esp, 4
+    pop ds
+    popfd
+    iret
+
+gfault:                       ; #NP, #GP: print the error code, go on at [resume]
+    push ds
+    mov ax, 0x10
+    mov ds, ax
+    PRINT "fault err="
+    mov eax, [esp + 4]
+    call puthex
+    mov al, 10
+    call putc
+    mov eax, [resume]
+    mov [esp + 8], eax
+    mov dword [resume], after_gp32
+    pop ds
+    add esp, 4
+    iret
+resume: dd after_gp32
+
+gexit:
+    mov ax, 0x10
+    mov ds, ax
+    PRINT "exit esp="
+    mov eax, esp
+    call puthex
+    mov al, 10
+    call putc
+    mov al, 0
+    out 0xF4, al
+
+align 8
+idt32:
+%assign v 0
+%rep 0x82
+  %if v == 3
+    GATE32 g3, 0x08, 0xEE
+  %elif v == 11
+    GATE32 gfault, 0x08, 0x8E
+  %elif v == 13
+    GATE32 gfault, 0x08, 0x8E
+  %elif v == 0x50
+    GATE32 g0x50, 0x08, 0x8E
+  %elif v == 0x51
+    GATE32 g0x51, 0x08, 0x8F
+  %elif v == 0x52
+    GATE32 g0x50, 0x08, 0x0E
+  %elif v == 0x60
+    GATE32 g0x60, 0x08, 0xEE
+  %elif v == 0x61
+    GATE32 g0x61, 0x08, 0xEF
+  %elif v == 0x81
+    GATE32 gexit, 0x08, 0xEE
+  %else
+    dq 0
+  %endif
+  %assign v v + 1
+%endrep
+idt32_end:
+idtr32:
+    dw idt32_end - idt32 - 1
+    dd idt32
+align 16
+tss32: times 0x68 db 0
+"""
+
+
+def test_protected_mode_int_gates_same_on_c_and_python_paths(assemble, tmp_path):
+    kernel = tmp_path / "guest.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(BODY32)))
+    c_out, c_counts, c_status = _run(kernel, True)
+    py_out, py_counts, py_status = _run(kernel, False)
+    assert c_out == py_out
+    assert c_status == py_status == 1
+    assert py_counts == (0, 0)
+    # 0x50, 0x51, 0x60, 0x61, INT3 and the exit in C; the #NP and the #GP in Python
+    assert c_counts == (6, 0)
+    lines = c_out.splitlines()
+    assert len(lines) == 8, c_out
+    # ring 0: IF pushed set, clear on entry through the interrupt gate, kept by the trap gate
+    assert lines[0].startswith("int 00000050 fl=00000003 frame=")
+    assert " 00000008 00000203 " in lines[0]
+    assert lines[0].endswith(" esp=0007FFF4 cs=00000008 ss=00000010")
+    assert lines[1].startswith("int 00000051 fl=00000203 ")
+    assert lines[2] == "fault err=00000292"
+    # ring 3 -> 0: SS0:ESP0 from the TSS, the user's SS:ESP pushed
+    assert lines[3].startswith("int 00000060 fl=00000847 ")
+    assert lines[3].endswith(" 0000001B 00000A47 00070003 00000023 esp=0008FFEC "
+                             "cs=00000008 ss=00000010")
+    assert lines[4].startswith("int 00000061 fl=00000A47 ")
+    assert lines[5].startswith("int 00000003 fl=00000847 ")
+    assert lines[6] == "fault err=00000282"
+    assert lines[7] == "exit esp=0008FFEC"
