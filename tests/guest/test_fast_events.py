@@ -464,3 +464,109 @@ def test_protected_mode_int_gates_same_on_c_and_python_paths(assemble, tmp_path)
     assert lines[5].startswith("int 00000003 fl=00000847 ")
     assert lines[6] == "fault err=00000282"
     assert lines[7] == "exit esp=0008FFEC"
+
+
+# Real mode, booted by our BIOS: INT 0x60 through the IVT to a handler seen through
+# another CS, once on an ordinary stack and once where the three words wrap around
+# the 64 KiB stack segment; the handler prints with INT 10h (the BIOS's own IVT path).
+MBR = r"""
+bits 16
+org 0x7C00
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    mov word [0x60 * 4], handler - 0x7B00
+    mov word [0x60 * 4 + 2], 0x07B0
+    sti
+    stc
+    int 0x60
+    cli
+    mov ax, 0x2000
+    mov ss, ax
+    mov sp, 0x0002            ; FLAGS at 2000:0000, CS and IP at 2000:FFFE and FFFC
+    int 0x60
+    xor ax, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    mov al, 0
+    out 0xF4, al
+
+handler:                      ; [bp+2] FLAGS on entry, [bp+4] IP, [bp+6] CS, [bp+8] FLAGS
+    pushf
+    push bp
+    mov bp, sp
+    mov ax, [bp + 2]
+    call hex16
+    mov ax, [bp + 4]
+    call hex16
+    mov ax, [bp + 6]
+    call hex16
+    mov ax, [bp + 8]
+    call hex16
+    mov ax, cs
+    call hex16
+    mov ax, sp
+    call hex16
+    mov ax, 0x0E0D
+    int 0x10
+    mov ax, 0x0E0A
+    int 0x10
+    pop bp
+    popf
+    iret
+
+hex16:                        ; AX as 4 hex digits and a space, through INT 10h
+    push cx
+    push ax
+    mov cx, 4
+.digit:
+    rol ax, 4
+    push ax
+    and al, 0xF
+    add al, '0'
+    cmp al, '9'
+    jbe .out
+    add al, 7
+.out:
+    mov ah, 0x0E
+    int 0x10
+    pop ax
+    loop .digit
+    mov ax, 0x0E20
+    int 0x10
+    pop ax
+    pop cx
+    ret
+times 510 - ($ - $$) db 0
+    dw 0xAA55
+"""
+
+
+def _boot(disk, fast: bool) -> tuple[str, tuple[int, int], int | None]:
+    out = bytearray()
+    with Machine(disk, memory="16M") as m:
+        m.board.com1.add_output_listener(out.extend)
+        m.cpu.fast_events = fast
+        result = m.run(timeout=30)
+        counts = m.core.fast_event_counts()
+    return out.decode(errors="replace"), counts, result.exit_status
+
+
+def test_real_mode_int_same_on_c_and_python_paths(assemble, tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(assemble(MBR) + bytes(512 * 63))
+    c_out, c_counts, c_status = _boot(disk, True)
+    py_out, py_counts, py_status = _boot(disk, False)
+    assert c_out == py_out
+    assert c_status == py_status == 1
+    assert py_counts == (0, 0)
+    assert c_counts[0] > 60     # our two, the BIOS's INT 10h and the boot's INT 13h/19h
+    lines = [line.split() for line in c_out.splitlines()]
+    lines = [w for w in lines if len(w) == 6 and all(len(x) == 4 for x in w)]
+    assert len(lines) == 2, c_out
+    # IF cleared on entry (ZF PF kept); the return IP, CS 0000 and the old FLAGS pushed;
+    # the handler runs at 07B0 with SP three words (and its own two) lower, wrapped
+    assert lines[0][0] == "0047" and lines[0][2:] == ["0000", "0247", "07B0", "7BF6"]
+    assert lines[1][0] == "0047" and lines[1][2:] == ["0000", "0047", "07B0", "FFF8"]
