@@ -103,6 +103,13 @@ cdef bint _fe_read(CoreState *st, MmuMode *m, uint64_t linear, uint8_t *out, uin
     return True
 
 
+cdef inline void _fe_store(CoreState *st, uint64_t gpa, void *data, uint64_t n) noexcept nogil:
+    """A store of delivery: as EventDelivery.write (uc_mem_write, then the MMU is told)."""
+    uc_mem_write(st.uc, gpa, data, n)
+    st.mmu.stats.phys_writes_notified += 1
+    track_phys_write(st, gpa, n, False)
+
+
 cdef bint _fe_descriptor(CoreState *st, MmuMode *m, uint32_t selector, uint64_t *desc) noexcept nogil:
     cdef ql_uc_x86_mmr t
     uc_reg_read(st.uc, REG_LDTR if selector & 4 else REG_GDTR, &t)
@@ -252,11 +259,9 @@ cdef bint fast_int64(CoreState *st, uint32_t vector, uint64_t next_eip) noexcept
                        or not _fe_plain_ram(st, gpa[1], 40 - first)):
         return False
     # Commit: from here on nothing can fail
-    uc_mem_write(st.uc, gpa[0], frame, first)
-    track_phys_write(st, gpa[0], first, False)
+    _fe_store(st, gpa[0], frame, first)
     if first < 40:
-        uc_mem_write(st.uc, gpa[1], (<uint8_t *>frame) + first, 40 - first)
-        track_phys_write(st, gpa[1], 40 - first, False)
+        _fe_store(st, gpa[1], (<uint8_t *>frame) + first, 40 - first)
     eflags_env &= ~(FE_TF | FE_NT | FE_RF | FE_VM)
     if gtype == 0xE:
         eflags_env &= ~FE_IF
@@ -313,8 +318,7 @@ cdef bint fast_int_real(CoreState *st, uint32_t vector, uint64_t next_eip) noexc
         if not _fe_plain_ram(st, gpa[i], 2):
             return False
     for i in range(3):
-        uc_mem_write(st.uc, gpa[i], &words[i], 2)
-        track_phys_write(st, gpa[i], 2, False)
+        _fe_store(st, gpa[i], &words[i], 2)
     memcpy(&eflags_env, st.cpu + st.off_eflags, 8)
     eflags_env &= ~(FE_IF | FE_TF | FE_AC)
     memcpy(st.cpu + st.off_eflags, &eflags_env, 8)
@@ -431,11 +435,9 @@ cdef bint fast_int32(CoreState *st, uint32_t vector, uint64_t next_eip) noexcept
     if first < nbytes and (not _fe_xlate(st, &m, linear + first, ACC_WRITE, False, &gpa[1])
                            or not _fe_plain_ram(st, gpa[1], nbytes - first)):
         return False
-    uc_mem_write(st.uc, gpa[0], frame, first)
-    track_phys_write(st, gpa[0], first, False)
+    _fe_store(st, gpa[0], frame, first)
     if first < nbytes:
-        uc_mem_write(st.uc, gpa[1], (<uint8_t *>frame) + first, nbytes - first)
-        track_phys_write(st, gpa[1], nbytes - first, False)
+        _fe_store(st, gpa[1], (<uint8_t *>frame) + first, nbytes - first)
     eflags_env &= ~(FE_TF | FE_NT | FE_RF | FE_VM)
     if gtype == 0xE:
         eflags_env &= ~FE_IF
