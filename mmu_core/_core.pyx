@@ -12,7 +12,7 @@ import ctypes
 
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_WRITE, PyBUF_READ
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcmp, memcpy, memset
 from libc.stdlib cimport calloc, free, realloc
 from cpython.ref cimport PyObject
@@ -39,6 +39,8 @@ cdef uc_context_save_t uc_context_save = <uc_context_save_t>_fn("uc_context_save
 cdef uc_context_restore_t uc_context_restore = <uc_context_restore_t>_fn("uc_context_restore")
 cdef uc_context_free_t uc_context_free = <uc_context_free_t>_fn("uc_context_free")
 cdef uc_reg_read_t uc_reg_read = <uc_reg_read_t>_fn("uc_reg_read")
+cdef uc_reg_write_t uc_reg_write = <uc_reg_write_t>_fn("uc_reg_write")
+cdef uc_mem_write_t uc_mem_write = <uc_mem_write_t>_fn("uc_mem_write")
 cdef uc_reg_read_batch_t uc_reg_read_batch = <uc_reg_read_batch_t>_fn("uc_reg_read_batch")
 cdef uc_ctl_t uc_ctl = <uc_ctl_t>_fn("uc_ctl")
 cdef uc_mmio_map_t uc_mmio_map = <uc_mmio_map_t>_fn("uc_mmio_map")
@@ -238,6 +240,20 @@ cdef struct CoreState:
     int off_efer
     int off_hflags
     int off_eflags
+    # INT n / SYSCALL delivered in C (fastevent.pxi): on only with every offset checked
+    bint fe_ok               # the offsets below were confirmed on this engine
+    bint fe_on               # and the vCPU allows it (no syscall observer; not forced off)
+    int ctx_shift            # bytes before the CPU state's copy in a saved context
+    int fe_off_eip
+    int fe_off_cc_src
+    int fe_off_cc_op
+    int fe_off_df
+    int fe_off_segs
+    int fe_off_old_exception
+    int fe_off_is_int
+    int fe_off_next_eip
+    uint64_t fe_ints         # software interrupts delivered in C
+    uint64_t fe_syscalls     # SYSCALLs done in C
     Mmu mmu
 
 
@@ -405,6 +421,7 @@ cdef class Core:
         memcpy(&d[3], cpu + st.off_efer, 8)
         if memcmp(v, d, sizeof(v)) == 0:
             st.cpu = cpu
+            st.ctx_shift = shift
 
     @property
     def reads_cpu_state_directly(self):
@@ -952,6 +969,42 @@ cdef class Core:
         self.st.ev_off_next_eip = next_eip
         self.st.ev_cr2_reg = cr2_reg
 
+    def attach_fast_events(self, int old_exception):
+        """Let the hooks deliver INT n and SYSCALL of a 64-bit guest in C (fastevent.pxi).
+
+        ``old_exception`` is the context offset of QEMU's nested-exception memory;
+        :meth:`set_event_layout` must have run.  Returns whether the C path is
+        available: the patched engine, every offset confirmed through the register
+        API.  It starts on; :meth:`set_fast_events` turns it off and on."""
+        cdef CoreState *st = self.st
+        st.fe_ok = False
+        if st.cpu == NULL or st.ev_ctx == NULL:
+            return False
+        size = <int>uc_context_size(st.uc)
+        if old_exception + 4 > size or old_exception < st.ctx_shift:
+            return False
+        st.fe_off_old_exception = old_exception - st.ctx_shift
+        st.fe_off_is_int = st.ev_off_is_int - st.ctx_shift
+        st.fe_off_next_eip = st.ev_off_next_eip - st.ctx_shift
+        if st.fe_off_is_int < 0 or st.fe_off_next_eip < 0:
+            return False
+        st.fe_ok = _fe_attach(st)
+        st.fe_on = st.fe_ok
+        return bool(st.fe_ok)
+
+    def set_fast_events(self, bint on):
+        """Deliver INT n / SYSCALL in C when possible (True) or always through Python."""
+        self.st.fe_on = on and self.st.fe_ok
+
+    @property
+    def fast_events(self):
+        """Is the C path of INT n / SYSCALL delivery on?"""
+        return bool(self.st.fe_on)
+
+    def fast_event_counts(self):
+        """``(software interrupts, SYSCALLs)`` delivered in C so far."""
+        return self.st.fe_ints, self.st.fe_syscalls
+
     def take_event(self):
         """``(is_int, error_code, next_eip, cr2)`` captured when the last event was raised."""
         return (bool(self.st.ev_is_int), self.st.ev_error_code, self.st.ev_next_eip,
@@ -1451,6 +1504,14 @@ cdef void _log_unclaimed(Core core, uint32_t port, int size, long value) noexcep
 cdef void _hook_intr(uc_engine *uc, uint32_t intno, void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
     cdef char *ctx
+    cdef uint32_t is_int
+    cdef uint64_t next_eip
+    if st.fe_on and st.stop_flags == 0:
+        memcpy(&is_int, st.cpu + st.fe_off_is_int, 4)
+        if is_int:
+            memcpy(&next_eip, st.cpu + st.fe_off_next_eip, 8)
+            if fast_int(st, intno, next_eip):
+                return  # delivered: the slice goes on at the handler
     uc_emu_stop(uc)
     if st.stop_flags & C_STOP_INTERRUPT:
         return  # only the first event of a slice is the guest's
@@ -1466,6 +1527,8 @@ cdef void _hook_intr(uc_engine *uc, uint32_t intno, void *user_data) noexcept no
 
 cdef void _hook_syscall(uc_engine *uc, void *user_data) noexcept nogil:
     cdef CoreState *st = <CoreState *>user_data
+    if st.fe_on and st.stop_flags == 0 and fast_syscall64(st):
+        return
     st.stop_flags |= C_STOP_SYSCALL
     uc_emu_stop(uc)
 
@@ -1629,6 +1692,7 @@ include "mmu_fill.pxi"
 include "mmu_unsync.pxi"
 include "mmu_ctx.pxi"
 include "mmu_audit.pxi"
+include "fastevent.pxi"
 
 
 # Where Unicorn records the address of a refused access (uc_struct.invalid_addr):

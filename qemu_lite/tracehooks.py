@@ -189,8 +189,8 @@ class TraceHooks:
         caller's (the number in EAX/RAX), RIP is past the instruction.  ``None``
         removes it.
 
-        Cost: a Python call per entry; nothing else (these instructions already end
-        a slice)."""
+        Cost: a Python call per entry, and while it is set every INT n and SYSCALL ends
+        a slice and is delivered in Python (the C path, ``cpu.fast_events``, is off)."""
         machine = cast("Machine", self)
         if callback is None:
             self.cpu.syscall_observer = None

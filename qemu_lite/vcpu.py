@@ -7,6 +7,7 @@ vCPU delivers it here, between slices, as an x86 CPU would.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 
@@ -97,10 +98,6 @@ def new_engine() -> tuple[Uc, object]:
 class VCpu:
     """One x86 CPU backed by a Unicorn engine and an ``mmu_core.Core``."""
 
-    # Told "int80", "syscall" or "sysenter" before the vCPU performs that entry, the
-    # caller's registers still in place (Machine.add_syscall_hook); None: off.
-    syscall_observer: Callable[[str], None] | None = None
-
     def __init__(self, uc: Uc, core: Core, reset_context: object) -> None:
         self.uc = uc
         self.core = core
@@ -111,7 +108,45 @@ class VCpu:
         lay = self.segments.layout
         core.set_event_layout(lay.error_code, lay.exception_is_int, lay.exception_next_eip,
                               X.UC_X86_REG_CR2)
+        attach = getattr(core, "attach_fast_events", None)
+        self._fast_events_available = bool(attach is not None and attach(lay.old_exception))
+        self._fast_events_wanted = os.environ.get("QEMU_LITE_EVENTS", "") != "python"
+        self._syscall_observer: Callable[[str], None] | None = None
+        self._update_fast_events()
         self.events = EventDelivery(self)
+
+    # -- INT n / SYSCALL in C (mmu_core/fastevent.pxi) -------------------------------
+
+    @property
+    def syscall_observer(self) -> Callable[[str], None] | None:
+        """Told "int80", "syscall" or "sysenter" before the vCPU performs that entry, the
+        caller's registers still in place (Machine.add_syscall_hook); None: off.  While
+        one is set every entry stops the slice and is delivered here, in Python."""
+        return self._syscall_observer
+
+    @syscall_observer.setter
+    def syscall_observer(self, observer: Callable[[str], None] | None) -> None:
+        self._syscall_observer = observer
+        self._update_fast_events()
+
+    @property
+    def fast_events(self) -> bool:
+        """Are INT n of a 64-bit guest and its SYSCALLs delivered inside the engine's
+        hooks (mmu_core's C path; the patched engine only)?  Setting False sends every
+        one through :class:`~qemu_lite.events.EventDelivery` (as does
+        ``QEMU_LITE_EVENTS=python`` in the environment); both give the guest the same
+        state.  A syscall observer also turns the C path off while it is set."""
+        return bool(getattr(self.core, "fast_events", False))
+
+    @fast_events.setter
+    def fast_events(self, on: bool) -> None:
+        self._fast_events_wanted = on
+        self._update_fast_events()
+
+    def _update_fast_events(self) -> None:
+        if self._fast_events_available:
+            self.core.set_fast_events(self._fast_events_wanted
+                                      and self._syscall_observer is None)
 
     # -- registers --------------------------------------------------------------
 

@@ -42,6 +42,8 @@ ctypedef int (*uc_context_restore_t)(uc_engine *uc, void *context) noexcept nogi
 ctypedef int (*uc_context_free_t)(void *context) noexcept nogil
 ctypedef int (*uc_reg_read_t)(uc_engine *uc, int regid, void *value) noexcept nogil
 ctypedef int (*uc_reg_write_t)(uc_engine *uc, int regid, const void *value) noexcept nogil
+ctypedef int (*uc_mem_write_t)(uc_engine *uc, uint64_t address, const void *bytes,
+                              size_t size) noexcept nogil
 ctypedef int (*uc_reg_read_batch_t)(uc_engine *uc, int *regs, void **vals, int count) noexcept nogil
 # qemu_lite's patched engine (patch i); absent from the stock library.
 ctypedef uint64_t (*ql_tlb_ctx_tag_t)(void *opaque, uint64_t *current) noexcept nogil
