@@ -78,6 +78,9 @@ class Event:
     error_code: int | None
     return_ip: int
     cr2: int | None = None
+    # A software interrupt's own address: a fault while delivering it is a fault of
+    # the INT n / INT3 / INTO instruction, so its frame returns there (SDM 6.12.1).
+    instruction_ip: int | None = None
 
 
 def combine(first: int, second: int) -> int | None:
@@ -180,7 +183,9 @@ class EventDelivery:
                                       f"{_name(event.vector)} (first event "
                                       f"{_name(first.vector)})") from None
                 code = 0 if nxt == DF else f.error_code
-                ret = first.return_ip if f.return_ip is None else f.return_ip
+                ret = f.return_ip
+                if ret is None:
+                    ret = first.return_ip if first.instruction_ip is None else first.instruction_ip
                 event = Event(nxt, EXCEPTION, code, ret, f.cr2 if nxt == PF else None)
 
     def _deliver_once(self, ev: Event) -> None:

@@ -62,7 +62,8 @@ def test_ring3_interrupt_switches_to_tss_stack_and_checks_gate_dpl(assemble, tmp
 user_code:
     mov eax, 0x11111111
     int 0x80                  ; gate DPL 3: allowed
-    int 0x81                  ; gate DPL 0: #GP(0x81 * 8 + 2)
+int81_at:
+    int 0x81                  ; gate DPL 0: #GP(0x81 * 8 + 2), a fault of the INT itself
     mov al, 0x7E
     call exit                 ; not reached: the #GP handler ends the test
 
@@ -94,6 +95,11 @@ gp_handler:
     PRINT "GP error="
     mov eax, [esp]
     call puthex
+    PRINT " at the int="          ; the saved EIP is the INT's, not the next one's
+    cmp dword [esp + 4], int81_at
+    sete al
+    add al, '0'
+    call putc
     mov al, 10
     call putc
     mov al, 0
@@ -120,7 +126,7 @@ ustack_top:
 """
     result, out = run_multiboot_guest(assemble, tmp_path, protected_mode_guest(body))
     assert out == ("int80 from cpl=00000003 on kernel stack=1 user esp=1 ss=00000023\n"
-                   "GP error=0000040A\n")
+                   "GP error=0000040A at the int=1\n")
     assert result.exit_status == 1
 
 

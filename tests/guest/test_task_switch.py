@@ -235,26 +235,39 @@ def test_task_gate_faults_short_tss_and_busy_tss(assemble, tmp_path, mmu):
     TASK_GATE 0x41, 0x28        ; the current task: busy
     SET_GATE 10, ts_handler
     SET_GATE 13, gp_handler
+int40_at:
     int 0x40
+int41_at:
     int 0x41
     PRINT "done", 10
     mov al, 0
     call exit
+%macro FAULT_AT 1               ; print whether the frame returns to %1, then skip its INT n
+    cmp dword [esp], %1
+    sete al
+    add al, '0'
+    call putc
+    add dword [esp], 2
+%endmacro
 ts_handler:
     PRINT "#TS "
     pop eax
     call puthex
+    PRINT " at int="            ; a fault of the INT n itself: EIP is the INT's
+    FAULT_AT int40_at
     call newline
     iretd
 gp_handler:
     PRINT "#GP "
     pop eax
     call puthex
+    PRINT " at int="
+    FAULT_AT int41_at
     call newline
     iretd
 """
     out = _run(assemble, tmp_path, body, mmu)
-    assert out == "#TS 00000048\n#GP 00000028\ndone\n"
+    assert out == "#TS 00000048 at int=1\n#GP 00000028 at int=1\ndone\n"
 
 
 @pytest.mark.parametrize("mmu", MMU_MODES)
