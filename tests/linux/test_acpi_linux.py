@@ -7,6 +7,7 @@ test_linux_boot.py, on the boots that file already makes.
 
 from __future__ import annotations
 
+import re
 import threading
 
 from images import kernel, power_button_initramfs
@@ -66,7 +67,12 @@ def test_linux_uses_acpi_and_the_power_button_and_powers_off(tmp_path):
     assert "ACPI: INT_SRC_OVR (bus 0 bus_irq 0 global_irq 2 dfl dfl)" in text
     assert "ACPI: PM-Timer IO Port: 0x608" in text
     assert "clocksource: acpi_pm: mask: 0xffffff" in text
-    assert "clocksources: tsc hpet acpi_pm" in text
+    # Our two clocksources are listed.  Which TSC entry is (tsc-early, the refined tsc
+    # a second of real time later, none once the watchdog drops it) depends on the
+    # host's speed: CI once saw a list without "tsc hpet acpi_pm" in it.
+    listed = re.search(r"clocksources: ([^\r\n]*)", text)
+    assert listed is not None, text[-3000:]
+    assert {"hpet", "acpi_pm"} <= set(listed.group(1).split()), listed.group(0)
     # The HPET: found through its table, set up as the broadcast clock event device
     # (its timer 0 on IRQ 0 in legacy replacement mode), a clocksource candidate.
     assert "ACPI: HPET id: 0x8086a201 base: 0xfed00000" in text
