@@ -393,3 +393,52 @@ def run_multiboot_guest(assemble, tmp_path: Path, source: str, *, timeout: float
         multiboot.load(m, kernel)
         result = m.run(timeout=timeout)
     return result, out.decode(errors="replace")
+
+
+# Address spaces n = 0, 1, ...: page directory PD(n), its first page table PT(n);
+# SWITCH n loads CR3, READ v prints the dword at virtual v and a space.
+ADDRESS_SPACES = r"""
+%define PD(n) (0x200000 + (n) * 0x2000)
+%define PT(n) (PD(n) + 0x1000)
+%macro SWITCH 1
+    mov eax, PD(%1)
+    mov cr3, eax
+%endmacro
+%macro READ 1
+    mov eax, [%1]
+    call puthex
+    mov al, ' '
+    call putc
+%endmacro
+"""
+
+
+def run_mmu_guest(assemble, tmp_path: Path, body: str, mmu: str, *,
+                  contexts: int | None = None, global_pages: bool | None = None,
+                  unsync: bool = False, prefetch: int = 0,
+                  address_spaces: bool = True) -> tuple[list[str], dict]:
+    """Run a protected-mode guest (:data:`ADDRESS_SPACES` included unless
+    ``address_spaces=False``) with the shadow
+    MMU configured as given; it must exit with status 1 and pass the MMU's audit.
+    Returns the words it printed and ``mmu_stats()``."""
+    kernel = tmp_path / "guest.bin"
+    source = protected_mode_guest((ADDRESS_SPACES if address_spaces else "") + body)
+    kernel.write_bytes(assemble(source))
+    out = bytearray()
+    with Machine(serial="none", memory="32M", mmu=mmu) as m:
+        if contexts is not None:
+            m.core.set_tlb_contexts(contexts)
+        if global_pages is not None:
+            m.core.set_global_pages(global_pages)
+        if prefetch:
+            m.core.set_pte_prefetch(prefetch)
+        if mmu != "native":
+            m.core.set_unsync(unsync)
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        result = m.run(timeout=20)
+        assert result.reason == "exit" and result.exit_status == 1, (result, bytes(out))
+        stats = m.core.mmu_stats()
+        if mmu != "native":
+            assert m.core.audit() == []
+    return out.decode().split(), stats

@@ -21,11 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from guestlib import protected_mode_guest
+from guestlib import run_mmu_guest
 
-from qemu_lite import Machine
 from qemu_lite import engine as _engine
-from qemu_lite.loaders import multiboot
 
 BODY = r"""
 %define PD 0x200000
@@ -89,22 +87,8 @@ CONFIGS = [("cached", 32, False), ("cached", 0, False), ("cached", 32, True),
 
 def run(assemble, tmp_path: Path, mmu: str, contexts: int | None,
         unsync: bool) -> tuple[list[str], dict]:
-    kernel = tmp_path / "guest.bin"
-    kernel.write_bytes(assemble(protected_mode_guest(BODY)))
-    out = bytearray()
-    with Machine(serial="none", memory="32M", mmu=mmu) as m:
-        if contexts is not None:
-            m.core.set_tlb_contexts(contexts)
-        if mmu != "native":
-            m.core.set_unsync(unsync)
-        m.board.com1.add_output_listener(out.extend)
-        multiboot.load(m, kernel)
-        result = m.run(timeout=20)
-        assert result.reason == "exit" and result.exit_status == 1, (result, bytes(out))
-        stats = m.core.mmu_stats()
-        if mmu != "native":
-            assert m.core.audit() == []
-    return out.decode().split(), stats
+    return run_mmu_guest(assemble, tmp_path, BODY, mmu, contexts=contexts, unsync=unsync,
+                         address_spaces=False)
 
 
 @pytest.mark.parametrize(("mmu", "contexts", "unsync"), CONFIGS,

@@ -32,31 +32,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from guestlib import protected_mode_guest
+from guestlib import run_mmu_guest
 
 from mmu_core._core import engine_has_global_pages
 from qemu_lite import Machine
-from qemu_lite.loaders import multiboot
 
 BODY = r"""
-%define PD(n) (0x200000 + (n) * 0x2000)
-%define PT(n) (PD(n) + 0x1000)
 %define X 0x300000
 %define Y 0x301000
 %define Z 0x302000
 %define W 0x303000
 %define P 0x304000
 %define Q 0x305000
-%macro SWITCH 1
-    mov eax, PD(%1)
-    mov cr3, eax
-%endmacro
-%macro READ 1                       ; print the dword at virtual %1
-    mov eax, [%1]
-    call puthex
-    mov al, ' '
-    call putc
-%endmacro
 %macro PGE 1                        ; CR4.PGE := %1
     mov eax, cr4
 %if %1
@@ -168,21 +155,7 @@ CONFIGS = [("cached", 32, True), ("cached", 1, True), ("cached", 32, False),
 
 def run(assemble, tmp_path: Path, mmu: str, contexts: int | None,
         global_pages: bool) -> tuple[list[str], dict]:
-    kernel = tmp_path / "guest.bin"
-    kernel.write_bytes(assemble(protected_mode_guest(BODY)))
-    out = bytearray()
-    with Machine(serial="none", memory="32M", mmu=mmu) as m:
-        if contexts is not None:
-            m.core.set_tlb_contexts(contexts)
-            m.core.set_global_pages(global_pages)
-        m.board.com1.add_output_listener(out.extend)
-        multiboot.load(m, kernel)
-        result = m.run(timeout=20)
-        assert result.reason == "exit" and result.exit_status == 1, (result, bytes(out))
-        stats = m.core.mmu_stats()
-        if mmu != "native":
-            assert m.core.audit() == []
-    return out.decode().split(), stats
+    return run_mmu_guest(assemble, tmp_path, BODY, mmu, contexts=contexts, global_pages=global_pages if contexts is not None else None)
 
 
 @pytest.mark.parametrize(("mmu", "contexts", "global_pages"), CONFIGS,
