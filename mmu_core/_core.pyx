@@ -970,7 +970,8 @@ cdef class Core:
         self.st.ev_cr2_reg = cr2_reg
 
     def attach_fast_events(self, int old_exception):
-        """Let the hooks deliver INT n and SYSCALL of a 64-bit guest in C (fastevent.pxi).
+        """Let the hooks deliver INT n (real mode, 32-bit gates, 64-bit gates) and 64-bit
+        SYSCALL in C (fastevent.pxi).
 
         ``old_exception`` is the context offset of QEMU's nested-exception memory;
         :meth:`set_event_layout` must have run.  Returns whether the C path is

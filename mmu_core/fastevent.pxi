@@ -57,11 +57,6 @@ cdef struct FeSeg:
     uint32_t flags
 
 
-cdef inline bint _fe_canonical(uint64_t a) noexcept nogil:
-    cdef uint64_t top = a >> 47
-    return top == 0 or top == 0x1FFFF
-
-
 cdef inline bint _fe_plain_ram(CoreState *st, uint64_t gpa, uint64_t n) noexcept nogil:
     """RAM that Python's mem_read/mem_write reach the same way: no ROM, VGA or PAM window."""
     if gpa + n <= 0xA0000:
@@ -88,7 +83,7 @@ cdef bint _fe_xlate(CoreState *st, MmuMode *m, uint64_t linear, int acc, bint us
 cdef bint _fe_read(CoreState *st, MmuMode *m, uint64_t linear, uint8_t *out, uint64_t n,
                    int acc, bint user) noexcept nogil:
     cdef uint64_t gpa, chunk
-    if not (_fe_canonical(linear) and _fe_canonical(linear + n - 1)):
+    if not (is_canonical48(linear) and is_canonical48(linear + n - 1)):
         return False
     while n > 0:
         chunk = 4096 - (linear & 0xFFF)
@@ -241,7 +236,7 @@ cdef bint fast_int64(CoreState *st, uint32_t vector, uint64_t next_eip) noexcept
         new_rsp = rsp
     new_rsp &= ~<uint64_t>0xF
     sp = new_rsp - 40
-    if not (_fe_canonical(sp) and _fe_canonical(new_rsp - 1)) or not _fe_canonical(offset):
+    if not (is_canonical48(sp) and is_canonical48(new_rsp - 1)) or not is_canonical48(offset):
         return False
     frame[0] = next_eip
     frame[1] = old_cs_sel

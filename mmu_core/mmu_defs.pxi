@@ -7,6 +7,11 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+
+cdef inline bint is_canonical48(uint64_t a) noexcept nogil:
+    """Bits 63..47 all equal (4-level paging's canonical form)."""
+    return (a >> 47) == 0 or (a >> 47) == 0x1FFFF
+
 cdef extern from *:
     """
     #define QL_PT_PRESENT   0x1ULL

@@ -579,7 +579,7 @@ cdef bint _hook_tlb_fill_mmu(uc_engine *uc, uint64_t vaddr, int type,
         # be equal, or the access is #GP(0) / #SS(0), not a page fault (SDM
         # vol. 3 6.15).  QEMU's own MMU checks this in its tlb_fill, which the
         # UC_TLB_VIRTUAL fill replaces, so the check is ours.
-        noncanonical = (vaddr >> 47) != 0 and (vaddr >> 47) != 0x1FFFF
+        noncanonical = not is_canonical48(vaddr)
     elif access == ACC_FETCH and vaddr >> 32:
         # Not a guest fetch: Unicorn invalidating the emu_start "until" page
         # after the slice.  Answer with an MMIO page: nothing is translated.

@@ -132,7 +132,7 @@ cdef int walk_addr(CoreState *st, MmuMode *m, uint64_t gva, int access, bint use
                 w.user = False
     else:
         if long_mode:
-            if (gva >> 47) != 0 and (gva >> 47) != 0x1FFFF:
+            if not is_canonical48(gva):
                 w.error_code = base_err
                 return 1
             table = m.cr3 & PHYS_MASK & ~0xFFFULL

@@ -78,9 +78,6 @@ class Event:
     error_code: int | None
     return_ip: int
     cr2: int | None = None
-    # A software interrupt's own address: a fault while delivering it is a fault of
-    # the INT n / INT3 / INTO instruction, so its frame returns there (SDM 6.12.1).
-    instruction_ip: int | None = None
 
 
 def combine(first: int, second: int) -> int | None:
@@ -183,10 +180,20 @@ class EventDelivery:
                                       f"{_name(event.vector)} (first event "
                                       f"{_name(first.vector)})") from None
                 code = 0 if nxt == DF else f.error_code
-                ret = f.return_ip
-                if ret is None:
-                    ret = first.return_ip if first.instruction_ip is None else first.instruction_ip
+                ret = self._fault_return_ip(first) if f.return_ip is None else f.return_ip
                 event = Event(nxt, EXCEPTION, code, ret, f.cr2 if nxt == PF else None)
+
+    def _fault_return_ip(self, first: Event) -> int:
+        """Where a fault raised while delivering ``first`` returns.  For INT n, INT3 or
+        INTO that is the instruction itself (SDM 6.12.1), while ``first.return_ip`` and
+        RIP are past it: its length is read from its bytes (CD nn, else one byte)."""
+        if first.kind != SOFTWARE:
+            return first.return_ip
+        try:
+            code = self.read(self.cpu.linear_pc() - 2, 2)
+        except DeliveryFault:
+            return first.return_ip - 2
+        return first.return_ip - (2 if code[0] == 0xCD and code[1] == first.vector else 1)
 
     def _deliver_once(self, ev: Event) -> None:
         if ev.cr2 is not None:

@@ -131,8 +131,8 @@ class VCpu:
 
     @property
     def fast_events(self) -> bool:
-        """Are INT n of a 64-bit guest and its SYSCALLs delivered inside the engine's
-        hooks (mmu_core's C path; the patched engine only)?  Setting False sends every
+        """Are INT n (real mode, 32- and 64-bit gates) and 64-bit SYSCALLs delivered
+        inside the engine's hooks (mmu_core's C path; the patched engine only)?  Setting False sends every
         one through :class:`~qemu_lite.events.EventDelivery` (as does
         ``QEMU_LITE_EVENTS=python`` in the environment); both give the guest the same
         state.  A syscall observer also turns the C path off while it is set."""
@@ -252,22 +252,12 @@ class VCpu:
         if is_int:
             if vector == 0x80 and self.syscall_observer is not None:
                 self.syscall_observer("int80")
-            ev = Event(vector, SOFTWARE, None, next_eip,
-                       instruction_ip=next_eip - self._int_length(vector))
+            ev = Event(vector, SOFTWARE, None, next_eip)
         else:
             if vector == GP and error_code == 0 and self._stack_fault():
                 vector = SSF  # Unicorn's MMU raises #GP for every non-canonical access
             ev = Event(vector, EXCEPTION, error_code, self.rip, cr2 if vector == PF else None)
         self._deliver(ev)
-
-    def _int_length(self, vector: int) -> int:
-        """The length of the INT n (CD nn), INT3 or INTO that just raised ``vector``;
-        RIP already points past it."""
-        try:
-            code = self.events.read(self.linear_pc() - 2, 2)
-        except DeliveryFault:
-            return 2
-        return 2 if code[0] == 0xCD and code[1] == vector else 1
 
     def deliver_mmu_fault(self, address: int, error_code: int, non_canonical: bool) -> None:
         """Deliver what the shadow MMU's refused fill means: #PF, or for a
