@@ -241,6 +241,25 @@ wait_110ms:                 ; two full mode 0 runs of PIT counter 2, polled on p
 """
 
 LONG_MODE_HELPERS = r"""
+%macro SYSCALL_SETUP 2      ; entry, SFMASK: EFER.SCE on; STAR kernel CS 0x38 (SS 0x40),
+    mov ecx, 0xC0000080     ; user base 0x30; LSTAR entry
+    rdmsr
+    or eax, 1
+    wrmsr
+    mov ecx, 0xC0000081
+    xor eax, eax
+    mov edx, 0x00300038
+    wrmsr
+    mov ecx, 0xC0000082
+    mov rax, %1
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    mov ecx, 0xC0000084
+    mov eax, %2
+    xor edx, edx
+    wrmsr
+%endmacro
 bits 64
 putc64:
     push rdx

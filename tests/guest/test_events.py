@@ -259,23 +259,7 @@ long_entry:
     mov ds, ax
     mov ss, ax
     mov rsp, 0x80000
-    mov ecx, 0xC0000080       ; EFER.SCE
-    rdmsr
-    or eax, 1
-    wrmsr
-    mov ecx, 0xC0000081       ; STAR: kernel CS 0x38 (SS 0x40), user base 0x30
-    xor eax, eax
-    mov edx, 0x00300038
-    wrmsr
-    mov ecx, 0xC0000082       ; LSTAR
-    mov rax, syscall_entry
-    mov rdx, rax
-    shr rdx, 32
-    wrmsr
-    mov ecx, 0xC0000084       ; FMASK: clear IF and bit 10 (DF)
-    mov eax, 0x600
-    xor edx, edx
-    wrmsr
+    SYSCALL_SETUP syscall_entry, 0x600  ; FMASK: clear IF and bit 10 (DF)
     ; to ring 3 with IRETQ: SS 0x3B (sysret's SS: base+8 = 0x38|3 -> user data is 0x20|3)
     push 0x23
     push 0x70000

@@ -34,23 +34,7 @@ long_entry:
     mov qword [tss64 + 4], 0x90000          ; RSP0
     mov qword [tss64 + 0x24], ist1_top + 8  ; IST1 (misaligned: the CPU aligns it)
     lidt [idtr64]
-    mov ecx, 0xC0000080       ; EFER.SCE
-    rdmsr
-    or eax, 1
-    wrmsr
-    mov ecx, 0xC0000081       ; STAR: kernel CS 0x38 (SS 0x40), user base 0x30
-    xor eax, eax
-    mov edx, 0x00300038
-    wrmsr
-    mov ecx, 0xC0000082       ; LSTAR
-    mov rax, syscall_entry
-    mov rdx, rax
-    shr rdx, 32
-    wrmsr
-    mov ecx, 0xC0000084       ; SFMASK: AC, DF, IF, ZF, CF
-    mov eax, 0x40641
-    xor edx, edx
-    wrmsr
+    SYSCALL_SETUP syscall_entry, 0x40641  ; SFMASK: AC, DF, IF, ZF, CF
     mov al, 0xFF              ; no device interrupt may come in between
     out 0x21, al
     out 0xA1, al
