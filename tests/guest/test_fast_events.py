@@ -220,26 +220,36 @@ ist1_top:
 """
 
 
-def _run(kernel, fast: bool) -> tuple[str, tuple[int, int], int | None]:
+def _run_one(kernel, disk, fast: bool) -> tuple[str, tuple[int, int], int | None]:
     out = bytearray()
-    with Machine(serial="none", memory="32M") as m:
+    with Machine(disk, memory="16M") if disk is not None else \
+            Machine(serial="none", memory="32M") as m:
         m.board.com1.add_output_listener(out.extend)
-        multiboot.load(m, kernel)
+        if kernel is not None:
+            multiboot.load(m, kernel)
         m.cpu.fast_events = fast
         assert m.cpu.fast_events == fast
-        result = m.run(timeout=20)
+        result = m.run(timeout=30)
         counts = m.core.fast_event_counts()
     return out.decode(errors="replace"), counts, result.exit_status
+
+
+def _both_paths(kernel=None, disk=None) -> tuple[str, tuple[int, int]]:
+    """Run the guest on the C path and on the Python path: the same output and exit
+    status 1 on both, nothing in C on the second.  Returns the output and the C
+    path's counts."""
+    c_out, c_counts, c_status = _run_one(kernel, disk, True)
+    py_out, py_counts, py_status = _run_one(kernel, disk, False)
+    assert c_out == py_out
+    assert c_status == py_status == 1
+    assert py_counts == (0, 0)
+    return c_out, c_counts
 
 
 def test_int_gates_and_syscall_same_on_c_and_python_paths(assemble, tmp_path):
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(protected_mode_guest(BODY, long_mode=True)))
-    c_out, c_counts, c_status = _run(kernel, True)
-    py_out, py_counts, py_status = _run(kernel, False)
-    assert c_out == py_out
-    assert c_status == py_status == 1
-    assert py_counts == (0, 0)
+    c_out, c_counts = _both_paths(kernel=kernel)
     # Seven software interrupts in C (0x50-0x52, 0x60, 0x61, INT3, the exit), one
     # handed to Python (#GP), the SYSCALL in C.
     assert c_counts == (7, 1)
@@ -425,11 +435,7 @@ tss32: times 0x68 db 0
 def test_protected_mode_int_gates_same_on_c_and_python_paths(assemble, tmp_path):
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(protected_mode_guest(BODY32)))
-    c_out, c_counts, c_status = _run(kernel, True)
-    py_out, py_counts, py_status = _run(kernel, False)
-    assert c_out == py_out
-    assert c_status == py_status == 1
-    assert py_counts == (0, 0)
+    c_out, c_counts = _both_paths(kernel=kernel)
     # 0x50, 0x51, 0x60, 0x61, INT3 and the exit in C; the #NP and the #GP in Python
     assert c_counts == (6, 0)
     lines = c_out.splitlines()
@@ -528,24 +534,10 @@ times 510 - ($ - $$) db 0
 """
 
 
-def _boot(disk, fast: bool) -> tuple[str, tuple[int, int], int | None]:
-    out = bytearray()
-    with Machine(disk, memory="16M") as m:
-        m.board.com1.add_output_listener(out.extend)
-        m.cpu.fast_events = fast
-        result = m.run(timeout=30)
-        counts = m.core.fast_event_counts()
-    return out.decode(errors="replace"), counts, result.exit_status
-
-
 def test_real_mode_int_same_on_c_and_python_paths(assemble, tmp_path):
     disk = tmp_path / "disk.img"
     disk.write_bytes(assemble(MBR) + bytes(512 * 63))
-    c_out, c_counts, c_status = _boot(disk, True)
-    py_out, py_counts, py_status = _boot(disk, False)
-    assert c_out == py_out
-    assert c_status == py_status == 1
-    assert py_counts == (0, 0)
+    c_out, c_counts = _both_paths(disk=disk)
     assert c_counts[0] > 60     # our two, the BIOS's INT 10h and the boot's INT 13h/19h
     lines = [line.split() for line in c_out.splitlines()]
     lines = [w for w in lines if len(w) == 6 and all(len(x) == 4 for x in w)]
