@@ -32,7 +32,15 @@ from qemu_lite.acpi.platform import (
     TABLES_SIZE,
     Platform,
 )
-from qemu_lite.devices.acpi_pm import PM1_CNT, PM1_EVT, PM_BASE, PM_TMR, SLP_TYP_S5
+from qemu_lite.devices.acpi_pm import (
+    GPE0_BLK,
+    GPE0_BLK_LEN,
+    PM1_CNT,
+    PM1_EVT,
+    PM_BASE,
+    PM_TMR,
+    SLP_TYP_S5,
+)
 from qemu_lite.devices.hpet import GCAP_ID_LOW, HPET_BASE, HPET_SIZE
 from qemu_lite.devices.pci import PIRQ_DISABLED, PIRQ_IRQ_MASK, Piix3IsaBridge, slot_pirq
 
@@ -88,6 +96,7 @@ def facs() -> bytes:
 def fadt(facs_addr: int, dsdt_addr: int) -> bytes:
     """FADT revision 3 (244 bytes) for the PIIX4-style PM block of devices/acpi_pm.py."""
     pm1_evt, pm1_cnt, pm_tmr = PM_BASE + PM1_EVT, PM_BASE + PM1_CNT, PM_BASE + PM_TMR
+    gpe0 = PM_BASE + GPE0_BLK
     body = struct.pack(
         "<IIBBHIBBBBIIIIIIIIBBBBBBBBHHHHBBBBBHBI",
         facs_addr, dsdt_addr,
@@ -96,9 +105,9 @@ def fadt(facs_addr: int, dsdt_addr: int) -> bytes:
         SCI_IRQ,
         0, 0, 0, 0, 0,      # SMI_CMD 0: always in ACPI mode; ACPI_ENABLE/DISABLE, S4BIOS, PSTATE
         pm1_evt, 0, pm1_cnt, 0, 0, pm_tmr,
-        0, 0,               # no GPE blocks
+        gpe0, 0,            # GPE0 block; no GPE1
         4, 2, 0, 4,         # PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN
-        0, 0, 0,            # GPE0/GPE1 lengths, GPE1 base
+        GPE0_BLK_LEN, 0, 0,  # GPE0/GPE1 lengths, GPE1 base
         0,                  # CST_CNT
         0x0FFF, 0x0FFF,     # C2/C3 latencies above the limits: no C2/C3
         0, 0,               # flush size/stride
@@ -111,7 +120,7 @@ def fadt(facs_addr: int, dsdt_addr: int) -> bytes:
     body += gas_io(RESET_PORT, 8) + struct.pack("<B3x", RESET_VALUE)
     body += struct.pack("<QQ", facs_addr, dsdt_addr)
     body += gas_io(pm1_evt, 32) + bytes(12) + gas_io(pm1_cnt, 16) + bytes(12)
-    body += bytes(12) + gas_io(pm_tmr, 32) + bytes(24)
+    body += bytes(12) + gas_io(pm_tmr, 32) + gas_io(gpe0, 8 * GPE0_BLK_LEN) + bytes(12)
     table = sdt(b"FACP", 3, body)
     assert len(table) == 244, len(table)
     return table
@@ -172,11 +181,11 @@ def interrupt_link(pirq: int) -> bytes:
                    aml.if_(aml.and_(reg, aml.integer(PIRQ_DISABLED)),
                            aml.return_(aml.integer(_STA_DISABLED))),
                    aml.return_(aml.integer(_STA_ENABLED))),
-        aml.method("_CRS", 0,
-                   aml.name("RES", aml.resource_template(aml.interrupt(0))),
-                   aml.create_dword_field(aml.ref("RES"), 5, "IRQV"),
+        aml.method("_CRS", 0,  # the template in Local0: a Name() per call is a named object
+                   aml.store(aml.resource_template(aml.interrupt(0)), aml.local(0)),
+                   aml.create_dword_field(aml.local(0), 5, "IRQV"),
                    aml.store(aml.and_(reg, aml.integer(PIRQ_IRQ_MASK)), aml.ref("IRQV")),
-                   aml.return_(aml.ref("RES")),
+                   aml.return_(aml.local(0)),
                    serialized=True),
         aml.method("_SRS", 1,
                    aml.create_dword_field(aml.arg(0), 5, "IRQV"),
@@ -224,8 +233,7 @@ def dsdt(platform: Platform) -> bytes:
     )] if platform.hpet else []
     pci0 = aml.device(
         "PCI0",
-        aml.name("_HID", aml.eisa_id("PNP0A03")),
-        aml.name("_ADR", aml.integer(0)),
+        aml.name("_HID", aml.eisa_id("PNP0A03")),  # a _HID device has no _ADR (ACPI 6.4, 6.1)
         aml.name("_UID", aml.integer(0)),
         aml.name("_CRS", pci_windows),
         pci_routing_table(),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from qemu_lite.devices.acpi_pm import (
+    GPE0_EN,
+    GPE0_STS,
     PM1_CNT,
     PM1_EN,
     PM1_STS,
@@ -73,3 +77,34 @@ def test_reset_leaves_acpi_mode_on():
     pm.io_write(PM1_CNT, 2, 0)
     pm.reset()
     assert pm.io_read(PM1_CNT, 2) == SCI_EN
+
+
+def test_gpe_raises_the_sci_while_enabled_and_write_one_clears_it():
+    pm, _, sink, _ = _pm()
+    pm.raise_gpe(9)
+    assert pm.io_read(GPE0_STS, 2) == 1 << 9
+    assert not sink.levels.get(9)                 # not enabled yet
+    pm.io_write(GPE0_EN + 1, 1, 0x02)             # the byte holding GPE 9's enable
+    assert pm.io_read(GPE0_EN, 2) == 1 << 9
+    assert sink.levels[9] is True
+    pm.io_write(GPE0_STS, 2, 1 << 3)              # clearing another bit keeps the SCI
+    assert sink.levels[9] is True
+    pm.io_write(GPE0_STS, 4, 1 << 9 | 0xFFFF << 16)  # a dword write covers STS and EN
+    assert pm.io_read(GPE0_STS, 4) == 0xFFFF << 16
+    assert sink.levels[9] is False
+    with pytest.raises(ValueError, match="GPE 16"):
+        pm.raise_gpe(16)
+
+
+def test_gpe_state_round_trips_and_a_version_1_state_loads_without_it():
+    pm, _, sink, _ = _pm()
+    pm.io_write(GPE0_EN, 2, 1 << 2)
+    pm.raise_gpe(2)
+    saved = pm.save_state()
+    other, _, other_sink, _ = _pm()
+    other.load_state(saved)
+    assert other.io_read(GPE0_STS, 4) == (1 << 2) | (1 << 2) << 16
+    assert other_sink.levels[9] is True
+    old = {key: saved[key] for key in ("sts", "en", "cnt")} | {"version": 1}
+    other.load_state(old)
+    assert other.io_read(GPE0_STS, 4) == 0

@@ -25,6 +25,7 @@ busybox insmod /button.ko || busybox echo "insmod button.ko failed"
 busybox echo "qemu_lite init: userspace reached"
 busybox echo "clocksources: $(busybox cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
 busybox grep -E " (timer|acpi)$" /proc/interrupts
+busybox echo "gpes: $(busybox ls /sys/firmware/acpi/interrupts | busybox grep -c '^gpe[0-9A-F][0-9A-F]$')"
 busybox grep "Clock Event Device: hpet" /proc/timer_list
 busybox echo "clockevent: $(busybox cat /sys/devices/system/clockevents/clockevent0/current_device)"
 count() { busybox awk '{print $1}' /sys/firmware/acpi/interrupts/ff_pwr_btn; }
@@ -82,6 +83,7 @@ def test_linux_uses_acpi_and_the_power_button_and_powers_off(tmp_path):
     assert "Clock Event Device: hpet" in text
     assert "clockevent: hpet" in text
     assert "ACPI: PM: (supports S0 S5)" in text
+    assert "gpes: 16" in text  # the FADT's 4-byte GPE0 block: 16 general-purpose events
     assert "Could not enable" not in text, text  # every fixed event's enable bit sticks
     assert "IO-APIC   9-fasteoi   acpi" in text
     assert "IO-APIC   2-edge      timer" in text
