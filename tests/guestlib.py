@@ -349,6 +349,18 @@ bits 32
     mov cr0, eax
     jmp 0x38:%1
 %endmacro
+
+; The usual start of a long-mode guest: the GDT, long mode as above, flat DS and SS;
+; what follows the macro is 64-bit code.
+%macro START_LONG_MODE 0
+    LOAD_GDT
+    ENTER_LONG_MODE %%entry
+bits 64
+%%entry:
+    mov ax, 0x10
+    mov ds, ax
+    mov ss, ax
+%endmacro
 """
 
 LONG_MODE_TABLES = r"""

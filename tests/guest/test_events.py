@@ -182,13 +182,7 @@ idtr:
 
 def test_long_mode_page_fault_on_ist_stack_reads_cr2_and_error_code(assemble, tmp_path):
     body = r"""
-    LOAD_GDT
-    ENTER_LONG_MODE long_entry
-bits 64
-long_entry:
-    mov ax, 0x10
-    mov ds, ax
-    mov ss, ax
+    START_LONG_MODE
     SET_TSS64 tss64
     mov qword [tss64 + 0x24], ist1_top + 8   ; IST1 (misaligned on purpose: CPU aligns)
     lidt [idtr64]
@@ -251,13 +245,7 @@ pd2: times 512 dq 0
 
 def test_syscall_sysret_round_trip_from_ring3(assemble, tmp_path):
     body = r"""
-    LOAD_GDT
-    ENTER_LONG_MODE long_entry
-bits 64
-long_entry:
-    mov ax, 0x10
-    mov ds, ax
-    mov ss, ax
+    START_LONG_MODE
     mov rsp, 0x80000
     SYSCALL_SETUP syscall_entry, 0x600  ; FMASK: clear IF and bit 10 (DF)
     ; to ring 3 with IRETQ: SS 0x3B (sysret's SS: base+8 = 0x38|3 -> user data is 0x20|3)

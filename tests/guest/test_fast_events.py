@@ -22,13 +22,7 @@ from qemu_lite.loaders import multiboot
 pytestmark = pytest.mark.requires_patched_engine("i")  # the CPU state in place
 
 BODY = r"""
-    LOAD_GDT
-    ENTER_LONG_MODE long_entry
-bits 64
-long_entry:
-    mov ax, 0x10
-    mov ds, ax
-    mov ss, ax
+    START_LONG_MODE
     mov rsp, 0x80000
     SET_TSS64 tss64
     mov qword [tss64 + 4], 0x90000          ; RSP0

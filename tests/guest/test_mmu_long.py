@@ -6,13 +6,7 @@ import pytest
 from guestlib import protected_mode_guest, run_multiboot_guest
 
 BODY = r"""
-    LOAD_GDT
-    ENTER_LONG_MODE long_entry
-bits 64
-long_entry:
-    mov ax, 0x10
-    mov ds, ax
-    mov ss, ax
+    START_LONG_MODE
     mov rsp, 0x80000
     lidt [idtr64]
     mov ecx, 0xC0000080

@@ -19,13 +19,7 @@ from qemu_lite.loaders import multiboot
 NONCANON = 0x8000000000000000
 
 BODY = r"""
-    LOAD_GDT
-    ENTER_LONG_MODE long_entry
-bits 64
-long_entry:
-    mov ax, 0x10
-    mov ds, ax
-    mov ss, ax
+    START_LONG_MODE
     SET_TSS64 tss64
     mov qword [tss64 + 0x24], ist1_top
     lidt [idtr64]
@@ -194,13 +188,7 @@ def test_rbp_based_reference_with_noncanonical_rbp_is_a_stack_fault():
 
 
 DELIVERY_BODY = r"""
-    LOAD_GDT
-    ENTER_LONG_MODE long_entry
-bits 64
-long_entry:
-    mov ax, 0x10
-    mov ds, ax
-    mov ss, ax
+    START_LONG_MODE
     SET_TSS64 tss64
     mov qword [tss64 + 0x24], ist1_top
     lidt [idtr64]
