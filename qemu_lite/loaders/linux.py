@@ -91,7 +91,9 @@ def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | No
     if syssize == 0:
         raise LinuxBootError(f"{name}: the setup header promises no protected-mode kernel "
                              "(syssize 0)")
-    if setup_size + syssize > len(image):
+    # syssize counts 16-byte paragraphs, rounded up: the last one may be short in the file
+    # (memtest86+'s is 8 bytes short, and QEMU loads it).
+    if setup_size + syssize - 15 > len(image):
         raise LinuxBootError(f"{name}: truncated kernel: its header promises "
                              f"{setup_size + syssize} bytes, the file has {len(image)}")
     kernel = image[setup_size:]
