@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qemu_lite.devfuzz.harness import Finding, Result, Target
+from qemu_lite.fuzz.libfuzzer import rss_limit_flag
 
 MAX_LEN = 1024
 
@@ -99,7 +100,7 @@ def run_atheris(target: type[Target], *, runs: int, seconds: float, seed: int, m
     crashes.mkdir(parents=True, exist_ok=True)
     argv = [sys.argv[0], f"-runs={runs}", f"-max_total_time={max(1, int(seconds))}",
             f"-seed={seed}", f"-max_len={max_len}", f"-artifact_prefix={crashes}/",
-            "-print_final_stats=1", "-timeout=30", "-rss_limit_mb=4096"]
+            "-print_final_stats=1", "-timeout=30", rss_limit_flag(4096)]
     if corpus is not None:
         corpus.mkdir(parents=True, exist_ok=True)
         argv.append(str(corpus))

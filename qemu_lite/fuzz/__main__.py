@@ -32,6 +32,7 @@ from pathlib import Path
 
 from qemu_lite.fuzz.harness import FuzzConfig, Harness, example_config, minimize
 from qemu_lite.fuzz.interface import EDGE_MAP
+from qemu_lite.fuzz.libfuzzer import rss_limit_flag
 
 MAX_HITS = 16  # calls per edge: enough for libFuzzer's hit-count buckets up to 16
 
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         _libfuzzer(harness, [f"-max_total_time={args.seconds}", f"-runs={args.runs}",
                              f"-seed={args.seed}", f"-max_len={harness.config.max_input}",
                              f"-artifact_prefix={args.crashes}/", "-print_final_stats=1",
-                             args.corpus])
+                             rss_limit_flag(2048), args.corpus])
     finally:
         print(f"qemu_lite.fuzz: {harness.executions} executions in "
               f"{time.monotonic() - started:.1f} s", file=sys.stderr)
