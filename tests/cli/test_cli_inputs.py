@@ -195,6 +195,16 @@ def test_truncated_bzimage_is_refused_not_run(capsys, tmp_path):
     assert "truncated kernel" in err
 
 
+def test_a_bzimage_one_whole_paragraph_short_is_truncated(capsys, tmp_path):
+    # syssize is in 16-byte paragraphs, rounded up: 1-15 bytes short is padding (memtest86+
+    # ships so), a whole paragraph short is a cut file
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage_header(4, 4096, 5 * 512 + 4096 - 16))
+    err = one_line_error(capsys, "--kernel", str(kernel), "--serial", "none",
+                         "--timeout", "30")
+    assert "truncated kernel" in err
+
+
 def test_first_4k_of_the_real_kernel_is_refused(capsys, tmp_path):
     from qemu_lite import imagebuild
 
