@@ -801,6 +801,7 @@ int18_handler:
 %include "system.inc"
 %include "keyboard.inc"
 %include "clock.inc"
+%include "pcibios.inc"
 %include "tables.inc"
 
 ; ---------------------------------------------------------------------------

@@ -182,6 +182,18 @@ EXPECTED_PROBE = [
     "int1a/02:  CF=0",
     "int1a/04: century=20 CF=0",
     # "int1a/00: ticks advanced=1" needs timer interrupts: checked separately
+    *(PCI_PROBE := [
+        "pci/01: ax=0001 bx=0210 cl=00 edx=20494350 CF=0",  # "PCI ", mechanism 1, 2.10, bus 0
+        "pci/02 i440fx: ah=00 bx=0000 CF=0",
+        "pci/02 ide: ah=00 bx=0009 CF=0",
+        "pci/02 ffff: ah=83 bx=EEEE CF=1",                  # BAD_VENDOR_ID
+        "pci/03 ide: ah=00 bx=0009 CF=0",                   # class 01 01 80 is the IDE too
+        "pci/09: cx=1237 CF=0",
+        "pci/0a odd: ah=87 CF=1",                           # BAD_REGISTER_NUMBER
+        # PIRQB set to 5 and read back; the other routes are the chipset's reset values
+        # (80h: disabled, on QEMU; 10, 10, 11, 11 where SeaBIOS leaves them, on qemu_lite).
+        "pci/0b+0a: ecx=80800580 CF=0",
+    ]),
     "probe: done",
 ]
 
@@ -195,6 +207,22 @@ def test_qemu_bios_services_probe(tmp_path: Path) -> None:
     probe = lines[lines.index("Booting from hard disk 0x80") + 1 :]
     assert [line for line in probe if not line.startswith("int1a/00")] == EXPECTED_PROBE
     assert "int1a/00: ticks advanced=1" in lines  # IRQ0 -> INT 08h under QEMU
+
+
+def test_pci_bios_answers_on_qemu_lite_as_on_qemu(tmp_path: Path) -> None:
+    """The probe's PCI BIOS calls on qemu_lite's board: the same answers as on QEMU's pc."""
+    from qemu_lite import Machine
+
+    _need_nasm()
+    disk = _nasm(FIRMWARE / "guest" / "probe.asm", tmp_path / "probe.img")
+    out = bytearray()
+    with Machine(memory="64M", disk=str(disk), snapshot=True) as m:
+        m.board.com1.add_output_listener(out.extend)
+        result = m.run(timeout=60)
+    assert result.exit_status == 1, result
+    lines = out.decode("latin-1").replace("\r\n", "\n").splitlines()
+    expected = PCI_PROBE[:-1] + ["pci/0b+0a: ecx=0B0B050A CF=0"]
+    assert [line for line in lines if line.startswith("pci/")] == expected
 
 
 # ---------------------------------------------------------------------------

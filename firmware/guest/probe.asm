@@ -534,6 +534,77 @@ after13:
         mov al, 1
 .same:  call hex4
         call nl
+; ---- INT 1Ah B1xxh: PCI BIOS (the i440FX and PIIX3 functions QEMU's pc has too) ----
+        mov ax, 0xB101
+        int 0x1A
+        SAVEF
+        STR "pci/01: ax="
+        call hex16
+        STR " bx="
+        mov ax, bx
+        call hex16
+        STR " cl="
+        mov al, cl
+        call hex8
+        STR " edx="
+        mov eax, edx
+        call hex32
+        call cf_out
+        call nl
+%macro PCI_FIND 4                       ; label, AX, CX or ECX, DX; SI = index 0
+        mov ax, %2
+        mov ecx, %3
+        mov dx, %4
+        xor si, si
+        mov bx, 0xEEEE
+        int 0x1A
+        SAVEF
+        STR %1, ": ah="
+        mov al, ah
+        call hex8
+        STR " bx="
+        mov ax, bx
+        call hex16
+        call cf_out
+        call nl
+%endmacro
+        PCI_FIND "pci/02 i440fx", 0xB102, 0x1237, 0x8086
+        PCI_FIND "pci/02 ide", 0xB102, 0x7010, 0x8086
+        PCI_FIND "pci/02 ffff", 0xB102, 0x1237, 0xFFFF
+        PCI_FIND "pci/03 ide", 0xB103, 0x010180, 0
+        mov ax, 0xB109                  ; device ID of 00:00.0
+        xor bx, bx
+        mov di, 2
+        int 0x1A
+        SAVEF
+        STR "pci/09: cx="
+        mov ax, cx
+        call hex16
+        call cf_out
+        call nl
+        mov ax, 0xB10A                  ; a dword at a register not 4-aligned
+        mov di, 2
+        int 0x1A
+        SAVEF
+        STR "pci/0a odd: ah="
+        mov al, ah
+        call hex8
+        call cf_out
+        call nl
+        mov ax, 0xB10B                  ; PIIX3 PIRQB route (00:01.0, 61h) = IRQ 5, read back
+        mov bx, 0x0008
+        mov di, 0x61
+        mov cl, 0x05
+        int 0x1A
+        mov ax, 0xB10A
+        mov di, 0x60
+        int 0x1A
+        SAVEF
+        STR "pci/0b+0a: ecx="
+        mov eax, ecx
+        call hex32
+        call cf_out
+        call nl
         STR "probe: done"
         call nl
         xor al, al
