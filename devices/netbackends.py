@@ -14,8 +14,10 @@ The poller sleeps in ``poll()`` on its sockets and a wake pipe: idle, it costs
 nothing.  Back ends (QEMU's names and options)::
 
     user,id=ID[,hostfwd=tcp::HOSTPORT-:GUESTPORT]...   libslirp: 10.0.2.0/24, DHCP
-                                                       from 10.0.2.15, DNS 10.0.2.3,
-                                                       the host as 10.0.2.2
+        [,tftp=DIR][,bootfile=NAME]                    from 10.0.2.15, DNS 10.0.2.3,
+                                                       the host as 10.0.2.2; a read-only
+                                                       TFTP server on it for DIR, and
+                                                       DHCP's boot file name
     socket,id=ID,listen=[HOST]:PORT                    QEMU's stream framing: a 4-byte
     socket,id=ID,connect=[HOST]:PORT                   big-endian length before each frame
     tap,id=ID[,ifname=NAME][,script=PATH|no]           a Linux tap interface (/dev/net/tun):
@@ -64,6 +66,8 @@ class Netdev:
     ifname: str = ""  # tap: the interface to create or attach to ("" lets the kernel name it)
     script: str = ""  # tap: run with the interface name once it exists ("" for none)
     downscript: str = ""  # tap: run with the interface name when the machine closes
+    tftp: str = ""  # user: the directory its TFTP server offers ("" for no server)
+    bootfile: str = ""  # user: the boot file name its DHCP replies give
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,11 @@ def parse_netdev(spec: str) -> Netdev:
 
 def _netdev(kind: str, opts: list[tuple[str, str]], what: str, *, need_id: bool,
             default_id: str = "") -> Netdev:
-    allowed = {"user": {"id", "hostfwd"}, "socket": {"id", "listen", "connect"},
+    allowed = {"user": {"id", "hostfwd", "tftp", "bootfile"}, "socket": {"id", "listen", "connect"},
                "tap": {"id", "ifname", "script", "downscript"}}[kind]
     ident = default_id
     tap: dict[str, str] = {}
+    user: dict[str, str] = {}
     hostfwd: list[tuple[str, str, int, str, int]] = []
     listen = connect = None
     for key, value in opts:
@@ -145,13 +150,21 @@ def _netdev(kind: str, opts: list[tuple[str, str]], what: str, *, need_id: bool,
             listen = _host_port(value, f"{what} listen")
         elif key == "connect":
             connect = _host_port(value, f"{what} connect")
+        elif key == "tftp":
+            if not os.path.isdir(value):
+                raise ValueError(f"{what} user: tftp={value!r} is not a directory")
+            user[key] = os.path.abspath(value)
+        elif key == "bootfile":
+            if not value or "\0" in value or len(value.encode()) > 127:
+                raise ValueError(f"{what} user: bad bootfile {value!r} (1 to 127 bytes)")
+            user[key] = value
         else:
             tap[key] = _tap_option(key, value, what)
     if need_id and not ident:
         raise ValueError(f"{what} {kind} needs id=NAME")
     if kind == "socket" and (listen is None) == (connect is None):
         raise ValueError(f"{what} socket needs exactly one of listen=[HOST]:PORT, connect=[HOST]:PORT")
-    return Netdev(kind, ident, tuple(hostfwd), listen, connect, **tap)
+    return Netdev(kind, ident, tuple(hostfwd), listen, connect, **tap, **user)
 
 
 def _tap_option(key: str, value: str, what: str) -> str:
@@ -320,7 +333,7 @@ class UserBackend(NetBackend):
         super().__init__()
         from .slirp import Slirp
 
-        self.slirp = Slirp(self._deliver)
+        self.slirp = Slirp(self._deliver, tftp=netdev.tftp, bootfile=netdev.bootfile)
         try:
             for proto, haddr, hport, gaddr, gport in netdev.hostfwd:
                 self.slirp.add_hostfwd(proto == "udp", haddr, hport, gaddr or None, gport)

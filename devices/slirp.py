@@ -175,11 +175,13 @@ def library() -> ctypes.CDLL:
 
 
 class Slirp:
-    """One user-mode network: 10.0.2.0/24, host 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15."""
+    """One user-mode network: 10.0.2.0/24, host 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15;
+    with ``tftp``, the host also serves that directory over TFTP (read only, as libslirp's
+    server is), and DHCP names ``bootfile``."""
 
     def __init__(self, send_packet: Callable[[bytes], None], *, net: str = "10.0.2.0/24",
                  host: str = "10.0.2.2", dns: str = "10.0.2.3",
-                 dhcp_start: str = "10.0.2.15",
+                 dhcp_start: str = "10.0.2.15", tftp: str = "", bootfile: str = "",
                  guest_error: Callable[[str], None] | None = None) -> None:
         lib = library()
         network = ipaddress.IPv4Network(net)
@@ -208,11 +210,15 @@ class Slirp:
         )
         self._add_poll = _ADD_POLL(self._on_add_poll)
         self._get_revents = _GET_REVENTS(self._on_get_revents)
+        # libslirp keeps the strings' pointers: the bytes live as long as the instance.
+        self._tftp = os.fsencode(tftp) if tftp else None
+        self._bootfile = bootfile.encode() if bootfile else None
         self._cfg = SlirpConfig(
             version=SLIRP_CONFIG_VERSION, restricted=0, in_enabled=True,
             vnetwork=in_addr(str(network.network_address)),
             vnetmask=in_addr(str(network.netmask)), vhost=in_addr(host), in6_enabled=False,
-            vdhcp_start=in_addr(dhcp_start), vnameserver=in_addr(dns))
+            vdhcp_start=in_addr(dhcp_start), vnameserver=in_addr(dns),
+            tftp_path=self._tftp, bootfile=self._bootfile)
         self._callback_timers: dict[int, tuple[object, int]] = {}
         handle = lib.slirp_new(ctypes.byref(self._cfg), ctypes.byref(self._cb), None)
         if not handle:

@@ -186,7 +186,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="RTC start: base=utc (the host's time, default), or "
                         "base=YYYY-MM-DDTHH:MM:SS (UTC), as QEMU's -rtc base=")
     p.add_argument("--netdev", "-netdev", action="append", default=[], metavar="SPEC",
-                   help="network back end: user,id=ID[,hostfwd=tcp::HOSTPORT-:GUESTPORT] "
+                   help="network back end: user,id=ID[,hostfwd=tcp::HOSTPORT-:GUESTPORT]"
+                        "[,tftp=DIR][,bootfile=NAME] "
                         "(libslirp, 10.0.2.0/24) or socket,id=ID,listen=[HOST]:PORT|"
                         "connect=[HOST]:PORT (QEMU's stream framing)")
     p.add_argument("--device", "-device", action="append", default=[], metavar="SPEC",

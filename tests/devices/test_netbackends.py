@@ -71,6 +71,52 @@ def test_user_backend_answers_dhcp_discover_with_10_0_2_15(tmp_path):
         assert "BOOTP/DHCP, Request" in out and "BOOTP/DHCP, Reply" in out
 
 
+def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                               socket.inet_aton(src), socket.inet_aton(dst)))
+    ip[10:12] = (~checksum16(bytes(ip)) & 0xFFFF).to_bytes(2, "big")
+    return SLIRP_MAC + MAC + b"\x08\x00" + bytes(ip) + udp
+
+
+SLIRP_MAC = bytes.fromhex("525502020202")  # libslirp's 10.0.2.2
+
+
+def next_udp(backend: nb.NetBackend) -> bytes:
+    """The next UDP payload to the guest, answering libslirp's ARP for 10.0.2.15 on the way."""
+    while True:
+        frame = wait_for(backend)
+        if frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x01":  # ARP request
+            reply = (frame[6:12] + MAC + b"\x08\x06" + frame[14:20] + b"\x00\x02" + MAC
+                     + frame[38:42] + frame[22:28] + frame[28:32])
+            backend.send(reply)
+            continue
+        if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            return frame[14 + (frame[14] & 0xF) * 4 + 8:]
+
+
+def test_user_backend_serves_tftp_and_offers_the_bootfile(tmp_path):
+    (tmp_path / "boot.ipxe").write_bytes(b"#!ipxe\necho hi\n")
+    try:
+        backend = nb.open_netdev(nb.parse_netdev(
+            f"user,id=n0,tftp={tmp_path},bootfile=boot.ipxe"))
+    except SlirpMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        assert backend.send(dhcp_discover())
+        offer = next_udp(backend)
+        assert offer[108:236].rstrip(b"\0") == b"boot.ipxe"  # BOOTP's file field
+        rrq = b"\x00\x01boot.ipxe\x00octet\x00"
+        backend.send(udp_frame("10.0.2.15", "10.0.2.2", 2000, 69, rrq))
+        data = next_udp(backend)
+        assert data[:4] == b"\x00\x03\x00\x01" and data[4:] == b"#!ipxe\necho hi\n"
+        backend.send(udp_frame("10.0.2.15", "10.0.2.2", 2000, 69, b"\x00\x01nope\x00octet\x00"))
+        error = next_udp(backend)
+        assert error[:2] == b"\x00\x05"  # TFTP ERROR: no such file
+    finally:
+        backend.close()
+
+
 def test_socket_backends_exchange_frames_in_stream_framing():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -132,6 +178,9 @@ def test_receive_queue_is_bounded():
     ("user,id=n0,hostfwd=tcp::80", "hostfwd"),
     ("user,id=n0,hostfwd=tcp::99999-:80", "hostfwd"),
     ("user,id=n0,bogus=1", "unknown option"),
+    ("user,id=n0,tftp=/nonexistent/dir", "not a directory"),
+    ("user,id=n0,bootfile=", "bad bootfile"),
+    ("user,id=n0,bootfile=" + "x" * 128, "bad bootfile"),
     ("socket,id=n0", "exactly one"),
     ("socket,id=n0,listen=:1,connect=:2", "exactly one"),
     ("socket,id=n0,listen=nope", "HOST"),
@@ -150,6 +199,8 @@ def test_parse_forms():
         nb.parse_nic_device("e1000,netdev=n1", {"n0": netdev})
     with pytest.raises(ValueError, match="only e1000"):
         nb.parse_nic_device("rtl8139,netdev=n0", {"n0": netdev})
+    served = nb.parse_netdev("user,id=n0,tftp=.,bootfile=pxelinux.0")
+    assert served.tftp == os.getcwd() and served.bootfile == "pxelinux.0"
     short = nb.parse_nic("user,hostfwd=tcp::2222-:22,model=e1000")
     assert short.netdev.kind == "user" and short.netdev.hostfwd[0][2] == 2222
 

@@ -1,0 +1,60 @@
+"""Network boot with iPXE (Debian's package), a third-party BIOS program that drives the
+e1000 itself: its CD-ROM image boots (ISOLINUX, which loads iPXE) through our El Torito
+path, iPXE finds the NIC
+through the PCI BIOS (INT 1Ah B1h), gets an address and a boot file name from libslirp's
+DHCP, fetches its script, a Debian kernel and an initramfs over TFTP, and starts the kernel
+through the Linux boot protocol from real mode.  Linux's /init prints a word of the command line
+the script gave it, and powers off.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qemu_lite import Machine, imagebuild
+from qemu_lite.devices.netbackends import parse_nic
+from qemu_lite.devices.slirp import SlirpMissing, library
+
+IPXE_ISO = Path("/usr/lib/ipxe/ipxe.iso")
+
+SCRIPT = """#!ipxe
+kernel vmlinuz console=ttyS0 panic=-1 netboot=ipxe
+initrd initrd.cpio
+boot
+"""
+
+
+@pytest.mark.skipif(not IPXE_ISO.exists(), reason=f"{IPXE_ISO} missing: apt-get install ipxe")
+def test_ipxe_netboots_linux_over_tftp(tmp_path: Path) -> None:
+    try:
+        library()
+    except SlirpMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        vmlinuz = imagebuild.find_kernel()
+        served = tmp_path / "tftp"
+        served.mkdir()
+        imagebuild.write_initramfs(served / "initrd.cpio",
+                                   # the kernel hands init unknown name=value words as
+                                   # its environment
+                                   "busybox echo \"netboot: $netboot\"\n"
+                                   "busybox poweroff -f\n")
+    except imagebuild.ToolMissing as exc:
+        pytest.skip(str(exc))
+    shutil.copyfile(vmlinuz, served / "vmlinuz")
+    (served / "boot.ipxe").write_text(SCRIPT)
+    nic = parse_nic(f"user,tftp={served},bootfile=boot.ipxe")
+    out = bytearray()
+    with Machine(memory="512M", cdrom=str(IPXE_ISO), boot="d", nics=[nic]) as m:
+        m.board.com1.add_output_listener(out.extend)
+        result = m.run(timeout=600)
+    text = out.decode(errors="replace")
+    assert "iPXE" in text, text[-3000:]
+    # iPXE's own driver on our NIC, found through the PCI BIOS
+    assert "using 82540em on 0000:00:03.0" in text, text[-3000:]
+    assert "10.0.2.15" in text and "boot.ipxe" in text, text[-3000:]
+    assert "netboot: ipxe" in text, text[-3000:]  # the script's command line reached init
+    assert result.reason == "powered-off", (result, text[-3000:])
