@@ -17,7 +17,8 @@ from libc.string cimport memcmp, memcpy, memset
 from libc.stdlib cimport calloc, free, realloc
 from cpython.ref cimport PyObject
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
+from posix.mman cimport (mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE,
+                         MAP_ANONYMOUS, MAP_FAILED, MADV_DONTNEED)
 
 from mmu_core.includes.unicorn cimport *
 
@@ -384,6 +385,15 @@ cdef class Core:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
         self.st = NULL
+
+    def release_ram(self):
+        """Give the guest RAM's pages back to the host now; it reads as zeros after.
+
+        The mapping itself stays (the engine and the C paths keep pointers into it) and
+        goes with the Core, which garbage collection may free much later: the machine's
+        objects hold each other in cycles."""
+        if self.st.ram != NULL:
+            madvise(self.st.ram, self.st.ram_size, MADV_DONTNEED)
 
     cdef _attach_cpu_state(self):
         """Read the paging registers in place when the engine allows it (patch i)."""

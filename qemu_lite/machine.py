@@ -199,6 +199,7 @@ class Machine(DebugHooks, TraceHooks):
         # once per request it has not served yet.  Two counters: no lock, nothing lost.
         self._power_button_requests = 0
         self._power_button_served = 0
+        self._closed = False
         self._closers: list[Callable[[], None]] = []
         # Releases disks and backends of a Machine dropped without close(); it must hold
         # nothing that refers to the Machine, or the Machine would never be collected.
@@ -398,6 +399,7 @@ class Machine(DebugHooks, TraceHooks):
 
         A range outside them (device MMIO included: a host read must not have a
         device's side effects) raises ValueError naming the valid ranges."""
+        self._check_open()
         address, size = self._check_range(address, size, write=False)
         return bytes(self.uc.mem_read(address, size)) if size else b""
 
@@ -407,6 +409,7 @@ class Machine(DebugHooks, TraceHooks):
         The BIOS ROM is read-only here as it is to the guest (give other
         firmware with ``bios=``); a range that is not all RAM raises
         ValueError before anything is written."""
+        self._check_open()
         data = bytes(data)
         address, _ = self._check_range(address, len(data), write=True)
         if data:
@@ -566,6 +569,7 @@ class Machine(DebugHooks, TraceHooks):
         is set for them) ends the current slice at the next translation block,
         so the handler runs promptly whatever the guest does: KeyboardInterrupt
         then leaves ``run`` and the machine can be closed, or run again."""
+        self._check_open()
         loop = self.runloop
         loop.begin()
         if threading.current_thread() is threading.main_thread():
@@ -650,30 +654,44 @@ class Machine(DebugHooks, TraceHooks):
 
         Costs one copy of RAM; from then on the shadow MMU logs the frames written
         (``mmu="native"`` cannot: its restores copy all of RAM)."""
+        self._check_open()
         return machine_state.take(self)
 
     def restore(self, token: Snapshot) -> None:
         """Put the machine back to ``token`` (from :meth:`snapshot`): RAM, CPU, devices,
         clocks, disk overlays.  Restoring the latest token copies only the pages written
         since it was taken or last restored."""
+        self._check_open()
         machine_state.restore(self, token)
 
     def save_state(self, path: str | os.PathLike[str]) -> None:
         """Write the machine's state to a file (RAM deflated) that :meth:`restore_state`
         of a machine built with the same options loads, in this process or another."""
+        self._check_open()
         machine_state.save_file(self, path)
 
     def restore_state(self, path: str | os.PathLike[str]) -> None:
         """Load a file from :meth:`save_state`; the disks must be the same images (their
         sizes and content hashes are checked)."""
+        self._check_open()
         machine_state.load_file(self, path)
 
     # -- teardown ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush disks and release host resources (serial backends, image locks)."""
+        """Flush disks and release host resources (serial backends, image locks, the
+        guest RAM's pages); a closed machine can no longer run or be read."""
         self._finalizer.detach()
-        _run_closers(self._closers)
+        try:
+            _run_closers(self._closers)
+        finally:
+            if not self._closed:
+                self._closed = True
+                self.core.release_ram()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("the machine is closed")
 
     def __enter__(self) -> Machine:
         return self
