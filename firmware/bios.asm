@@ -490,6 +490,7 @@ int19_handler:
         mov ds, ax
         mov es, ax
         POST_CODE 0x10
+        call linux_boot                 ; returns if the machine loaded no kernel
         call boot_cd_first
         jc .cd_first
         call boot_hd
@@ -499,6 +500,47 @@ int19_handler:
         call boot_cd
         call boot_hd
         int 0x18
+
+; A kernel the machine loaded for the Linux boot protocol's 16-bit entry
+; (boot.rst: setup code at segment S, S:0200h its entry) is named by the fw_cfg
+; file "etc/qemu-lite/linuxboot": word S, word SP.  Enter it with interrupts
+; off, CS = S + 20h, IP = 0, the other segments = S, SS:SP = S:SP.  Returns if
+; there is none.  DS = 0.
+linux_boot:
+        push ds
+        mov ax, EBDA_SEG
+        mov ds, ax
+        cmp byte [EB_FWCFG], 0
+        je .none
+        mov si, fwcfg_linuxboot_name
+        call fwcfg_find                 ; AX = key, ECX = size
+        jc .none
+        cmp ecx, 4
+        jb .none
+        mov si, msg_boot_linux
+        call puts
+        mov dx, FWCFG_SEL
+        out dx, ax
+        inc dx
+        call fwcfg_read32               ; EBX = SP << 16 | S
+        cli
+        mov ax, bx
+        mov ds, ax
+        mov es, ax
+        mov fs, ax
+        mov gs, ax
+        shr ebx, 16
+        mov ss, ax
+        mov sp, bx
+        add ax, 0x20
+        push ax
+        push word 0
+        retf
+.none:
+        pop ds
+        ret
+
+fwcfg_linuxboot_name:   db "etc/qemu-lite/linuxboot", 0
 
 ; CF = 1 if the CD-ROM comes first.  Preserves DS.
 boot_cd_first:
@@ -819,6 +861,7 @@ msg_sectors:    db " sectors, drive ", 0
 msg_blocks:     db " blocks, drive ", 0
 msg_hcrlf:      db "h", 13, 10, 0
 msg_no_ata:     db "No ATA/ATAPI devices", 13, 10, 0
+msg_boot_linux: db "Booting Linux (16-bit entry)", 13, 10, 0
 msg_boot_hd:    db "Booting from hard disk 0x80", 13, 10, 0
 msg_not_bootable: db "Hard disk 0x80: not bootable", 13, 10, 0
 msg_boot_cd:    db "Booting from CD-ROM 0xE0", 13, 10, 0

@@ -4,8 +4,16 @@ A bzImage's protected-mode part is loaded at 1 MiB, ``boot_params`` (the
 "zero page") gets the setup header, an E820 map, the command line and the
 initrd's place, and the CPU enters the kernel through the 64-bit boot
 protocol (long mode with identity-mapped page tables, flat __BOOT_CS/__BOOT_DS
-segments, RSI = boot_params, at the load address + 0x200) or, for kernels
-without it or when asked, the 32-bit one (flat protected mode at code32_start).
+segments, RSI = boot_params, at the load address + 0x200) or, when asked, the
+32-bit one (flat protected mode at code32_start).
+
+The 16-bit entry is the one QEMU always takes and the only one older kernels
+(boot protocol before 2.10: iPXE's ``ipxe.lkrn``, say) have: the real-mode setup
+code is loaded at 0x10000 and runs after the BIOS's POST, asking the BIOS for
+the memory map, the video mode and the disks itself.  The machine hands the
+BIOS the entry in the fw_cfg file ``etc/qemu-lite/linuxboot``; its INT 19h
+jumps there instead of booting a disk.  A reset loads the kernel again, as
+QEMU's linuxboot option ROM does.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ CAN_USE_HEAP = 1 << 7
 
 # Where the loader puts things in conventional memory.
 BOOT_PARAMS = 0x10000
+REAL_MODE = 0x10000  # the 16-bit entry's setup code (its boot_params, as the kernel sees it)
+REAL_MODE_STACK = 0xFFF0  # SS:SP = REAL_MODE:this, below the command line (as QEMU sets it)
 CMDLINE = 0x20000
 GDT = 0x1000
 PAGE_TABLES = 0x2000  # PML4, PDPT, then four page directories
@@ -36,6 +46,8 @@ CMDLINE_MAX = 0x7FFF  # the longest command line placed at CMDLINE (Linux takes 
 
 E820_RAM, E820_RESERVED = 1, 2
 LOW_RAM_END = 0x9FC00
+LINUXBOOT_FILE = "etc/qemu-lite/linuxboot"  # to the BIOS: u16 segment, u16 SP of the entry
+TYPE_OF_LOADER_QEMU = 0xB0  # what QEMU's loader writes (boot.rst's table of IDs)
 
 
 class LinuxBootError(ValueError):
@@ -70,7 +82,7 @@ class _Plan:
     kernel: bytes
     cmdline: bytes
     initrd_addr: int
-    entry64: bool  # enter through the 64-bit boot protocol (else the 32-bit one)
+    entry: str  # "64", "32" or "16": the boot protocol's entry taken
 
 
 def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | None,
@@ -79,12 +91,17 @@ def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | No
     if not is_bzimage(image):
         raise LinuxBootError(f"{name}: not a Linux bzImage (no HdrS setup header)")
     version = struct.unpack_from("<H", image, 0x206)[0]
-    if version < 0x20A:
-        raise LinuxBootError(f"{name}: boot protocol {version >> 8}.{version & 0xFF} is too old "
-                             "(2.10 or newer is needed)")
-    xloadflags = struct.unpack_from("<H", image, 0x236)[0] if version >= 0x20C else 0
-    has_64 = bool(xloadflags & XLF_KERNEL_64)
-    if entry == "64" and not has_64:
+    protocol = f"boot protocol {version >> 8}.{version & 0xFF:02d}"
+    if entry == "auto":  # the 16-bit entry for kernels that may not take a flat one
+        entry = "16" if version < 0x20A else "64" if _has_64(image, version) else "32"
+    if entry == "16":
+        if version < 0x202 or not image[0x211] & LOADED_HIGH:
+            raise LinuxBootError(f"{name}: {protocol} is too old (a bzImage of 2.02 or newer "
+                                 "is needed)")
+    elif version < 0x20A:
+        raise LinuxBootError(f"{name}: {protocol} has no {entry}-bit entry (2.10 or newer; "
+                             "the 16-bit entry boots it)")
+    if entry == "64" and not _has_64(image, version):
         raise LinuxBootError(f"{name}: kernel has no 64-bit entry point")
     setup_size = ((image[0x1F1] or 4) + 1) * 512
     syssize = struct.unpack_from("<I", image, 0x1F4)[0] * 16
@@ -97,24 +114,31 @@ def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | No
         raise LinuxBootError(f"{name}: truncated kernel: its header promises "
                              f"{setup_size + syssize} bytes, the file has {len(image)}")
     kernel = image[setup_size:]
-    init_size = struct.unpack_from("<I", image, 0x260)[0]
+    init_size = struct.unpack_from("<I", image, 0x260)[0] if version >= 0x20A else 0
     needed = max(init_size, len(kernel))
     if KERNEL_LOAD + needed > ram:
         raise LinuxBootError(f"{name}: needs {-(-needed >> 20)} MiB above 1 MiB; give the "
                              "machine more memory (-m)")
     cmd = os.fsencode(cmdline) + b"\0"  # argv's bytes as given, even non-UTF-8
-    cmdline_size = min(struct.unpack_from("<I", image, 0x238)[0], CMDLINE_MAX)
+    cmdline_size = min(struct.unpack_from("<I", image, 0x238)[0], CMDLINE_MAX) \
+        if version >= 0x206 else 255
     if len(cmd) > cmdline_size + 1:
         raise LinuxBootError(f"command line longer than the kernel accepts ({cmdline_size})")
     addr = 0
     if initrd_size is not None:
-        initrd_max = struct.unpack_from("<I", image, 0x22C)[0] or 0x37FFFFFF
+        initrd_max = (struct.unpack_from("<I", image, 0x22C)[0] if version >= 0x203 else 0) \
+            or 0x37FFFFFF
         top = min(ram, initrd_max + 1)
         addr = (top - initrd_size) & ~0xFFF
         if addr < KERNEL_LOAD + init_size:
             raise LinuxBootError(f"initrd {initrd_name} ({initrd_size} bytes) does not fit "
                                  "beside the kernel; give the machine more memory (-m)")
-    return _Plan(image, kernel, cmd, addr, entry == "64" or (entry == "auto" and has_64))
+    return _Plan(image, kernel, cmd, addr, entry)
+
+
+def _has_64(image: bytes, version: int) -> bool:
+    xloadflags = struct.unpack_from("<H", image, 0x236)[0] if version >= 0x20C else 0
+    return bool(xloadflags & XLF_KERNEL_64)
 
 
 def check(kernel_path: str | os.PathLike[str], cmdline: str = "",
@@ -132,16 +156,21 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     """Load a bzImage (and initrd) into ``machine`` and point its CPU at an entry.
 
     ``entry`` is ``"64"`` (long mode at the load address + 0x200), ``"32"``
-    (flat protected mode at ``code32_start``, as GRUB's ``linux`` enters) or
-    ``"auto"``: the 64-bit entry when the kernel has one, else the 32-bit one."""
-    if entry not in ("auto", "32", "64"):
-        raise ValueError(f"unknown Linux entry {entry!r} (auto, 32 or 64)")
+    (flat protected mode at ``code32_start``, as GRUB's ``linux`` enters), ``"16"``
+    (the real-mode setup code, after the BIOS's POST, as QEMU and GRUB's ``linux16``
+    enter) or ``"auto"``: the 64-bit entry when the kernel has one, else the 32-bit
+    one, and the 16-bit one for kernels older than boot protocol 2.10."""
+    if entry not in ("auto", "16", "32", "64"):
+        raise ValueError(f"unknown Linux entry {entry!r} (auto, 16, 32 or 64)")
     image = read_input_file(kernel_path, "kernel")
     initrd = None if initrd_path is None else read_input_file(initrd_path, "initrd")
     ram = machine.memory_size
     plan = _plan(image, os.fspath(kernel_path), ram, cmdline,
                  None if initrd is None else len(initrd),
                  "" if initrd_path is None else os.fspath(initrd_path), entry)
+    if plan.entry == "16":
+        _load_for_real_mode(machine, plan, initrd)
+        return
     machine.write_memory(KERNEL_LOAD, plan.kernel)
 
     params = bytearray(4096)
@@ -164,7 +193,7 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     struct.pack_into("<Q", params, 0x070, install_firmware_tables(machine))  # acpi_rsdp_addr
     machine.write_memory(BOOT_PARAMS, bytes(params))
 
-    if plan.entry64:
+    if plan.entry == "64":
         _write_identity_page_tables(machine)
         machine.cpu.enter_long_mode(KERNEL_LOAD + 0x200, GDT, PAGE_TABLES)
     else:
@@ -175,6 +204,38 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
         for reg in ("ebp", "edi", "ebx"):
             machine.set_reg(reg, 0)
     machine.set_reg("rsi", BOOT_PARAMS)
+
+
+class _RealModeImages:
+    """The 16-bit entry's memory contents, written at load and again at every reset."""
+
+    name = "linuxboot"
+
+    def __init__(self, machine: Machine, parts: list[tuple[int, bytes]]) -> None:
+        self.machine, self.parts = machine, parts
+
+    def reset(self) -> None:
+        for address, data in self.parts:
+            self.machine.write_memory(address, data)
+
+
+def _load_for_real_mode(machine: Machine, plan: _Plan, initrd: bytes | None) -> None:
+    image = plan.image
+    setup = bytearray(image[:((image[0x1F1] or 4) + 1) * 512])
+    setup[0x210] = TYPE_OF_LOADER_QEMU
+    setup[0x211] |= CAN_USE_HEAP
+    struct.pack_into("<H", setup, 0x224, CMDLINE - REAL_MODE - 0x200)  # heap_end_ptr
+    struct.pack_into("<I", setup, 0x228, CMDLINE)
+    parts = [(REAL_MODE, bytes(setup)), (CMDLINE, plan.cmdline), (KERNEL_LOAD, plan.kernel)]
+    if initrd is not None:
+        struct.pack_into("<II", setup, 0x218, plan.initrd_addr, len(initrd))
+        parts[0] = (REAL_MODE, bytes(setup))
+        parts.append((plan.initrd_addr, initrd))
+    images = _RealModeImages(machine, parts)
+    images.reset()
+    machine.add_resettable(images)
+    machine.board.fw_cfg.add_file(LINUXBOOT_FILE,
+                                  struct.pack("<HH", REAL_MODE >> 4, REAL_MODE_STACK))
 
 
 def _write_identity_page_tables(machine: Machine) -> None:

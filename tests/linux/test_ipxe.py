@@ -17,8 +17,10 @@ import pytest
 from qemu_lite import Machine, imagebuild
 from qemu_lite.devices.netbackends import parse_nic
 from qemu_lite.devices.slirp import SlirpMissing, library
+from qemu_lite.loaders import linux
 
 IPXE_ISO = Path("/usr/lib/ipxe/ipxe.iso")
+IPXE_LKRN = Path("/usr/lib/ipxe/ipxe.lkrn")  # iPXE as a Linux kernel (boot protocol 2.07)
 
 SCRIPT = """#!ipxe
 kernel vmlinuz console=ttyS0 panic=-1 netboot=ipxe
@@ -27,8 +29,13 @@ boot
 """
 
 
-@pytest.mark.skipif(not IPXE_ISO.exists(), reason=f"{IPXE_ISO} missing: apt-get install ipxe")
-def test_ipxe_netboots_linux_over_tftp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("medium", ["cdrom", "kernel"])
+def test_ipxe_netboots_linux_over_tftp(tmp_path: Path, medium: str) -> None:
+    """From its CD image, or as a kernel through the 16-bit Linux entry (its protocol is
+    too old for the others), as ``qemu -kernel ipxe.lkrn`` boots it."""
+    iso_or_lkrn = IPXE_ISO if medium == "cdrom" else IPXE_LKRN
+    if not iso_or_lkrn.exists():
+        pytest.skip(f"{iso_or_lkrn} missing: apt-get install ipxe")
     try:
         library()
     except SlirpMissing as exc:
@@ -48,8 +55,11 @@ def test_ipxe_netboots_linux_over_tftp(tmp_path: Path) -> None:
     (served / "boot.ipxe").write_text(SCRIPT)
     nic = parse_nic(f"user,tftp={served},bootfile=boot.ipxe")
     out = bytearray()
-    with Machine(memory="512M", cdrom=str(IPXE_ISO), boot="d", nics=[nic]) as m:
+    media = {"cdrom": str(IPXE_ISO), "boot": "d"} if medium == "cdrom" else {}
+    with Machine(memory="512M", nics=[nic], **media) as m:
         m.board.com1.add_output_listener(out.extend)
+        if medium == "kernel":
+            linux.load(m, IPXE_LKRN)
         result = m.run(timeout=600)
     text = out.decode(errors="replace")
     assert "iPXE" in text, text[-3000:]
