@@ -50,6 +50,7 @@ WORKLOADS = [
     Workload("mode_switch", "mode_switch", {}, "32-bit -> PAE -> long mode -> back, "
              "2,000 times, one mapping in every format"),
     Workload("stores", "stores", {}, "store loop over 16 MiB of 4 KiB pages (ENGINE_FACTS.md fact 12)"),
+    Workload("loads", "stores", {"LOADS": 1}, "the same loop loading instead of storing"),
     Workload("shared_kernel", "shared_kernel", {}, "16 processes sharing a global kernel "
              "half (CR4.PGE), user halves switched"),
     Workload("pti", "pti", {}, "8 processes with two roots each (page-table isolation): "

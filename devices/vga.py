@@ -230,7 +230,8 @@ class Vga:
         self.ports = VgaPorts(self)
         self.dispi_ports = VbeDispiPorts(self)
         self.window = VgaMemoryWindow(self)
-        #: Called after register writes, reset and load_state (see :meth:`fast_window`).
+        #: Called after writes to the registers :meth:`fast_window` reads (sequencer,
+        #: graphics controller, VBE), reset and load_state.
         self.on_change: Callable[[], None] | None = None
         #: Called as ``(offset, length)`` after this model writes VRAM itself (window
         #: accesses it serves, a VBE mode set clearing memory): the machine's dirty log.
@@ -938,9 +939,13 @@ class VgaPorts:
         return value
 
     def io_write(self, offset: int, size: int, value: int) -> None:
+        first = VGA_PORT_BASE + offset
         for i in range(size):
-            self.vga.write_port(VGA_PORT_BASE + offset + i, value >> (8 * i))
-        self.vga._changed()
+            self.vga.write_port(first + i, value >> (8 * i))
+        # Only the sequencer and graphics registers decide fast_window(); CRTC cursor and
+        # DAC writes, most of what a text console does, need no recomputation.
+        if first <= SEQ_DATA < first + size or first <= GFX_DATA < first + size:
+            self.vga._changed()
 
 
 class VbeDispiPorts:
