@@ -17,13 +17,13 @@ from qemu_lite.optionroms import first_free
 
 SEABIOS = Path("/usr/share/seabios/bios-256k.bin")
 
-# A 2 KiB ROM: its entry prints "option ROM <tag> at SSSS" (its own CS) and a
+# A ROM of BLOCKS x 512 bytes (2 KiB unless asked): its entry prints "option ROM <tag> at SSSS" (its own CS) and a
 # count of how many times it was called (kept at 0000:04F0, in the BDA's
 # intra-application area), then returns far with every register kept.
 ROM = r"""
 bits 16
 org 0
-    db 0x55, 0xAA, 4                ; 4 x 512 bytes
+    db 0x55, 0xAA, BLOCKS           ; BLOCKS x 512 bytes
     jmp init
 init:
     pushad
@@ -89,15 +89,17 @@ puts:
 .done:
     ret
 msg: db "option ROM TAG at ", 0
-    times 2047 - ($ - $$) db 0
+    times BLOCKS * 512 - 1 - ($ - $$) db 0
     db 0                            ; checksum, set by the test
 """
 
 
-def build_rom(assemble, tag: str, *, good_sum: bool = True, reset_once: bool = False) -> bytes:
-    source = ("%define RESET_ONCE\n" if reset_once else "") + ROM.replace("TAG", tag)
-    rom = bytearray(assemble(source, name=f"rom_{tag}"))
-    assert len(rom) == 2048
+def build_rom(assemble, tag: str, *, good_sum: bool = True, reset_once: bool = False,
+              blocks: int = 4) -> bytes:
+    source = (f"%define BLOCKS {blocks}\n" + ("%define RESET_ONCE\n" if reset_once else "")
+              + ROM.replace("TAG", tag))
+    rom = bytearray(assemble(source, name=f"rom_{tag}_{blocks}"))
+    assert len(rom) == blocks * 512
     rom[-1] = (-sum(rom[:-1])) & 0xFF
     if not good_sum:
         rom[-1] ^= 0x01
@@ -136,6 +138,15 @@ def test_without_video_bios_the_rom_is_at_c0000_and_several_run_in_order(assembl
     text, _, calls = boot_with(paths, vga="none")
     assert "option ROM one at C000\r\noption ROM two at C080\r\n" in text, text
     assert calls == 2
+
+
+def test_a_rom_larger_than_64k_is_summed_whole_and_runs(assemble, tmp_path):
+    # iPXE's ROMs are 73.5 KiB: a sum over a 16-bit offset wraps at 64 KiB and fails them
+    path = tmp_path / "big.rom"
+    path.write_bytes(build_rom(assemble, "big", blocks=147))
+    text, _, calls = boot_with([path], vga="none")
+    assert "option ROM big at C000\r\n" in text, text
+    assert calls == 1
 
 
 def test_bad_checksum_is_skipped_and_said(assemble, tmp_path):
