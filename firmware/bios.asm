@@ -495,11 +495,48 @@ int19_handler:
         jc .cd_first
         call boot_hd
         call boot_cd
+        call boot_bev
         int 0x18                        ; never returns
 .cd_first:
         call boot_cd
         call boot_hd
+        call boot_bev
         int 0x18
+
+; The option ROMs' boot entry vectors (optrom.inc, note_bev), in scan order:
+; each is far-called with interrupts on; a ROM that cannot boot returns (BIOS
+; Boot Specification 1.01, 6.4.4) and the next is tried.  Then back to INT 19h.
+boot_bev:
+        xor cx, cx                      ; CX = the BEV's index
+.next:
+        mov ax, EBDA_SEG
+        mov ds, ax
+        cmp cl, [EB_BEV_COUNT]
+        jae .out
+        mov bx, cx
+        shl bx, 2
+        mov si, msg_boot_rom
+        call puts
+        mov ax, [EB_BEVS + bx + 2]
+        call print_hex16
+        mov si, msg_hcrlf
+        call puts
+        push cx
+        push word [EB_BEVS + bx + 2]    ; segment ...
+        push word [EB_BEVS + bx]        ; ... and offset
+        mov bp, sp
+        sti
+        call far [ss:bp]
+        cli
+        cld
+        add sp, 4
+        pop cx
+        inc cx
+        jmp .next
+.out:
+        xor ax, ax
+        mov ds, ax
+        ret
 
 ; A kernel the machine loaded for the Linux boot protocol's 16-bit entry
 ; (boot.rst: setup code at segment S, S:0200h its entry) is named by the fw_cfg
@@ -863,6 +900,7 @@ msg_hcrlf:      db "h", 13, 10, 0
 msg_no_ata:     db "No ATA/ATAPI devices", 13, 10, 0
 msg_boot_linux: db "Booting Linux (16-bit entry)", 13, 10, 0
 msg_boot_hd:    db "Booting from hard disk 0x80", 13, 10, 0
+msg_boot_rom:   db "Booting from the option ROM at segment ", 0
 msg_not_bootable: db "Hard disk 0x80: not bootable", 13, 10, 0
 msg_boot_cd:    db "Booting from CD-ROM 0xE0", 13, 10, 0
 msg_cd_not_ready: db "CD-ROM 0xE0: not ready (no medium?)", 13, 10, 0
@@ -871,6 +909,28 @@ msg_cd_catalog: db "CD-ROM 0xE0: no bootable entry in the boot catalog", 13, 10,
 msg_cd_emulation: db "CD-ROM 0xE0: floppy/hard disk emulation is not supported", 13, 10, 0
 msg_cd_read_error: db "CD-ROM 0xE0: read error", 13, 10, 0
 msg_noboot:     db "No bootable disk", 13, 10, 0
+
+; The PnP BIOS installation check structure (PnP BIOS Specification 1.0A,
+; 4.4), found by a paragraph scan of F0000h or given to option ROMs in ES:DI.
+; A PnP-aware ROM then boots through its BEV instead of hooking INT 19h.  No
+; PnP BIOS function is implemented: both entries answer 82h (not supported).
+%define PNP_ENTRY (pnp_entry - $$)
+        align 16
+pnp_install:
+        db "$PnP", 0x10, 0x21           ; signature, version 1.0, length
+        dw 0                            ; control: no event notification
+        db (-(0x24 + 0x50 + 0x6E + 0x50 + 0x10 + 0x21 + 2 * ((PNP_ENTRY & 0xFF) + (PNP_ENTRY >> 8)) \
+              + 0xF0 + 0x0F + 0xF0 + 0x0F)) & 0xFF
+        dd 0                            ; event notification flag address
+        dw PNP_ENTRY, BIOS_SEG          ; real-mode entry
+        dw PNP_ENTRY                    ; 16-bit protected-mode entry: offset ...
+        dd BIOS_SEG << 4                ; ... and code segment base
+        dd 0                            ; OEM device identifier
+        dw BIOS_SEG                     ; real-mode data segment
+        dd BIOS_SEG << 4                ; protected-mode data segment base
+pnp_entry:
+        mov ax, 0x82                    ; FUNCTION_NOT_SUPPORTED, in either mode
+        retf
 
 rom_code_end:
 

@@ -21,6 +21,8 @@ from qemu_lite.loaders import linux
 
 IPXE_ISO = Path("/usr/lib/ipxe/ipxe.iso")
 IPXE_LKRN = Path("/usr/lib/ipxe/ipxe.lkrn")  # iPXE as a Linux kernel (boot protocol 2.07)
+IPXE_ROM = Path("/usr/lib/ipxe/82540em.rom")  # iPXE as the e1000's PXE option ROM (73.5 KiB)
+MEDIA = {"cdrom": IPXE_ISO, "kernel": IPXE_LKRN, "option-rom": IPXE_ROM}
 
 SCRIPT = """#!ipxe
 kernel vmlinuz console=ttyS0 panic=-1 netboot=ipxe
@@ -29,13 +31,15 @@ boot
 """
 
 
-@pytest.mark.parametrize("medium", ["cdrom", "kernel"])
+@pytest.mark.parametrize("medium", list(MEDIA))
 def test_ipxe_netboots_linux_over_tftp(tmp_path: Path, medium: str) -> None:
-    """From its CD image, or as a kernel through the 16-bit Linux entry (its protocol is
-    too old for the others), as ``qemu -kernel ipxe.lkrn`` boots it."""
-    iso_or_lkrn = IPXE_ISO if medium == "cdrom" else IPXE_LKRN
-    if not iso_or_lkrn.exists():
-        pytest.skip(f"{iso_or_lkrn} missing: apt-get install ipxe")
+    """From its CD image; as a kernel through the 16-bit Linux entry (its protocol is too
+    old for the others), as ``qemu -kernel ipxe.lkrn`` boots it; or as the NIC's option ROM,
+    which finds our PnP BIOS structure at its initialisation and boots through its boot
+    entry vector once no disk is bootable (the BIOS Boot Specification's way)."""
+    image = MEDIA[medium]
+    if not image.exists():
+        pytest.skip(f"{image} missing: apt-get install ipxe")
     try:
         library()
     except SlirpMissing as exc:
@@ -55,14 +59,18 @@ def test_ipxe_netboots_linux_over_tftp(tmp_path: Path, medium: str) -> None:
     (served / "boot.ipxe").write_text(SCRIPT)
     nic = parse_nic(f"user,tftp={served},bootfile=boot.ipxe")
     out = bytearray()
-    media = {"cdrom": str(IPXE_ISO), "boot": "d"} if medium == "cdrom" else {}
+    media = {"cdrom": {"cdrom": str(image), "boot": "d"}, "kernel": {},
+             "option-rom": {"option_roms": [str(image)]}}[medium]
     with Machine(memory="512M", nics=[nic], **media) as m:
         m.board.com1.add_output_listener(out.extend)
         if medium == "kernel":
-            linux.load(m, IPXE_LKRN)
+            linux.load(m, image)
         result = m.run(timeout=600)
     text = out.decode(errors="replace")
     assert "iPXE" in text, text[-3000:]
+    if medium == "option-rom":  # its banner names what it found at initialisation
+        assert "iPXE (http://ipxe.org) 00:03.0 CA00 PCI2.10 PnP" in text, text[:2000]
+        assert "Booting from the option ROM at segment CA00h" in text, text[:2000]
     # iPXE's own driver on our NIC, found through the PCI BIOS
     assert "using 82540em on 0000:00:03.0" in text, text[-3000:]
     assert "10.0.2.15" in text and "boot.ipxe" in text, text[-3000:]
