@@ -493,6 +493,13 @@ int19_handler:
         call linux_boot                 ; returns if the machine loaded no kernel
         call boot_cd_first
         jc .cd_first
+        call boot_net_first
+        jne .hd_first
+        call boot_bev                   ; -boot n: the option ROMs' BEVs, then the disks
+        call boot_hd
+        call boot_cd
+        int 0x18
+.hd_first:
         call boot_hd
         call boot_cd
         call boot_bev
@@ -578,6 +585,18 @@ linux_boot:
         ret
 
 fwcfg_linuxboot_name:   db "etc/qemu-lite/linuxboot", 0
+
+; ZF = 1 if fw_cfg's boot device is 'n' (network: QEMU's -boot n).  Call after
+; boot_cd_first, which reads it.  Preserves DS.
+boot_net_first:
+        push ds
+        push ax
+        mov ax, EBDA_SEG
+        mov ds, ax
+        cmp byte [EB_BOOTDEV], 'n'
+        pop ax
+        pop ds
+        ret
 
 ; CF = 1 if the CD-ROM comes first.  Preserves DS.
 boot_cd_first:

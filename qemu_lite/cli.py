@@ -117,8 +117,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--drive", "-drive", action="append", default=[], metavar="SPEC",
                    help="file=PATH[,media=disk|cdrom][,readonly=on|off][,index=0-3][,if=ide]; "
                         "without index=, the next free IDE index")
-    p.add_argument("--boot", "-boot", default="c", choices=["c", "d"],
-                   help="boot from the hard disk (c, default) or the CD-ROM (d)")
+    p.add_argument("--boot", "-boot", default="c", choices=["c", "d", "n"],
+                   help="boot from the hard disk (c, default), the CD-ROM (d) or first the "
+                        "network (n: option ROMs with a boot entry vector, e.g. a PXE ROM)")
     p.add_argument("-m", "--memory", default="64M", type=_memory, metavar="SIZE",
                    help="guest RAM, e.g. 64M or 1G (plain numbers are MiB; default 64M)")
     p.add_argument("-smp", "--smp", default="1", metavar="N",

@@ -740,8 +740,9 @@ def _check_arguments(*, disk: object, hdb: object, cdrom: object, drives: object
         raise TypeError(f"bios must be the image's bytes or a path, not {type(bios).__name__}")
     if not isinstance(mmu, str) or mmu not in MMU_MODES:
         raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
-    if boot not in ("c", "d"):
-        raise ValueError(f"boot order must be c (hard disk) or d (CD-ROM), not {boot!r}")
+    if boot not in ("c", "d", "n"):
+        raise ValueError(f"boot order must be c (hard disk), d (CD-ROM) or n (network), "
+                         f"not {boot!r}")
     if rtc_base is not None:
         if isinstance(rtc_base, bool) or not isinstance(rtc_base, (int, float)):
             raise TypeError(f"rtc_base must be a Unix time in seconds or None, "

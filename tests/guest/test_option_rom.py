@@ -149,6 +149,105 @@ def test_a_rom_larger_than_64k_is_summed_whole_and_runs(assemble, tmp_path):
     assert calls == 1
 
 
+# A 2 KiB ROM with a PnP expansion header whose boot entry vector (BIOS Boot Specification)
+# prints "BEV of TAG: ES:DI=$PnP" when its initialisation saw the PnP installation check
+# structure at ES:DI, then leaves through isa-debug-exit with status 2 * 21h + 1.
+BEV_ROM = r"""
+bits 16
+org 0
+    db 0x55, 0xAA, 4
+    jmp short init
+    times 0x18 - ($ - $$) db 0
+    dw 0                            ; no PCI data structure
+    dw pnp                          ; the PnP expansion header
+    align 16
+pnp:
+    db "$PnP", 1, 2                 ; revision 1, 2 x 16 bytes
+    dw 0                            ; no next header
+    db 0, 0                         ; reserved, checksum (set by the test)
+    dd 0                            ; device identifier
+    dw 0, 0                         ; manufacturer, product strings
+    db 2, 0, 0                      ; device type: network controller
+    db 0x04                         ; indicators: IPL device
+    dw 0, 0, bev                    ; BCV, disconnect vector, BEV
+    dw 0, 0                         ; reserved, static resource information
+init:
+    cmp dword [es:di], "$PnP"
+    jne .no
+    mov byte [cs:saw_pnp], 1
+.no:
+    retf
+bev:
+    mov si, msg
+    cmp byte [cs:saw_pnp], 1
+    je .say
+    mov si, msg_no
+.say:
+    mov dx, 0x3F8
+.next:
+    mov al, [cs:si]
+    test al, al
+    jz .exit
+    out dx, al
+    inc si
+    jmp .next
+.exit:
+    mov al, 0x21
+    out 0xF4, al
+    cli
+    hlt
+saw_pnp: db 0
+msg: db "BEV of TAG: ES:DI=$PnP", 13, 10, 0
+msg_no: db "BEV of TAG: no $PnP", 13, 10, 0
+    times 2047 - ($ - $$) db 0
+    db 0
+"""
+
+
+def build_bev_rom(assemble, tag: str) -> bytes:
+    rom = bytearray(assemble(BEV_ROM.replace("TAG", tag), name=f"bev_{tag}"))
+    pnp = int.from_bytes(rom[0x1A:0x1C], "little")
+    rom[pnp + 9] = (-sum(rom[pnp:pnp + 32])) & 0xFF
+    rom[-1] = (-sum(rom[:-1])) & 0xFF
+    return bytes(rom)
+
+
+@pytest.mark.parametrize("boot, disk_first", [("c", True), ("n", False)])
+def test_a_rom_with_a_boot_entry_vector_boots_after_the_disks_or_first(assemble, tmp_path,
+                                                                          boot, disk_first):
+    """With a bootable disk (the default image) the BEV runs only once the disk's guest is
+    done (never: it exits), unless the boot order is n (QEMU's -boot n): then first."""
+    from qemu_lite import DEFAULT_IMAGE
+
+    path = tmp_path / "bev.rom"
+    path.write_bytes(build_bev_rom(assemble, "net"))
+    out = bytearray()
+    with Machine(DEFAULT_IMAGE, memory="64M", vga="none", option_roms=[path], boot=boot,
+                 snapshot=True) as m:
+        m.board.com1.add_output_listener(out.extend)
+        result = m.run(timeout=60)
+    text = out.decode(errors="replace")
+    if disk_first:
+        assert "default guest: all stages passed" in text and "BEV of" not in text, text
+        assert result.exit_status == 1
+    else:
+        assert "Booting from the option ROM at segment C000h\r\nBEV of net: ES:DI=$PnP" in text
+        assert "Booting from hard disk" not in text, text
+        assert result.exit_status == 2 * 0x21 + 1, result
+
+
+def test_a_boot_entry_vector_boots_when_no_disk_is_bootable(assemble, tmp_path):
+    path = tmp_path / "bev.rom"
+    path.write_bytes(build_bev_rom(assemble, "only"))
+    out = bytearray()
+    with Machine(memory="16M", vga="none", option_roms=[path]) as m:
+        m.board.com1.add_output_listener(out.extend)
+        result = m.run(timeout=60)
+    text = out.decode(errors="replace")
+    assert result.exit_status == 2 * 0x21 + 1, (result, text)
+    assert "No ATA/ATAPI devices" in text and "BEV of only: ES:DI=$PnP" in text, text
+
+
 def test_bad_checksum_is_skipped_and_said(assemble, tmp_path):
     bad, good = tmp_path / "bad.rom", tmp_path / "good.rom"
     bad.write_bytes(build_rom(assemble, "bad", good_sum=False))
