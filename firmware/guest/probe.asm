@@ -115,6 +115,15 @@ cf_out: ; print " CF=x" from the saved flags in [flags]
         call hex4
         pop ax
         ret
+ah_bx_out: ; print " ah=XX bx=XXXX CF=x" and a newline
+        STR " ah="
+        mov al, ah
+        call hex8
+        STR " bx="
+        mov ax, bx
+        call hex16
+        call cf_out
+        jmp nl
 %macro SAVEF 0
         pushf
         pop word [flags]
@@ -450,14 +459,8 @@ after13:
         mov ax, 0x2403
         int 0x15
         SAVEF
-        STR "int15/2403: ah="
-        mov al, ah
-        call hex8
-        STR " bx="
-        mov ax, bx
-        call hex16
-        call cf_out
-        call nl
+        STR "int15/2403:"
+        call ah_bx_out
         mov ax, 0x2402
         int 0x15
         SAVEF
@@ -559,14 +562,8 @@ after13:
         mov bx, 0xEEEE
         int 0x1A
         SAVEF
-        STR %1, ": ah="
-        mov al, ah
-        call hex8
-        STR " bx="
-        mov ax, bx
-        call hex16
-        call cf_out
-        call nl
+        STR %1, ":"
+        call ah_bx_out
 %endmacro
         PCI_FIND "pci/02 i440fx", 0xB102, 0x1237, 0x8086
         PCI_FIND "pci/02 ide", 0xB102, 0x7010, 0x8086
