@@ -10,6 +10,7 @@ the script gave it, and powers off.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,4 +76,49 @@ def test_ipxe_netboots_linux_over_tftp(tmp_path: Path, medium: str) -> None:
     assert "using 82540em on 0000:00:03.0" in text, text[-3000:]
     assert "10.0.2.15" in text and "boot.ipxe" in text, text[-3000:]
     assert "netboot: ipxe" in text, text[-3000:]  # the script's command line reached init
+    assert result.reason == "powered-off", (result, text[-3000:])
+
+
+GRUB_CFG = """serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+set timeout=0
+menuentry "netboot" {
+  echo "grub: loading over tftp from $net_default_server"
+  linux (tftp)/vmlinuz console=ttyS0 panic=-1 netboot=grub
+  initrd (tftp)/initrd.cpio
+}
+"""
+
+
+def test_grub_pxe_image_loads_linux_through_ipxe_pxe_stack(tmp_path: Path) -> None:
+    """GRUB's network image (grub-mknetdir's core.0) as the DHCP boot file of iPXE's PXE
+    ROM: a PXE network bootstrap program, which reads its config, a kernel and an initramfs
+    through the PXE API (iPXE's UNDI on our e1000) rather than through a driver of its own."""
+    mknetdir = shutil.which("grub-mknetdir")
+    if mknetdir is None or not Path("/usr/lib/grub/i386-pc/pxe.mod").exists() \
+            or not IPXE_ROM.exists():
+        pytest.skip("needs grub-mknetdir, grub-pc-bin and ipxe (apt-get install grub-common "
+                    "grub-pc-bin ipxe)")
+    try:
+        library()
+        vmlinuz = imagebuild.find_kernel()
+        served = tmp_path / "tftp"
+        served.mkdir()
+        imagebuild.write_initramfs(served / "initrd.cpio", "busybox echo \"netboot: $netboot\"\n"
+                                                           "busybox poweroff -f\n")
+    except (SlirpMissing, imagebuild.ToolMissing) as exc:
+        pytest.skip(str(exc))
+    subprocess.run([mknetdir, f"--net-directory={served}", "--subdir=boot/grub",
+                    "-d", "/usr/lib/grub/i386-pc"], check=True, capture_output=True)
+    (served / "boot/grub/grub.cfg").write_text(GRUB_CFG)
+    shutil.copyfile(vmlinuz, served / "vmlinuz")
+    nic = parse_nic(f"user,tftp={served},bootfile=boot/grub/i386-pc/core.0")
+    out = bytearray()
+    with Machine(memory="512M", option_roms=[str(IPXE_ROM)], nics=[nic]) as m:
+        m.board.com1.add_output_listener(out.extend)
+        result = m.run(timeout=600)
+    text = out.decode(errors="replace")
+    assert "grub: loading over tftp from 10.0.2.2" in text, text[-3000:]
+    assert "netboot: grub" in text, text[-3000:]
     assert result.reason == "powered-off", (result, text[-3000:])
