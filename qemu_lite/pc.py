@@ -378,6 +378,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     pit = Pit8254(clock, irqs.line(IRQ_PIT))
     rtc = Rtc(clock, irqs.line(IRQ_RTC), base_time=platform.rtc_base)
     rtc.set_memory_size(platform.memory_size)
+    # The chosen device first, then the others (our BIOS reads fw_cfg; SeaBIOS, these).
+    rtc.set_boot_order({"c": "cd", "d": "dc", "n": "ncd"}[boot])
     kbc = I8042(irqs.line(IRQ_KBD), irqs.line(IRQ_MOUSE), on_reset=platform.reset,
                 set_a20=platform.set_a20)
     port92 = SystemControlPortA(set_a20=platform.set_a20, on_reset=platform.reset)

@@ -331,6 +331,17 @@ def _checksum_ok(rtc: Rtc) -> bool:
     return (rtc.get_cmos(0x2E) << 8 | rtc.get_cmos(0x2F)) == total & 0xFFFF
 
 
+def test_boot_order_bytes_are_qemus() -> None:
+    # QEMU's pc: 3Dh = second << 4 | first, 38h = third << 4; a floppy 1, disk 2, CD 3, net 4
+    rtc = Rtc(Clock(), base_time=Y2K)
+    rtc.set_boot_order("ncd")
+    assert (rtc.get_cmos(0x3D), rtc.get_cmos(0x38)) == (0x24, 0x30)
+    rtc.set_boot_order("d")
+    assert (rtc.get_cmos(0x3D), rtc.get_cmos(0x38)) == (0x03, 0x00)
+    rtc.reset()
+    assert rtc.get_cmos(0x3D) == 0x03  # NVRAM: kept across a reset
+
+
 def test_memory_size_64_mib() -> None:
     rtc = Rtc(Clock(), base_time=Y2K)
     rtc.set_memory_size(64 << 20)
