@@ -40,7 +40,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "qemu_lite.sweep: unknown workload 'nope' (known: cr3_switch, pt_churn, big_ws, "
-        "paging32, pae, mode_switch, stores, shared_kernel, pti)"]
+        "paging32, pae, mode_switch, stores, loads, shared_kernel, pti)"]
 
 
 @pytest.mark.skipif(shutil.which("nasm") is None, reason="the workload guests need nasm")
