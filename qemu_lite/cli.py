@@ -87,6 +87,21 @@ def _timeout(text: str) -> float:
     return seconds
 
 
+def _boot_order(text: str) -> str:
+    """QEMU's ``-boot``: ``d``, ``ncd`` or ``order=ncd`` (c hard disk, d CD-ROM, n network)."""
+    order = text
+    if "=" in text:
+        key, _, order = text.partition("=")
+        if key != "order" or "," in order:
+            raise argparse.ArgumentTypeError(f"only order=DEVICES is supported, not {text!r}")
+    from qemu_lite.machine import check_boot_order
+
+    try:
+        return check_boot_order(order)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _memory(text: str) -> int:
     from qemu_lite.machine import parse_size
 
@@ -117,9 +132,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--drive", "-drive", action="append", default=[], metavar="SPEC",
                    help="file=PATH[,media=disk|cdrom][,readonly=on|off][,index=0-3][,if=ide]; "
                         "without index=, the next free IDE index")
-    p.add_argument("--boot", "-boot", default="c", choices=["c", "d", "n"],
-                   help="boot from the hard disk (c, default), the CD-ROM (d) or first the "
-                        "network (n: option ROMs with a boot entry vector, e.g. a PXE ROM)")
+    p.add_argument("--boot", "-boot", default="c", type=_boot_order, metavar="[order=]DEVICES",
+                   help="boot order, as QEMU's: c hard disk (default), d CD-ROM, n network "
+                        "(option ROMs with a boot entry vector, e.g. a PXE ROM), e.g. d or "
+                        "order=ncd; the devices not named come after")
     p.add_argument("-m", "--memory", default="64M", type=_memory, metavar="SIZE",
                    help="guest RAM, e.g. 64M or 1G (plain numbers are MiB; default 64M)")
     p.add_argument("-smp", "--smp", default="1", metavar="N",

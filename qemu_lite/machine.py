@@ -720,6 +720,15 @@ def _release_dropped(closers: list[Callable[[], None]]) -> None:
     _run_closers(closers)
 
 
+def check_boot_order(order: str) -> str:
+    """``order`` if it is a boot order: one to three of c (hard disk), d (CD-ROM) and
+    n (network: option ROMs' boot entry vectors), each once, first tried first."""
+    if not order or len(set(order)) != len(order) or not set(order) <= set("cdn"):
+        raise ValueError(f"boot order must be one to three of c (hard disk), d (CD-ROM) "
+                         f"and n (network), each once, not {order!r}")
+    return order
+
+
 def _check_arguments(*, disk: object, hdb: object, cdrom: object, drives: object, boot: object,
                      serial: object, serial2: object, bios: object, mmu: object,
                      rtc_base: object) -> None:
@@ -740,9 +749,9 @@ def _check_arguments(*, disk: object, hdb: object, cdrom: object, drives: object
         raise TypeError(f"bios must be the image's bytes or a path, not {type(bios).__name__}")
     if not isinstance(mmu, str) or mmu not in MMU_MODES:
         raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
-    if boot not in ("c", "d", "n"):
-        raise ValueError(f"boot order must be c (hard disk), d (CD-ROM) or n (network), "
-                         f"not {boot!r}")
+    if not isinstance(boot, str):
+        raise ValueError(f"boot order must be a string of c, d and n, not {boot!r}")
+    check_boot_order(boot)
     if rtc_base is not None:
         if isinstance(rtc_base, bool) or not isinstance(rtc_base, (int, float)):
             raise TypeError(f"rtc_base must be a Unix time in seconds or None, "

@@ -378,8 +378,9 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     pit = Pit8254(clock, irqs.line(IRQ_PIT))
     rtc = Rtc(clock, irqs.line(IRQ_RTC), base_time=platform.rtc_base)
     rtc.set_memory_size(platform.memory_size)
-    # The chosen device first, then the others (our BIOS reads fw_cfg; SeaBIOS, these).
-    rtc.set_boot_order({"c": "cd", "d": "dc", "n": "ncd"}[boot])
+    # The order given, then the devices it leaves out (QEMU writes only those given; our
+    # BIOS reads the first from fw_cfg and tries the rest itself; SeaBIOS reads these).
+    rtc.set_boot_order(boot + "".join(d for d in "cdn" if d not in boot))
     kbc = I8042(irqs.line(IRQ_KBD), irqs.line(IRQ_MOUSE), on_reset=platform.reset,
                 set_a20=platform.set_a20)
     port92 = SystemControlPortA(set_a20=platform.set_a20, on_reset=platform.reset)
@@ -447,7 +448,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
 
     pci_config = PciConfigPorts(pci, on_reset=platform.reset)
     fw_cfg = FwCfg(platform.memory_size)
-    fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot), 2)
+    fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot[0]), 2)
     fw_cfg_ports = devfast.FwCfgStream(platform.core, fw_cfg, FW_CFG + 1)
     debugcon = DebugCon()
     post = PostCode()

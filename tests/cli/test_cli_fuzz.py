@@ -158,6 +158,13 @@ bad_drive_option = st.one_of(
       .map(lambda v: f"media={v}"),
     st.sampled_from(["if=virtio", "if=scsi", "format=qcow2", "cache=none", "bogus", "file="]),
 )
+def _boot_order_ok(value: str) -> bool:
+    """What QEMU's -boot takes and we support: c, d and n, each at most once, bare or in
+    order=."""
+    order = value[len("order="):] if value.startswith("order=") else value
+    return 0 < len(order) == len(set(order)) and set(order) <= set("cdn")
+
+
 bad_option = st.one_of(
     bad_memory.map(lambda v: [f"--memory={v}"]),
     bad_mmu_pages.map(lambda v: [f"--mmu-pages={v}"]),
@@ -165,7 +172,7 @@ bad_option = st.one_of(
     bad_serial.map(lambda v: ["d.img", f"--serial={v}"]),
     bad_serial.map(lambda v: ["d.img", f"--serial2={v}"]),
     bad_drive_option.map(lambda v: [f"--drive=file=d.img,{v}"]),
-    no_digits.filter(lambda v: v not in ("c", "d")).map(lambda v: [f"--boot={v}"]),
+    no_digits.filter(lambda v: not _boot_order_ok(v)).map(lambda v: [f"--boot={v}"]),
     st.text(max_size=8).filter(lambda v: v not in ("cached", "naive", "native", "identity"))
       .map(lambda v: [f"--mmu={v}"]),
     st.text(max_size=12).filter(lambda v: v != "base=utc").map(lambda v: [f"--rtc={v}"]),
