@@ -709,6 +709,10 @@ class IdeChannel:
     # -- data port and PIO buffer -----------------------------------------
 
     def _start_transfer(self, drive: _Drive, direction: int, size: int, next_step: int) -> None:
+        if direction == PIO_OUT:
+            # The guest fills it; nothing of an earlier transfer may stay (it is not saved
+            # past pio_end, so a restored channel would differ until each byte is written).
+            self.pio_buffer[:size] = bytes(size)
         self.pio_dir = direction
         self.pio_next = next_step
         self.pio_pos = 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from qemu_lite.devfuzz.harness import Finding, Op, encode, execute
-from qemu_lite.devfuzz.targets import E1000Target, I8042Target, VgaTarget
+from qemu_lite.devfuzz.targets import E1000Target, I8042Target, IdeTarget, VgaTarget
 from qemu_lite.devices.e1000 import TCTL, TCTL_EN, TDBAL, TDLEN, TDT, TXD_CMD_EOP, TXD_CMD_IFCS
 from qemu_lite.devices.i8042 import REPLY_QUEUE_LIMIT
 
@@ -31,6 +33,22 @@ def test_i8042_replies_stay_bounded_for_a_guest_that_never_reads(window: int,
     assert read[0] in (0x00 | kbc.mode, 0xEE, 0xFA)
     assert not kbc.replies and not kbc.keyboard.has_output()
     execute(I8042Target, encode(target, [Op("write", window, 0, 1, value)] + [Op("burst")] * 8))
+
+
+def test_ide_pio_out_buffer_holds_nothing_stale_past_a_restore() -> None:
+    """Found by the round trip (atheris, 2026-12-03): bytes left in the PIO buffer past
+    pio_end are not saved, and a new PIO-out transfer (WRITE SECTORS, an ATAPI packet)
+    took them over until the guest wrote each byte, so a restored device differed."""
+    reproducer = base64.b64decode("AdfX19cxCgAACQkjI50JCQSQkJCQkJAB19fX1zD2/wAJCSMjTxJmCQkJ"
+                                  "kJCQkJCQkJAA")
+    execute(IdeTarget, reproducer)
+    ide = IdeTarget().ide0
+    ide.pio_buffer[:8] = b"stale!!!"
+    ide.command_block.io_write(2, 1, 1)          # one sector
+    ide.command_block.io_write(6, 1, 0xE0)       # LBA, master
+    ide.command_block.io_write(7, 1, 0x30)       # WRITE SECTORS
+    ide.command_block.io_write(0, 2, 0x4241)     # the guest's first word
+    assert bytes(ide.pio_buffer[:8]) == b"AB" + bytes(6)
 
 
 def test_vbe_index_port_byte_read_is_one_byte() -> None:
