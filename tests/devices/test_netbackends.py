@@ -117,6 +117,27 @@ def test_user_backend_serves_tftp_and_offers_the_bootfile(tmp_path):
         backend.close()
 
 
+def test_tftp_serves_nothing_outside_its_directory(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (tmp_path / "secret.txt").write_bytes(b"host secret")
+    try:
+        backend = nb.open_netdev(nb.parse_netdev(f"user,id=n0,tftp={served}"))
+    except SlirpMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        backend.send(dhcp_discover())
+        next_udp(backend)
+        for name in (b"../secret.txt", b"/../secret.txt", b"x/../../secret.txt",
+                     str(tmp_path / "secret.txt").encode()):
+            backend.send(udp_frame("10.0.2.15", "10.0.2.2", 2002, 69,
+                                   b"\x00\x01" + name + b"\x00octet\x00"))
+            answer = next_udp(backend)
+            assert answer[:2] == b"\x00\x05" and b"host secret" not in answer, (name, answer)
+    finally:
+        backend.close()
+
+
 def test_socket_backends_exchange_frames_in_stream_framing():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
