@@ -15,9 +15,10 @@ nothing.  Back ends (QEMU's names and options)::
 
     user,id=ID[,hostfwd=tcp::HOSTPORT-:GUESTPORT]...   libslirp: 10.0.2.0/24, DHCP
         [,tftp=DIR][,bootfile=NAME]                    from 10.0.2.15, DNS 10.0.2.3,
-                                                       the host as 10.0.2.2; a read-only
-                                                       TFTP server on it for DIR, and
-                                                       DHCP's boot file name
+        [,net=ADDR/BITS][,host=ADDR][,dns=ADDR]        the host as 10.0.2.2 (or those
+        [,dhcpstart=ADDR][,restrict=on|off]            offsets in net=); a read-only
+        [,hostname=NAME]                               TFTP server on it for DIR, and
+                                                       DHCP's boot file and host name
     socket,id=ID,listen=[HOST]:PORT                    QEMU's stream framing: a 4-byte
     socket,id=ID,connect=[HOST]:PORT                   big-endian length before each frame
     tap,id=ID[,ifname=NAME][,script=PATH|no]           a Linux tap interface (/dev/net/tun):
@@ -29,6 +30,7 @@ Ethernet) for ``--net-dump FILE``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import select
 import socket
@@ -38,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .slirp import WakePipe
 
@@ -68,6 +70,12 @@ class Netdev:
     downscript: str = ""  # tap: run with the interface name when the machine closes
     tftp: str = ""  # user: the directory its TFTP server offers ("" for no server)
     bootfile: str = ""  # user: the boot file name its DHCP replies give
+    net: str = "10.0.2.0/24"  # user: the guests' network, then the addresses in it
+    host: str = "10.0.2.2"
+    dns: str = "10.0.2.3"
+    dhcpstart: str = "10.0.2.15"
+    restrict: bool = False  # user: the guest reaches nothing outside but forwarded ports
+    hostname: str = ""  # user: the host name DHCP gives the guest
 
 
 @dataclass(frozen=True)
@@ -132,10 +140,10 @@ def parse_netdev(spec: str) -> Netdev:
 
 def _netdev(kind: str, opts: list[tuple[str, str]], what: str, *, need_id: bool,
             default_id: str = "") -> Netdev:
-    allowed = {"user": {"id", "hostfwd", "tftp", "bootfile"}, "socket": {"id", "listen", "connect"},
+    allowed = {"user": {"id", "hostfwd", *USER_OPTIONS}, "socket": {"id", "listen", "connect"},
                "tap": {"id", "ifname", "script", "downscript"}}[kind]
     ident = default_id
-    tap: dict[str, str] = {}
+    tap: dict[str, Any] = {}
     user: dict[str, str] = {}
     hostfwd: list[tuple[str, str, int, str, int]] = []
     listen = connect = None
@@ -150,13 +158,7 @@ def _netdev(kind: str, opts: list[tuple[str, str]], what: str, *, need_id: bool,
             listen = _host_port(value, f"{what} listen")
         elif key == "connect":
             connect = _host_port(value, f"{what} connect")
-        elif key == "tftp":
-            if not os.path.isdir(value):
-                raise ValueError(f"{what} user: tftp={value!r} is not a directory")
-            user[key] = os.path.abspath(value)
-        elif key == "bootfile":
-            if not value or "\0" in value or len(value.encode()) > 127:
-                raise ValueError(f"{what} user: bad bootfile {value!r} (1 to 127 bytes)")
+        elif key in USER_OPTIONS:
             user[key] = value
         else:
             tap[key] = _tap_option(key, value, what)
@@ -164,7 +166,52 @@ def _netdev(kind: str, opts: list[tuple[str, str]], what: str, *, need_id: bool,
         raise ValueError(f"{what} {kind} needs id=NAME")
     if kind == "socket" and (listen is None) == (connect is None):
         raise ValueError(f"{what} socket needs exactly one of listen=[HOST]:PORT, connect=[HOST]:PORT")
-    return Netdev(kind, ident, tuple(hostfwd), listen, connect, **tap, **user)
+    return Netdev(kind, ident, tuple(hostfwd), listen, connect, **tap,
+                  **(_user_options(user, f"{what} user") if kind == "user" else {}))
+
+
+USER_OPTIONS = ("tftp", "bootfile", "net", "host", "dns", "dhcpstart", "restrict", "hostname")
+
+
+def _user_options(given: dict[str, str], what: str) -> dict[str, Any]:
+    """QEMU's ``-netdev user`` options, checked; the addresses default from ``net`` as QEMU
+    derives them (host .2, DNS .3, DHCP from .15)."""
+    out: dict[str, Any] = {}
+    if "tftp" in given:
+        if not os.path.isdir(given["tftp"]):
+            raise ValueError(f"{what}: tftp={given['tftp']!r} is not a directory")
+        out["tftp"] = os.path.abspath(given["tftp"])
+    for key in ("bootfile", "hostname"):
+        if key in given:
+            value = given[key]
+            if not value or "\0" in value or len(value.encode()) > 127 or not value.isprintable():
+                raise ValueError(f"{what}: bad {key} {value!r} (1 to 127 printable bytes)")
+            out[key] = value
+    if "restrict" in given:
+        flag = {"on": True, "y": True, "yes": True, "off": False, "n": False, "no": False}
+        if given["restrict"] not in flag:
+            raise ValueError(f"{what}: restrict must be on or off, not {given['restrict']!r}")
+        out["restrict"] = flag[given["restrict"]]
+    try:
+        spec = given.get("net", "10.0.2.0/24")
+        net = ipaddress.IPv4Network(spec if "/" in spec else spec + "/24")
+    except ValueError as exc:
+        raise ValueError(f"{what}: bad net={given.get('net')!r} ({exc})") from None
+    if net.prefixlen > 29:
+        raise ValueError(f"{what}: net={net} is too small (a /29 at the least)")
+    out["net"] = str(net)
+    base = int(net.network_address)
+    for key, offset in (("host", 2), ("dns", 3), ("dhcpstart", 15)):
+        try:
+            address = ipaddress.IPv4Address(given.get(key, base + offset))
+        except ValueError:
+            raise ValueError(f"{what}: bad {key}={given[key]!r}") from None
+        if address not in net or address in (net.network_address, net.broadcast_address):
+            raise ValueError(f"{what}: {key}={address} is not a host address of {net}")
+        out[key] = str(address)
+    if len({out["host"], out["dns"], out["dhcpstart"]}) < 3:
+        raise ValueError(f"{what}: host, dns and dhcpstart must differ")
+    return out
 
 
 def _tap_option(key: str, value: str, what: str) -> str:
@@ -333,7 +380,9 @@ class UserBackend(NetBackend):
         super().__init__()
         from .slirp import Slirp
 
-        self.slirp = Slirp(self._deliver, tftp=netdev.tftp, bootfile=netdev.bootfile)
+        self.slirp = Slirp(self._deliver, net=netdev.net, host=netdev.host, dns=netdev.dns,
+                           dhcp_start=netdev.dhcpstart, restrict=netdev.restrict,
+                           hostname=netdev.hostname, tftp=netdev.tftp, bootfile=netdev.bootfile)
         try:
             for proto, haddr, hport, gaddr, gport in netdev.hostfwd:
                 self.slirp.add_hostfwd(proto == "udp", haddr, hport, gaddr or None, gport)

@@ -175,13 +175,15 @@ def library() -> ctypes.CDLL:
 
 
 class Slirp:
-    """One user-mode network: 10.0.2.0/24, host 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15;
-    with ``tftp``, the host also serves that directory over TFTP (read only, as libslirp's
-    server is), and DHCP names ``bootfile``."""
+    """One user-mode network: 10.0.2.0/24, host 10.0.2.2, DNS 10.0.2.3, DHCP from 10.0.2.15
+    unless told otherwise; with ``tftp``, the host also serves that directory over TFTP
+    (read only, as libslirp's server is), and DHCP names ``bootfile`` and ``hostname``;
+    ``restrict`` keeps the guest from reaching anything but the forwarded ports."""
 
     def __init__(self, send_packet: Callable[[bytes], None], *, net: str = "10.0.2.0/24",
                  host: str = "10.0.2.2", dns: str = "10.0.2.3",
                  dhcp_start: str = "10.0.2.15", tftp: str = "", bootfile: str = "",
+                 restrict: bool = False, hostname: str = "",
                  guest_error: Callable[[str], None] | None = None) -> None:
         lib = library()
         network = ipaddress.IPv4Network(net)
@@ -213,12 +215,13 @@ class Slirp:
         # libslirp keeps the strings' pointers: the bytes live as long as the instance.
         self._tftp = os.fsencode(tftp) if tftp else None
         self._bootfile = bootfile.encode() if bootfile else None
+        self._hostname = hostname.encode() if hostname else None
         self._cfg = SlirpConfig(
-            version=SLIRP_CONFIG_VERSION, restricted=0, in_enabled=True,
+            version=SLIRP_CONFIG_VERSION, restricted=int(restrict), in_enabled=True,
             vnetwork=in_addr(str(network.network_address)),
             vnetmask=in_addr(str(network.netmask)), vhost=in_addr(host), in6_enabled=False,
             vdhcp_start=in_addr(dhcp_start), vnameserver=in_addr(dns),
-            tftp_path=self._tftp, bootfile=self._bootfile)
+            tftp_path=self._tftp, bootfile=self._bootfile, vhostname=self._hostname)
         self._callback_timers: dict[int, tuple[object, int]] = {}
         handle = lib.slirp_new(ctypes.byref(self._cfg), ctypes.byref(self._cb), None)
         if not handle:
@@ -275,7 +278,7 @@ class Slirp:
 
     def add_hostfwd(self, udp: bool, host_addr: str, host_port: int, guest_addr: str | None,
                     guest_port: int) -> None:
-        """Forward host_addr:host_port on the host to the guest (10.0.2.15 by default)."""
+        """Forward host_addr:host_port on the host to the guest (its DHCP address by default)."""
         assert self._slirp is not None
         status = self._lib.slirp_add_hostfwd(self._slirp, int(udp), in_addr(host_addr or "0.0.0.0"),
                                              host_port, in_addr(guest_addr or self.dhcp_start),

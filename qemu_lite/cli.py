@@ -204,7 +204,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "base=YYYY-MM-DDTHH:MM:SS (UTC), as QEMU's -rtc base=")
     p.add_argument("--netdev", "-netdev", action="append", default=[], metavar="SPEC",
                    help="network back end: user,id=ID[,hostfwd=tcp::HOSTPORT-:GUESTPORT]"
-                        "[,tftp=DIR][,bootfile=NAME] "
+                        "[,tftp=DIR][,bootfile=NAME][,net=ADDR/BITS][,host=ADDR][,dns=ADDR]"
+                        "[,dhcpstart=ADDR][,restrict=on|off][,hostname=NAME] "
                         "(libslirp, 10.0.2.0/24) or socket,id=ID,listen=[HOST]:PORT|"
                         "connect=[HOST]:PORT (QEMU's stream framing)")
     p.add_argument("--device", "-device", action="append", default=[], metavar="SPEC",

@@ -117,6 +117,56 @@ def test_user_backend_serves_tftp_and_offers_the_bootfile(tmp_path):
         backend.close()
 
 
+def test_user_network_addresses_and_hostname_are_the_ones_given():
+    try:
+        backend = nb.open_netdev(nb.parse_netdev(
+            "user,id=n0,net=192.168.76.0/24,dhcpstart=192.168.76.9,hostname=qlguest"))
+    except SlirpMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        backend.send(dhcp_discover())
+        offer = next_udp(backend)
+    finally:
+        backend.close()
+    assert socket.inet_ntoa(offer[16:20]) == "192.168.76.9"  # yiaddr
+    options, i = {}, 240
+    while i < len(offer) and offer[i] != 255:
+        if offer[i] == 0:
+            i += 1
+            continue
+        options[offer[i]] = offer[i + 2:i + 2 + offer[i + 1]]
+        i += 2 + offer[i + 1]
+    assert socket.inet_ntoa(options[3]) == "192.168.76.2"  # router: the host, net + 2
+    assert socket.inet_ntoa(options[6]) == "192.168.76.3"  # DNS, net + 3
+    assert options[12] == b"qlguest"  # host name
+
+
+@pytest.mark.parametrize("restrict", ["off", "on"])
+def test_restrict_keeps_the_guest_from_the_host(restrict):
+    """A datagram to 10.0.2.2 reaches the host's loopback, unless restrict=on."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(1.0)
+    port = listener.getsockname()[1]
+    try:
+        backend = nb.open_netdev(nb.parse_netdev(f"user,id=n0,restrict={restrict}"))
+    except SlirpMissing as exc:
+        listener.close()
+        pytest.skip(str(exc))
+    try:
+        backend.send(dhcp_discover())
+        next_udp(backend)
+        backend.send(udp_frame("10.0.2.15", "10.0.2.2", 3000, port, b"from the guest"))
+        try:
+            got = listener.recv(64)
+        except TimeoutError:
+            got = b""
+    finally:
+        backend.close()
+        listener.close()
+    assert got == (b"" if restrict == "on" else b"from the guest")
+
+
 def test_tftp_serves_nothing_outside_its_directory(tmp_path):
     served = tmp_path / "served"
     served.mkdir()
@@ -200,6 +250,13 @@ def test_receive_queue_is_bounded():
     ("user,id=n0,hostfwd=tcp::99999-:80", "hostfwd"),
     ("user,id=n0,bogus=1", "unknown option"),
     ("user,id=n0,tftp=/nonexistent/dir", "not a directory"),
+    ("user,id=n0,net=10.0.2.0/30", "too small"),
+    ("user,id=n0,net=300.1.1.0/24", "bad net"),
+    ("user,id=n0,net=10.0.2.0/24,host=10.0.3.2", "not a host address"),
+    ("user,id=n0,dhcpstart=10.0.2.255", "not a host address"),
+    ("user,id=n0,dns=10.0.2.2", "must differ"),
+    ("user,id=n0,restrict=maybe", "restrict must be on or off"),
+    ("user,id=n0,hostname=a\tb", "bad hostname"),
     ("user,id=n0,bootfile=", "bad bootfile"),
     ("user,id=n0,bootfile=" + "x" * 128, "bad bootfile"),
     ("socket,id=n0", "exactly one"),
@@ -220,6 +277,9 @@ def test_parse_forms():
         nb.parse_nic_device("e1000,netdev=n1", {"n0": netdev})
     with pytest.raises(ValueError, match="only e1000"):
         nb.parse_nic_device("rtl8139,netdev=n0", {"n0": netdev})
+    custom = nb.parse_netdev("user,id=n0,net=172.20.0.0/16,restrict=on")
+    assert (custom.net, custom.host, custom.dns, custom.dhcpstart, custom.restrict) == (
+        "172.20.0.0/16", "172.20.0.2", "172.20.0.3", "172.20.0.15", True)  # QEMU's defaults
     served = nb.parse_netdev("user,id=n0,tftp=.,bootfile=pxelinux.0")
     assert served.tftp == os.getcwd() and served.bootfile == "pxelinux.0"
     short = nb.parse_nic("user,hostfwd=tcp::2222-:22,model=e1000")
