@@ -27,9 +27,10 @@ def kernel() -> str:
         pytest.skip(str(exc))
 
 
-def initramfs(path: Path) -> Path:
+def initramfs(path: Path, init: str = INIT) -> Path:
+    """A busybox initramfs at ``path`` whose /init runs ``init`` (default: :data:`INIT`)."""
     try:
-        return imagebuild.write_initramfs(path, INIT)
+        return imagebuild.write_initramfs(path, init)
     except imagebuild.ToolMissing as exc:
         pytest.skip(str(exc))
 

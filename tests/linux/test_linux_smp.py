@@ -9,10 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-from images import grub_image, kernel
-
-from qemu_lite import imagebuild
+from images import grub_image, initramfs, kernel
 
 INIT = """\
 busybox mkdir -p /proc
@@ -31,10 +28,7 @@ def _boot_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_kernel_brings_up_four_cpus_and_userspace_sees_them(tmp_path: Path):
-    try:
-        initrd = imagebuild.write_initramfs(tmp_path / "initrd.cpio", INIT)
-    except imagebuild.ToolMissing as exc:
-        pytest.skip(str(exc))
+    initrd = initramfs(tmp_path / "initrd.cpio", INIT)
     proc = _boot_cli("-smp", "4", "-accel", "tcg,thread=single", "--kernel", kernel(),
                      "--initrd", str(initrd), "--append", "console=ttyS0 panic=-1")
     out = proc.stdout
