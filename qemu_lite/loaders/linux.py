@@ -38,6 +38,7 @@ CAN_USE_HEAP = 1 << 7
 BOOT_PARAMS = 0x10000
 REAL_MODE = 0x10000  # the 16-bit entry's setup code (its boot_params, as the kernel sees it)
 REAL_MODE_STACK = 0xFFF0  # SS:SP = REAL_MODE:this, below the command line (as QEMU sets it)
+REAL_MODE_SETUP_MAX = 0x8000  # the setup code's most; its heap and stack above it
 CMDLINE = 0x20000
 GDT = 0x1000
 PAGE_TABLES = 0x2000  # PML4, PDPT, then four page directories
@@ -98,6 +99,10 @@ def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | No
         if version < 0x202 or not image[0x211] & LOADED_HIGH:
             raise LinuxBootError(f"{name}: {protocol} is too old (a bzImage of 2.02 or newer "
                                  "is needed)")
+        setup_bytes = ((image[0x1F1] or 4) + 1) * 512
+        if setup_bytes > REAL_MODE_SETUP_MAX:  # boot.rst: the real-mode code is up to 32 KiB
+            raise LinuxBootError(f"{name}: {setup_bytes} bytes of real-mode setup code do not "
+                                 f"fit below its heap and stack ({REAL_MODE_SETUP_MAX} at most)")
     elif version < 0x20A:
         raise LinuxBootError(f"{name}: {protocol} has no {entry}-bit entry (2.10 or newer; "
                              "the 16-bit entry boots it)")

@@ -48,3 +48,13 @@ def test_a_kernel_too_old_for_any_entry_is_refused(tmp_path: Path) -> None:
     with Machine(memory="64M") as m, pytest.raises(linux.LinuxBootError,
                                                     match=r"boot protocol 2\.01 is too old"):
         linux.load(m, old)
+
+
+def test_setup_code_too_large_for_the_real_mode_area_is_refused(tmp_path: Path) -> None:
+    image = bytearray(Path(kernel()).read_bytes())
+    image[0x1F1] = 100  # 101 sectors of setup: 50.5 KiB, past the 32 KiB boot.rst allows
+    big = tmp_path / "big-setup"
+    big.write_bytes(bytes(image))
+    with Machine(memory="256M") as m, pytest.raises(linux.LinuxBootError,
+                                                     match="real-mode setup code do not fit"):
+        linux.load(m, big, entry="16")
