@@ -85,6 +85,7 @@ class Nic:
     netdev: Netdev
     mac: bytes | None = None
     model: str = "e1000"
+    romfile: str = ""  # an option ROM for it (a PXE ROM), run by the BIOS's ROM scan
 
 
 @dataclass
@@ -227,14 +228,14 @@ def _tap_option(key: str, value: str, what: str) -> str:
 
 
 def parse_nic_device(spec: str, netdevs: dict[str, Netdev]) -> Nic:
-    """``-device e1000,netdev=ID[,mac=52:54:00:12:34:56]``."""
+    """``-device e1000,netdev=ID[,mac=52:54:00:12:34:56][,romfile=FILE]``."""
     from .e1000 import parse_mac
 
     model, opts = _options(spec, "-device")
     if model != "e1000":
         raise ValueError(f"-device: unsupported device {model!r} (only e1000)")
     values = dict(opts)
-    unknown = set(values) - {"netdev", "mac"}
+    unknown = set(values) - {"netdev", "mac", "romfile"}
     if unknown:
         raise ValueError(f"-device e1000: unknown option {sorted(unknown)[0]!r}")
     if "netdev" not in values:
@@ -242,7 +243,7 @@ def parse_nic_device(spec: str, netdevs: dict[str, Netdev]) -> Nic:
     if values["netdev"] not in netdevs:
         raise ValueError(f"-device e1000: no -netdev with id={values['netdev']}")
     mac = parse_mac(values["mac"]) if "mac" in values else None
-    return Nic(netdevs[values["netdev"]], mac)
+    return Nic(netdevs[values["netdev"]], mac, romfile=values.get("romfile", ""))
 
 
 def parse_nic(spec: str) -> Nic:

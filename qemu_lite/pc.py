@@ -389,7 +389,8 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     # so a bad disk or a serial file naming a disk cannot truncate anything.
     drives = assign_indexes(drives)
     check_drive_files(drives)
-    roms = read_option_roms(option_roms or [])
+    # A NIC's romfile= (QEMU puts it in the NIC's ROM BAR; our BIOS scans the ROM area).
+    roms = read_option_roms([*(option_roms or []), *(n.romfile for n in nics or [] if n.romfile)])
     if serial == "stdio" and serial2 == "stdio":
         raise ValueError("stdio can serve one serial port only (--serial and --serial2)")
     outputs = [(label, path) for label, path in (("serial", serial_output_path(serial)),

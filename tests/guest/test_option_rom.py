@@ -5,6 +5,7 @@ not fit 0xC0000-0xDFFFF, is a one-line error with exit status 2."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tempfile
@@ -286,6 +287,25 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "qemu_lite", "-m", "16M", "--timeout", "60",
                            *args], capture_output=True, text=True, timeout=120,
                           cwd=tempfile.gettempdir())
+
+
+def test_cli_nic_romfile_is_its_boot_rom(assemble, tmp_path):
+    """QEMU's -device e1000,romfile=FILE: the ROM comes with the NIC; -boot n boots it
+    before the bundled default image."""
+    path = tmp_path / "pxe.rom"
+    path.write_bytes(build_bev_rom(assemble, "nic"))
+    with socket.socket() as s:  # a port for the NIC's cable nobody plugs in
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    netdev = f"socket,id=n0,listen=127.0.0.1:{port}"
+    proc = _cli("-vga", "none", "-boot", "n", "-netdev", netdev,
+                "-device", f"e1000,netdev=n0,romfile={path}")
+    assert "BEV of nic: ES:DI=$PnP" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "default guest" not in proc.stdout
+    assert proc.returncode == 2 * 0x21 + 1, proc.stderr
+    missing = _cli("-netdev", netdev,
+                   "-device", f"e1000,netdev=n0,romfile={tmp_path / 'none.rom'}")
+    assert missing.returncode == 2 and "none.rom" in missing.stderr, missing.stderr
 
 
 def test_cli_option_rom(assemble, tmp_path):
