@@ -357,8 +357,16 @@ class Machine(DebugHooks, TraceHooks):
 
     def add_resettable(self, *devices: Device) -> None:
         """Objects outside the board's slots whose ``reset()`` runs when the machine
-        resets (before the slots'): the video BIOS's copy into RAM, say."""
+        resets (before the slots')."""
         self._resettable.extend(devices)
+
+    def add_ram_image(self, address: int, data: bytes) -> None:
+        """Write ``data`` into RAM at ``address`` now and again at every reset, before the
+        devices reset: what the machine loads itself (the video BIOS, a kernel for the
+        BIOS to enter), as QEMU reloads its ROM blobs."""
+        image = _RamImage(self, address, bytes(data))
+        image.reset()
+        self.add_resettable(image)
 
     def set_a20(self, enabled: bool) -> None:
         """The A20 gate (i8042 output port, port 0x92)."""
@@ -700,6 +708,16 @@ class Machine(DebugHooks, TraceHooks):
         self.close()
 
 
+class _RamImage:
+    """One of :meth:`Machine.add_ram_image`'s images."""
+
+    def __init__(self, machine: Machine, address: int, data: bytes) -> None:
+        self._machine, self._address, self._data = machine, address, data
+
+    def reset(self) -> None:
+        self._machine.write_memory(self._address, self._data)
+
+
 def _run_closers(closers: list[Callable[[], None]]) -> None:
     """Run and forget ``closers``, last added first; every one runs even if one fails."""
     error: BaseException | None = None
@@ -750,7 +768,7 @@ def _check_arguments(*, disk: object, hdb: object, cdrom: object, drives: object
     if not isinstance(mmu, str) or mmu not in MMU_MODES:
         raise ValueError(f"unknown MMU mode {mmu!r} (choose from {', '.join(MMU_MODES)})")
     if not isinstance(boot, str):
-        raise ValueError(f"boot order must be a string of c, d and n, not {boot!r}")
+        raise TypeError(f"boot must be a string such as 'c' or 'ncd', not {type(boot).__name__}")
     check_boot_order(boot)
     if rtc_base is not None:
         if isinstance(rtc_base, bool) or not isinstance(rtc_base, (int, float)):

@@ -70,17 +70,6 @@ def load_vga_bios(path: str | os.PathLike[str]) -> bytes:
     return data
 
 
-class _RomLoader:
-    """Copies the video BIOS into RAM at 0xC0000 (power-on and reset)."""
-
-    def __init__(self, machine: Machine, data: bytes) -> None:
-        self._machine = machine
-        self._data = data
-
-    def reset(self) -> None:
-        self._machine.write_memory(OPTION_ROM_BASE, self._data)
-
-
 class Framebuffer:
     """BAR0's memory (:class:`~qemu_lite.platform.RamBar`): the device's VRAM mapped as
     RAM by ``Core.map_vram``, so LFB stores run at RAM speed and are still logged for
@@ -125,9 +114,7 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     pci.add(VGA_PCI_DEVICE, 0, function)
     path = vga_bios if vga_bios is not None else find_vga_bios()
     if path is not None:
-        loader = _RomLoader(machine, load_vga_bios(path))
-        loader.reset()
-        machine.add_resettable(loader)
+        machine.add_ram_image(OPTION_ROM_BASE, load_vga_bios(path))  # again at each reset
     # Its PCI function's state is saved with the bus; the Vga's here.
     return Slot("vga", vga, bars=[PciBar("ram", vga.vram_size, Framebuffer(machine.core),
                                          function, lambda: function.lfb_base)])

@@ -80,6 +80,7 @@ class _Plan:
     """Where a checked bzImage's parts go."""
 
     image: bytes
+    setup: bytes  # the real-mode part: setup sectors and the header
     kernel: bytes
     cmdline: bytes
     initrd_addr: int
@@ -93,22 +94,21 @@ def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | No
         raise LinuxBootError(f"{name}: not a Linux bzImage (no HdrS setup header)")
     version = struct.unpack_from("<H", image, 0x206)[0]
     protocol = f"boot protocol {version >> 8}.{version & 0xFF:02d}"
+    setup_size = ((image[0x1F1] or 4) + 1) * 512
     if entry == "auto":  # the 16-bit entry for kernels that may not take a flat one
         entry = "16" if version < 0x20A else "64" if _has_64(image, version) else "32"
     if entry == "16":
         if version < 0x202 or not image[0x211] & LOADED_HIGH:
             raise LinuxBootError(f"{name}: {protocol} is too old (a bzImage of 2.02 or newer "
                                  "is needed)")
-        setup_bytes = ((image[0x1F1] or 4) + 1) * 512
-        if setup_bytes > REAL_MODE_SETUP_MAX:  # boot.rst: the real-mode code is up to 32 KiB
-            raise LinuxBootError(f"{name}: {setup_bytes} bytes of real-mode setup code do not "
+        if setup_size > REAL_MODE_SETUP_MAX:  # boot.rst: the real-mode code is up to 32 KiB
+            raise LinuxBootError(f"{name}: {setup_size} bytes of real-mode setup code do not "
                                  f"fit below its heap and stack ({REAL_MODE_SETUP_MAX} at most)")
     elif version < 0x20A:
         raise LinuxBootError(f"{name}: {protocol} has no {entry}-bit entry (2.10 or newer; "
                              "the 16-bit entry boots it)")
     if entry == "64" and not _has_64(image, version):
         raise LinuxBootError(f"{name}: kernel has no 64-bit entry point")
-    setup_size = ((image[0x1F1] or 4) + 1) * 512
     syssize = struct.unpack_from("<I", image, 0x1F4)[0] * 16
     if syssize == 0:
         raise LinuxBootError(f"{name}: the setup header promises no protected-mode kernel "
@@ -138,7 +138,7 @@ def _plan(image: bytes, name: str, ram: int, cmdline: str, initrd_size: int | No
         if addr < KERNEL_LOAD + init_size:
             raise LinuxBootError(f"initrd {initrd_name} ({initrd_size} bytes) does not fit "
                                  "beside the kernel; give the machine more memory (-m)")
-    return _Plan(image, kernel, cmd, addr, entry)
+    return _Plan(image, image[:setup_size], kernel, cmd, addr, entry)
 
 
 def _has_64(image: bytes, version: int) -> bool:
@@ -211,34 +211,19 @@ def load(machine: Machine, kernel_path: str | os.PathLike[str], cmdline: str = "
     machine.set_reg("rsi", BOOT_PARAMS)
 
 
-class _RealModeImages:
-    """The 16-bit entry's memory contents, written at load and again at every reset."""
-
-    name = "linuxboot"
-
-    def __init__(self, machine: Machine, parts: list[tuple[int, bytes]]) -> None:
-        self.machine, self.parts = machine, parts
-
-    def reset(self) -> None:
-        for address, data in self.parts:
-            self.machine.write_memory(address, data)
-
-
 def _load_for_real_mode(machine: Machine, plan: _Plan, initrd: bytes | None) -> None:
-    image = plan.image
-    setup = bytearray(image[:((image[0x1F1] or 4) + 1) * 512])
+    setup = bytearray(plan.setup)
     setup[0x210] = TYPE_OF_LOADER_QEMU
     setup[0x211] |= CAN_USE_HEAP
     struct.pack_into("<H", setup, 0x224, CMDLINE - REAL_MODE - 0x200)  # heap_end_ptr
     struct.pack_into("<I", setup, 0x228, CMDLINE)
-    parts = [(REAL_MODE, bytes(setup)), (CMDLINE, plan.cmdline), (KERNEL_LOAD, plan.kernel)]
     if initrd is not None:
         struct.pack_into("<II", setup, 0x218, plan.initrd_addr, len(initrd))
-        parts[0] = (REAL_MODE, bytes(setup))
-        parts.append((plan.initrd_addr, initrd))
-    images = _RealModeImages(machine, parts)
-    images.reset()
-    machine.add_resettable(images)
+        machine.add_ram_image(plan.initrd_addr, initrd)
+    # Written again at every reset: a guest that reboots boots the same kernel.
+    for address, data in ((REAL_MODE, bytes(setup)), (CMDLINE, plan.cmdline),
+                          (KERNEL_LOAD, plan.kernel)):
+        machine.add_ram_image(address, data)
     machine.board.fw_cfg.add_file(LINUXBOOT_FILE,
                                   struct.pack("<HH", REAL_MODE >> 4, REAL_MODE_STACK))
 
