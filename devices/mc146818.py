@@ -204,8 +204,8 @@ class Rtc(Device):
     def set_boot_order(self, order: str) -> None:
         """The boot order bytes QEMU's pc writes for ``-boot`` (SeaBIOS reads them): register
         3Dh holds the first two devices (low nibble first), 38h's high nibble the third; a
-        nibble is 1 floppy, 2 hard disk, 3 CD-ROM, 4 network, 0 none."""
-        nibbles = [{"a": 1, "b": 1, "c": 2, "d": 3, "n": 4}[d] for d in order[:3]] + [0, 0, 0]
+        nibble is 2 hard disk, 3 CD-ROM, 4 network (1 would be a floppy: none here)."""
+        nibbles = [{"c": 2, "d": 3, "n": 4}[d] for d in order[:3]] + [0, 0, 0]
         self.cmos[0x3D] = nibbles[1] << 4 | nibbles[0]
         self.cmos[0x38] = nibbles[2] << 4  # low bit clear: check the floppy boot signature
 

@@ -189,10 +189,13 @@ def _user_options(given: dict[str, str], what: str) -> dict[str, Any]:
                 raise ValueError(f"{what}: bad {key} {value!r} (1 to 127 printable bytes)")
             out[key] = value
     if "restrict" in given:
-        flag = {"on": True, "y": True, "yes": True, "off": False, "n": False, "no": False}
-        if given["restrict"] not in flag:
-            raise ValueError(f"{what}: restrict must be on or off, not {given['restrict']!r}")
-        out["restrict"] = flag[given["restrict"]]
+        from qemu_lite.pc import parse_bool  # QEMU's spellings (pc imports this module)
+
+        try:
+            out["restrict"] = parse_bool("restrict", given["restrict"], what)
+        except ValueError:
+            raise ValueError(f"{what}: restrict must be on or off, "
+                             f"not {given['restrict']!r}") from None
     try:
         spec = given.get("net", "10.0.2.0/24")
         net = ipaddress.IPv4Network(spec if "/" in spec else spec + "/24")

@@ -14,8 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from images import initramfs, kernel
 
-from qemu_lite import Machine, imagebuild
+from qemu_lite import Machine
 from qemu_lite.devices.netbackends import parse_nic
 from qemu_lite.devices.slirp import SlirpMissing, library
 from qemu_lite.loaders import linux
@@ -30,6 +31,22 @@ kernel vmlinuz console=ttyS0 panic=-1 netboot=ipxe
 initrd initrd.cpio
 boot
 """
+# The kernel hands init unknown name=value words of its command line as its environment.
+NETBOOT_INIT = "busybox echo \"netboot: $netboot\"\nbusybox poweroff -f\n"
+
+
+def _tftp_tree(tmp_path: Path) -> Path:
+    """The TFTP directory: Debian's kernel and an initramfs that prints $netboot and powers
+    off (skips where libslirp, the kernel or busybox is missing)."""
+    try:
+        library()
+    except SlirpMissing as exc:
+        pytest.skip(str(exc))
+    served = tmp_path / "tftp"
+    served.mkdir()
+    initramfs(served / "initrd.cpio", NETBOOT_INIT)
+    shutil.copyfile(kernel(), served / "vmlinuz")
+    return served
 
 
 @pytest.mark.parametrize("medium", list(MEDIA))
@@ -41,22 +58,7 @@ def test_ipxe_netboots_linux_over_tftp(tmp_path: Path, medium: str) -> None:
     image = MEDIA[medium]
     if not image.exists():
         pytest.skip(f"{image} missing: apt-get install ipxe")
-    try:
-        library()
-    except SlirpMissing as exc:
-        pytest.skip(str(exc))
-    try:
-        vmlinuz = imagebuild.find_kernel()
-        served = tmp_path / "tftp"
-        served.mkdir()
-        imagebuild.write_initramfs(served / "initrd.cpio",
-                                   # the kernel hands init unknown name=value words as
-                                   # its environment
-                                   "busybox echo \"netboot: $netboot\"\n"
-                                   "busybox poweroff -f\n")
-    except imagebuild.ToolMissing as exc:
-        pytest.skip(str(exc))
-    shutil.copyfile(vmlinuz, served / "vmlinuz")
+    served = _tftp_tree(tmp_path)
     (served / "boot.ipxe").write_text(SCRIPT)
     nic = parse_nic(f"user,tftp={served},bootfile=boot.ipxe")
     out = bytearray()
@@ -100,19 +102,10 @@ def test_grub_pxe_image_loads_linux_through_ipxe_pxe_stack(tmp_path: Path) -> No
             or not IPXE_ROM.exists():
         pytest.skip("needs grub-mknetdir, grub-pc-bin and ipxe (apt-get install grub-common "
                     "grub-pc-bin ipxe)")
-    try:
-        library()
-        vmlinuz = imagebuild.find_kernel()
-        served = tmp_path / "tftp"
-        served.mkdir()
-        imagebuild.write_initramfs(served / "initrd.cpio", "busybox echo \"netboot: $netboot\"\n"
-                                                           "busybox poweroff -f\n")
-    except (SlirpMissing, imagebuild.ToolMissing) as exc:
-        pytest.skip(str(exc))
+    served = _tftp_tree(tmp_path)
     subprocess.run([mknetdir, f"--net-directory={served}", "--subdir=boot/grub",
                     "-d", "/usr/lib/grub/i386-pc"], check=True, capture_output=True)
     (served / "boot/grub/grub.cfg").write_text(GRUB_CFG)
-    shutil.copyfile(vmlinuz, served / "vmlinuz")
     nic = parse_nic(f"user,tftp={served},bootfile=boot/grub/i386-pc/core.0")
     out = bytearray()
     with Machine(memory="512M", option_roms=[str(IPXE_ROM)], nics=[nic]) as m:
