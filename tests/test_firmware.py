@@ -8,6 +8,7 @@ the QEMU reference boots additionally need qemu-system-x86_64.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,20 @@ def test_rom_layout() -> None:
     assert rom[0xFFF5:0xFFFD] == b"01/01/25"  # BIOS date
     assert rom[0xFFFE] == 0xFC  # model byte: AT
     assert b"qemu_lite BIOS" in rom
+
+
+def test_pnp_installation_check_structure() -> None:
+    """PnP BIOS 1.0A, 4.4: "$PnP" on a 16-byte boundary in F0000h, 21h bytes summing to 0
+    (its checksum is an nasm expression over the fields: this catches a field changed without
+    it), both entries in the ROM and answering 82h (MOV AX, 82h; RETF)."""
+    rom = (FIRMWARE / "bios.bin").read_bytes()
+    found = [i for i in range(0, len(rom), 16) if rom[i:i + 4] == b"$PnP"]
+    assert len(found) == 1, found
+    s = rom[found[0]:found[0] + 0x21]
+    assert s[4] == 0x10 and s[5] == 0x21 and sum(s) & 0xFF == 0
+    rm_off, rm_seg, pm_off, pm_base = struct.unpack_from("<HHHI", s, 0x0D)
+    assert rm_seg == 0xF000 and pm_base == 0xF0000 and rm_off == pm_off
+    assert rom[rm_off:rm_off + 4] == b"\xb8\x82\x00\xcb"
 
 
 def test_default_image_layout() -> None:
