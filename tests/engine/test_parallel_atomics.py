@@ -1,10 +1,12 @@
-"""Patch n: engines that share guest RAM and run in parallel threads keep LOCK'd
-read-modify-writes atomic once they translate with CF_PARALLEL (thread=multi's base).
+"""Patches n and p: engines that share guest RAM and run in parallel threads keep
+LOCK'd read-modify-writes atomic once they translate with CF_PARALLEL (thread=multi's
+base).
 
-Two engines map the same host buffer as guest RAM; on two host threads at once (the
-binding releases the GIL in ``emu_start``) each adds 1 to one counter with LOCK XADD a
-million times.  Without CF_PARALLEL the engine emits a plain load, add and store, and
-two CPUs lose updates; with it, a host atomic.
+Two engines map the same host buffer as guest RAM and run at once on two host threads
+(the binding releases the GIL in ``emu_start``).  Without CF_PARALLEL the engine emits a
+plain load, operation and store, and two CPUs lose updates; with it, host atomics.
+Patch p makes XCHG with memory one (Unicorn's helper read and wrote), and steps a LOCK'd
+access the host cannot make atomic (an unaligned one) instead of re-raising it for ever.
 """
 
 from __future__ import annotations
@@ -19,12 +21,34 @@ from unicorn.x86_const import UC_X86_REG_EIP
 pytestmark = pytest.mark.requires_patched_engine("n")
 
 ADDS = 1_000_000
-CODE, COUNTER, RAM = 0x1000, 0x8000, 0x10000
-# mov ecx, ADDS / mov edx, 1 / .l: mov eax, edx / lock xadd [COUNTER], eax / dec ecx /
-# jnz .l / nop (the end address)
-PROGRAM = (b"\xb9" + ADDS.to_bytes(4, "little") + b"\xba\x01\x00\x00\x00"
-           + b"\x89\xd0" + b"\xf0\x0f\xc1\x05" + COUNTER.to_bytes(4, "little")
-           + b"\x49" + b"\x75\xf3" + b"\x90")
+CODE, COUNTER, LOCK_WORD, RAM = 0x1000, 0x8000, 0x8010, 0x10000
+
+
+def _lock_xadd(counter: int) -> bytes:
+    # mov ecx, ADDS / mov edx, 1 / .l: mov eax, edx / lock xadd [counter], eax / dec ecx /
+    # jnz .l / nop (the end address)
+    return (b"\xb9" + ADDS.to_bytes(4, "little") + b"\xba\x01\x00\x00\x00"
+            + b"\x89\xd0" + b"\xf0\x0f\xc1\x05" + counter.to_bytes(4, "little")
+            + b"\x49" + b"\x75\xf3" + b"\x90")
+
+
+# A spinlock around a plain increment: mov ecx, ADDS / .l: mov eax, 1 /
+# xchg eax, [LOCK_WORD] / test eax, eax / jnz .l / inc dword [COUNTER] /
+# mov dword [LOCK_WORD], 0 / dec ecx / jnz .l / nop
+SPINLOCK = (b"\xb9" + ADDS.to_bytes(4, "little")
+            + b"\xb8\x01\x00\x00\x00" + b"\x87\x05" + LOCK_WORD.to_bytes(4, "little")
+            + b"\x85\xc0" + b"\x75\xf1"
+            + b"\xff\x05" + COUNTER.to_bytes(4, "little")
+            + b"\xc7\x05" + LOCK_WORD.to_bytes(4, "little") + b"\x00\x00\x00\x00"
+            + b"\x49" + b"\x75\xde" + b"\x90")
+
+
+def _call(uc: Uc, name: str) -> int:
+    from unicorn.unicorn_py3 import unicorn as binding
+
+    fn = getattr(binding.uclib, name)
+    fn.restype, fn.argtypes = ctypes.c_uint64, [ctypes.c_void_p]
+    return int(fn(uc._uch))
 
 
 def _set_parallel(uc: Uc) -> None:
@@ -35,9 +59,10 @@ def _set_parallel(uc: Uc) -> None:
     assert fn(uc._uch, True) == 0
 
 
-def test_lock_xadd_from_two_engines_on_two_threads_is_exact() -> None:
+def _run_on_two_engines(program: bytes) -> tuple[int, list[Uc]]:
+    """Both engines run ``program`` at once; the counter's final value."""
     ram = ctypes.create_string_buffer(RAM)
-    ram[CODE:CODE + len(PROGRAM)] = PROGRAM
+    ram[CODE:CODE + len(program)] = program
     engines = []
     for _ in range(2):
         uc = Uc(UC_ARCH_X86, UC_MODE_32)
@@ -50,7 +75,7 @@ def test_lock_xadd_from_two_engines_on_two_threads_is_exact() -> None:
     def run(uc: Uc) -> None:
         try:
             start.wait()
-            uc.emu_start(CODE, CODE + len(PROGRAM) - 1)
+            uc.emu_start(CODE, CODE + len(program) - 1, timeout=60_000_000)
         except BaseException as exc:  # re-raised on the test's thread
             errors.append(exc)
 
@@ -60,5 +85,28 @@ def test_lock_xadd_from_two_engines_on_two_threads_is_exact() -> None:
     for t in threads:
         t.join()
     assert not errors, errors
-    assert all(uc.reg_read(UC_X86_REG_EIP) == CODE + len(PROGRAM) - 1 for uc in engines)
-    assert int.from_bytes(ram[COUNTER:COUNTER + 4], "little") == 2 * ADDS
+    # Each reached the end (emu_start's timeout would leave EIP inside the loop).
+    assert all(uc.reg_read(UC_X86_REG_EIP) == CODE + len(program) - 1 for uc in engines)
+    counter = COUNTER if program is not UNALIGNED else COUNTER + 2
+    return int.from_bytes(ram[counter:counter + 4], "little"), engines
+
+
+UNALIGNED = _lock_xadd(COUNTER + 2)
+
+
+def test_lock_xadd_from_two_engines_on_two_threads_is_exact() -> None:
+    total, engines = _run_on_two_engines(_lock_xadd(COUNTER))
+    assert total == 2 * ADDS
+
+
+@pytest.mark.requires_patched_engine("p")
+def test_a_spinlock_taken_with_xchg_excludes_the_other_engine() -> None:
+    total, _ = _run_on_two_engines(SPINLOCK)
+    assert total == 2 * ADDS  # every plain increment ran alone
+
+
+@pytest.mark.requires_patched_engine("p")
+def test_an_unaligned_lock_xadd_is_stepped_and_exact() -> None:
+    total, engines = _run_on_two_engines(UNALIGNED)
+    assert total == 2 * ADDS
+    assert all(_call(uc, "uc_ql_atomic_steps") == ADDS for uc in engines)
