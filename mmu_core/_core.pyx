@@ -288,6 +288,8 @@ cdef class Core:
     cdef uint64_t _ctx_base[8]    # engine context counters at reset_mmu_stats
     cdef uint64_t _global_base[3] # engine global-page counters at reset_mmu_stats
     cdef object __weakref__  # devices' on_change hooks must not keep the machine alive
+    cdef object _ram_owner   # the Core whose RAM this one maps (ram_from), kept alive
+    cdef bint _ram_borrowed  # C copy of "_ram_owner is not None" for __dealloc__
 
     def __cinit__(self):
         self.st = <CoreState *>calloc(1, sizeof(CoreState))
@@ -295,7 +297,9 @@ cdef class Core:
             raise MemoryError()
         self._nhooks = 0
 
-    def __init__(self, uc, uint64_t ram_size, int tlb_mode=0):
+    def __init__(self, uc, uint64_t ram_size, int tlb_mode=0, Core ram_from=None):
+        """``ram_from``: map that Core's guest RAM instead of allocating it (another
+        vCPU's engine of the same machine, ``-accel tcg,thread=multi``)."""
         if ram_size < 2 * 1024 * 1024 or ram_size % PAGE_SIZE:
             raise ValueError("RAM size must be a multiple of 4 KiB and at least 2 MiB")
         if ram_size > 0xE0000000:
@@ -317,10 +321,17 @@ cdef class Core:
         self.port_tracer = None
         self.mmio_tracer = None
         self.tlb_mode = tlb_mode
-        cdef void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE,
-                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if p == MAP_FAILED:
-            raise MemoryError(f"cannot allocate {ram_size} bytes of guest RAM")
+        cdef void *p
+        if ram_from is not None:
+            if ram_from.st.ram_size != ram_size:
+                raise ValueError("ram_from: a Core with another RAM size")
+            p = ram_from.st.ram
+            self._ram_owner = ram_from
+            self._ram_borrowed = True
+        else:
+            p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            if p == MAP_FAILED:
+                raise MemoryError(f"cannot allocate {ram_size} bytes of guest RAM")
         st.ram = <uint8_t *>p
         st.dirty = <uint8_t *>calloc(ram_size >> 12, 1)
         st.dirty_list = <uint32_t *>calloc(ram_size >> 12, sizeof(uint32_t))
@@ -381,7 +392,7 @@ cdef class Core:
         free(self.st.dirty_list)
         free(self.st.vram_dirty)
         free(self.st.vram_dirty_list)
-        if self.st.ram != NULL:
+        if self.st.ram != NULL and not self._ram_borrowed:
             munmap(self.st.ram, self.st.ram_size)
         free(self.st)
         self.st = NULL
@@ -392,7 +403,7 @@ cdef class Core:
         The mapping itself stays (the engine and the C paths keep pointers into it) and
         goes with the Core, which garbage collection may free much later: the machine's
         objects hold each other in cycles."""
-        if self.st.ram != NULL:
+        if self.st.ram != NULL and not self._ram_borrowed:
             madvise(self.st.ram, self.st.ram_size, MADV_DONTNEED)
 
     cdef _attach_cpu_state(self):
@@ -1042,6 +1053,12 @@ cdef class Core:
         for p in range(base, base + count):
             self.st.port_slot[p] = slot
             self.st.port_base[p] = base
+
+    def port_handler(self, int port):
+        """``(handler, base)`` of the claim that owns ``port``, or None."""
+        if not 0 <= port < 65536 or not self.st.port_slot[port]:
+            return None
+        return self._port_handlers[self.st.port_slot[port]], self.st.port_base[port]
 
     def map_mmio(self, uint64_t base, uint64_t size, handler, uint64_t access_ns=0):
         """Route guest loads and stores at physical ``base .. base+size-1`` to

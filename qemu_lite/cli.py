@@ -140,9 +140,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="guest RAM, e.g. 64M or 1G (plain numbers are MiB; default 64M)")
     p.add_argument("-smp", "--smp", default="1", metavar="N",
                    help="number of CPUs, 1 to 8 (QEMU's -smp N or -smp cpus=N)")
-    p.add_argument("-accel", "--accel", default="tcg", metavar="tcg[,thread=single]",
-                   help="the accelerator: tcg; thread=single runs the vCPUs in turns on one "
-                        "host thread (thread=multi is not implemented yet)")
+    p.add_argument("-accel", "--accel", default="tcg", metavar="tcg[,thread=single|multi]",
+                   help="the accelerator: tcg; thread=single (default) runs the vCPUs in turns "
+                        "on one host thread, thread=multi each on its own engine and host "
+                        "thread (Unicorn's MMU; no snapshots, --deterministic or debugger)")
     p.add_argument("--serial", "-serial", default="stdio", metavar="SPEC",
                    help="COM1 backend: stdio (default), none, file:PATH, pty, or a pyserial URL "
                         "(socket://host:port, loop://, rfc2217://host:port, /dev/ttyS0)")
@@ -171,8 +172,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "with ACPI, which describes it) and ACPI (acpi=off is --no-acpi)")
     p.add_argument("--no-hpet", "-no-hpet", action="store_true",
                    help="no HPET (-machine pc,hpet=off)")
-    p.add_argument("--mmu", default="cached", choices=["cached", "naive", "native", "identity"],
-                   help="guest MMU: cached shadow page tables (default), naive (shadow pages "
+    p.add_argument("--mmu", default=None, choices=["cached", "naive", "native", "identity"],
+                   help="guest MMU: cached shadow page tables (default; native under "
+                        "-accel tcg,thread=multi), naive (shadow pages "
                         "dropped at every CR3 load), native (Unicorn's own MMU), identity "
                         "(no guest paging)")
     p.add_argument("--mmu-pages", type=_mmu_pages, metavar="N",

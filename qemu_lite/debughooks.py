@@ -60,6 +60,7 @@ class DebugHooks:
         def write_memory(self, address: int, data: bytes) -> None: ...
         def _check_range(self, address: int, size: int, *, write: bool) -> tuple[int, int]: ...
         def _do_reset(self) -> None: ...
+        def _refuse_multi(self, what: str) -> None: ...
     _bp_skip: int | None = None
     _step_count = 0
     _stepping = False
@@ -75,6 +76,7 @@ class DebugHooks:
         Cost: none for other code; one Python call each time ``vaddr`` runs,
         plus one translation-cache flush when the breakpoint is added.
         """
+        self._refuse_multi("breakpoints")
         vaddr = _linear(vaddr)
         if not hasattr(self, "_breakpoints"):
             self._breakpoints = {}
@@ -135,6 +137,7 @@ class DebugHooks:
         ``(address, "read"|"write")``.  Cost while set: Unicorn calls memory
         hooks on every load or store of the kind watched (the range is checked
         in the hook), so guest memory accesses slow down; nothing once removed."""
+        self._refuse_multi("watchpoints")
         types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
                  "access": UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}
         if access not in types:
@@ -186,6 +189,7 @@ class DebugHooks:
         enabled waits for the interrupt that ends it.  Cost: a code hook over
         all code that exists only during this call (and a translation-cache
         flush)."""
+        self._refuse_multi("single steps")
         self._step_count = 0
         self._stepping = True
         handle = self.uc.hook_add(UC_HOOK_CODE, self._on_step, None, 1, 0)

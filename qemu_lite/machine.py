@@ -35,6 +35,7 @@ from qemu_lite.devices.netbackends import Nic
 from qemu_lite.devices.vga import Vga
 from qemu_lite.display import open_vnc, screen
 from qemu_lite.loaders.files import read_input_file
+from qemu_lite.multi import Locked, ParallelVcpus, multi_supported
 from qemu_lite.pc import Drive
 from qemu_lite.pcibars import BarClaims
 from qemu_lite.platform import Slot, Stateful, reset_order
@@ -138,7 +139,7 @@ class Machine(DebugHooks, TraceHooks):
         serial: str | None = "none",
         serial2: str | None = None,
         bios: bytes | str | os.PathLike[str] | None = None,
-        mmu: str = "cached",
+        mmu: str | None = None,
         snapshot: bool = False,
         no_reboot: bool = False,
         deterministic: bool = False,
@@ -155,17 +156,23 @@ class Machine(DebugHooks, TraceHooks):
         accel: str = "tcg",
     ) -> None:
         _check_arguments(disk=disk, hdb=hdb, cdrom=cdrom, drives=drives, boot=boot,
-                         serial=serial, serial2=serial2, bios=bios, mmu=mmu,
-                         rtc_base=rtc_base)
+                         serial=serial, serial2=serial2, bios=bios,
+                         mmu="cached" if mmu is None else mmu, rtc_base=rtc_base)
         if vga not in ("std", "none"):
             raise ValueError(f"unknown VGA {vga!r} (choose std or none)")
         self.memory_size = parse_size(memory)
         self.cpus = smp_mod.parse_smp(smp)
         self.accel_thread = smp_mod.parse_accel(accel)
-        if self.accel_thread == "multi":
-            raise ValueError("-accel tcg,thread=multi is not implemented yet (thread=single "
-                             "runs the vCPUs in turns on one host thread)")
+        multi = self.accel_thread == "multi" and self.cpus > 1
+        if multi:
+            mmu = _check_multi(mmu, deterministic)
+        mmu = "cached" if mmu is None else mmu
         self.mmu_mode = mmu
+        # thread=multi: held by every vCPU thread's Python work (qemu_lite/multi.py).
+        self.big_lock = threading.RLock()
+        self._multi = multi
+        self.parallel: ParallelVcpus | None = None  # thread=multi's APs, once the board is built
+        self._mmio_map: list[tuple[int, int, Device]] = []  # what add_mmio mapped, in order
         bios_data = _bios_bytes(bios)
         self.uc, reset_ctx = new_engine()
         keep_gil_for_engine_calls(self.uc)  # no GIL hand-off per register read (threads)
@@ -188,6 +195,8 @@ class Machine(DebugHooks, TraceHooks):
         if deterministic:
             self.core.set_io_clock(self.hooks, self.hooks.vclock_address(), VirtualClock.PORT_NS)
         self.cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000, hide_rdrand=deterministic)
+        if multi:
+            self.cpuid.hide_cx16()  # CMPXCHG16B is not atomic across engines (multi.py)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         # Reset with the machine besides the board's slots (which Machine walks itself).
         self._resettable: list[Any] = [self.tsc]
@@ -228,7 +237,12 @@ class Machine(DebugHooks, TraceHooks):
         self._snapshot_base: Snapshot | None = None  # what the dirty log is against
         self.irq_source = self.board.lapic
         self.vcpus: smp_mod.VcpuSet | None = None
-        if self.board.apic_bus is not None:
+        if multi:
+            self.runloop.lock = self.big_lock
+            self.parallel = ParallelVcpus(self, self.board.lapics)
+            self._resettable.append(self.parallel)
+            self.add_closer(self.parallel.close)
+        elif self.board.apic_bus is not None:
             self.vcpus = smp_mod.VcpuSet(self, self.board.apic_bus)
             self.runloop.vcpus = self.vcpus
             self._resettable.append(self.vcpus)
@@ -245,13 +259,14 @@ class Machine(DebugHooks, TraceHooks):
 
     def _install_platform_msrs(self) -> None:
         """IA32_APIC_BASE, the TSC MSRs and MISC_ENABLE (qemu_lite/msr.py), on patch f."""
-        from qemu_lite.msr import ApicWindow, MsrModel, TscDeadline
+        from qemu_lite.msr import ApicWindow, LockedMsrs, MsrModel, TscDeadline
 
         lapic = self.board.apic_page
         assert lapic is not None
 
         def move(old: int, new: int) -> bool:
             self.uc.mem_unmap(old, 0x1000)
+            self._mmio_map = [e for e in self._mmio_map if e[0] != old]
             self.unassigned.fill_gaps()  # the old page: unassigned again
             try:
                 self.add_mmio(new, 0x1000, lapic, access_ns=VirtualClock.LAPIC_MMIO_NS)
@@ -262,15 +277,32 @@ class Machine(DebugHooks, TraceHooks):
                 return False
             return True
 
-        msrs = MsrModel(self.tsc, ApicWindow(move, lapic.set_hardware_enabled),
-                        self.runloop.callback_failed, self.wake,
-                        TscDeadline(lapic, self.tsc, self.clock.now))
+        msrs = (LockedMsrs if self._multi else MsrModel)(
+            self.tsc, ApicWindow(move, lapic.set_hardware_enabled), self.runloop.callback_failed,
+            self.wake, TscDeadline(lapic, self.tsc, self.clock.now))
+        if isinstance(msrs, LockedMsrs):
+            msrs.lock = self.big_lock
         if msrs.install(self.uc):
             self.msrs = msrs
             lapic.enable_tsc_deadline()
             self.cpuid.offer_tsc_deadline()
             self.add_poller(msrs.apply_pending)
             self.add_state("msrs", msrs)
+
+    def msrs_for_ap(self, uc: Any, tsc: VirtualTsc, lapic: Any, loop: RunLoop) -> MsrModel:
+        """thread=multi: an AP's own platform MSRs (its APIC base, TSC deadline)."""
+        from qemu_lite.msr import ApicWindow, LockedMsrs, TscDeadline
+
+        def move(old: int, new: int) -> bool:
+            log.warning("an AP moved its local APIC to %#x: not supported under thread=multi; "
+                        "it stays at %#x", new, old)
+            return False
+
+        msrs = LockedMsrs(tsc, ApicWindow(move, lapic.set_hardware_enabled),
+                          loop.callback_failed, loop.wake, TscDeadline(lapic, tsc, self.clock.now))
+        msrs.lock = self.big_lock
+        msrs.install(uc)
+        return msrs
 
     def _claim(self, slots: list[Slot]) -> None:
         """Give every slot of the board its ports, MMIO ranges, PCI BARs and poller."""
@@ -288,6 +320,8 @@ class Machine(DebugHooks, TraceHooks):
         # A timer armed by a device during a slice must end that slice in time.
         assert isinstance(self.clock, HostClock)
         self.hooks.advance_deadline(self.clock.host_deadline_ns(guest_ns))
+        if self._multi and threading.get_ident() != self.runloop.vcpu_thread:
+            self.runloop.wake()  # an AP armed it: the BSP runs the timers
 
     def _timer_armed_virtual(self, guest_ns: int) -> None:
         assert isinstance(self.clock, VirtualClock)
@@ -336,7 +370,7 @@ class Machine(DebugHooks, TraceHooks):
 
         ``device.io_read(offset, size)`` / ``device.io_write(offset, size, value)``
         run on the vCPU thread with ``offset`` relative to ``base``."""
-        self.core.claim_ports(base, count, device)
+        self.core.claim_ports(base, count, self._serialised(device))
 
     def add_mmio(self, base: int, size: int, device: Device,
                  access_ns: int = VirtualClock.MMIO_NS) -> None:
@@ -346,7 +380,33 @@ class Machine(DebugHooks, TraceHooks):
         # Through Core, as ports are: C callbacks, the deterministic charge in C, and the
         # first exception (a device bug, KeyboardInterrupt) re-raised from run().
         self.unassigned.release(base, size)
+        device = self._serialised(device)
         self.core.map_mmio(base, size, device, access_ns if self.deterministic else 0)
+        self._mmio_map.append((base, size, device))
+
+    def _serialised(self, device: Device) -> Device:
+        """thread=multi: the device's accesses hold the machine's lock."""
+        return Locked(device, self.big_lock) if self._multi else device
+
+    def forward_mmio_read(self, address: int, size: int) -> int:
+        """thread=multi: an AP's load outside RAM, served by the machine's MMIO map."""
+        for base, length, device in reversed(self._mmio_map):
+            if base <= address < base + length:
+                return device.io_read(address - base, size)
+        return (1 << (8 * size)) - 1  # unassigned: all ones, as the gap filler answers
+
+    def forward_mmio_write(self, address: int, size: int, value: int) -> None:
+        """thread=multi: an AP's store outside RAM (dropped where nothing decodes)."""
+        for base, length, device in reversed(self._mmio_map):
+            if base <= address < base + length:
+                device.io_write(address - base, size, value)
+                return
+
+    def set_pam(self, attrs: list[int]) -> None:
+        """The i440FX PAM registers: which of 0xC0000-0xFFFFF reads and writes RAM."""
+        self.core.set_pam(attrs)
+        if self.parallel is not None:
+            self.parallel.set_pam(attrs)
 
     def add_state(self, name: str, owner: Stateful) -> None:
         """Reset, save and restore ``owner`` with the board's devices (a slot of its own,
@@ -370,7 +430,7 @@ class Machine(DebugHooks, TraceHooks):
 
     def set_a20(self, enabled: bool) -> None:
         """The A20 gate (i8042 output port, port 0x92)."""
-        self.core.a20_enabled = enabled
+        self.core.a20_enabled = enabled  # (native MMU, as thread=multi runs: no effect)
 
     @staticmethod
     def _log_unclaimed_port(port: int, size: int, value: int) -> None:
@@ -589,7 +649,14 @@ class Machine(DebugHooks, TraceHooks):
         if guest_ns is not None:
             until.arm(guest_ns)
         try:
-            return loop.run(wall_deadline)
+            if self.parallel is None:
+                return loop.run(wall_deadline)
+            with self.big_lock:
+                self.parallel.start()
+                try:
+                    return loop.run(wall_deadline)
+                finally:
+                    self.parallel.stop()
         finally:
             until.cancel()
             loop.end()
@@ -631,12 +698,16 @@ class Machine(DebugHooks, TraceHooks):
             with self.vcpus.viewing(index):
                 yield
             return
+        if self.parallel is not None and index != 0 and 0 < index < self.cpus:
+            self._refuse_multi("another vCPU's view")
         if index != 0:
             raise ValueError(f"CPU {index!r} does not exist (this machine has CPU 0)")
         yield
 
     def vcpu_states(self) -> list[str]:
         """Each vCPU's ``"running"``, ``"halted"`` or ``"wait-for-sipi"`` (an AP not started)."""
+        if self.parallel is not None:
+            return [self.parallel.run_state(i) for i in range(self.cpus)]
         if self.vcpus is None:
             return ["halted" if self.cpu.halted else "running"]
         return [self.vcpus.run_state(i) for i in range(len(self.vcpus))]
@@ -645,7 +716,11 @@ class Machine(DebugHooks, TraceHooks):
         """Per-vCPU counters (qemu_lite.smp.VcpuStats) of an ``smp`` machine; one CPU: []."""
         if self.board.apic_bus is None:
             return []
-        return [s.as_dict() for s in self.board.apic_bus.stats]
+        stats = [s.as_dict() for s in self.board.apic_bus.stats]
+        if self.parallel is not None:
+            for item, code in zip(stats, self.parallel.code_stats(), strict=False):
+                item.update(code)
+        return stats
 
     # -- saved state -----------------------------------------------------------------
 
@@ -663,6 +738,7 @@ class Machine(DebugHooks, TraceHooks):
         Costs one copy of RAM; from then on the shadow MMU logs the frames written
         (``mmu="native"`` cannot: its restores copy all of RAM)."""
         self._check_open()
+        self._refuse_multi("snapshots")
         return machine_state.take(self)
 
     def restore(self, token: Snapshot) -> None:
@@ -670,18 +746,21 @@ class Machine(DebugHooks, TraceHooks):
         clocks, disk overlays.  Restoring the latest token copies only the pages written
         since it was taken or last restored."""
         self._check_open()
+        self._refuse_multi("snapshots")
         machine_state.restore(self, token)
 
     def save_state(self, path: str | os.PathLike[str]) -> None:
         """Write the machine's state to a file (RAM deflated) that :meth:`restore_state`
         of a machine built with the same options loads, in this process or another."""
         self._check_open()
+        self._refuse_multi("saved state")
         machine_state.save_file(self, path)
 
     def restore_state(self, path: str | os.PathLike[str]) -> None:
         """Load a file from :meth:`save_state`; the disks must be the same images (their
         sizes and content hashes are checked)."""
         self._check_open()
+        self._refuse_multi("saved state")
         machine_state.load_file(self, path)
 
     # -- teardown ------------------------------------------------------------------
@@ -696,6 +775,11 @@ class Machine(DebugHooks, TraceHooks):
             if not self._closed:
                 self._closed = True
                 self.core.release_ram()
+
+    def _refuse_multi(self, what: str) -> None:
+        if self.parallel is not None:
+            raise ValueError(f"{what} need -accel tcg,thread=single (the vCPUs of "
+                             "thread=multi run on their own threads)")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -745,6 +829,20 @@ def check_boot_order(order: str) -> str:
         raise ValueError(f"boot order must be one to three of c (hard disk), d (CD-ROM) "
                          f"and n (network), each once, not {order!r}")
     return order
+
+
+def _check_multi(mmu: str | None, deterministic: bool) -> str:
+    """thread=multi's limits, checked before anything is built; the MMU it runs."""
+    why = multi_supported()
+    if why is not None:
+        raise ValueError(why)
+    if deterministic:
+        raise ValueError("--deterministic needs -accel tcg,thread=single (host threads "
+                         "interleave differently in every run)")
+    if mmu not in (None, "native"):
+        raise ValueError(f"thread=multi runs Unicorn's own MMU on every vCPU (--mmu native), "
+                         f"not {mmu!r}: the shadow MMU is one engine's")
+    return "native"
 
 
 def _check_arguments(*, disk: object, hdb: object, cdrom: object, drives: object, boot: object,

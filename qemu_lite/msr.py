@@ -293,3 +293,18 @@ class MsrModel:
                 raise RuntimeError(f"cannot hook RDMSR/WRMSR: Unicorn error {err}")
             self._callbacks.append(cb)  # the engine holds its address
         return True
+
+
+class LockedMsrs(MsrModel):
+    """thread=multi: an MsrModel whose hooks hold the machine's lock (they reach the
+    local APIC and the clock, which every vCPU's thread shares)."""
+
+    lock: Any = None
+
+    def read(self, msr: int) -> int | None:
+        with self.lock:
+            return super().read(msr)
+
+    def write(self, msr: int, value: int) -> bool:
+        with self.lock:
+            return super().write(msr, value)

@@ -13,7 +13,7 @@ import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from qemu_lite import devfast
 from qemu_lite.acpi import tables as acpi_tables
@@ -417,18 +417,29 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     if serial != "stdio" and sys.stdin.isatty():
         terminal_keys = _keyboard_from_terminal(platform, kbc)
 
+    # thread=multi: the other vCPUs reach devices through Python only (qemu_lite/multi.py),
+    # so the BSP's C fast paths, which keep device state in its Core, stay off.
+    fast = platform.accel_thread != "multi"
     com1 = Uart16550(irqs.line(IRQ_COM1), _open_serial(platform, serial, "serial0"), clock)
-    devfast.attach_uart(platform.core, 0, com1, COM1)
+    if fast:
+        devfast.attach_uart(platform.core, 0, com1, COM1)
     com2 = None
     if serial2 is not None:
         com2 = Uart16550(irqs.line(IRQ_COM2), _open_serial(platform, serial2, "serial1"), clock)
-        devfast.attach_uart(platform.core, 1, com2, COM2)
+        if fast:
+            devfast.attach_uart(platform.core, 1, com2, COM2)
 
     ide0 = IdeChannel(irqs.line(IRQ_IDE0), media[0], media[1])
     ide1 = IdeChannel(irqs.line(IRQ_IDE1), media[2], media[3], serial_base=3)
-    ide_ports, ide_state = [], []
+    ide_ports: list[Any] = []
+    ide_state: list[Any] = []
     for index, (channel, cmd, ctl) in enumerate(((ide0, IDE0_CMD, IDE0_CTL),
                                                  (ide1, IDE1_CMD, IDE1_CTL))):
+        if not fast:
+            ide_state.append(channel)
+            ide_ports.append(_ports((cmd, 8, channel.command_block),
+                                    (ctl, 1, channel.control_block)))
+            continue
         ide_state.append(PioChannel(platform.core, index, channel, cmd))
         ide_ports.append(_ports(
             (cmd, 8, PioWindowedBlock(platform.core, index, channel, channel.command_block, cmd)),
@@ -437,7 +448,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     # PCI: i440FX host bridge, PIIX3 ISA bridge and IDE function (bus-master DMA).
     pci = PciBus()
     host = I440fxHostBridge()
-    host.on_pam_change = platform.core.set_pam  # firmware shadowing itself (SeaBIOS)
+    host.on_pam_change = platform.set_pam  # firmware shadowing itself (SeaBIOS)
     host.reset()
     pci.add(0, 0, host)
     isa_bridge = Piix3IsaBridge(irqs)  # PIRQA-D onto ISA IRQs (its registers 0x60-0x63)
@@ -450,7 +461,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     pci_config = PciConfigPorts(pci, on_reset=platform.reset)
     fw_cfg = FwCfg(platform.memory_size)
     fw_cfg.set_int(FW_CFG_BOOT_DEVICE, ord(boot[0]), 2)
-    fw_cfg_ports = devfast.FwCfgStream(platform.core, fw_cfg, FW_CFG + 1)
+    fw_cfg_ports: Any = devfast.FwCfgStream(platform.core, fw_cfg, FW_CFG + 1) if fast else fw_cfg
     debugcon = DebugCon()
     post = PostCode()
     nic = _add_nic(platform, pci, isa_bridge, nics or [], net_dump)

@@ -126,6 +126,7 @@ class Platform(HostMemory, Protocol):
 
     clock: Clock
     rtc_base: float | None
+    accel_thread: str  # "single" or "multi" (-accel tcg,thread=)
     core: Any
     uc: Any
     unassigned: Any
@@ -156,6 +157,9 @@ class Platform(HostMemory, Protocol):
         """The guest asked for a machine reset."""
 
     def set_a20(self, enabled: bool) -> None: ...
+
+    def set_pam(self, attrs: list[int]) -> None:
+        """The i440FX PAM registers changed (16 segment attributes)."""
 
     def exit(self, status: int) -> None:
         """isa-debug-exit."""

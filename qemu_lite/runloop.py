@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,7 +36,7 @@ from mmu_core._core import (
 from qemu_lite._vcpu_hooks import VcpuHooks
 from qemu_lite.clock import HostClock, VirtualClock
 from qemu_lite.events import GuestError, TripleFault
-from qemu_lite.smp import VcpuSet
+from qemu_lite.smp import VcpuSet, VcpuStats, count_slice
 from qemu_lite.vcpu import EFLAGS_IF, VCpu
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class InterruptSource(Protocol):
     def has_interrupt(self) -> bool: ...
 
     def acknowledge(self) -> int: ...
+
+
+class Peers(Protocol):
+    """The other vCPUs of a ``thread=multi`` machine (qemu_lite.multi.ParallelVcpus)."""
+
+    def halted_for_good(self, loop: RunLoop) -> bool: ...
 
 
 class NoInterrupts:
@@ -107,6 +114,12 @@ class RunLoop:
         self.callback_error: BaseException | None = None
         # -smp N: the vCPUs that take turns on the engine (qemu_lite/smp.py); None: one CPU.
         self.vcpus: VcpuSet | None = None
+        # thread=multi (qemu_lite/multi.py): the machine's lock, held except inside
+        # emu_start and while halted; the other vCPUs' loops; this vCPU's counters.
+        self.lock: threading.RLock | None = None
+        self.peers: Peers | None = None
+        self.stats: VcpuStats | None = None
+        self.done = False  # halted with IF=0 while other vCPUs run: only an NMI wakes it
 
     # -- stopping and waking (any thread unless noted) --------------------------------
 
@@ -138,6 +151,8 @@ class RunLoop:
             return
         self.core.request_stop(STOP_REQUEST)
         self.pending_reset = True
+        if threading.get_ident() != self.vcpu_thread:
+            self.wake()  # another vCPU's thread asked
 
     def do_reset(self) -> None:
         self.guest_resets += 1
@@ -216,13 +231,17 @@ class RunLoop:
                 due = self.vcpus.slice_deadline(due)
                 self.vcpus.begin_slice()
             hooks.begin_slice(due or 0)
+            started = time.monotonic_ns()
             try:
-                err = cpu.run_slice()
+                with self._unlocked():
+                    err = cpu.run_slice()
             finally:
                 hooks.end_slice()
             flags, intno = core.take_stop()  # why it ended: one word (STOP_KICK: our exits)
             if self.vcpus is not None:
                 self.vcpus.end_slice(flags)
+            elif self.stats is not None:
+                count_slice(self.stats, flags, time.monotonic_ns() - started)
             if flags & STOP_ERROR:
                 callback_error = core.take_error()
                 if callback_error is not None:
@@ -249,10 +268,13 @@ class RunLoop:
                 elif not flags and self._stopped_on_hlt():
                     # Only HLT ends a slice without a stop flag.
                     if (not cpu.reg("rflags") & EFLAGS_IF and not self.nmi_pending()
-                            and (self.vcpus is None or self.vcpus.halted_for_good())):
+                            and (self.vcpus is None or self.vcpus.halted_for_good())
+                            and (self.peers is None or self.peers.halted_for_good(self))):
                         return RunResult("halted", None, "guest halted with interrupts "
                                          f"disabled at {cpu.linear_pc() - 1:#x}")
                     cpu.halted = True
+                    if self.stats is not None:
+                        self.stats.exits["hlt"] = self.stats.exits.get("hlt", 0) + 1
             except TripleFault as exc:
                 if self._triple_fault(exc):
                     return self.stop_reason  # type: ignore[return-value]
@@ -304,8 +326,9 @@ class RunLoop:
             if self.vcpus is not None:
                 if self.vcpus.any_wakeup():
                     return  # the schedule picks who runs; injection ends the halt
-            elif self.irq_source.has_interrupt() or self.nmi_pending():
+            elif (self.irq_source.has_interrupt() and not self.done) or self.nmi_pending():
                 self.cpu.halted = False
+                self.done = False
                 return
             guest = self.clock.next_deadline()
             if isinstance(self.clock, VirtualClock) and guest is not None:
@@ -316,10 +339,24 @@ class RunLoop:
             now = time.monotonic_ns()
             if due is not None and due <= now:
                 return
-            self._wake_token.acquire(timeout=-1 if due is None else (due - now) / 1e9)
+            with self._unlocked():
+                self._wake_token.acquire(timeout=-1 if due is None else (due - now) / 1e9)
             self.service()
             if self.stop_reason is not None:
                 return  # stop() from another thread (or a poller) while halted
+
+    @contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """thread=multi: let the other vCPUs' threads at the devices meanwhile."""
+        lock = self.lock
+        if lock is None:
+            yield
+            return
+        lock.release()
+        try:
+            yield
+        finally:
+            lock.acquire()
 
     def _describe_error(self, err: UcError) -> str:
         pc = self.cpu.linear_pc()

@@ -433,12 +433,8 @@ class VcpuSet:
 
     def end_slice(self, stop_flags: int) -> None:
         """Count the slice that just ended, by what stopped it (mmu_core's STOP_* flags)."""
-        s = self.bus.stats[self.current]
-        s.slices += 1
-        s.run_ns += time.monotonic_ns() - self._slice_started
-        for bit, kind in _EXIT_KINDS:
-            if stop_flags & bit:
-                s.exits[kind] = s.exits.get(kind, 0) + 1
+        count_slice(self.bus.stats[self.current], stop_flags,
+                    time.monotonic_ns() - self._slice_started)
 
     # -- between runs: another vCPU's view, saved state -----------------------------
 
@@ -608,6 +604,15 @@ class VcpuSet:
 
 
 APIC_BASE_BSP = 1 << 8
+
+
+def count_slice(s: VcpuStats, stop_flags: int, run_ns: int) -> None:
+    """One slice of a vCPU, by what stopped it (mmu_core's STOP_* flags)."""
+    s.slices += 1
+    s.run_ns += run_ns
+    for bit, kind in _EXIT_KINDS:
+        if stop_flags & bit:
+            s.exits[kind] = s.exits.get(kind, 0) + 1
 
 
 def _flush_tlb(uc: Uc) -> None:

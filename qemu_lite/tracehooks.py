@@ -80,6 +80,7 @@ class TraceHooks:
         runloop: RunLoop
         def read_memory(self, address: int, size: int) -> bytes: ...
         def read_virtual(self, vaddr: int, size: int) -> bytes: ...
+        def _refuse_multi(self, what: str) -> None: ...
 
     # -- coverage ------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class TraceHooks:
         plus a hash-set probe per block with ``record_blocks``; one translation-cache
         flush when it starts.  Addresses are linear, so processes sharing an address
         share its counters, as in AFL's QEMU mode."""
+        self._refuse_multi("coverage maps")
         from qemu_lite._coverage import EdgeCoverage
 
         if self._coverage is not None and self._coverage.active:
@@ -117,6 +119,7 @@ class TraceHooks:
         Unicorn's slow path with a range check (the whole guest slows down, several
         times on store-heavy code); a Python call per access in the range; a
         translation-cache flush when set and when removed."""
+        self._refuse_multi("memory watches")
         kinds = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
                  "access": UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ}
         if access not in kinds:
@@ -168,6 +171,7 @@ class TraceHooks:
         written; ``None`` turns tracing off.
 
         Cost: off, a flag test in the C port hook; on, a Python call per access."""
+        self._refuse_multi("port traces")
         self.core.set_port_tracer(callback)
 
     def trace_mmio(self, callback: IoTracer | None) -> None:
@@ -178,6 +182,7 @@ class TraceHooks:
 
         Cost: off, a flag test in Core's C MMIO callbacks; on, a Python call per
         access (C fast paths such as the VGA window included)."""
+        self._refuse_multi("MMIO traces")
         self.core.set_mmio_tracer(callback)
 
     # -- system calls ----------------------------------------------------------------
@@ -191,6 +196,7 @@ class TraceHooks:
 
         Cost: a Python call per entry, and while it is set every INT n and SYSCALL ends
         a slice and is delivered in Python (the C path, ``cpu.fast_events``, is off)."""
+        self._refuse_multi("syscall hooks")
         machine = cast("Machine", self)
         if callback is None:
             self.cpu.syscall_observer = None
