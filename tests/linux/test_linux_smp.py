@@ -1,6 +1,7 @@
-"""Debian's kernel on several vCPUs (``-smp``, ``-accel tcg,thread=single``): the
-MADT lists them, Linux starts the APs with its own trampoline by INIT/SIPI, and
-userspace sees every CPU; directly (``--kernel``) and through our BIOS and GRUB."""
+"""Debian's kernel on several vCPUs (``-smp``, ``-accel tcg,thread=single`` and
+``thread=multi``): the MADT lists them, Linux starts the APs with its own trampoline
+by INIT/SIPI, and userspace sees every CPU; directly (``--kernel``) and through our
+BIOS and GRUB."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from images import grub_image, initramfs, kernel
+
+from qemu_lite.multi import multi_supported
+
+THREADS = ("single", pytest.param("multi", marks=pytest.mark.skipif(
+    multi_supported() is not None, reason=str(multi_supported()))))
 
 INIT = """\
 busybox mkdir -p /proc
@@ -27,9 +34,10 @@ def _boot_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=tempfile.gettempdir())
 
 
-def test_kernel_brings_up_four_cpus_and_userspace_sees_them(tmp_path: Path):
+@pytest.mark.parametrize("thread", THREADS)
+def test_kernel_brings_up_four_cpus_and_userspace_sees_them(tmp_path: Path, thread: str):
     initrd = initramfs(tmp_path / "initrd.cpio", INIT)
-    proc = _boot_cli("-smp", "4", "-accel", "tcg,thread=single", "--kernel", kernel(),
+    proc = _boot_cli("-smp", "4", "-accel", f"tcg,thread={thread}", "--kernel", kernel(),
                      "--initrd", str(initrd), "--append", "console=ttyS0 panic=-1")
     out = proc.stdout
     assert "smpboot: Allowing 4 CPUs, 0 hotplug CPUs" in out, out[-3000:]
@@ -40,9 +48,10 @@ def test_kernel_brings_up_four_cpus_and_userspace_sees_them(tmp_path: Path):
     assert proc.returncode == 16, proc.stderr  # powered off through ACPI
 
 
-def test_grub_disk_brings_up_two_cpus(tmp_path: Path):
+@pytest.mark.parametrize("thread", THREADS)
+def test_grub_disk_brings_up_two_cpus(tmp_path: Path, thread: str):
     # Our BIOS leaves the APs waiting for SIPI; GRUB and Linux never see them run.
-    proc = _boot_cli("-smp", "2", str(grub_image(tmp_path)))
+    proc = _boot_cli("-smp", "2", "-accel", f"tcg,thread={thread}", str(grub_image(tmp_path)))
     out = proc.stdout
     assert "Welcome to GRUB!" in out
     assert "smp: Brought up 1 node, 2 CPUs" in out, out[-3000:]
