@@ -203,6 +203,9 @@ class GdbStub:
     """Serves GDB's remote protocol for one :class:`Machine` on a listening socket."""
 
     def __init__(self, machine: Machine, spec: str) -> None:
+        if machine.parallel is not None:
+            raise GdbSpecError("the gdb stub needs -accel tcg,thread=single (breakpoints and "
+                               "steps stop one engine, and thread=multi runs one per vCPU)")
         self.machine = machine
         family, address = parse_spec(spec)
         self.spec = spec
