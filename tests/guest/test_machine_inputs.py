@@ -177,7 +177,7 @@ def test_serial_file_that_is_the_disk_is_refused_and_the_disk_kept(disk):
     ({"serial2": b"stdio"}, TypeError, "serial2"),
     ({"disk": 7}, TypeError, "disk"),
     ({"drives": ["x.img"]}, TypeError, "drives"),
-    ({"mmu": None}, ValueError, "MMU mode"),
+    ({"mmu": 3}, ValueError, "MMU mode"),
 ])
 def test_bad_arguments_fail_at_once_naming_the_argument(kwargs, error, name):
     with pytest.raises(error, match=name):
