@@ -425,10 +425,10 @@ class E1000(PciFunction):
         self.decoded: dict[str, int | None] = {"mmio": None, "io": None}
         self.regs: dict[int, int] = {}
         self.rx_pending: deque[bytes] = deque()
+        self.io_ports = _E1000IoPorts(self)  # before the reset the PCI function runs
         super().__init__()
         self.set_writable(PCI_BAR0, 4, MMIO_BAR_MASK)
         self.set_writable(PCI_BAR1, 4, IO_BAR_MASK)
-        self.io_ports = _E1000IoPorts(self)
 
     # -- PCI configuration -----------------------------------------------------------
 
@@ -448,6 +448,7 @@ class E1000(PciFunction):
             self.set_config(PCI_BAR1, 4, self.default_io_base | BAR_IO_SPACE)
             command |= CMD_IO | CMD_MASTER
         self.set_config(0x04, 2, command)
+        self.io_ports.reset()  # IOADDR too: a reset left the guest's selection in place
         self.reset_mac()
         self._update_decode()
 

@@ -176,3 +176,12 @@ def test_clock_fires_the_same_timers_in_order_across_sweeps() -> None:
     assert [t for _, t in fired] == sorted(t for _, t in fired)
     assert [t for i, t in fired if i == 5] == [6000 + 99 + 10]
     assert clock.next_deadline() is None and clock._heap == [] and clock._stale == 0
+
+
+def test_e1000_reset_clears_the_io_window_address() -> None:
+    """Found by the reset check (a reset target against a fresh one): a reset kept the
+    guest's IOADDR, so IODATA after a machine reset reached the register selected before."""
+    target = E1000Target()
+    target.nic.io_ports.io_write(0, 4, 0x0008)  # IOADDR = STATUS
+    target.nic.reset()
+    assert target.nic.io_ports.io_read(0, 4) == 0
