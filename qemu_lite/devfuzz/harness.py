@@ -13,7 +13,13 @@ the input into operations and checks the invariants after each one and at the en
   from it) grows by at most the target's allowance over a fresh device, whatever the
   guest repeats (the burst operation repeats the last access thousands of times);
 - where the device has ``save_state``: the state loads into a fresh device, saves back
-  to the same value, and the two devices then answer the same accesses the same way.
+  to the same value, and the two devices then answer the same accesses the same way;
+- where a fuzzing run reuses one device pair through ``reset()`` (see :class:`Pace`): a
+  reset device saves the same state as a freshly built one.
+
+:func:`execute` without a pace checks everything on every input with fresh devices (the
+tests and ``replay`` do so); a long run passes a :class:`Pace` that keeps the per-operation
+checks on every input but does the round trip on every Nth only and reuses devices.
 
 A violation raises :class:`Finding`; the byte string is its reproducer.  No device
 module is imported here, so a fuzzer can instrument them before :mod:`.targets` loads.
@@ -124,10 +130,26 @@ class Target:
     def build(self) -> None:
         raise NotImplementedError
 
+    reusable = False  # reset() brings every part of it back to a fresh target's state
+
     @classmethod
     def run_input(cls, data: bytes) -> Result:
-        """Run one input against a fresh target (see :func:`execute`)."""
-        return execute(cls, data)
+        """Run one input (see :func:`execute`) at the process's :data:`PACE`."""
+        return execute(cls, data, PACE)
+
+    def reset(self) -> None:
+        """Back to the state of a freshly built target, for the next input: the fakes
+        (RAM, the clock's time and timers) first, then the devices' own ``reset()``.
+        Subclasses restore what a device's reset keeps on purpose (battery-backed CMOS,
+        a disk's medium) and their own fakes."""
+        self.memory.ram[:] = bytes(len(self.memory.ram))
+        self.memory.reads = self.memory.writes = self.memory.faults = 0
+        for obj in self.stateful or self.roots:
+            obj.reset()
+
+    def fingerprint(self) -> list[Any]:
+        """What a reset must bring back: the saved states and guest RAM."""
+        return [[obj.save_state() for obj in self.stateful], bytes(self.memory.ram)]
 
     def after_op(self) -> None:
         """Hook run after every operation (the machine's pollers run at each stop)."""
@@ -303,6 +325,78 @@ def save(target: Target) -> list[Any]:
 _baselines: dict[type[Target], int] = {}
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How much of the checking a long run does per input.
+
+    ``round_trip_every``: the save/load round trip and the probe on every Nth input of a
+    target (1: on every one); the per-operation checks and the footprint run on all.
+    ``reset_check_every``: 0 builds two fresh devices for every input; N > 0 keeps one
+    pair per target and ``reset()`` s it between inputs, comparing a reset target with a
+    fresh one (:meth:`Target.fingerprint`) on its first reuse and every Nth after, so a
+    reset that leaves state behind is a finding rather than a leak between inputs."""
+
+    round_trip_every: int = 1
+    reset_check_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.round_trip_every < 1 or self.reset_check_every < 0:
+            raise ValueError(f"bad pace {self}")
+
+
+FULL = Pace()
+PACE = FULL  # the CLI's ``run`` sets the pace of its process
+
+
+@dataclass
+class _Pool:
+    """One target class's reused pair, its input count and how often each was reset."""
+
+    target: Target | None = None
+    twin: Target | None = None
+    inputs: int = 0
+    resets: dict[str, int] = field(default_factory=dict)
+    last: bytes = b""  # the input the reused target ran last
+
+
+_pools: dict[type[Target], _Pool] = {}
+_fresh_prints: dict[type[Target], Any] = {}
+
+
+def _reused(target_cls: type[Target], pool: _Pool, which: str, pace: Pace) -> Target:
+    """The pool's target (or twin), reset; a fresh one the first time."""
+    target: Target | None = getattr(pool, which)
+    if target is None:
+        target = target_cls()
+        setattr(pool, which, target)
+        return target
+    target.reset()
+    n = pool.resets[which] = pool.resets.get(which, 0) + 1
+    if (n - 1) % pace.reset_check_every == 0:
+        _check_reset(target_cls, target, pool.last)
+    return target
+
+
+def _pickled(value: Any) -> Any:
+    return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+
+
+def _check_reset(target_cls: type[Target], target: Target, last: bytes) -> None:
+    """A reset target saves what a fresh one saves (a fresh one is built once per class);
+    ``last`` is the input it ran before, which the finding names."""
+    try:
+        fresh = _fresh_prints.get(target_cls)
+        if fresh is None:
+            fresh = _fresh_prints[target_cls] = _pickled(target_cls().fingerprint())
+        again = _pickled(target.fingerprint())
+    except Exception as exc:
+        raise Finding(f"a reset target's state raised {type(exc).__name__}: {exc}") from exc
+    if again != fresh:
+        raise Finding(f"reset() leaves state a fresh device lacks: "
+                      f"{_first_difference(fresh, again, 'fresh')} (the input before, "
+                      f"in hex: {last.hex() or 'empty'})")
+
+
 @dataclass
 class Result:
     ops: int = 0
@@ -311,9 +405,38 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-def execute(target_cls: type[Target], data: bytes) -> Result:
-    """Run ``data`` against a fresh ``target_cls``; raise :class:`Finding` on a violation."""
-    target = target_cls()
+def execute(target_cls: type[Target], data: bytes, pace: Pace = FULL) -> Result:
+    """Run ``data`` against ``target_cls``; raise :class:`Finding` on a violation.
+
+    At the default pace, on a fresh target with every check; at another, the round trip
+    only on every Nth input and, for a reusable target, on reset devices."""
+    pool = _pools.setdefault(target_cls, _Pool())
+    pool.inputs += 1
+    round_trip = (pool.inputs - 1) % pace.round_trip_every == 0
+    reuse = pace.reset_check_every > 0 and target_cls.reusable
+    if not reuse:
+        return _execute(target_cls, data, target_cls(), round_trip, target_cls)
+
+    def twin() -> Target:
+        return _reused(target_cls, pool, "twin", pace)
+
+    try:
+        target = _reused(target_cls, pool, "target", pace)
+        pool.last = data
+        return _execute(target_cls, data, target, round_trip, twin)
+    except BaseException as exc:
+        _pools[target_cls] = _Pool(inputs=pool.inputs)  # nothing broken is reused
+        if not isinstance(exc, Finding) or "reset() leaves" in str(exc):
+            raise
+        found = exc
+    # A finding on reset devices: the reproducer must show it on fresh ones too.
+    execute(target_cls, data)
+    raise Finding(f"{found} -- on reset devices only (fresh ones pass this input): reset() "
+                  f"leaves state behind that the saved state does not show")
+
+
+def _execute(target_cls: type[Target], data: bytes, target: Target, round_trip: bool,
+             twin_cls: Callable[[], Target]) -> Result:
     baseline = _baselines.get(target_cls)
     if baseline is None:
         baseline = _baselines[target_cls] = footprint(target.roots, target.shared)
@@ -354,8 +477,8 @@ def execute(target_cls: type[Target], data: bytes) -> Result:
     if result.footprint > limit:
         raise Finding(f"footprint {result.footprint} after {result.ops} ops: more than "
                       f"{limit} (fresh device {baseline})")
-    if target.stateful:
-        _check_round_trip(target_cls, target, _probe(target, history))
+    if target.stateful and round_trip:
+        _check_round_trip(twin_cls, target, _probe(target, history))
     return result
 
 
@@ -375,14 +498,14 @@ def _probe(target: Target, history: list[Op]) -> list[Op]:
     return reads[:2 * PROBE_OPS] + history[-PROBE_OPS:]
 
 
-def _check_round_trip(target_cls: type[Target], target: Target, probe: list[Op]) -> None:
+def _check_round_trip(twin_cls: Callable[[], Target], target: Target, probe: list[Op]) -> None:
     try:
         state = save(target)
     except Finding:
         raise
     except Exception as exc:
         raise Finding(f"save_state raised {type(exc).__name__}: {exc}") from exc
-    twin = target_cls()
+    twin = twin_cls()
     twin.sync_time(target)
     twin.memory.ram[:] = target.memory.ram
     try:

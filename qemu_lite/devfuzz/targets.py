@@ -74,6 +74,7 @@ class _ClockTarget(Target):
         self.clock = Clock()
         self.irqs = _Levels()
         super().__init__()
+        self.power_on = self.clock.save_state()  # time 0, the timers a fresh build arms
 
     def line(self, n: int) -> IrqLine:
         return IrqLine(self.irqs, n)
@@ -81,6 +82,14 @@ class _ClockTarget(Target):
     def sync_time(self, other: Target) -> None:
         assert isinstance(other, _ClockTarget)
         self.clock._now = other.clock._now
+
+    def reset(self) -> None:
+        # Guest time and timers back to a fresh build's, then the devices' reset.
+        self.clock.load_state(self.power_on)
+        super().reset()
+
+    def fingerprint(self) -> list[Any]:
+        return [*super().fingerprint(), self.clock.save_state()]
 
     def time_event(self) -> HostEvent:
         def advance(arg: int, _payload: bytes) -> None:
@@ -93,6 +102,7 @@ class PicTarget(_ClockTarget):
     """The 8259 pair and ELCR; IRQ inputs and INTA cycles from outside."""
 
     name = "i8259"
+    reusable = True
 
     def build(self) -> None:
         pic = self.pic = PicPair(self.line(0))
@@ -111,11 +121,17 @@ class PicTarget(_ClockTarget):
         self.events = [HostEvent("irq", irq), HostEvent("inta", inta)]
         self.stateful = self.roots = [pic]
 
+    def reset(self) -> None:
+        for irq in range(16):  # the input wires: their drivers' levels, not the chips'
+            self.pic.set_irq(irq, False)
+        super().reset()
+
 
 class PitTarget(_ClockTarget):
     """The 8254 PIT and port 0x61, with time passing."""
 
     name = "i8254"
+    reusable = True
 
     def build(self) -> None:
         pit = self.pit = Pit8254(self.clock, self.line(0))
@@ -128,6 +144,7 @@ class HpetTarget(_ClockTarget):
     """The HPET's register window, with time passing; IRQ 0/8 and routed pins recorded."""
 
     name = "hpet"
+    reusable = True
 
     def build(self) -> None:
         hpet = self.hpet = Hpet(self.clock, self.irqs, self.irqs)
@@ -140,6 +157,7 @@ class AcpiPmTarget(_ClockTarget):
     """The ACPI PM block (PM1 event/control, PM timer), with time and the power button."""
 
     name = "acpi_pm"
+    reusable = True
 
     def build(self) -> None:
         pm = self.pm = AcpiPm(self.clock, self.line(9), on_power_off=lambda: None)
@@ -156,13 +174,19 @@ class RtcTarget(_ClockTarget):
     """The CMOS RTC (index and data ports), with time passing."""
 
     name = "mc146818"
+    reusable = True
 
     def build(self) -> None:
         rtc = self.rtc = Rtc(self.clock, self.line(8), base_time=RTC_BASE_TIME)
         rtc.set_memory_size(64 << 20)
+        self.battery = rtc.save_state()
         self.windows = [Window("rtc", rtc, 2)]
         self.events = [self.time_event()]
         self.stateful = self.roots = [rtc]
+
+    def reset(self) -> None:
+        super().reset()
+        self.rtc.load_state(self.battery)  # time and RAM: a reset keeps them, a new board not
 
 
 class _SilentSerial(SerialBackend):
@@ -177,9 +201,10 @@ class UartTarget(_ClockTarget):
     """A 16550 UART: bytes arrive from the host end, modem lines change, time passes."""
 
     name = "uart16550"
+    reusable = True
 
     def build(self) -> None:
-        backend = _SilentSerial()
+        backend = self.backend = _SilentSerial()
         uart = self.uart = Uart16550(self.line(4), backend, self.clock)
 
         def receive(_arg: int, payload: bytes) -> None:
@@ -187,18 +212,31 @@ class UartTarget(_ClockTarget):
             uart.pump()
 
         def modem(arg: int, _payload: bytes) -> None:
-            uart.set_modem_inputs(arg & 0xF)
+            uart.set_modem_inputs((arg & 0xF) << 4)  # CTS, DSR, RI, DCD: MSR bits 4-7
 
         self.windows = [Window("uart", uart, 8)]
         self.events = [self.time_event(), HostEvent("receive", receive, payload=True),
                        HostEvent("modem", modem)]
         self.stateful = self.roots = [uart]
+        self.modem_lines = uart.modem_inputs
+
+    def reset(self) -> None:
+        # Host input on its way (the back end's, and what the UART took but had no FIFO
+        # room for) and the modem lines: the host's, which a reset of the chip keeps.
+        self.backend.load_state({"version": 1, "input": b""})
+        self.uart._pending.clear()
+        self.uart.set_modem_inputs(self.modem_lines)
+        super().reset()
+
+    def fingerprint(self) -> list[Any]:
+        return [*super().fingerprint(), self.backend.save_state()]
 
 
 class I8042Target(_ClockTarget):
     """The keyboard controller with its PS/2 keyboard and mouse; host keys and motion."""
 
     name = "i8042"
+    reusable = True
 
     def build(self) -> None:
         self.resets = self.a20 = 0
@@ -222,11 +260,16 @@ class I8042Target(_ClockTarget):
         self.events = [HostEvent("keys", keys, payload=True), HostEvent("mouse", mouse)]
         self.stateful = self.roots = [kbc]
 
+    def reset(self) -> None:
+        self.resets = self.a20 = 0
+        super().reset()
+
 
 class LapicTarget(_ClockTarget):
     """The local APIC's page, the 8259 pair on LINT0, interrupts accepted and taken."""
 
     name = "lapic"
+    reusable = True
 
     def build(self) -> None:
         self.pic = PicPair()
@@ -254,11 +297,19 @@ class LapicTarget(_ClockTarget):
         self.stateful = [lapic, self.pic]
         self.roots = [lapic]
 
+    def reset(self) -> None:
+        for pin in (0, 1):  # the input wires, as the PIC's below
+            self.lapic.set_lint(pin, False)
+        for irq in range(16):
+            self.pic.set_irq(irq, False)
+        super().reset()
+
 
 class IoApicTarget(_ClockTarget):
     """The IOAPIC's window; pin levels and EOIs from outside."""
 
     name = "ioapic"
+    reusable = True
 
     def build(self) -> None:
         self.delivered = 0
@@ -280,11 +331,18 @@ class IoApicTarget(_ClockTarget):
         self.events = [HostEvent("irq", irq), HostEvent("eoi", eoi)]
         self.stateful = self.roots = [ioapic]
 
+    def reset(self) -> None:
+        for pin in range(24):  # the input wires: their drivers' levels, not the chip's
+            self.ioapic.set_irq(pin, False)
+        super().reset()
+        self.delivered = 0
+
 
 class FwCfgTarget(Target):
     """fw_cfg's selector and data ports, with a file in the directory."""
 
     name = "fw_cfg"
+    reusable = True
 
     def build(self) -> None:
         fw = self.fw = FwCfg(64 << 20)
@@ -298,17 +356,24 @@ class Port92Target(Target):
     """System control port A (fast A20 and reset)."""
 
     name = "port92"
+    reusable = True
 
     def build(self) -> None:
-        port = SystemControlPortA(set_a20=lambda _on: None, on_reset=lambda: None)
+        port = self.port = SystemControlPortA(set_a20=lambda _on: None, on_reset=lambda: None)
         self.windows = [Window("port92", port, 1)]
         self.stateful = self.roots = [port]
+        self.power_on = port.save_state()
+
+    def reset(self) -> None:
+        super().reset()
+        self.port.load_state(self.power_on)  # a reset keeps the A20 latch, a new board not
 
 
 class DebugPortsTarget(Target):
     """QEMU's debug ports: debugcon, POST code, isa-debug-exit, our firmware event."""
 
     name = "debugport"
+    reusable = True
 
     def build(self) -> None:
         self.exits: list[int] = []
@@ -323,6 +388,7 @@ class PciTarget(Target):
     """Configuration mechanism #1 with the i440FX host bridge and the PIIX3 ISA bridge."""
 
     name = "pci"
+    reusable = True
 
     def build(self) -> None:
         bus = self.bus = PciBus()
@@ -344,6 +410,7 @@ class IdeTarget(_ClockTarget):
     the PIIX function with bus-master DMA into the fuzz RAM; PRD tables are RAM stores."""
 
     name = "ide"
+    reusable = True
     BMDMA = 0xC000
     ram_size = 1 << 16
 
@@ -351,6 +418,8 @@ class IdeTarget(_ClockTarget):
         disk = BlockImage.from_bytes(bytes(range(256)) * (2 * 64))  # 64 sectors
         cd = CdRom(BlockImage.from_bytes(bytes(SECTOR_SIZE * 4 * 8), readonly=True))
         disk2 = BlockImage.from_bytes(bytes(SECTOR_SIZE * 16))
+        self.disks = [(disk, disk.read(0, disk.sector_count)),
+                      (disk2, disk2.read(0, disk2.sector_count))]
         self.ide0 = IdeChannel(self.line(14), disk, cd)
         self.ide1 = IdeChannel(self.line(15), disk2, None, serial_base=3)
         self.piix = PiixIde(self.memory, self.ide0, self.ide1, bmdma_base=self.BMDMA)
@@ -363,6 +432,14 @@ class IdeTarget(_ClockTarget):
         self.events = [self.ram_event()]
         self.stateful = [self.ide0, self.ide1, self.piix]
         self.roots = [self.ide0, self.ide1, self.piix]
+
+    def reset(self) -> None:
+        for disk, contents in self.disks:  # the medium: a reset keeps what was written
+            disk.write(0, contents)
+        super().reset()
+
+    def fingerprint(self) -> list[Any]:
+        return [*super().fingerprint(), [d.read(0, d.sector_count) for d, _ in self.disks]]
 
 
 class _FuzzNet:
@@ -391,6 +468,7 @@ class E1000Target(_ClockTarget):
     rings stored in the fuzz RAM, and frames arriving from the back end."""
 
     name = "e1000"
+    reusable = True
     ram_size = 1 << 16
     allowance = 1 << 22  # the receive queue holds up to RX_QUEUE_LIMIT frames
 
@@ -411,6 +489,11 @@ class E1000Target(_ClockTarget):
         self.events = [self.time_event(), self.ram_event(), HostEvent("frame", frame, True)]
         self.stateful = [nic, nic.io_ports] if hasattr(nic.io_ports, "save_state") else [nic]
         self.roots = [nic]
+
+    def reset(self) -> None:
+        self.net.incoming.clear()
+        self.net.sent, self.net.last_sent = 0, b""
+        super().reset()
 
 
 class VgaTarget(Target):

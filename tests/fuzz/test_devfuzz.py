@@ -58,6 +58,10 @@ class _Broken:
             self.memory.read(value - 0x100, 16)
         self.reg = value
 
+    def reset(self) -> None:
+        if self.bug != "leaky-reset":
+            self.reg = 0
+
     def save_state(self) -> dict[str, int]:
         return {"reg": 0 if self.bug == "forgets" else self.reg}
 
@@ -167,3 +171,18 @@ def test_cli_atheris_run(tmp_path: Any) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Done 1000 runs" in done.stderr
     assert any((tmp_path / "corpus").iterdir())  # coverage grew a corpus from nothing
+
+
+def test_reused_target_whose_reset_leaks_state_is_a_finding() -> None:
+    """At a reusing pace a reset target is compared with a fresh one: a reset that
+    forgets a register is reported, naming the input that left it."""
+    from qemu_lite.devfuzz.harness import Pace
+
+    class Leaky(_broken_target("leaky-reset")):  # type: ignore[misc, valid-type]
+        reusable = True
+
+    pace = Pace(round_trip_every=4, reset_check_every=1)
+    data = encode(Leaky(), [Op("write", 0, 0, 1, 7)])
+    execute(Leaky, data, pace)  # builds the pair
+    with pytest.raises(Finding, match="reset.. leaves state a fresh device lacks"):
+        execute(Leaky, data, pace)  # its reset() keeps reg = 7
