@@ -17,9 +17,13 @@ Coherence between engines (issue 18 item 3):
 - page tables: the engines use Unicorn's own MMU (``mmu="native"``); its TLB is the
   architectural one, which the guest keeps coherent itself (INVLPG and CR3 writes
   after a shootdown IPI), so nothing of the shadow MMU's kind needs a remote flush;
-- translated code: engine patch o (``uc_ql_code_share``) puts the engines in one
-  group, so a store by any of them to a page another has translated invalidates that
-  translation there before its next block;
+- translated code: NOT coherent yet.  Each engine's translation cache is its own, and
+  an engine traps stores only to pages holding its own code (patch d), so code one
+  vCPU rewrites keeps running stale on another vCPU that had translated it (Linux's
+  runtime text patching: static keys, text_poke).  Engine patch o, designed in
+  issue 18's note (a group-wide per-page code mask that makes every engine trap such
+  stores, and per-engine invalidation queues drained at block starts), is what fixes
+  it; ``code_share`` is used once an engine provides it;
 - LOCK'd instructions: engine patch n (``uc_ql_set_parallel``) translates with
   CF_PARALLEL, so they become host atomics; patch p makes XCHG one and steps the
   LOCK'd accesses a host cannot make atomic (unaligned ones) under a process-wide
@@ -69,8 +73,6 @@ def multi_supported() -> str | None:
     """Why ``thread=multi`` cannot run on this engine, or None."""
     if not (engine_mod.is_patched("n") and engine_mod.is_patched("p")):
         return "thread=multi needs the patched engine's parallel atomics (patches n and p)"
-    if getattr(engine_mod, "code_share", None) is None or not engine_mod.is_patched("o"):
-        return "thread=multi needs the patched engine's cross-engine code coherence (patch o)"
     return None
 
 
@@ -232,7 +234,9 @@ class ParallelVcpus:
     def _join_engine(self, uc: Uc) -> None:
         if not set_parallel(uc):
             raise RuntimeError("cannot translate with CF_PARALLEL (patch n)")
-        getattr(engine_mod, "code_share")(uc, ctypes.addressof(self._code_group))  # noqa: B009 - patch o's, absent on older engines
+        share = getattr(engine_mod, "code_share", None)  # engine patch o, not built yet
+        if share is not None:
+            share(uc, ctypes.addressof(self._code_group))
 
     def _build(self, index: int, apic: LocalApic) -> _Ap:
         m = self.machine
