@@ -38,8 +38,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from unicorn import UC_ARCH_X86, UC_MODE_16, Uc
-from unicorn import x86_const as X
+from unicorn import Uc
 
 import mmu_core
 from mmu_core._core import TLB_NATIVE
@@ -49,7 +48,7 @@ from qemu_lite.clock import TSC_KHZ
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.lapic import DM_INIT, LocalApic
 from qemu_lite.runloop import RunLoop, RunResult
-from qemu_lite.smp import APIC_BASE_BSP, RUNNING, WAIT_FOR_SIPI, VcpuStats, _flush_tlb
+from qemu_lite.smp import APIC_BASE_BSP, RUNNING, WAIT_FOR_SIPI, VcpuStats, start_at
 from qemu_lite.vcpu import VCpu, new_engine
 
 APIC_PAGE = 0xFEE00000
@@ -397,7 +396,7 @@ class ParallelVcpus:
                 ap.parked = False
                 ap.apply_pending()
                 if ap.sipi_vector is not None:
-                    _start_at(ap.uc, ap.sipi_vector)
+                    start_at(ap.uc, ap.sipi_vector)
                     ap.sipi_vector = None
                     ap.state = RUNNING
                     ap.cpu.halted = False
@@ -464,17 +463,3 @@ def _gaps(uc: Uc, limit: int) -> list[tuple[int, int]]:
     if at < limit:
         out.append((at, limit))
     return out
-
-
-def _start_at(uc: Uc, vector: int) -> None:
-    """A STARTUP IPI: real mode at vector:0000, the rest as after INIT (SDM 8.4.4)."""
-    uc16 = Uc(UC_ARCH_X86, UC_MODE_16)
-    uc16.reg_write(X.UC_X86_REG_CS, vector << 8)
-    uc16.reg_write(X.UC_X86_REG_IP, 0)
-    uc16.reg_write(X.UC_X86_REG_EDX, 0x0663)
-    uc16.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))
-    uc16.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
-    uc.context_restore(uc16.context_save())
-    _flush_tlb(uc)
-
-

@@ -389,15 +389,7 @@ class VcpuSet:
         self._turn_started = now
 
     def _start_at(self, vector: int) -> None:
-        """A STARTUP IPI: real mode at vector:0000, the rest as after INIT (SDM 8.4.4)."""
-        uc16 = Uc(UC_ARCH_X86, UC_MODE_16)
-        uc16.reg_write(X.UC_X86_REG_CS, vector << 8)
-        uc16.reg_write(X.UC_X86_REG_IP, 0)
-        uc16.reg_write(X.UC_X86_REG_EDX, 0x0663)
-        uc16.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))
-        uc16.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
-        self._m.uc.context_restore(uc16.context_save())
-        _flush_tlb(self._m.uc)
+        start_at(self._m.uc, vector)
 
     def halted_for_good(self) -> bool:
         """The current vCPU halted with IF=0: does the run end (no other vCPU can run,
@@ -604,6 +596,18 @@ class VcpuSet:
 
 
 APIC_BASE_BSP = 1 << 8
+
+
+def start_at(uc: Uc, vector: int) -> None:
+    """A STARTUP IPI: real mode at vector:0000, the rest as after INIT (SDM 8.4.4)."""
+    uc16 = Uc(UC_ARCH_X86, UC_MODE_16)
+    uc16.reg_write(X.UC_X86_REG_CS, vector << 8)
+    uc16.reg_write(X.UC_X86_REG_IP, 0)
+    uc16.reg_write(X.UC_X86_REG_EDX, 0x0663)
+    uc16.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))
+    uc16.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+    uc.context_restore(uc16.context_save())
+    _flush_tlb(uc)
 
 
 def count_slice(s: VcpuStats, stop_flags: int, run_ns: int) -> None:
