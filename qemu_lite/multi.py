@@ -48,7 +48,14 @@ from qemu_lite.clock import TSC_KHZ
 from qemu_lite.cpuid import CpuidModel
 from qemu_lite.devices.lapic import DM_INIT, LocalApic
 from qemu_lite.runloop import RunLoop, RunResult
-from qemu_lite.smp import APIC_BASE_BSP, RUNNING, WAIT_FOR_SIPI, VcpuStats, start_at
+from qemu_lite.smp import (
+    APIC_BASE_BSP,
+    RUNNING,
+    WAIT_FOR_SIPI,
+    VcpuStats,
+    flush_translations,
+    start_at,
+)
 from qemu_lite.vcpu import VCpu, new_engine
 
 APIC_PAGE = 0xFEE00000
@@ -198,7 +205,9 @@ class _Ap:
     keep: list[Any] = field(default_factory=list)
 
     def apply_pending(self) -> None:
-        """On the AP's thread, between slices: what the BSP changed in the map."""
+        """On the AP's thread, between slices: what the BSP changed in the map, and the
+        translations an interrupt message from another vCPU asks it to drop."""
+        self.owner._take_code_sync(self.index, self.uc)
         pam, self.pam = self.pam, None
         if pam is not None:
             self.core.set_pam(list(pam))
@@ -225,6 +234,9 @@ class ParallelVcpus:
         bus = machine.board.apic_bus
         bus.on_init_sipi = self._init_sipi
         bus.on_remote = None
+        bus.on_message = self._code_sync
+        self._sync_code = [False] * len(lapics)
+        machine.add_poller(lambda: self._take_code_sync(0, machine.uc))
         bus.stats = [self.stats[0], *(ap.loop.stats for ap in self.aps)]
         self.stats = bus.stats
 
@@ -290,6 +302,21 @@ class ParallelVcpus:
             self._cond.notify_all()
         except RuntimeError:  # not under the lock (an unlocked caller): the loop's wake will do
             pass
+
+    def _code_sync(self, i: int) -> None:
+        # Until engine patch o: an interrupt message from another vCPU makes the target
+        # drop its translations before it takes the interrupt.  Linux rewrites its text
+        # (text_poke_bp: int3, then the tail, then the first byte) and after each step
+        # makes every other CPU take an IPI (text_poke_sync) and so serialise, which is
+        # when the SDM's cross-modifying protocol lets it see the new bytes: a CPU that
+        # translated the int3 mid-patch would otherwise trap on it for ever.
+        self._sync_code[i] = True
+
+    def _take_code_sync(self, i: int, uc: Uc) -> None:
+        if self._sync_code[i]:
+            self._sync_code[i] = False
+            flush_translations(uc)
+            self.stats[i].exits["code-flush"] = self.stats[i].exits.get("code-flush", 0) + 1
 
     def _init_sipi(self, i: int, mode: int, vector: int) -> None:
         if i == 0:

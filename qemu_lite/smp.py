@@ -139,6 +139,8 @@ class ApicBus:
         self.on_init_sipi: Callable[[int, int, int], None] | None = None
         # Called when a message reaches a vCPU other than the sender's.
         self.on_remote: Callable[[], None] | None = None
+        # Called with the index of each vCPU such a message reaches (thread=multi).
+        self.on_message: Callable[[int], None] | None = None
         for apic in lapics:
             apic.ipi_bus = self
 
@@ -164,6 +166,8 @@ class ApicBus:
             targets = [self._lowest_priority(targets)]
         self.stats[src].ipis_sent += 1
         for i in targets:
+            if i != src and self.on_message is not None:
+                self.on_message(i)
             self._deliver(i, mode, icr_low & 0xFF, level=False)
             self.stats[i].ipis_received += 1
         if any(i != src for i in targets) and self.on_remote is not None:
@@ -617,6 +621,11 @@ def count_slice(s: VcpuStats, stop_flags: int, run_ns: int) -> None:
     for bit, kind in _EXIT_KINDS:
         if stop_flags & bit:
             s.exits[kind] = s.exits.get(kind, 0) + 1
+
+
+def flush_translations(uc: Uc) -> None:
+    """Drop every translated block of ``uc`` (its own thread only)."""
+    uc.ctl(UCC.UC_CTL_TB_FLUSH, UCC.UC_CTL_IO_WRITE)
 
 
 def _flush_tlb(uc: Uc) -> None:
