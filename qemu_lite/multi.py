@@ -52,7 +52,6 @@ from qemu_lite.smp import (
     APIC_BASE_BSP,
     RUNNING,
     WAIT_FOR_SIPI,
-    VcpuStats,
     flush_translations,
     start_at,
 )
@@ -103,28 +102,26 @@ class Locked:
 
 
 class _PortForward:
-    """Every port of an AP's engine: the BSP's Core says who answers."""
+    """Every port of an AP's engine: the BSP's Core says who answers (its handlers are
+    :class:`Locked` already: ``Machine.add_device`` wraps them under thread=multi)."""
 
     name = "ports"
 
-    def __init__(self, bsp_core: Any, lock: threading.RLock) -> None:
+    def __init__(self, bsp_core: Any) -> None:
         self._core = bsp_core
-        self._lock = lock
 
     def io_read(self, port: int, size: int) -> int:
-        with self._lock:
-            owner = self._core.port_handler(port)
-            if owner is None:
-                return (1 << (8 * size)) - 1
-            handler, base = owner
-            return int(handler.io_read(port - base, size))
+        owner = self._core.port_handler(port)
+        if owner is None:
+            return (1 << (8 * size)) - 1
+        handler, base = owner
+        return int(handler.io_read(port - base, size))
 
     def io_write(self, port: int, size: int, value: int) -> None:
-        with self._lock:
-            owner = self._core.port_handler(port)
-            if owner is not None:
-                handler, base = owner
-                handler.io_write(port - base, size, value)
+        owner = self._core.port_handler(port)
+        if owner is not None:
+            handler, base = owner
+            handler.io_write(port - base, size, value)
 
 
 class _MmioForward:
@@ -143,31 +140,7 @@ class _MmioForward:
         self._m.forward_mmio_write(self._base + offset, size, value)
 
 
-class _OwnApicPage:
-    """The APIC page in an AP's engine: that AP's APIC."""
-
-    name = "lapic-page"
-
-    def __init__(self, apic: LocalApic, lock: threading.RLock) -> None:
-        self._apic = apic
-        self._lock = lock
-
-    def io_read(self, offset: int, size: int) -> int:
-        with self._lock:
-            return self._apic.io_read(offset, size)
-
-    def io_write(self, offset: int, size: int, value: int) -> None:
-        with self._lock:
-            self._apic.io_write(offset, size, value)
-
-
-class _StatsLoop(RunLoop):
-    """A run loop that counts its slices and why they ended (VcpuStats)."""
-
-    stats: VcpuStats | None = None
-
-
-class _ApLoop(_StatsLoop):
+class _ApLoop(RunLoop):
     """An AP's run loop: the BSP's loop services the clock and the pollers."""
 
     def __init__(self, ap: _Ap, *args: Any, **kwargs: Any) -> None:
@@ -224,21 +197,18 @@ class ParallelVcpus:
         self._quit = False
         self.error: BaseException | None = None
         self._code_group = ctypes.c_int(0)  # patch o's group key: its address
-        self.bsp_done = False
-        bsp_stats = VcpuStats()
-        machine.runloop.stats = bsp_stats
+        self._sync_code = [False] * len(lapics)
         machine.runloop.peers = self
-        self.stats = [bsp_stats]
         self.aps = [self._build(i, apic) for i, apic in enumerate(lapics) if i > 0]
         self._join_engine(machine.uc)
         bus = machine.board.apic_bus
         bus.on_init_sipi = self._init_sipi
-        bus.on_remote = None
-        bus.on_message = self._code_sync
-        self._sync_code = [False] * len(lapics)
+        bus.on_remote = self._code_sync
         machine.add_poller(lambda: self._take_code_sync(0, machine.uc))
-        bus.stats = [self.stats[0], *(ap.loop.stats for ap in self.aps)]
+        # Each loop counts into the bus's per-vCPU stats, which count the IPIs.
         self.stats = bus.stats
+        for loop, stats in zip(self._loops(), bus.stats, strict=True):
+            loop.stats = stats
 
     # -- building ---------------------------------------------------------------------
 
@@ -271,14 +241,13 @@ class ParallelVcpus:
         cpuid.table = m.cpuid.table  # the BSP's, with what the machine offers
         cpuid.apic_id = apic.initial_apic_id
         core.set_cpuid_handler(lambda: cpuid.hook(uc))
-        core.claim_ports(0, PORTS, _PortForward(m.core, self.lock))
-        core.map_mmio(APIC_PAGE, 0x1000, _OwnApicPage(apic, self.lock))
+        core.claim_ports(0, PORTS, _PortForward(m.core))
+        core.map_mmio(APIC_PAGE, 0x1000, Locked(apic, self.lock))
         for start, end in _gaps(uc, 1 << m.cpuid.physical_address_bits()):
             core.map_mmio(start, end - start, _MmioForward(m, start))
         loop = _ApLoop(ap, ap.cpu, core, ap.hooks, m.clock, pollers=[],
                        reset_devices=lambda: None)
         loop.irq_source = apic
-        loop.stats = VcpuStats()
         loop.lock = self.lock
         loop.peers = self
         loop.no_reboot = m.runloop.no_reboot

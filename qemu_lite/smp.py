@@ -137,10 +137,8 @@ class ApicBus:
         self.stats = [VcpuStats() for _ in lapics]
         # Called with (cpu index, mode, vector) for INIT and STARTUP messages.
         self.on_init_sipi: Callable[[int, int, int], None] | None = None
-        # Called when a message reaches a vCPU other than the sender's.
-        self.on_remote: Callable[[], None] | None = None
-        # Called with the index of each vCPU such a message reaches (thread=multi).
-        self.on_message: Callable[[int], None] | None = None
+        # Called with the index of each vCPU other than the sender's a message reaches.
+        self.on_remote: Callable[[int], None] | None = None
         for apic in lapics:
             apic.ipi_bus = self
 
@@ -166,12 +164,10 @@ class ApicBus:
             targets = [self._lowest_priority(targets)]
         self.stats[src].ipis_sent += 1
         for i in targets:
-            if i != src and self.on_message is not None:
-                self.on_message(i)
+            if i != src and self.on_remote is not None:
+                self.on_remote(i)
             self._deliver(i, mode, icr_low & 0xFF, level=False)
             self.stats[i].ipis_received += 1
-        if any(i != src for i in targets) and self.on_remote is not None:
-            self.on_remote()
 
     def _lowest_priority(self, targets: list[int]) -> int:
         # The arbitration: the lowest task priority wins, ties to the lowest index.
@@ -294,7 +290,7 @@ class VcpuSet:
             v.sipi_vector = vector  # a second SIPI before it starts is ignored, as on hardware
         self._m.wake()
 
-    def _remote(self) -> None:
+    def _remote(self, _index: int) -> None:
         self._yield = True
         self._m.wake()
 
