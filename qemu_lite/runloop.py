@@ -232,10 +232,14 @@ class RunLoop:
                 self.vcpus.begin_slice()
             hooks.begin_slice(due or 0)
             started = time.monotonic_ns()
+            lock = self.lock  # thread=multi: the other vCPUs reach devices meanwhile
+            if lock is not None:
+                lock.release()
             try:
-                with self._unlocked():
-                    err = cpu.run_slice()
+                err = cpu.run_slice()
             finally:
+                if lock is not None:
+                    lock.acquire()
                 hooks.end_slice()
             flags, intno = core.take_stop()  # why it ended: one word (STOP_KICK: our exits)
             if self.vcpus is not None:
