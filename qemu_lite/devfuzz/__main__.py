@@ -5,6 +5,10 @@ modules are instrumented as they are imported, so its coverage is the devices' o
 branches and comparisons; a finding is written to ``--crashes`` as libFuzzer's
 ``crash-<sha1>`` file and the process exits non-zero.  ``--engine random`` feeds seeded
 random byte strings instead (no atheris needed; the same seed gives the same inputs).
+``--runs 0`` lifts the input cap (libFuzzer's ``-runs=-1``): ``--seconds`` alone ends the
+run.  ``--round-trip-every N`` and ``--reset-check-every N`` set the run's
+:class:`~qemu_lite.devfuzz.harness.Pace` (the defaults, 1 and 0, are the full checks on
+fresh devices for every input); ``replay`` always checks at the full pace.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu_lite.devfuzz.harness import Finding, Result, Target
+from qemu_lite.devfuzz import harness
+from qemu_lite.devfuzz.harness import FULL, Finding, Pace, Result, Target
 from qemu_lite.fuzz.libfuzzer import rss_limit_flag
 
 MAX_LEN = 1024
@@ -78,11 +83,12 @@ def _save_crash(crashes: Path, data: bytes, finding: Finding) -> Path:
 
 def run_random(target: type[Target], *, runs: int, seconds: float, seed: int,
                max_len: int, crashes: Path) -> int:
-    """Seeded random inputs; returns how many ran.  A finding is saved and raised."""
+    """Seeded random inputs, at most ``runs`` (0: no cap) within ``seconds``; returns how
+    many ran.  A finding is saved and raised."""
     rng = random.Random(seed)
     deadline = time.monotonic() + seconds
     done = 0
-    while done < runs and time.monotonic() < deadline:
+    while (runs == 0 or done < runs) and time.monotonic() < deadline:
         data = rng.randbytes(rng.randrange(1, max_len + 1))
         try:
             target.run_input(data)
@@ -98,7 +104,7 @@ def run_atheris(target: type[Target], *, runs: int, seconds: float, seed: int, m
     import atheris
 
     crashes.mkdir(parents=True, exist_ok=True)
-    argv = [sys.argv[0], f"-runs={runs}", f"-max_total_time={max(1, int(seconds))}",
+    argv = [sys.argv[0], f"-runs={runs or -1}", f"-max_total_time={max(1, int(seconds))}",
             f"-seed={seed}", f"-max_len={max_len}", f"-artifact_prefix={crashes}/",
             "-print_final_stats=1", "-timeout=30", rss_limit_flag(4096)]
     if corpus is not None:
@@ -126,6 +132,8 @@ def _campaign(args: argparse.Namespace, names: list[str]) -> int:
             cmd = [sys.executable, "-m", "qemu_lite.devfuzz", "run", name,
                    "--engine", args.engine, "--runs", str(args.runs),
                    "--seconds", str(args.seconds), "--seed", str(args.seed),
+                   "--round-trip-every", str(args.round_trip_every),
+                   "--reset-check-every", str(args.reset_check_every),
                    "--crashes", str(out / "crashes" / name)]
             if args.engine == "atheris":
                 cmd += ["--corpus", str(out / "corpus" / name)]
@@ -153,6 +161,29 @@ def _campaign(args: argparse.Namespace, names: list[str]) -> int:
     return 1 if any(r["status"] for r in rows) else 0
 
 
+def _count(least: int, what: str) -> Any:
+    """An argparse type: an int of at least ``least`` (``what`` says what it counts)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least} ({what}), not {value}")
+        return value
+
+    return parse
+
+
+def _pace_text(pace: Pace) -> str:
+    if pace == FULL:
+        return "full checks on fresh devices for every input"
+    reuse = (f"devices reused, reset checked every {pace.reset_check_every}"
+             if pace.reset_check_every else "fresh devices for every input")
+    return f"round trip every {pace.round_trip_every} inputs, {reuse}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qemu_lite.devfuzz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,9 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     camp.add_argument("--out", default="devfuzz-campaign")
     for p in (run, camp):
         p.add_argument("--engine", choices=("atheris", "random"), default="atheris")
-        p.add_argument("--runs", type=int, default=100_000)
+        p.add_argument("--runs", type=_count(0, "0: no cap, --seconds ends the run"),
+                       default=100_000, help="inputs at most (0: no cap; default 100000)")
         p.add_argument("--seconds", type=float, default=60.0)
         p.add_argument("--seed", type=int, default=1)
+        p.add_argument("--round-trip-every", type=_count(1, "1: every input"), default=1,
+                       metavar="N", help="the save/load round trip on every Nth input "
+                       "(default 1: every one)")
+        p.add_argument("--reset-check-every", type=_count(0, "0: fresh devices per input"),
+                       default=0, metavar="N", help="0 (default): fresh devices for every "
+                       "input; N: reuse them through reset(), checking a reset device "
+                       "against a fresh one on the first reuse and every Nth after")
     run.add_argument("--max-len", type=int, default=MAX_LEN)
     run.add_argument("--crashes", default="devfuzz-crashes")
     run.add_argument("--corpus")
@@ -192,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'devices':12} {(_Every.__doc__ or '').strip()}")
         return 0
     if args.command == "replay":
+        harness.PACE = FULL  # a reproducer is checked on fresh devices, everything on
         target = _pick(_load_targets(False), args.target)
         failed = 0
         for name in args.files:
@@ -216,19 +256,26 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     target = _pick(_load_targets(use_atheris), args.target)
     crashes = Path(args.crashes)
+    pace = Pace(args.round_trip_every, args.reset_check_every)
     if use_atheris:
+        harness.PACE = pace  # libFuzzer exits the process at the end
+        print(f"devfuzz: {args.target}: {_pace_text(pace)}", file=sys.stderr, flush=True)
         run_atheris(target, runs=args.runs, seconds=args.seconds, seed=args.seed,
                     max_len=args.max_len, crashes=crashes,
                     corpus=Path(args.corpus) if args.corpus else None)
         return 0
     started = time.monotonic()
+    before, harness.PACE = harness.PACE, pace
     try:
         done = run_random(target, runs=args.runs, seconds=args.seconds, seed=args.seed,
                           max_len=args.max_len, crashes=crashes)
     except Finding as finding:
         print(f"{args.target}: FINDING {finding}")
         return 1
-    print(f"{args.target}: ran {done} inputs in {time.monotonic() - started:.1f} s, no finding")
+    finally:
+        harness.PACE = before  # main() may run again in this process (the tests)
+    print(f"{args.target}: ran {done} inputs in {time.monotonic() - started:.1f} s "
+          f"({_pace_text(pace)}), no finding")
     return 0
 
 

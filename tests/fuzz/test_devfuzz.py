@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -186,3 +187,164 @@ def test_reused_target_whose_reset_leaks_state_is_a_finding() -> None:
     execute(Leaky, data, pace)  # builds the pair
     with pytest.raises(Finding, match="reset.. leaves state a fresh device lacks"):
         execute(Leaky, data, pace)  # its reset() keeps reg = 7
+
+
+# -- the pace and the input cap on the command line ------------------------------------
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Fresh pools, and a record of the pace each input ran at and of the checks made."""
+    from qemu_lite.devfuzz import harness
+
+    seen: dict[str, Any] = {"paces": [], "round_trips": 0, "reset_checks": 0}
+    execute_, round_trip, check_reset = (harness.execute, harness._check_round_trip,
+                                         harness._check_reset)
+
+    def recording_execute(target_cls: Any, data: bytes, pace: Any = harness.FULL) -> Any:
+        seen["paces"].append(pace)
+        return execute_(target_cls, data, pace)
+
+    def recording_round_trip(*args: Any) -> None:
+        seen["round_trips"] += 1
+        round_trip(*args)
+
+    def recording_check_reset(*args: Any) -> None:
+        seen["reset_checks"] += 1
+        check_reset(*args)
+
+    monkeypatch.setattr(harness, "_pools", {})
+    monkeypatch.setattr(harness, "execute", recording_execute)
+    monkeypatch.setattr(harness, "_check_round_trip", recording_round_trip)
+    monkeypatch.setattr(harness, "_check_reset", recording_check_reset)
+    return seen
+
+
+def test_cli_pace_flags_reach_the_harness(monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``run --round-trip-every 4 --reset-check-every 8``: every input runs at that pace,
+    one device pair is reused through reset(), the round trip is made on every 4th input;
+    the process's pace is the full one again afterwards."""
+    from qemu_lite.devfuzz import harness
+    from qemu_lite.devfuzz.__main__ import main
+
+    seen = _recording(monkeypatch)
+    target = TARGETS["port92"]
+    assert main(["run", "port92", "--engine", "random", "--runs", "40", "--seconds", "600",
+                 "--round-trip-every", "4", "--reset-check-every", "8",
+                 "--crashes", str(tmp_path)]) == 0
+    assert "ran 40 inputs" in capsys.readouterr().out
+    assert seen["paces"] == [harness.Pace(4, 8)] * 40
+    pool = harness._pools[target]
+    assert pool.inputs == 40 and pool.target is not None and pool.twin is not None
+    assert pool.resets["target"] == 39  # built once, reset for each later input
+    assert seen["round_trips"] == 10
+    assert seen["reset_checks"] >= 5  # the target's 1st, 9th, ... reset at least
+    assert harness.PACE is harness.FULL
+
+    # The defaults are the full pace: fresh devices and a round trip for every input.
+    seen = _recording(monkeypatch)
+    assert main(["run", "port92", "--engine", "random", "--runs", "40", "--seconds", "600",
+                 "--crashes", str(tmp_path)]) == 0
+    assert seen["paces"] == [harness.FULL] * 40
+    assert harness._pools[target].target is None
+    assert seen["round_trips"] == 40 and seen["reset_checks"] == 0
+
+
+def test_cli_replay_checks_at_the_full_pace(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Any) -> None:
+    from qemu_lite.devfuzz import harness
+    from qemu_lite.devfuzz.__main__ import main
+
+    seen = _recording(monkeypatch)
+    monkeypatch.setattr(harness, "PACE", harness.Pace(16, 64))  # as a run would leave it
+    good = tmp_path / "good"
+    good.write_bytes(encode(TARGETS["port92"](), [Op("write", 0, 0, 1, 2), Op("read", 0, 0, 1)]))
+    assert main(["replay", "port92", str(good), str(good)]) == 0
+    assert seen["paces"] == [harness.FULL] * 2 and seen["round_trips"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--round-trip-every", "0"], "--round-trip-every: must be at least 1"),
+    (["--round-trip-every", "-3"], "--round-trip-every: must be at least 1"),
+    (["--reset-check-every", "-1"], "--reset-check-every: must be at least 0"),
+    (["--reset-check-every", "often"], "--reset-check-every: not an integer"),
+    (["--runs", "-1"], "--runs: must be at least 0"),
+])
+@pytest.mark.parametrize("command", ["run", "campaign"])
+def test_cli_refuses_bad_pace_and_runs(command: str, args: list[str], message: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from qemu_lite.devfuzz.__main__ import main
+
+    target = ["port92"] if command == "run" else []
+    with pytest.raises(SystemExit) as exit_:
+        main([command, *target, "--engine", "random", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_runs_zero_runs_until_the_deadline(monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``--runs 0`` is no cap: the random engine stops at ``--seconds`` only.  The clock
+    is a fake that advances one second per reading, so the deadline comes after exactly
+    500 inputs (a cap of 200 stops it first)."""
+    import types
+
+    from qemu_lite.devfuzz import __main__ as cli
+
+    def fake_clock() -> types.SimpleNamespace:
+        ticks = iter(range(10**9))
+        return types.SimpleNamespace(monotonic=lambda: float(next(ticks)))
+
+    common = ["run", "port92", "--engine", "random", "--seconds", "500.5",
+              "--crashes", str(tmp_path)]
+    monkeypatch.setattr(cli, "time", fake_clock())
+    assert cli.main([*common, "--runs", "0"]) == 0
+    assert "ran 500 inputs" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "time", fake_clock())
+    assert cli.main([*common, "--runs", "200"]) == 0
+    assert "ran 200 inputs" in capsys.readouterr().out
+
+
+def test_runs_zero_is_libfuzzers_no_cap(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Under atheris ``--runs 0`` becomes ``-runs=-1`` (libFuzzer's -runs=0 would run
+    nothing); a cap passes through as it is."""
+    import types
+
+    from qemu_lite.devfuzz.__main__ import run_atheris
+
+    calls: list[list[str]] = []
+    fake = types.SimpleNamespace(Setup=lambda argv, one_input: calls.append(argv),
+                                 Fuzz=lambda: None)
+    monkeypatch.setitem(sys.modules, "atheris", fake)
+    for runs in (0, 5):
+        run_atheris(TARGETS["port92"], runs=runs, seconds=3, seed=1, max_len=64,
+                    crashes=tmp_path, corpus=None)
+    assert "-runs=-1" in calls[0] and "-max_total_time=3" in calls[0]
+    assert "-runs=5" in calls[1]
+    assert not any(a.startswith("-runs=0") for a in calls[0] + calls[1])
+
+
+def test_cli_atheris_run_at_a_pace(tmp_path: Any) -> None:
+    pytest.importorskip("atheris", reason="atheris not installed (pip install 'qemu-lite[fuzz]')")
+    done = _cli("run", "e1000", "--runs", "300", "--seconds", "120", "--round-trip-every", "16",
+                "--reset-check-every", "64", "--crashes", str(tmp_path / "crashes"),
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "e1000: round trip every 16 inputs, devices reused, reset checked every 64" \
+        in done.stderr
+    assert "Done 300 runs" in done.stderr
+
+
+def test_campaign_passes_the_pace_to_its_runs(tmp_path: Any) -> None:
+    out = tmp_path / "campaign"
+    done = _cli("campaign", "--engine", "random", "--targets", "port92,debugport", "--runs", "30",
+                "--seconds", "120", "--round-trip-every", "3", "--reset-check-every", "5",
+                "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("port92", "debugport"):
+        log = (out / f"{name}.log").read_text()
+        assert (f"{name}: ran 30 inputs" in log and "round trip every 3 inputs, devices "
+                "reused, reset checked every 5" in log), log
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["target"], r["inputs"], r["finding"]) for r in rows] == [
+        ("port92", 30, False), ("debugport", 30, False)]
