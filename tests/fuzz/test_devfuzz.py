@@ -272,12 +272,14 @@ def test_cli_replay_checks_at_the_full_pace(monkeypatch: pytest.MonkeyPatch,
 ])
 @pytest.mark.parametrize("command", ["run", "campaign"])
 def test_cli_refuses_bad_pace_and_runs(command: str, args: list[str], message: str,
+                                       tmp_path: Any,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     from qemu_lite.devfuzz.__main__ import main
 
-    target = ["port92"] if command == "run" else []
+    where = (["port92", "--crashes", str(tmp_path)] if command == "run"
+             else ["--targets", "port92", "--out", str(tmp_path)])  # if it ran after all
     with pytest.raises(SystemExit) as exit_:
-        main([command, *target, "--engine", "random", *args])
+        main([command, *where, "--engine", "random", "--seconds", "5", *args])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
 
