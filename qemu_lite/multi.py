@@ -17,13 +17,11 @@ Coherence between engines (issue 18 item 3):
 - page tables: the engines use Unicorn's own MMU (``mmu="native"``); its TLB is the
   architectural one, which the guest keeps coherent itself (INVLPG and CR3 writes
   after a shootdown IPI), so nothing of the shadow MMU's kind needs a remote flush;
-- translated code: NOT coherent yet.  Each engine's translation cache is its own, and
-  an engine traps stores only to pages holding its own code (patch d), so code one
-  vCPU rewrites keeps running stale on another vCPU that had translated it (Linux's
-  runtime text patching: static keys, text_poke).  Engine patch o, designed in
-  issue 18's note (a group-wide per-page code mask that makes every engine trap such
-  stores, and per-engine invalidation queues drained at block starts), is what fixes
-  it; ``code_share`` is used once an engine provides it;
+- translated code: each engine's translation cache is its own, so the engines of a
+  machine form one code-share group (engine patch o, ``uc_ql_code_share``): a store by
+  any vCPU to a page another engine holds code in traps there, and once it has landed
+  the other engine drops that code before its next block (Linux's runtime text
+  patching: alternatives, static keys, text_poke);
 - LOCK'd instructions: engine patch n (``uc_ql_set_parallel``) translates with
   CF_PARALLEL, so they become host atomics; patch p makes XCHG one and steps the
   LOCK'd accesses a host cannot make atomic (unaligned ones) under a process-wide
@@ -52,7 +50,6 @@ from qemu_lite.smp import (
     APIC_BASE_BSP,
     RUNNING,
     WAIT_FOR_SIPI,
-    flush_translations,
     start_at,
 )
 from qemu_lite.vcpu import VCpu, new_engine
@@ -74,10 +71,38 @@ def set_parallel(uc: Uc) -> bool:
     return fn(uc._uch, True) == 0
 
 
+def join_code_group(uc: Uc, key: int) -> bool:
+    """Patch o: keep ``uc``'s translations coherent with those of the other engines
+    joined under ``key`` (an address that names the machine)."""
+    from unicorn.unicorn_py3 import unicorn as binding
+
+    fn = getattr(binding.uclib, "uc_ql_code_share", None)
+    if fn is None:
+        return False
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]
+    return fn(uc._uch, key) == 0
+
+
+_CODE_STATS = ("code_invalidations_received", "code_rearms_received",
+               "code_invalidations_sent", "code_inbox_overflows")
+
+
+def code_group_stats(uc: Uc) -> dict[str, int]:
+    """Patch o's counters for one engine (see :data:`_CODE_STATS`)."""
+    from unicorn.unicorn_py3 import unicorn as binding
+
+    fn = binding.uclib.uc_ql_code_share_stats
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p]
+    out = (ctypes.c_uint64 * len(_CODE_STATS))()
+    fn(uc._uch, out)
+    return dict(zip(_CODE_STATS, out, strict=True))
+
+
 def multi_supported() -> str | None:
     """Why ``thread=multi`` cannot run on this engine, or None."""
-    if not (engine_mod.is_patched("n") and engine_mod.is_patched("p")):
-        return "thread=multi needs the patched engine's parallel atomics (patches n and p)"
+    if not all(engine_mod.is_patched(p) for p in "nop"):
+        return ("thread=multi needs the patched engine's parallel atomics and shared code "
+                "invalidation (patches n, o and p)")
     return None
 
 
@@ -178,9 +203,7 @@ class _Ap:
     keep: list[Any] = field(default_factory=list)
 
     def apply_pending(self) -> None:
-        """On the AP's thread, between slices: what the BSP changed in the map, and the
-        translations an interrupt message from another vCPU asks it to drop."""
-        self.owner._take_code_sync(self.index, self.uc)
+        """On the AP's thread, between slices: what the BSP changed in the map."""
         pam, self.pam = self.pam, None
         if pam is not None:
             self.core.set_pam(list(pam))
@@ -197,14 +220,11 @@ class ParallelVcpus:
         self._quit = False
         self.error: BaseException | None = None
         self._code_group = ctypes.c_int(0)  # patch o's group key: its address
-        self._sync_code = [False] * len(lapics)
         machine.runloop.peers = self
         self.aps = [self._build(i, apic) for i, apic in enumerate(lapics) if i > 0]
         self._join_engine(machine.uc)
         bus = machine.board.apic_bus
         bus.on_init_sipi = self._init_sipi
-        bus.on_remote = self._code_sync
-        machine.add_poller(lambda: self._take_code_sync(0, machine.uc))
         # Each loop counts into the bus's per-vCPU stats, which count the IPIs.
         self.stats = bus.stats
         for loop, stats in zip(self._loops(), bus.stats, strict=True):
@@ -215,9 +235,8 @@ class ParallelVcpus:
     def _join_engine(self, uc: Uc) -> None:
         if not set_parallel(uc):
             raise RuntimeError("cannot translate with CF_PARALLEL (patch n)")
-        share = getattr(engine_mod, "code_share", None)  # engine patch o, not built yet
-        if share is not None:
-            share(uc, ctypes.addressof(self._code_group))
+        if not join_code_group(uc, ctypes.addressof(self._code_group)):
+            raise RuntimeError("cannot share code invalidation among engines (patch o)")
 
     def _build(self, index: int, apic: LocalApic) -> _Ap:
         m = self.machine
@@ -271,21 +290,6 @@ class ParallelVcpus:
             self._cond.notify_all()
         except RuntimeError:  # not under the lock (an unlocked caller): the loop's wake will do
             pass
-
-    def _code_sync(self, i: int) -> None:
-        # Until engine patch o: an interrupt message from another vCPU makes the target
-        # drop its translations before it takes the interrupt.  Linux rewrites its text
-        # (text_poke_bp: int3, then the tail, then the first byte) and after each step
-        # makes every other CPU take an IPI (text_poke_sync) and so serialise, which is
-        # when the SDM's cross-modifying protocol lets it see the new bytes: a CPU that
-        # translated the int3 mid-patch would otherwise trap on it for ever.
-        self._sync_code[i] = True
-
-    def _take_code_sync(self, i: int, uc: Uc) -> None:
-        if self._sync_code[i]:
-            self._sync_code[i] = False
-            flush_translations(uc)
-            self.stats[i].exits["code-flush"] = self.stats[i].exits.get("code-flush", 0) + 1
 
     def _init_sipi(self, i: int, mode: int, vector: int) -> None:
         if i == 0:
@@ -440,10 +444,7 @@ class ParallelVcpus:
         return "halted" if ap.cpu.halted else "running"
 
     def code_stats(self) -> list[dict[str, int]]:
-        stats = getattr(engine_mod, "code_share_stats", None)
-        if stats is None:
-            return []
-        return [stats(uc) for uc in [self.machine.uc, *(ap.uc for ap in self.aps)]]
+        return [code_group_stats(uc) for uc in [self.machine.uc, *(ap.uc for ap in self.aps)]]
 
 
 def _gaps(uc: Uc, limit: int) -> list[tuple[int, int]]:

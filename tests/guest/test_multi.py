@@ -1,8 +1,7 @@
 """``-accel tcg,thread=multi``: each vCPU on an engine and a host thread of its own.
 
 What the shared engine of ``thread=single`` gave for free must hold across engines:
-code one vCPU rewrites is seen by another that has it translated (engine patch o, not
-built yet: that test is an expected failure, strict, so it fails once it passes),
+code one vCPU rewrites is seen by another that has it translated (engine patch o),
 a stop made on an AP ends the machine's run, the APs stop with the run and carry on
 in the next one, and what multi cannot do is refused with a clear error.  The LOCK
 XADD counter and the page-table rewrites are test_smp's, run under both modes."""
@@ -148,8 +147,6 @@ def _machine(assemble, tmp_path, body: str, defines: str = "", cpus: int = 2,
     return m, out
 
 
-@pytest.mark.xfail(strict=True, reason="cross-engine code invalidation (engine patch o) is "
-                   "not built yet: the AP runs its stale translation (issue 18)")
 def test_code_rewritten_by_one_vcpu_is_seen_by_another_that_ran_it(assemble, tmp_path):
     m, out = _machine(assemble, tmp_path, XMC_BODY)
     with m:

@@ -147,7 +147,9 @@ def test_aps_started_by_init_sipi_count_exactly(assemble, tmp_path, cpus, thread
         assert ap["ipis_received"] == 3  # INIT and both STARTUPs reached it
         if thread == "single":
             assert ap["switches_in"] >= 1  # its turns on the one engine
-        assert ap["exits"].get("hlt", 0) >= 1  # parked with HLT
+            # Parked with HLT.  Under multi the BSP may report before the last AP
+            # that sent its IPI has reached its HLT.
+            assert ap["exits"].get("hlt", 0) >= 1
 
 
 def test_smp_options_are_checked():
