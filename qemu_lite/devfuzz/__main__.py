@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("files", nargs="+")
     camp = sub.add_parser("campaign", help="every target, one process each")
     camp.add_argument("--targets", help="comma-separated (default: all)")
-    camp.add_argument("--jobs", type=int, default=1)
+    camp.add_argument("--jobs", type=_count(1, "processes at a time"), default=1)
     camp.add_argument("--out", default="devfuzz-campaign")
     for p in (run, camp):
         p.add_argument("--engine", choices=("atheris", "random"), default="atheris")

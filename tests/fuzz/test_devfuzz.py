@@ -269,6 +269,7 @@ def test_cli_replay_checks_at_the_full_pace(monkeypatch: pytest.MonkeyPatch,
     (["--reset-check-every", "-1"], "--reset-check-every: must be at least 0"),
     (["--reset-check-every", "often"], "--reset-check-every: not an integer"),
     (["--runs", "-1"], "--runs: must be at least 0"),
+    (["--jobs", "0"], "--jobs: must be at least 1"),  # (campaign only: 0 waited for ever)
 ])
 @pytest.mark.parametrize("command", ["run", "campaign"])
 def test_cli_refuses_bad_pace_and_runs(command: str, args: list[str], message: str,
@@ -276,6 +277,8 @@ def test_cli_refuses_bad_pace_and_runs(command: str, args: list[str], message: s
                                        capsys: pytest.CaptureFixture[str]) -> None:
     from qemu_lite.devfuzz.__main__ import main
 
+    if command == "run" and args[0] == "--jobs":
+        message = "unrecognized arguments: --jobs"
     where = (["port92", "--crashes", str(tmp_path)] if command == "run"
              else ["--targets", "port92", "--out", str(tmp_path)])  # if it ran after all
     with pytest.raises(SystemExit) as exit_:
