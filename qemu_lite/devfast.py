@@ -46,9 +46,12 @@ def attach_uart(core: Core, index: int, uart: Uart16550, port: int) -> None:
     changed()
 
 
-def attach_vga(core: Core, vga: Vga) -> None:
-    """Serve ``vga.window`` (already mapped) in C where its addressing mode allows, and
-    log VRAM pages written on either path for snapshots (``Core.vram_log_take``)."""
+def attach_vga(core: Core, vga: Vga, window: Any, fast: bool = True) -> None:
+    """Serve ``vga.window`` (already mapped; ``window`` is the handler ``add_mmio``
+    registered for it) in C where its addressing mode allows, and log VRAM pages
+    written on either path for snapshots (``Core.vram_log_take``).  ``fast=False``
+    (thread=multi, where other vCPUs reach the window through Python) attaches the
+    VRAM only, for the framebuffer BAR, and leaves every window access to Python."""
     last: list[object] = []
     core_ref = weakref.ref(core)  # display threads hold the Vga: not the machine through it
 
@@ -68,10 +71,11 @@ def attach_vga(core: Core, vga: Vga) -> None:
         if live is not None:
             live.vram_log_mark(offset, length)  # the stores the C path leaves to Python
 
-    core.vga_attach(vga.window, vga.vram)
-    vga.on_change = changed
+    core.vga_attach(window, vga.vram)
     vga.on_vram_write = vram_written
-    changed()
+    if fast:
+        vga.on_change = changed
+        changed()
 
 
 #: Core's PIO windows 0 and 1 are the IDE channels' (pc.py); fw_cfg takes the next.

@@ -373,16 +373,18 @@ class Machine(DebugHooks, TraceHooks):
         self.core.claim_ports(base, count, self._serialised(device))
 
     def add_mmio(self, base: int, size: int, device: Device,
-                 access_ns: int = VirtualClock.MMIO_NS) -> None:
+                 access_ns: int = VirtualClock.MMIO_NS) -> Device:
         """Map ``device`` at physical ``base``: guest loads and stores call its
         ``io_read(offset, size)`` / ``io_write(offset, size, value)``; each
-        access costs ``access_ns`` of deterministic guest time."""
+        access costs ``access_ns`` of deterministic guest time.  Returns the handler
+        the engine calls (under thread=multi, ``device`` behind the machine's lock)."""
         # Through Core, as ports are: C callbacks, the deterministic charge in C, and the
         # first exception (a device bug, KeyboardInterrupt) re-raised from run().
         self.unassigned.release(base, size)
         device = self._serialised(device)
         self.core.map_mmio(base, size, device, access_ns if self.deterministic else 0)
         self._mmio_map.append((base, size, device))
+        return device
 
     def _serialised(self, device: Device) -> Device:
         """thread=multi: the device's accesses hold the machine's lock."""
@@ -393,6 +395,9 @@ class Machine(DebugHooks, TraceHooks):
         for base, length, device in reversed(self._mmio_map):
             if base <= address < base + length:
                 return device.io_read(address - base, size)
+        vram = self._lfb_offset(address, size)
+        if vram is not None:
+            return int.from_bytes(vram[0][vram[1]:vram[1] + size], "little")
         return (1 << (8 * size)) - 1  # unassigned: all ones, as the gap filler answers
 
     def forward_mmio_write(self, address: int, size: int, value: int) -> None:
@@ -401,6 +406,21 @@ class Machine(DebugHooks, TraceHooks):
             if base <= address < base + length:
                 device.io_write(address - base, size, value)
                 return
+        vram = self._lfb_offset(address, size)
+        if vram is not None:
+            buf, offset = vram
+            buf[offset:offset + size] = value.to_bytes(size, "little")
+            self.core.vram_log_mark(offset, size)
+
+    def _lfb_offset(self, address: int, size: int) -> tuple[bytearray, int] | None:
+        """The VGA's VRAM and the offset in it, where the BSP's engine maps the
+        framebuffer BAR as RAM (``Core.map_vram``) and an AP's engine does not."""
+        base = self.core.vram_base
+        vga = self.board.vga
+        if base is None or vga is None:
+            return None
+        offset = address - base
+        return (vga.vram, offset) if 0 <= offset <= len(vga.vram) - size else None
 
     def set_pam(self, attrs: list[int]) -> None:
         """The i440FX PAM registers: which of 0xC0000-0xFFFFF reads and writes RAM."""

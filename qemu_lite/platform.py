@@ -134,8 +134,8 @@ class Platform(HostMemory, Protocol):
     def add_device(self, base: int, count: int, device: Device) -> None:
         """Claim ports at run time (a BAR moved)."""
 
-    def add_mmio(self, base: int, size: int, device: Device, access_ns: int = ...) -> None:
-        """Map an MMIO range at run time (a BAR moved)."""
+    def add_mmio(self, base: int, size: int, device: Device, access_ns: int = ...) -> Device:
+        """Map an MMIO range at run time (a BAR moved); the handler the engine calls."""
 
     def add_poller(self, poll: Callable[[], None]) -> None: ...
 

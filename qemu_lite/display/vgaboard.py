@@ -102,12 +102,15 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     machine.add_device(VGA_PORT_BASE, VGA_PORT_COUNT, vga.ports)
     machine.add_device(VBE_DISPI_INDEX_PORT, 2, vga.dispi_ports)
     machine.uc.mem_unmap(WINDOW_BASE, WINDOW_SIZE)
-    machine.add_mmio(WINDOW_BASE, WINDOW_SIZE, vga.window)
-    devfast.attach_vga(machine.core, vga)  # stores that need no latches, in C
+    window = machine.add_mmio(WINDOW_BASE, WINDOW_SIZE, vga.window)
+    # Under thread=multi the APs reach the window and ports through Python: the BSP's
+    # C paths would race their state and reorder its writes after theirs.
+    fast = machine.accel_thread != "multi"
+    devfast.attach_vga(machine.core, vga, window, fast)  # stores that need no latches, in C
     # Palette, attribute, misc and CRTC writes only matter to the device's own reads and
     # drawing: queued in C (a mode set loads 768 DAC bytes, every character moves the
     # cursor).  Not the sequencer's or graphics controller's: the C window follows them.
-    for base, count in POSTED_VGA_PORTS:
+    for base, count in POSTED_VGA_PORTS if fast else ():
         machine.core.post_port_writes(base, count)
     machine.remove_from_memory_ranges(WINDOW_BASE, WINDOW_BASE + WINDOW_SIZE)
     function = VgaPci(vga.vram_size)

@@ -193,3 +193,74 @@ def test_what_thread_multi_cannot_do_is_refused(assemble, tmp_path):
                      lambda: m.add_breakpoint(0x7C00), m.step):
             with pytest.raises(ValueError, match="need -accel tcg,thread=single"):
                 call()
+
+
+# The BSP puts the VGA's framebuffer BAR at LFB and turns memory decoding on, then
+# stores until the store sticks (the board maps the BAR between slices); the AP reads
+# what the BSP stored and stores a word of its own there.
+LFB = 0xE0000000
+LFB_BODY = rf"""
+    jmp setup
+align 4
+seen: dd 0
+done: dd 0
+
+    AP_TRAMPOLINE
+    mov eax, [{LFB:#x}]
+    mov [seen], eax
+    mov dword [{LFB + 4:#x}], 0xCAFEF00D
+    mov dword [done], 1
+    cli
+.park:
+    hlt
+    jmp .park
+
+setup:
+    LOAD_GDT
+    mov dx, 0xCF8
+    mov eax, 0x80001010                ; 00:02.0 BAR0
+    out dx, eax
+    mov dx, 0xCFC
+    mov eax, {LFB:#x}
+    out dx, eax
+    mov dx, 0xCF8
+    mov eax, 0x80001004                ; command: memory space on
+    out dx, eax
+    mov dx, 0xCFC
+    mov eax, 2
+    out dx, eax
+.map:
+    mov dword [{LFB:#x}], 0x12345678
+    cmp dword [{LFB:#x}], 0x12345678
+    jne .map
+    mov dword [0xFEE000F0], 0x1FF
+    START_APS
+.wait:
+    pause
+    cmp dword [done], 1
+    jne .wait
+    PRINT "seen="
+    mov eax, [seen]
+    call puthex
+    PRINT " back="
+    mov eax, [{LFB + 4:#x}]
+    call puthex
+    PRINT 10
+    mov al, 0
+    call exit
+"""
+
+
+def test_an_ap_reaches_the_framebuffer_the_bsp_maps_as_ram(assemble, tmp_path):
+    kernel = tmp_path / "guest.bin"
+    kernel.write_bytes(assemble(protected_mode_guest(LFB_BODY, smp=True)))
+    out = bytearray()
+    with Machine(memory="32M", serial="none", vga="std", smp=2, accel=MULTI) as m:
+        m.board.com1.add_output_listener(out.extend)
+        multiboot.load(m, kernel)
+        result = m.run(timeout=60)
+        vram = bytes(m.board.vga.vram[:8])
+    text = out.decode(errors="replace")
+    assert result.reason == "exit", (result, text)
+    assert "seen=12345678 back=CAFEF00D" in text, text  # all ones: the AP missed VRAM
+    assert vram == bytes.fromhex("78563412 0df0feca"), vram.hex()
