@@ -129,6 +129,13 @@ gdtr:
     dw gdt_end - gdt - 1
     dd gdt, 0
 
+%macro PARK 0               ; halt for good with IF=0 (an AP whose work is done)
+    cli
+%%halt:
+    hlt
+    jmp %%halt
+%endmacro
+
 %macro LOAD_GDT 0
     lgdt [gdtr]
     jmp 0x08:%%reload

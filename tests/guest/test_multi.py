@@ -43,10 +43,7 @@ result: dd 0
     call func
     mov [result], eax
     mov dword [done], 1
-    cli
-.park:
-    hlt
-    jmp .park
+    PARK
 
 setup:
     LOAD_GDT
@@ -108,10 +105,7 @@ aps_done: dd 0
     dec ecx
     jnz .add
     lock inc dword [aps_done]
-    cli
-.park:
-    hlt
-    jmp .park
+    PARK
 
 setup:
     LOAD_GDT
@@ -137,11 +131,11 @@ setup:
 
 
 def _machine(assemble, tmp_path, body: str, defines: str = "", cpus: int = 2,
-             **kwargs: object) -> tuple[Machine, bytearray]:
+             vga: str = "none", **kwargs: object) -> tuple[Machine, bytearray]:
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(defines + protected_mode_guest(body, smp=True)))
     out = bytearray()
-    m = Machine(memory="32M", serial="none", vga="none", smp=cpus, accel=MULTI, **kwargs)
+    m = Machine(memory="32M", serial="none", vga=vga, smp=cpus, accel=MULTI, **kwargs)
     m.board.com1.add_output_listener(out.extend)
     multiboot.load(m, kernel)
     return m, out
@@ -210,10 +204,7 @@ done: dd 0
     mov [seen], eax
     mov dword [{LFB + 4:#x}], 0xCAFEF00D
     mov dword [done], 1
-    cli
-.park:
-    hlt
-    jmp .park
+    PARK
 
 setup:
     LOAD_GDT
@@ -252,12 +243,8 @@ setup:
 
 
 def test_an_ap_reaches_the_framebuffer_the_bsp_maps_as_ram(assemble, tmp_path):
-    kernel = tmp_path / "guest.bin"
-    kernel.write_bytes(assemble(protected_mode_guest(LFB_BODY, smp=True)))
-    out = bytearray()
-    with Machine(memory="32M", serial="none", vga="std", smp=2, accel=MULTI) as m:
-        m.board.com1.add_output_listener(out.extend)
-        multiboot.load(m, kernel)
+    m, out = _machine(assemble, tmp_path, LFB_BODY, vga="std")
+    with m:
         result = m.run(timeout=60)
         vram = bytes(m.board.vga.vram[:8])
     text = out.decode(errors="replace")

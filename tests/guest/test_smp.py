@@ -50,10 +50,7 @@ ipi_handler:
     add eax, 0x4040                    ; fixed, vector 0x40 + APIC ID: IRR would merge
     mov dword [0xFEE00310], 0          ; to APIC ID 0 (physical)   one vector sent twice
     mov [0xFEE00300], eax
-    cli
-.park:
-    hlt
-    jmp .park
+    PARK
 
 setup:
     LOAD_GDT
@@ -192,10 +189,7 @@ aps_done: dd 0
     jmp worker
 ap_after:
     lock inc dword [aps_done]
-    cli
-.park:
-    hlt
-    jmp .park
+    PARK
 
 worker:                                ; esi: where to go when done (no stack)
     mov ebx, [0xFEE00020]
