@@ -61,7 +61,7 @@ def assemble(tmp_path: Path):
         src = tmp_path / f"{name}.asm"
         out = tmp_path / f"{name}.{fmt}"
         src.write_text(source)
-        proc = subprocess.run([_nasm(), "-f", fmt, "-o", str(out), str(src)],
+        proc = subprocess.run([_nasm(), "-w+error=orphan-labels", "-f", fmt, "-o", str(out), str(src)],
                               capture_output=True, text=True)
         if proc.returncode:
             raise AssertionError(f"nasm failed on {src}:\n{proc.stderr}")
