@@ -120,6 +120,7 @@ class RunLoop:
         self.peers: Peers | None = None
         self.stats: VcpuStats | None = None
         self.done = False  # halted with IF=0 while other vCPUs run: only an NMI wakes it
+        self.count_instructions = False  # the hooks' clock counts instructions (Machine)
 
     # -- stopping and waking (any thread unless noted) --------------------------------
 
@@ -232,6 +233,7 @@ class RunLoop:
                 self.vcpus.begin_slice()
             hooks.begin_slice(due or 0)
             started = time.monotonic_ns()
+            counted = hooks.vclock_ns if self.count_instructions else None
             lock = self.lock  # thread=multi: the other vCPUs reach devices meanwhile
             if lock is not None:
                 lock.release()
@@ -242,10 +244,11 @@ class RunLoop:
                     lock.acquire()
                 hooks.end_slice()
             flags, intno = core.take_stop()  # why it ended: one word (STOP_KICK: our exits)
+            insns = None if counted is None else hooks.vclock_ns - counted
             if self.vcpus is not None:
-                self.vcpus.end_slice(flags)
+                self.vcpus.end_slice(flags, insns)
             elif self.stats is not None:
-                count_slice(self.stats, flags, time.monotonic_ns() - started)
+                count_slice(self.stats, flags, time.monotonic_ns() - started, insns)
             if flags & STOP_ERROR:
                 callback_error = core.take_error()
                 if callback_error is not None:

@@ -82,7 +82,10 @@ class VcpuStats:
     messages through the ICR; ``switches_in``: times it was given the engine,
     each a full flush of Unicorn's TLB (the only invalidation one vCPU causes in
     another's view: page-table and code stores reach the shared caches directly);
-    ``run_ns``: host time spent in its slices."""
+    ``run_ns``: host time spent in its slices; ``instructions`` (only with
+    ``Machine(count_instructions=True)``): guest instructions it executed, counted per
+    block at the block's start as QEMU's icount counts them (a block an exception
+    leaves early counts whole)."""
 
     slices: int = 0
     exits: dict[str, int] = field(default_factory=dict)
@@ -90,11 +93,15 @@ class VcpuStats:
     ipis_received: int = 0
     switches_in: int = 0
     run_ns: int = 0
+    instructions: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"slices": self.slices, "exits": dict(self.exits), "ipis_sent": self.ipis_sent,
-                "ipis_received": self.ipis_received, "switches_in": self.switches_in,
-                "run_ns": self.run_ns}
+        out = {"slices": self.slices, "exits": dict(self.exits), "ipis_sent": self.ipis_sent,
+               "ipis_received": self.ipis_received, "switches_in": self.switches_in,
+               "run_ns": self.run_ns}
+        if self.instructions is not None:
+            out["instructions"] = self.instructions
+        return out
 
 
 def parse_accel(text: str) -> str:
@@ -423,10 +430,10 @@ class VcpuSet:
     def begin_slice(self) -> None:
         self._slice_started = time.monotonic_ns()
 
-    def end_slice(self, stop_flags: int) -> None:
+    def end_slice(self, stop_flags: int, instructions: int | None = None) -> None:
         """Count the slice that just ended, by what stopped it (mmu_core's STOP_* flags)."""
         count_slice(self.bus.stats[self.current], stop_flags,
-                    time.monotonic_ns() - self._slice_started)
+                    time.monotonic_ns() - self._slice_started, instructions)
 
     # -- between runs: another vCPU's view, saved state -----------------------------
 
@@ -610,10 +617,13 @@ def start_at(uc: Uc, vector: int) -> None:
     _flush_tlb(uc)
 
 
-def count_slice(s: VcpuStats, stop_flags: int, run_ns: int) -> None:
+def count_slice(s: VcpuStats, stop_flags: int, run_ns: int,
+                instructions: int | None = None) -> None:
     """One slice of a vCPU, by what stopped it (mmu_core's STOP_* flags)."""
     s.slices += 1
     s.run_ns += run_ns
+    if instructions is not None:
+        s.instructions = (s.instructions or 0) + instructions
     for bit, kind in _EXIT_KINDS:
         if stop_flags & bit:
             s.exits[kind] = s.exits.get(kind, 0) + 1

@@ -149,6 +149,61 @@ def test_aps_started_by_init_sipi_count_exactly(assemble, tmp_path, cpus, thread
             assert ap["exits"].get("hlt", 0) >= 1
 
 
+# Each CPU counts down from LOOPS (dec, jnz: 2 instructions a turn, no exception or
+# stepped atomic that would leave a block early), then the AP parks and the BSP exits.
+COUNT_BODY = r"""
+    jmp setup
+align 4
+ap_done: dd 0
+
+    AP_TRAMPOLINE
+    mov ecx, LOOPS
+.l:
+    dec ecx
+    jnz .l
+    lock inc dword [ap_done]
+    PARK
+
+setup:
+    LOAD_GDT
+    mov dword [0xFEE000F0], 0x1FF
+    START_APS
+    mov ecx, LOOPS
+.l:
+    dec ecx
+    jnz .l
+.wait:
+    cmp dword [ap_done], 1
+    jne .wait
+    mov al, 0
+    call exit
+"""
+LOOPS = 3_000_000
+
+
+@pytest.mark.requires_patched_engine("b")
+@pytest.mark.parametrize("thread", ("single", pytest.param("multi", marks=needs_multi)))
+def test_each_vcpu_counts_the_instructions_it_ran(assemble, tmp_path, thread):
+    kernel = tmp_path / "count.bin"
+    kernel.write_bytes(assemble(f"%define LOOPS {LOOPS}\n"
+                                + protected_mode_guest(COUNT_BODY, smp=True)))
+    with Machine(memory="32M", serial="none", vga="none", smp=2,
+                 accel=f"tcg,thread={thread}", count_instructions=True) as m:
+        multiboot.load(m, kernel)
+        result = m.run(timeout=120)
+        stats = m.vcpu_stats()
+    assert result.reason == "exit", result
+    ap = stats[1]["instructions"]
+    assert 2 * LOOPS <= ap < 2 * LOOPS + 1_000, stats  # its loop, its start-up, its park
+    # The BSP also spun on ap_done for as long as the AP ran behind it.
+    assert stats[0]["instructions"] >= 2 * LOOPS, stats
+
+
+def test_instruction_counts_are_off_unless_asked_for(assemble, tmp_path):
+    _, _, stats = _run(assemble, tmp_path, 2)
+    assert all("instructions" not in vcpu for vcpu in stats)
+
+
 def test_smp_options_are_checked():
     with pytest.raises(ValueError, match="1 to 8"):
         Machine(smp=9)
