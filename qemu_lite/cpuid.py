@@ -27,7 +27,6 @@ from unicorn import x86_const as X
 
 # leaf 1
 ECX_MONITOR = 1 << 3
-ECX_CX16 = 1 << 13
 ECX_X2APIC = 1 << 21
 TOPOLOGY_LEAF = 0xB
 ECX_TSC_DEADLINE = 1 << 24
@@ -115,11 +114,6 @@ class CpuidModel:
         """CPUID.1:ECX.TSC_DEADLINE: the machine implements IA32_TSC_DEADLINE."""
         a, b, c, d = self.table[(1, 0)]
         self.table[(1, 0)] = (a, b, c | ECX_TSC_DEADLINE, d)
-
-    def hide_cx16(self) -> None:
-        """CPUID.1:ECX.CX16 clear: no CMPXCHG16B (thread=multi cannot make it atomic)."""
-        a, b, c, d = self.table[(1, 0)]
-        self.table[(1, 0)] = (a, b, c & ~ECX_CX16, d)
 
     def physical_address_bits(self) -> int:
         """MAXPHYADDR as CPUID.80000008H:EAX[7:0] reports it (36 without the leaf)."""

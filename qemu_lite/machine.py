@@ -205,8 +205,6 @@ class Machine(DebugHooks, TraceHooks):
         if deterministic:
             self.core.set_io_clock(self.hooks, self.hooks.vclock_address(), VirtualClock.PORT_NS)
         self.cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000, hide_rdrand=deterministic)
-        if multi:
-            self.cpuid.hide_cx16()  # CMPXCHG16B is not atomic across engines (multi.py)
         self.core.set_cpuid_handler(lambda: self.cpuid.hook(self.uc))
         # Reset with the machine besides the board's slots (which Machine walks itself).
         self._resettable: list[Any] = [self.tsc]

@@ -25,8 +25,8 @@ Coherence between engines (issue 18 item 3):
 - LOCK'd instructions: engine patch n (``uc_ql_set_parallel``) translates with
   CF_PARALLEL, so they become host atomics; patch p makes XCHG one and steps the
   LOCK'd accesses a host cannot make atomic (unaligned ones) under a process-wide
-  lock.  CMPXCHG16B is not atomic across engines in Unicorn's build, so CPUID hides
-  CX16 (Linux then uses no cmpxchg_double).
+  lock.  LOCK CMPXCHG16B in a CF_PARALLEL block is the host's own (Unicorn's build
+  has CONFIG_CMPXCHG128), so CPUID offers CX16 as under single.
 """
 
 from __future__ import annotations

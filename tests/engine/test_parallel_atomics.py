@@ -15,8 +15,8 @@ import ctypes
 import threading
 
 import pytest
-from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
-from unicorn.x86_const import UC_X86_REG_EIP
+from unicorn import UC_ARCH_X86, UC_MODE_32, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn.x86_const import UC_X86_REG_EIP, UC_X86_REG_RIP
 
 pytestmark = pytest.mark.requires_patched_engine("n")
 
@@ -59,13 +59,14 @@ def _set_parallel(uc: Uc) -> None:
     assert fn(uc._uch, True) == 0
 
 
-def _run_on_two_engines(program: bytes) -> tuple[int, list[Uc]]:
+def _run_on_two_engines(program: bytes, mode: int = UC_MODE_32,
+                        ram: ctypes.Array[ctypes.c_char] | None = None) -> tuple[int, list[Uc]]:
     """Both engines run ``program`` at once; the counter's final value."""
-    ram = ctypes.create_string_buffer(RAM)
+    ram = ctypes.create_string_buffer(RAM) if ram is None else ram
     ram[CODE:CODE + len(program)] = program
     engines = []
     for _ in range(2):
-        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc = Uc(UC_ARCH_X86, mode)
         uc.mem_map_ptr(0, RAM, UC_PROT_ALL, ctypes.addressof(ram))
         _set_parallel(uc)
         engines.append(uc)
@@ -86,7 +87,8 @@ def _run_on_two_engines(program: bytes) -> tuple[int, list[Uc]]:
         t.join()
     assert not errors, errors
     # Each reached the end (emu_start's timeout would leave EIP inside the loop).
-    assert all(uc.reg_read(UC_X86_REG_EIP) == CODE + len(program) - 1 for uc in engines)
+    pc = UC_X86_REG_RIP if mode == UC_MODE_64 else UC_X86_REG_EIP
+    assert all(uc.reg_read(pc) == CODE + len(program) - 1 for uc in engines)
     counter = COUNTER if program is not UNALIGNED else COUNTER + 2
     return int.from_bytes(ram[counter:counter + 4], "little"), engines
 
@@ -110,3 +112,25 @@ def test_an_unaligned_lock_xadd_is_stepped_and_exact() -> None:
     total, engines = _run_on_two_engines(UNALIGNED)
     assert total == 2 * ADDS
     assert all(_call(uc, "uc_ql_atomic_steps") == ADDS for uc in engines)
+
+
+# 64-bit: a 16-byte pair at COUNTER, each CMPXCHG16B that succeeds adds 1 to the low
+# quadword and 2 to the high one.  mov r8d, ADDS / .next: mov rax, [COUNTER] /
+# mov rdx, [COUNTER + 8] / .retry: lea rbx, [rax + 1] / lea rcx, [rdx + 2] /
+# lock cmpxchg16b [COUNTER] / jnz .retry / dec r8d / jnz .next / nop
+CMPXCHG16B = (b"\x41\xb8" + ADDS.to_bytes(4, "little")
+              + b"\x48\x8b\x04\x25" + COUNTER.to_bytes(4, "little")
+              + b"\x48\x8b\x14\x25" + (COUNTER + 8).to_bytes(4, "little")
+              + b"\x48\x8d\x58\x01" + b"\x48\x8d\x4a\x02"
+              + b"\xf0\x48\x0f\xc7\x0c\x25" + COUNTER.to_bytes(4, "little")
+              + b"\x75\xec" + b"\x41\xff\xc8" + b"\x75\xd7" + b"\x90")
+
+
+def test_lock_cmpxchg16b_from_two_engines_is_exact() -> None:
+    # The engine's CF_PARALLEL helper is the host's LOCK CMPXCHG16B, so thread=multi
+    # can offer CX16.
+    ram = ctypes.create_string_buffer(RAM)
+    _run_on_two_engines(CMPXCHG16B, UC_MODE_64, ram)
+    low = int.from_bytes(ram[COUNTER:COUNTER + 8], "little")
+    high = int.from_bytes(ram[COUNTER + 8:COUNTER + 16], "little")
+    assert (low, high) == (2 * ADDS, 4 * ADDS)
