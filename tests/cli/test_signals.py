@@ -167,6 +167,17 @@ def test_keyboard_interrupt_leaves_run_on_the_main_thread(assemble, tmp_path):
     kernel = spin_kernel(assemble, tmp_path, "cli-jmp")
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(64 * 512))
+    # Python's own SIGINT handler, whoever started pytest: a shell without job control
+    # starts background commands with SIGINT ignored, and Python then installs none.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_a_spinning_run(kernel, disk)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert disk.read_bytes()[512:512 + len(SECTOR_TAG)] == SECTOR_TAG
+
+
+def _interrupt_a_spinning_run(kernel: Path, disk: Path) -> None:
     with Machine(disk, memory="32M", serial="none") as m:
         multiboot.load(m, kernel)
         watchdog_fired = threading.Event()
@@ -184,7 +195,6 @@ def test_keyboard_interrupt_leaves_run_on_the_main_thread(assemble, tmp_path):
         stopped.set()
         assert not watchdog_fired.is_set()
         assert m.run(timeout=0.3).reason == "timeout"
-    assert disk.read_bytes()[512:512 + len(SECTOR_TAG)] == SECTOR_TAG
 
 
 def test_watch_signals_wraps_python_handlers_only():
