@@ -36,6 +36,16 @@ def _engines(ram: ctypes.Array[ctypes.c_char], group: ctypes.c_int | None) -> li
     return engines
 
 
+def _func_in_a_group() -> tuple[ctypes.Array[ctypes.c_char], Uc, Uc, ctypes.c_int]:
+    """Two grouped engines, FUNC holding ``mov eax, OLD / ret``; the group's key last
+    (keep it alive while the engines are)."""
+    group = ctypes.c_int(0)
+    ram = ctypes.create_string_buffer(RAM)
+    a, b = _engines(ram, group)
+    ram[FUNC:FUNC + 6] = _func(OLD)
+    return ram, a, b, group
+
+
 def _run(uc: Uc, ram: ctypes.Array[ctypes.c_char], at: int, code: bytes) -> None:
     ram[at:at + len(code) + 1] = code + b"\x90"
     uc.emu_start(at, at + len(code))
@@ -105,10 +115,7 @@ def test_more_pages_than_the_inbox_holds_drop_all_translations():
 
 
 def test_a_group_member_closes_cleanly_and_the_other_goes_on():
-    group = ctypes.c_int(0)
-    ram = ctypes.create_string_buffer(RAM)
-    a, b = _engines(ram, group)
-    ram[FUNC:FUNC + 6] = _func(OLD)
+    ram, a, b, _group = _func_in_a_group()
     _run(b, ram, 0x2000, _call(0x2000, FUNC))
     del b
     gc.collect()  # the engine is closed: its inbox and its bits go with it

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 
 import pytest
-from test_code_share import FUNC, NEW, OLD, RAM, _call, _engines, _func, _run
+from test_code_share import FUNC, NEW, OLD, RAM, _call, _engines, _func, _func_in_a_group, _run
 from unicorn.x86_const import UC_X86_REG_EAX
 
 pytestmark = pytest.mark.requires_patched_engine("q")
@@ -25,10 +25,7 @@ def test_a_host_write_reaches_code_the_engine_translated():
 
 
 def test_a_host_write_through_one_engine_reaches_code_another_translated():
-    group = ctypes.c_int(0)
-    ram = ctypes.create_string_buffer(RAM)
-    a, b = _engines(ram, group)
-    ram[FUNC:FUNC + 6] = _func(OLD)
+    ram, a, b, _group = _func_in_a_group()
     _run(b, ram, 0x2000, _call(0x2000, FUNC))
     _run(a, ram, 0x1000, _call(0x1000, FUNC))  # both hold the code
     a.mem_write(FUNC + 1, NEW.to_bytes(4, "little"))
