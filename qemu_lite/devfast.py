@@ -29,6 +29,14 @@ _VGA_KINDS = {"bank": VGA_BANK, "chain4": VGA_CHAIN4, "odd-even": VGA_ODD_EVEN,
               "planar": VGA_PLANAR}
 
 
+def applies(accel_thread: str) -> bool:
+    """Whether the BSP's C fast paths may serve devices: not under thread=multi, where
+    the other vCPUs reach the same devices through Python (qemu_lite/multi.py) and the
+    state these paths keep in the BSP's Core would race theirs (and the posted writes
+    would be reordered after theirs)."""
+    return accel_thread != "multi"
+
+
 def attach_uart(core: Core, index: int, uart: Uart16550, port: int) -> None:
     """Serve ``uart`` (at ``port``, fast-path slot ``index``) in C where it allows."""
     last: list[tuple[int, bool]] = []

@@ -417,9 +417,7 @@ def build(platform: Platform, *, drives: list[Drive], serial: str | None,
     if serial != "stdio" and sys.stdin.isatty():
         terminal_keys = _keyboard_from_terminal(platform, kbc)
 
-    # thread=multi: the other vCPUs reach devices through Python only (qemu_lite/multi.py),
-    # so the BSP's C fast paths, which keep device state in its Core, stay off.
-    fast = platform.accel_thread != "multi"
+    fast = devfast.applies(platform.accel_thread)
     com1 = Uart16550(irqs.line(IRQ_COM1), _open_serial(platform, serial, "serial0"), clock)
     if fast:
         devfast.attach_uart(platform.core, 0, com1, COM1)

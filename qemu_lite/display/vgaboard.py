@@ -103,9 +103,7 @@ def attach_vga(machine: Machine, pci: PciBus, vga_bios: str | os.PathLike[str] |
     machine.add_device(VBE_DISPI_INDEX_PORT, 2, vga.dispi_ports)
     machine.uc.mem_unmap(WINDOW_BASE, WINDOW_SIZE)
     window = machine.add_mmio(WINDOW_BASE, WINDOW_SIZE, vga.window)
-    # Under thread=multi the APs reach the window and ports through Python: the BSP's
-    # C paths would race their state and reorder its writes after theirs.
-    fast = machine.accel_thread != "multi"
+    fast = devfast.applies(machine.accel_thread)
     devfast.attach_vga(machine.core, vga, window, fast)  # stores that need no latches, in C
     # Palette, attribute, misc and CRTC writes only matter to the device's own reads and
     # drawing: queued in C (a mode set loads 768 DAC bytes, every character moves the
