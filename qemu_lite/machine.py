@@ -181,15 +181,12 @@ class Machine(DebugHooks, TraceHooks):
         self.cpu = VCpu(self.uc, self.core, reset_ctx)
         self.hooks = VcpuHooks(self.uc)
         self.deterministic = deterministic
-        # Per-vCPU instruction counts in vcpu_stats(): patch b's block-start clock step
-        # with 1 "ns" an instruction, which wall-clock time leaves unused otherwise.  Off
+        # Per-vCPU instruction counts in vcpu_stats() (RunLoop.count_instructions). Off
         # by default: it costs about 7 % of a Linux boot.
         if count_instructions and (deterministic or not self.hooks.engine_exits):
             raise ValueError("count_instructions needs the patched engine and wall-clock time "
                              "(under --deterministic the same counter is guest time)")
         self.count_instructions = count_instructions
-        if count_instructions:
-            self.hooks.ns_per_insn = 1
         self.clock: HostClock | VirtualClock
         if deterministic:
             self.clock = VirtualClock(self.hooks)
@@ -212,7 +209,8 @@ class Machine(DebugHooks, TraceHooks):
         self.runloop = RunLoop(self.cpu, self.core, self.hooks, self.clock,
                                pollers=self._pollers, reset_devices=self._reset_devices)
         self.runloop.no_reboot = no_reboot
-        self.runloop.count_instructions = count_instructions
+        if count_instructions:
+            self.runloop.count_instructions()
         # powerdown() counts requests (any thread); the vCPU thread presses the button
         # once per request it has not served yet.  Two counters: no lock, nothing lost.
         self._power_button_requests = 0

@@ -255,8 +255,6 @@ class ParallelVcpus:
             uc.mem_unmap(0xA0000, 0x20000)
         ap.cpu = VCpu(uc, core, reset_ctx)
         ap.hooks = VcpuHooks(uc)
-        if m.count_instructions:
-            ap.hooks.ns_per_insn = 1
         tsc = VirtualTsc(uc, ap.hooks, TSC_KHZ, m.clock.start_ns)
         cpuid = CpuidModel(tsc_mhz=TSC_KHZ // 1000)
         cpuid.table = m.cpuid.table  # the BSP's, with what the machine offers
@@ -272,7 +270,8 @@ class ParallelVcpus:
         loop.lock = self.lock
         loop.peers = self
         loop.no_reboot = m.runloop.no_reboot
-        loop.count_instructions = m.count_instructions
+        if m.count_instructions:
+            loop.count_instructions()
         ap.loop = loop
         apic.on_request = lambda: self._wake(ap)
         msrs = m.msrs_for_ap(ap.uc, tsc, apic, loop) if m.msrs is not None else None

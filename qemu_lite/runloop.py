@@ -120,7 +120,14 @@ class RunLoop:
         self.peers: Peers | None = None
         self.stats: VcpuStats | None = None
         self.done = False  # halted with IF=0 while other vCPUs run: only an NMI wakes it
-        self.count_instructions = False  # the hooks' clock counts instructions (Machine)
+        self.counting = False  # count_instructions() was called
+
+    def count_instructions(self) -> None:
+        """Count each slice's instructions into :attr:`stats` (wall-clock time only,
+        before the first run): patch b's block-start clock step with one unit an
+        instruction, a counter that wall-clock time leaves unused otherwise."""
+        self.hooks.ns_per_insn = 1
+        self.counting = True
 
     # -- stopping and waking (any thread unless noted) --------------------------------
 
@@ -233,7 +240,7 @@ class RunLoop:
                 self.vcpus.begin_slice()
             hooks.begin_slice(due or 0)
             started = time.monotonic_ns()
-            counted = hooks.vclock_ns if self.count_instructions else None
+            counted = hooks.vclock_ns if self.counting else None
             lock = self.lock  # thread=multi: the other vCPUs reach devices meanwhile
             if lock is not None:
                 lock.release()
