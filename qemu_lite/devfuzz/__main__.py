@@ -6,7 +6,7 @@ branches and comparisons; a finding is written to ``--crashes`` as libFuzzer's
 ``crash-<sha1>`` file and the process exits non-zero.  ``--engine random`` feeds seeded
 random byte strings instead (no atheris needed; the same seed gives the same inputs).
 ``--runs 0`` lifts the input cap (libFuzzer's ``-runs=-1``): ``--seconds`` alone ends the
-run.  ``--round-trip-every N`` and ``--reset-check-every N`` set the run's
+run.  ``--round-trip-every N``, ``--reset-check-every N`` and ``--burst-every N`` set the run's
 :class:`~qemu_lite.devfuzz.harness.Pace` (the defaults, 1 and 0, are the full checks on
 fresh devices for every input); ``replay`` always checks at the full pace.
 """
@@ -93,7 +93,7 @@ def run_random(target: type[Target], *, runs: int, seconds: float, seed: int,
         try:
             target.run_input(data)
         except Finding as finding:
-            path = _save_crash(crashes, data, finding)
+            path = _save_crash(crashes, finding.reproducer or data, finding)
             raise Finding(f"{finding} (reproducer {path})") from None
         done += 1
     return done
@@ -112,7 +112,14 @@ def run_atheris(target: type[Target], *, runs: int, seconds: float, seed: int, m
         argv.append(str(corpus))
 
     def one_input(data: bytes) -> None:
-        target.run_input(data)
+        try:
+            target.run_input(data)
+        except Finding as finding:
+            if finding.reproducer is not None:  # libFuzzer saves the input it gave
+                path = _save_crash(crashes, finding.reproducer, finding)
+                print(f"devfuzz: the input ran without its bursts; reproducer {path}",
+                      file=sys.stderr, flush=True)
+            raise
 
     atheris.Setup(argv, one_input)
     atheris.Fuzz()
@@ -134,6 +141,7 @@ def _campaign(args: argparse.Namespace, names: list[str]) -> int:
                    "--seconds", str(args.seconds), "--seed", str(args.seed),
                    "--round-trip-every", str(args.round_trip_every),
                    "--reset-check-every", str(args.reset_check_every),
+                   "--burst-every", str(args.burst_every), "--max-len", str(args.max_len),
                    "--crashes", str(out / "crashes" / name)]
             if args.engine == "atheris":
                 cmd += ["--corpus", str(out / "corpus" / name)]
@@ -181,7 +189,8 @@ def _pace_text(pace: Pace) -> str:
         return "full checks on fresh devices for every input"
     reuse = (f"devices reused, reset checked every {pace.reset_check_every}"
              if pace.reset_check_every else "fresh devices for every input")
-    return f"round trip every {pace.round_trip_every} inputs, {reuse}"
+    bursts = f", bursts on every {pace.burst_every}" if pace.burst_every > 1 else ""
+    return f"round trip every {pace.round_trip_every} inputs, {reuse}{bursts}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
                        default=0, metavar="N", help="0 (default): fresh devices for every "
                        "input; N: reuse them through reset(), checking a reset device "
                        "against a fresh one on the first reuse and every Nth after")
-    run.add_argument("--max-len", type=int, default=MAX_LEN)
+        p.add_argument("--burst-every", type=_count(1, "1: every input"), default=1,
+                       metavar="N", help="run an input's bursts on every Nth input only, "
+                       "the others without them (default 1: every one)")
+        p.add_argument("--max-len", type=_count(1, "bytes"), default=MAX_LEN,
+                       help=f"the longest input (default {MAX_LEN})")
     run.add_argument("--crashes", default="devfuzz-crashes")
     run.add_argument("--corpus")
     args = parser.parse_args(argv)
@@ -256,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     target = _pick(_load_targets(use_atheris), args.target)
     crashes = Path(args.crashes)
-    pace = Pace(args.round_trip_every, args.reset_check_every)
+    pace = Pace(args.round_trip_every, args.reset_check_every, args.burst_every)
     if use_atheris:
         harness.PACE = pace  # libFuzzer exits the process at the end
         print(f"devfuzz: {args.target}: {_pace_text(pace)}", file=sys.stderr, flush=True)

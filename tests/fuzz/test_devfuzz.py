@@ -39,7 +39,10 @@ def test_encode_is_what_decode_reads() -> None:
 class _Broken:
     """A register file with one bug chosen by ``bug``."""
 
+    built: list[_Broken] = []  # every one made, in order
+
     def __init__(self, bug: str, memory: Any) -> None:
+        _Broken.built.append(self)
         self.bug = bug
         self.memory = memory
         self.reg = 0
@@ -189,6 +192,37 @@ def test_reused_target_whose_reset_leaks_state_is_a_finding() -> None:
         execute(Leaky, data, pace)  # its reset() keeps reg = 7
 
 
+def test_burst_pace_runs_bursts_on_every_nth_input_only() -> None:
+    """``Pace(burst_every=2)``: the 1st, 3rd, ... inputs run their bursts, the others the
+    same accesses without them; a finding on an input run without its bursts carries the
+    input that ran, which shows the same finding at the full pace."""
+    from qemu_lite.devfuzz.harness import Pace, without_bursts
+
+    target = _broken_target("leak")
+    pace = Pace(round_trip_every=1000, burst_every=2)  # a round trip on the 1st input only
+    data = encode(target(), [Op("write", 0, 0, 1, 1), Op("burst"), Op("write", 0, 0, 1, 2)])
+    without_bursts(target, data)  # builds the class's shape before the loop counts devices
+    logs = []
+    for _ in range(4):
+        before = len(_Broken.built)
+        result = execute(target, data, pace)
+        logs.append(len(_Broken.built[before].log))  # the input's device, not its twin
+        assert result.ops == (3 if len(logs) % 2 else 2)
+    assert logs == [2 + BURST + 2, 2, 2 + BURST, 2]  # (+2: the round trip's probe)
+
+    raises = _broken_target("raises")
+    data = encode(raises(), [Op("burst"), Op("write", 0, 0, 1, 0x66)])
+    assert without_bursts(raises, data) == encode(raises(), [Op("write", 0, 0, 1, 0x66)])
+    with pytest.raises(Finding) as first:
+        execute(raises, data, pace)
+    assert first.value.reproducer is None  # it ran as given
+    with pytest.raises(Finding) as second:
+        execute(raises, data, pace)
+    assert second.value.reproducer == without_bursts(raises, data)
+    with pytest.raises(Finding, match="raised IndexError"):
+        execute(raises, second.value.reproducer)
+
+
 # -- the pace and the input cap on the command line ------------------------------------
 
 
@@ -221,8 +255,9 @@ def _recording(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def test_cli_pace_flags_reach_the_harness(monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """``run --round-trip-every 4 --reset-check-every 8``: every input runs at that pace,
-    one device pair is reused through reset(), the round trip is made on every 4th input;
+    """``run --round-trip-every 4 --reset-check-every 8 --burst-every 2``: every input runs
+    at that pace, one device pair is reused through reset(), the round trip is made on
+    every 4th input;
     the process's pace is the full one again afterwards."""
     from qemu_lite.devfuzz import harness
     from qemu_lite.devfuzz.__main__ import main
@@ -230,10 +265,10 @@ def test_cli_pace_flags_reach_the_harness(monkeypatch: pytest.MonkeyPatch, tmp_p
     seen = _recording(monkeypatch)
     target = TARGETS["port92"]
     assert main(["run", "port92", "--engine", "random", "--runs", "40", "--seconds", "600",
-                 "--round-trip-every", "4", "--reset-check-every", "8",
+                 "--round-trip-every", "4", "--reset-check-every", "8", "--burst-every", "2",
                  "--crashes", str(tmp_path)]) == 0
     assert "ran 40 inputs" in capsys.readouterr().out
-    assert seen["paces"] == [harness.Pace(4, 8)] * 40
+    assert seen["paces"] == [harness.Pace(4, 8, 2)] * 40
     pool = harness._pools[target]
     assert pool.inputs == 40 and pool.target is not None and pool.twin is not None
     assert pool.resets["target"] == 39  # built once, reset for each later input
@@ -268,6 +303,8 @@ def test_cli_replay_checks_at_the_full_pace(monkeypatch: pytest.MonkeyPatch,
     (["--round-trip-every", "-3"], "--round-trip-every: must be at least 1"),
     (["--reset-check-every", "-1"], "--reset-check-every: must be at least 0"),
     (["--reset-check-every", "often"], "--reset-check-every: not an integer"),
+    (["--burst-every", "0"], "--burst-every: must be at least 1"),
+    (["--max-len", "0"], "--max-len: must be at least 1"),
     (["--runs", "-1"], "--runs: must be at least 0"),
     (["--jobs", "0"], "--jobs: must be at least 1"),  # (campaign only: 0 waited for ever)
 ])
@@ -344,12 +381,12 @@ def test_campaign_passes_the_pace_to_its_runs(tmp_path: Any) -> None:
     out = tmp_path / "campaign"
     done = _cli("campaign", "--engine", "random", "--targets", "port92,debugport", "--runs", "30",
                 "--seconds", "120", "--round-trip-every", "3", "--reset-check-every", "5",
-                "--out", str(out), cwd=tmp_path)
+                "--burst-every", "4", "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("port92", "debugport"):
         log = (out / f"{name}.log").read_text()
         assert (f"{name}: ran 30 inputs" in log and "round trip every 3 inputs, devices "
-                "reused, reset checked every 5" in log), log
+                "reused, reset checked every 5, bursts on every 4" in log), log
     rows = json.loads((out / "summary.json").read_text())
     assert [(r["target"], r["inputs"], r["finding"]) for r in rows] == [
         ("port92", 30, False), ("debugport", 30, False)]
