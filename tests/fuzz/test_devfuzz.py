@@ -390,3 +390,26 @@ def test_campaign_passes_the_pace_to_its_runs(tmp_path: Any) -> None:
     rows = json.loads((out / "summary.json").read_text())
     assert [(r["target"], r["inputs"], r["finding"]) for r in rows] == [
         ("port92", 30, False), ("debugport", 30, False)]
+
+
+def test_time_event_fires_a_bounded_number_of_timers_and_lands_in_the_same_state() -> None:
+    """A PIT counting 2 clocks in mode 2 transitions every 0.8 us: one 10 ms advance of the
+    fuzzing clock fires the first timers in order and jumps the rest of the way, and the
+    PIT reads back as it does after the exact, 12,000-timer advance."""
+    from qemu_lite.devfuzz.targets import MAX_FIRED_PER_ADVANCE, PitTarget
+
+    def run(max_fired: int | None) -> tuple[int, list[int], bool]:
+        target = PitTarget()
+        ports = target.pit.ports
+        ports.io_write(3, 1, 0x34)  # counter 0, lobyte/hibyte, mode 2
+        ports.io_write(0, 1, 2)
+        ports.io_write(0, 1, 0)
+        fired = target.clock.advance(10_000_000 + 123, max_fired=max_fired)
+        ports.io_write(3, 1, 0x00)  # latch counter 0
+        latched = [ports.io_read(0, 1), ports.io_read(0, 1)]
+        return fired, latched, target.pit.irq0.level
+
+    exact, capped = run(None), run(MAX_FIRED_PER_ADVANCE)
+    assert exact[0] > 10_000
+    assert MAX_FIRED_PER_ADVANCE <= capped[0] <= MAX_FIRED_PER_ADVANCE + 2
+    assert capped[1:] == exact[1:]
